@@ -1,0 +1,36 @@
+# Two commands on a fresh machine (see README.md):
+#   make demo   set up .venv and run the offline quickstart experiment (tiny Stable Diffusion, CPU)
+#   make test   set up .venv, lint, and run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+PLUGINS := plugins/spurcli-timm plugins/spurcli-openclip plugins/spurcli-robust plugins/spurcli-effnet-lite0
+# Nothing here may reach the model hub: everything runs on tiny/random/bundled weights.
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test lint format clean
+
+$(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/plugin-template/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]' $(addprefix -e ,$(PLUGINS)) -e examples/plugin-template
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/spurcli run examples/quickstart.toml
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,98 @@
+"""Where output goes: results to stdout, logs and progress bars to stderr.
+
+    from spurcli.console import log, track, progress_bar
+    for batch in track(loader, "scoring", total=len(loader)):
+        ...
+    with progress_bar("training", total=steps) as bar:
+        bar.advance()
+
+`--quiet` turns progress bars and info logs off; in a multi-process run only rank 0 shows them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+T = TypeVar("T")
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+log = logging.getLogger("spurcli")
+
+_state = {"quiet": False}
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def configure(*, verbose: int = 0, quiet: bool = False) -> None:
+    """Set up logging for the CLI (idempotent)."""
+    _state["quiet"] = quiet
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    if not is_main_process() and not verbose:
+        level = logging.WARNING
+    handler = RichHandler(console=stderr, show_time=False, show_path=bool(verbose), markup=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True, format="%(message)s")
+    log.setLevel(level)
+    logging.captureWarnings(True)
+
+
+def progress_enabled() -> bool:
+    return not _state["quiet"] and is_main_process()
+
+
+class _Bar:
+    def __init__(self, progress: Any, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, n: float = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def update(self, **fields: Any) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, **fields)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: float | None) -> Iterator[_Bar]:
+    if not progress_enabled():
+        yield _Bar(None, None)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        task = progress.add_task(description, total=total, info="")
+        yield _Bar(progress, task)
+
+
+def track(iterable: Iterable[T], description: str, total: float | None = None) -> Iterator[T]:
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    with progress_bar(description, total) as bar:
+        for item in iterable:
+            yield item
+            bar.advance()

@@ -1,0 +1,249 @@
+"""Plugin loading and the two model registries (classifiers, feature extractors).
+
+    from spurcli import plugins
+    plugins.classifiers().names("resnet*")          # wildcard listing, like timm.list_models
+    model = plugins.classifiers().load("resnet", weights="random")
+    model.module(images)                            # (B,1000) logits; model.weights says "random"
+
+Every model family, the built-in ones included, arrives through the entry-point group ``spurcli``
+exactly as a third party's would. Entry points are loaded one at a time, so a plugin that fails
+to import is a warning and the rest still work. ``SPURCLI_LOAD_PLUGINS=a,b`` restricts loading to
+those distributions (empty string: none); tests use it to keep the environment predictable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib.metadata
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from spurcli import hookspecs
+from spurcli.errors import SpurcliError, UsageError
+
+log = logging.getLogger(__name__)
+
+FAMILY_SUFFIX = ":*"  # "timm:*" registers every "timm:<variant>"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: a model or an open family of models."""
+
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    default_weights: str | None = None
+
+    @property
+    def is_family(self) -> bool:
+        return self.name.endswith(FAMILY_SUFFIX)
+
+
+@dataclass
+class LoadedModel:
+    """A model built by a plugin's factory, with what produced it (reported in every result)."""
+
+    name: str  # the name the user asked for, e.g. "timm:resnet18"
+    module: Any  # torch.nn.Module
+    weights: str  # "random", a path, or the plugin's default source
+    plugin: str
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights == "random"
+
+
+@dataclass
+class Registry:
+    """Names -> factories for one kind of model ("classifier" or "feature extractor")."""
+
+    kind: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def add(self, entry: Entry) -> None:
+        for key in (entry.name, *entry.aliases):
+            owner = self.entries.get(key) or self.entries.get(self.aliases.get(key, ""))
+            if owner is not None:
+                raise SpurcliError(
+                    f"{self.kind} name '{key}' is registered twice: by plugin '{owner.plugin}' "
+                    f"and by plugin '{entry.plugin}'; uninstall one of them or restrict "
+                    "SPURCLI_LOAD_PLUGINS"
+                )
+        self.entries[entry.name] = entry
+        for alias in entry.aliases:
+            self.aliases[alias] = entry.name
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Registered names (families shown as ``prefix:*``), filtered by an fnmatch wildcard."""
+        names = sorted(self.entries)
+        if pattern:
+            names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        return names
+
+    def resolve(self, name: str) -> tuple[Entry, str | None]:
+        """The entry behind ``name`` and, for a family, the variant after the colon."""
+        name = name.strip()
+        key = self.aliases.get(name, name)
+        if key in self.entries and not self.entries[key].is_family:
+            return self.entries[key], None
+        prefix, sep, variant = name.partition(":")
+        family = self.entries.get(prefix + FAMILY_SUFFIX)
+        if sep and family is not None and variant:
+            return family, variant
+        raise UsageError(self._unknown_message(name))
+
+    def load(self, name: str, weights: str | os.PathLike[str] | None = None) -> LoadedModel:
+        """Build the model ``name`` with ``weights`` (None: the plugin's default source)."""
+        entry, variant = self.resolve(name)
+        weights = os.fspath(weights) if weights is not None else None
+        if weights is not None and weights != "random" and not os.path.exists(weights):
+            raise SpurcliError(f"weights file for {self.kind} '{name}' not found: {weights}")
+        args = (weights,) if variant is None else (weights, variant)
+        module = entry.factory(*args)
+        if module is None or not callable(module):
+            raise SpurcliError(
+                f"plugin '{entry.plugin}' returned {type(module).__name__} for {self.kind} "
+                f"'{name}', not a torch.nn.Module"
+            )
+        label = (entry.default_weights or "default") if weights is None else weights
+        return LoadedModel(name=name, module=module, weights=label, plugin=entry.plugin)
+
+    def _unknown_message(self, name: str) -> str:
+        candidates = list(self.entries) + list(self.aliases)
+        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+        if not close:
+            close = [c for c in candidates if name.lower() in c.lower()][:3]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        families = [n for n in self.entries if n.endswith(FAMILY_SUFFIX)]
+        if families and not close:
+            hint += f" (open families: {', '.join(f[:-1] + '<name>' for f in families)})"
+        return f"unknown {self.kind} '{name}'{hint} (see `spurcli plugins`)"
+
+
+@dataclass
+class PluginInfo:
+    name: str  # the distribution (or, for plugins registered in code, the module) name
+    version: str | None
+    classifiers: list[str] = field(default_factory=list)
+    extractors: list[str] = field(default_factory=list)
+
+
+class Plugins:
+    """The plugin manager plus the registries filled from its hooks."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.failed: dict[str, str] = {}  # plugin -> why it did not load
+        self.versions: dict[str, str | None] = {}
+        self._classifiers: Registry | None = None
+        self._extractors: Registry | None = None
+
+    def load_entry_points(self, only: Iterable[str] | None = None) -> None:
+        wanted = None if only is None else {n.strip() for n in only if n.strip()}
+        for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+            dist = ep.dist.name if ep.dist is not None else ep.name
+            if wanted is not None and dist not in wanted and ep.name not in wanted:
+                continue
+            if self.pm.has_plugin(dist):
+                continue
+            try:
+                module = ep.load()
+                self.pm.register(module, name=dist)
+            except Exception as exc:  # a broken plugin must not break the tool
+                self.failed[dist] = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"plugin {dist} failed to load and is skipped: {exc}", stacklevel=2)
+                continue
+            self.versions[dist] = ep.dist.version if ep.dist is not None else None
+        self.pm.check_pending()
+
+    def register(self, module: Any, name: str | None = None) -> None:
+        """Register a plugin object directly (tests, and code that embeds spurcli)."""
+        self.pm.register(module, name=name)
+        self.pm.check_pending()
+        self._classifiers = self._extractors = None
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self._classifiers = self._extractors = None
+
+    def _fill(self, kind: str, hook: Any) -> Registry:
+        registry = Registry(kind)
+        for impl in reversed(hook.get_hookimpls()):  # registration order, for stable listings
+            plugin = impl.plugin_name
+
+            def register(
+                name: str,
+                factory: Callable[..., Any],
+                *,
+                aliases: Iterable[str] = (),
+                description: str = "",
+                default_weights: str | None = None,
+                _plugin: str = plugin,
+            ) -> None:
+                entry = Entry(name, factory, _plugin, tuple(aliases), description, default_weights)
+                registry.add(entry)
+
+            impl.function(register=register)
+        return registry
+
+    def classifiers(self) -> Registry:
+        if self._classifiers is None:
+            self._classifiers = self._fill("classifier", self.pm.hook.register_classifiers)
+        return self._classifiers
+
+    def extractors(self) -> Registry:
+        if self._extractors is None:
+            self._extractors = self._fill(
+                "feature extractor", self.pm.hook.register_feature_extractors
+            )
+        return self._extractors
+
+    def info(self) -> list[PluginInfo]:
+        """What each plugin registered, for `spurcli plugins`."""
+        by_plugin: dict[str, PluginInfo] = {}
+        for name, _module in self.pm.list_name_plugin():
+            by_plugin[name] = PluginInfo(name, self.versions.get(name))
+        for entry in self.classifiers().entries.values():
+            by_plugin[entry.plugin].classifiers.append(entry.name)
+        for entry in self.extractors().entries.values():
+            by_plugin[entry.plugin].extractors.append(entry.name)
+        return sorted(by_plugin.values(), key=lambda p: p.name)
+
+
+_plugins: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugins, loaded from entry points on first use."""
+    global _plugins
+    if _plugins is None:
+        _plugins = Plugins()
+        only = os.environ.get("SPURCLI_LOAD_PLUGINS")
+        _plugins.load_entry_points(None if only is None else only.split(","))
+    return _plugins
+
+
+def reset_plugins() -> None:
+    """Forget loaded plugins so the next `get_plugins()` reloads (tests)."""
+    global _plugins
+    _plugins = None
+
+
+def classifiers() -> Registry:
+    return get_plugins().classifiers()
+
+
+def extractors() -> Registry:
+    return get_plugins().extractors()
