@@ -1,0 +1,268 @@
+"""Loading Stable Diffusion: a hub id, a local diffusers folder, a finetune run, or `tiny`.
+
+    from spurcli.diffusion import load_pipeline, resolve_model
+    pipe = load_pipeline("tiny")                      # random tiny SD from config, offline, ~0.1 s
+    pipe = load_pipeline("runs/hummingbird")          # a `spurcli finetune` output folder
+    pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler="dpm")
+    image = pipe("a photo of sks flower", num_inference_steps=4, height=64, width=64).images[0]
+
+`tiny` has the structure of Stable Diffusion 1.x (VAE with 8x downsampling and 4 latent channels,
+a cross-attention UNet, a CLIP text encoder and a byte-level CLIP tokenizer) at a few hundred
+thousand parameters, with weights drawn from a fixed seed, so it is the same model in every process
+and on every machine. It exists for tests and smoke runs: its images are noise-like by design.
+
+Pipelines load in float32 unless asked otherwise (float16 is slow or unsupported on CPU), without
+the safety checker (this is a research tool that generates and measures images; the checker's
+black images would only corrupt the measurements), and never with `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spurcli.errors import SpurcliError, UsageError
+from spurcli.weights import offline
+
+TINY = "tiny"
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+RUN_FILE = "spurcli-run.json"  # written by `spurcli finetune` next to its `pipeline/` folder
+RUN_PIPELINE_DIR = "pipeline"
+
+# Scheduler names users know from the diffusers docs -> diffusers class names.
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "ddpm": "DDPMScheduler",
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model comes from, as resolved from what the user typed."""
+
+    kind: str  # "tiny", "run" (a finetune output), "local" (a diffusers folder) or "hub"
+    location: str  # "tiny", a folder path, or a hub id
+    run: dict[str, Any] | None = None  # the run's spurcli-run.json, for kind == "run"
+
+    @property
+    def identifier(self) -> str | None:
+        """The token that replaces `[V]` in prompts (only a finetune run has one)."""
+        return (self.run or {}).get("identifier")
+
+
+def resolve_model(model: str | os.PathLike[str]) -> ModelRef:
+    """Classify ``model`` without loading any weights."""
+    text = os.fspath(model)
+    if text == TINY:
+        return ModelRef(TINY, TINY)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / RUN_FILE).is_file():
+            run = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+            pipeline_dir = path / RUN_PIPELINE_DIR
+            if not (pipeline_dir / "model_index.json").is_file():
+                raise SpurcliError(
+                    f"{path} is a spurcli run without a finished pipeline ({pipeline_dir} is "
+                    "missing); finish it with `spurcli finetune ... --resume latest`"
+                )
+            return ModelRef("run", str(pipeline_dir), run)
+        if (path / "model_index.json").is_file():
+            return ModelRef("local", str(path))
+        raise SpurcliError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json) nor a spurcli run"
+        )
+    if path.exists():
+        raise SpurcliError(f"{path} is a file; a model is a folder, a hub id, or 'tiny'")
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") != 1
+    if looks_like_path:
+        raise SpurcliError(f"model folder not found: {text}")
+    return ModelRef("hub", text)
+
+
+def load_pipeline(
+    model: str | os.PathLike[str] | ModelRef,
+    *,
+    dtype: Any = None,
+    scheduler: str | None = None,
+) -> Any:
+    """A `StableDiffusionPipeline` for ``model`` (see `resolve_model`), on the CPU, in ``dtype``."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    ref = model if isinstance(model, ModelRef) else resolve_model(model)
+    dtype = dtype or torch.float32
+    if ref.kind == TINY:
+        pipe = build_tiny_pipeline()
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
+    else:
+        local = ref.kind != "hub"
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                ref.location,
+                dtype=dtype,
+                safety_checker=None,
+                requires_safety_checker=False,
+                local_files_only=local or offline(),
+            )
+        except Exception as exc:
+            if local:
+                raise SpurcliError(f"cannot load the pipeline in {ref.location}: {exc}") from exc
+            raise SpurcliError(
+                f"model '{ref.location}' is not available{' offline' if offline() else ''} "
+                f"({type(exc).__name__}); download it where online (`hf download "
+                f"{ref.location}`) or pass a local diffusers folder, or use --model tiny"
+            ) from exc
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)  # spurcli draws its own progress bars
+    return pipe
+
+
+def make_scheduler(name: str, config: Any) -> Any:
+    """A diffusers scheduler by short name, configured like the pipeline's own."""
+    import diffusers
+
+    key = name.lower()
+    if key not in SCHEDULERS:
+        raise UsageError(f"unknown scheduler '{name}'; choose from {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, SCHEDULERS[key]).from_config(config)
+
+
+def set_attention_slicing(module: Any, mode: str | int | None) -> None:
+    """Attention slicing (the memory saver that needs no xformers) on a pipeline or a UNet.
+
+    ``mode``: "auto" (half the heads at a time), "max" (one slice at a time), an int slice size,
+    or "off"/None.
+    """
+    value: str | int | None
+    if mode in (None, "off", "none"):
+        value = None
+    elif mode in ("auto", "max"):
+        value = str(mode)
+    else:
+        try:
+            value = int(mode)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"attention slicing must be auto, max, off or an int, not {mode!r}"
+            ) from None
+    if not hasattr(module, "set_attention_slice"):
+        raise TypeError(f"{type(module).__name__} has no attention slicing")
+    module.set_attention_slice(value)
+
+
+def build_tiny_pipeline(seed: int = 0) -> Any:
+    """The `tiny` Stable Diffusion: SD 1.x structure, a few hundred thousand parameters."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        # Same weights in every process: each component is drawn from its own fixed seed.
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=8,  # 64 px images / the VAE's 8x downsampling
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,  # = the text encoder's hidden size
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(8, 16, 32, 32),  # 4 blocks: 8x downsampling, as in SD
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=64,
+        )
+        torch.manual_seed(seed + 2)
+        vocab = tokenizer.get_vocab()
+        end = vocab["<|endoftext|>"]
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=tokenizer.model_max_length,
+                projection_dim=32,
+                bos_token_id=vocab["<|startoftext|>"],
+                eos_token_id=end,
+                pad_token_id=end,
+            )
+        )
+    # Stable Diffusion 1.x's noise schedule and default scheduler.
+    scheduler = PNDMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    return StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _tiny_tokenizer() -> Any:
+    """A CLIP tokenizer over single bytes (no merges): any prompt tokenizes, nothing to download."""
+    from transformers import CLIPTokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory(prefix="spurcli-tiny-tokenizer-") as folder:
+        # Written as files, the format every transformers version reads.
+        vocab = {token: i for i, token in enumerate(tokens)}
+        Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        Path(folder, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table (byte-level BPE alphabet)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return dict(sorted(table.items()))
