@@ -18,7 +18,7 @@ import fnmatch
 import importlib.metadata
 import logging
 import os
-import warnings
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,7 +140,12 @@ class PluginInfo:
 
 
 class Plugins:
-    """The plugin manager plus the registries filled from its hooks."""
+    """The plugin manager plus the registries filled from its hooks.
+
+    A broken third-party plugin (import error, misspelled hook, a hook that raises) is recorded in
+    ``failed``, logged once as a one-line warning and skipped; the other plugins keep working.
+    A plugin registered in code (``register``) fails loudly instead: that is the author testing it.
+    """
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -151,37 +156,95 @@ class Plugins:
         self._extractors: Registry | None = None
 
     def load_entry_points(self, only: Iterable[str] | None = None) -> None:
-        wanted = None if only is None else {n.strip() for n in only if n.strip()}
+        """Import and register the ``spurcli`` entry points, one at a time.
+
+        ``only``: distribution (or entry-point) names to load, spelled as pip would accept them;
+        None loads all.
+        """
+        wanted = None if only is None else {_canonical(n) for n in only if n.strip()}
+        seen: set[str] = set()
         for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
             dist = ep.dist.name if ep.dist is not None else ep.name
-            if wanted is not None and dist not in wanted and ep.name not in wanted:
+            seen.update({_canonical(dist), _canonical(ep.name)})
+            if wanted is not None and not {_canonical(dist), _canonical(ep.name)} & wanted:
                 continue
-            if self.pm.has_plugin(dist):
-                continue
+            # A distribution may declare several entry points: the second gets its own name.
+            name = dist if not self.pm.has_plugin(dist) else f"{dist}:{ep.name}"
+            if self.pm.has_plugin(name):
+                continue  # the same distribution found twice on sys.path
             try:
                 module = ep.load()
-                self.pm.register(module, name=dist)
+                self.pm.register(module, name=name)
             except Exception as exc:  # a broken plugin must not break the tool
-                self.failed[dist] = f"{type(exc).__name__}: {exc}"
-                warnings.warn(f"plugin {dist} failed to load and is skipped: {exc}", stacklevel=2)
+                self._skip(name, f"failed to load ({_one_line(exc)})")
                 continue
-            self.versions[dist] = ep.dist.version if ep.dist is not None else None
-        self.pm.check_pending()
+            problem = self._validate(name)
+            if problem:
+                self.pm.unregister(name=name)
+                self._skip(name, problem)
+                continue
+            self.versions[name] = ep.dist.version if ep.dist is not None else None
+        for missing in sorted((wanted or set()) - seen):
+            log.warning(
+                "SPURCLI_LOAD_PLUGINS names '%s', which is not an installed spurcli plugin",
+                missing,
+            )
+        self.pm.check_pending()  # every plugin was validated above: this only guards the invariant
 
     def register(self, module: Any, name: str | None = None) -> None:
-        """Register a plugin object directly (tests, and code that embeds spurcli)."""
-        self.pm.register(module, name=name)
-        self.pm.check_pending()
+        """Register a plugin object directly (tests, and code that embeds spurcli).
+
+        Raises `SpurcliError` (one line) for an invalid plugin, e.g. a misspelled hook name.
+        """
+        try:
+            name = self.pm.register(module, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise SpurcliError(f"plugin {name or module!r} is invalid: {_one_line(exc)}") from None
+        problem = self._validate(name)
+        if problem:
+            self.pm.unregister(name=name)
+            raise SpurcliError(f"plugin '{name}' {problem}")
         self._classifiers = self._extractors = None
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self._classifiers = self._extractors = None
 
+    def _validate(self, name: str | None) -> str | None:
+        """Why the plugin just registered as ``name`` is unusable (pm.check_pending), or None."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            plugin = self.pm.get_plugin(name) if name else None
+            unknown = [
+                hc.name
+                for hc in self.pm.get_hookcallers(plugin) or []
+                if not hc.has_spec()
+                and any(i.plugin is plugin and not i.optionalhook for i in hc.get_hookimpls())
+            ]
+            if not unknown:
+                return f"is invalid: {_one_line(exc)}"
+            spec_names = _hook_names()
+            guesses = difflib.get_close_matches(unknown[0], spec_names, n=1)
+            hint = f"did you mean {guesses[0]}?" if guesses else f"hooks: {', '.join(spec_names)}"
+            return f"has an unknown hook {', '.join(unknown)} ({hint})"
+        plugin = self.pm.get_plugin(name) if name else None
+        for hook in _hook_names():
+            has_impl = any(i.plugin is plugin for i in getattr(self.pm.hook, hook).get_hookimpls())
+            if callable(getattr(plugin, hook, None)) and not has_impl:
+                # Not fatal (the function may be a helper), but almost always a forgotten marker.
+                log.warning("plugin %s defines %s without @hookimpl: it is ignored", name, hook)
+        return None
+
+    def _skip(self, name: str, why: str) -> None:
+        self.failed[name] = why
+        log.warning("plugin %s %s; it is skipped", name, why)
+
     def _fill(self, kind: str, hook: Any) -> Registry:
         registry = Registry(kind)
         for impl in reversed(hook.get_hookimpls()):  # registration order, for stable listings
             plugin = impl.plugin_name
+            entries: list[Entry] = []
 
             def register(
                 name: str,
@@ -191,11 +254,24 @@ class Plugins:
                 description: str = "",
                 default_weights: str | None = None,
                 _plugin: str = plugin,
+                _entries: list[Entry] = entries,
             ) -> None:
-                entry = Entry(name, factory, _plugin, tuple(aliases), description, default_weights)
-                registry.add(entry)
+                if not isinstance(name, str) or not name.strip() or not callable(factory):
+                    raise TypeError(
+                        f"register({name!r}, {factory!r}) needs a name and a callable factory"
+                    )
+                aliases = (aliases,) if isinstance(aliases, str) else tuple(aliases)
+                _entries.append(
+                    Entry(name.strip(), factory, _plugin, aliases, description, default_weights)
+                )
 
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # this plugin's models are unavailable; the rest work
+                self._skip(plugin, f"failed to register {kind}s ({_one_line(exc)})")
+                continue
+            for entry in entries:
+                registry.add(entry)  # a duplicate name is an error naming both plugins
         return registry
 
     def classifiers(self) -> Registry:
@@ -210,6 +286,14 @@ class Plugins:
             )
         return self._extractors
 
+    def register_commands(self, app: Any) -> None:
+        """Let each plugin add sub-commands to ``app``; one that raises is skipped (warning)."""
+        for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                self._skip(impl.plugin_name, f"failed to add commands ({_one_line(exc)})")
+
     def info(self) -> list[PluginInfo]:
         """What each plugin registered, for `spurcli plugins`."""
         by_plugin: dict[str, PluginInfo] = {}
@@ -220,6 +304,21 @@ class Plugins:
         for entry in self.extractors().entries.values():
             by_plugin[entry.plugin].extractors.append(entry.name)
         return sorted(by_plugin.values(), key=lambda p: p.name)
+
+
+def _canonical(name: str) -> str:
+    """Distribution names compare like pip compares them: case and -_. runs do not matter."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (plugin errors go into one-line warnings)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _hook_names() -> list[str]:
+    return sorted(n for n in dir(hookspecs) if n.startswith("register_"))
 
 
 _plugins: Plugins | None = None
