@@ -11,7 +11,6 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
 from rich.markup import escape
 
@@ -87,10 +86,12 @@ def plugins_command(
     for column in ("plugin", "version", "classifiers", "feature extractors"):
         table.add_column(column)
     for p in infos:
-        table.add_row(p.name, p.version or "", ", ".join(p.classifiers), ", ".join(p.extractors))
-    console.stdout.print(table)
+        cells = (p.name, p.version or "", ", ".join(p.classifiers), ", ".join(p.extractors))
+        table.add_row(*map(escape, cells))  # names come from third-party code: not markup
+    # Failed plugins were already warned about (once, on stderr) when they were loaded.
     for name, why in plugins.failed.items():
-        console.stderr.print(f"[yellow]plugin {name} failed to load: {why}[/]")
+        table.add_row(escape(name), "[red]failed[/]", escape(why), "")
+    console.stdout.print(table)
 
 
 @app.command("classes")
@@ -135,37 +136,30 @@ def classes_command(
 
 
 def main() -> None:
-    """Entry point: runs the app, turning expected errors into one line and an exit code."""
+    """Entry point: runs the app, turning expected errors into one line and an exit code.
+
+    Typer runs in standalone mode, so it prints its own usage errors (exit 2) and handles
+    --help, --version and ``typer.Exit(code)``; everything else that escapes a command is ours.
+    """
     try:
         from spurcli.plugins import get_plugins
 
-        get_plugins().pm.hook.register_commands(app=app)
-        app(standalone_mode=False)
+        get_plugins().register_commands(app)
+        app()
     except SpurcliError as exc:
         _fail(str(exc), exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as exc:
-        if _state["verbose"]:
-            traceback.print_exc()
-        else:
-            console.stderr.print(
-                f"[red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
-                "(run with -v for the traceback)",
-                markup=True,
-                highlight=False,
-            )
-        sys.exit(1)
+        text = " ".join(str(exc).split())  # a bug's message may span lines; keep one
+        _fail(f"{type(exc).__name__}: {text} (run with -v for the traceback)", 1)
 
 
 def _fail(message: str, code: int) -> None:
     if _state["verbose"]:
         traceback.print_exc()
+    # escape: messages quote user input and file names, which rich would read as markup;
+    # soft_wrap: one line however long, so that scripts can grep it.
     console.stderr.print(
         f"[red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
     )
