@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -133,6 +134,101 @@ def classes_command(
         last = features[c.index] if spurious else ", ".join(c.lemmas)
         table.add_row(str(c.index), c.wnid, c.name, last)
     console.stdout.print(table)
+
+
+@app.command("score")
+def score_command(
+    images_dir: Annotated[
+        Path, typer.Argument(help="Folder of images to score (recursive), or the SIN root.")
+    ],
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="ImageNet class: index or name.")
+    ] = None,
+    classifiers: Annotated[
+        str, typer.Option("--classifiers", "-c", help="Comma-separated names (spurcli plugins).")
+    ] = "",
+    real: Annotated[
+        Path | None,
+        typer.Option("--real", help="Real images of the class (with --layout: ImageNet val root)."),
+    ] = None,
+    weights: Annotated[
+        list[str] | None,
+        typer.Option("--weights", help="NAME=PATH or NAME=random; repeatable."),
+    ] = None,
+    layout: Annotated[
+        str, typer.Option("--layout", help="'folder' or 'spurious-imagenet'.")
+    ] = "folder",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 32,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Decoding processes (default: auto).")
+    ] = None,
+    image_size: Annotated[
+        int, typer.Option("--image-size", help="Side of the centre square fed to classifiers.")
+    ] = 384,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it.")
+    ] = False,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the numbers as JSON here ('-': stdout).")
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Write one row per image and classifier here.")
+    ] = None,
+) -> None:
+    """Score how spurious a set of images is for a class, per classifier and across them."""
+    from spurcli import score
+    from spurcli.errors import UsageError
+
+    names = [n.strip() for n in classifiers.split(",") if n.strip()]
+    if not names:
+        raise UsageError("--classifiers is required, e.g. --classifiers resnet,vit,clip")
+    options = {
+        "weights": score.parse_weights(weights or []),
+        "batch_size": batch_size,
+        "device": device,
+        "strict": strict,
+        "num_workers": workers,
+        "image_size": image_size,
+    }
+    if layout == "spurious-imagenet":
+        if target is not None:
+            raise UsageError("--target is not used with --layout spurious-imagenet (per folder)")
+        if real is None:
+            raise UsageError("--layout spurious-imagenet needs --real IMAGENET_VAL_ROOT")
+        result = score.score_spurious_imagenet(images_dir, real, names, **options)
+    elif layout == "folder":
+        if target is None:
+            raise UsageError("--target CLASS is required (an ImageNet index or name)")
+        result = score.score_images(images_dir, target, names, real_dir=real, **options)
+    else:
+        raise UsageError(f"unknown --layout '{layout}'; use 'folder' or 'spurious-imagenet'")
+    if not console.is_main_process():
+        return  # every process holds the gathered result; only the first one reports it
+    if json_out is not None and json_out != "-":
+        from spurcli.fileio import write_json
+
+        write_json(json_out, result.to_json())
+    if csv_out is not None:
+        result.write_csv(csv_out)
+    if json_out == "-":
+        _print_json(result.to_json())
+    else:
+        _print_wide(result.table())
+
+
+def _print_wide(renderable: object) -> None:
+    """Print a table at its natural width when stdout is a file or pipe (rich assumes 80)."""
+    out = console.stdout
+    if not out.is_terminal:
+        from rich.console import Console
+        from rich.measure import Measurement
+
+        width = Measurement.get(out, out.options.update(width=10_000), renderable).maximum
+        out = Console(file=out.file, width=max(width, out.width), soft_wrap=True)
+    out.print(renderable)
 
 
 def main() -> None:

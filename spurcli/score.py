@@ -1,0 +1,660 @@
+"""`spurcli score`: how spurious a set of images is, per classifier and across classifiers.
+
+    from spurcli.score import load_classifiers, score_images, score_spurious_imagenet
+    result = score_images("samples/", target="hummingbird", classifiers=["resnet", "clip"],
+                          real_dir="val/n01833805", weights={"resnet": "random"})
+    result.to_json()              # {"target": {...}, "n_images": .., "classifiers": {..}, ..}
+    result.write_csv("rows.csv")  # image,classifier,top1_index,top1_name,target_prob,target_rank
+    result.skipped                # ["bad.png: not an image Pillow can read", ...]
+
+    # Load once, score several folders (what `compare` does):
+    models = load_classifiers(["resnet", "clip"], weights={"resnet": "ckpt.safetensors"})
+    a = score_images("run_a/", target=94, classifiers=models)
+    b = score_images("run_b/", target=94, classifiers=models)
+
+    # The Spurious ImageNet benchmark (one folder per class/feature + an ImageNet val root):
+    sin = score_spurious_imagenet("spurious_imagenet/images", "imagenet/val", ["resnet"])
+    sin.to_json()["classifiers"]["resnet"]["mean_roc_auc"]
+
+How a run goes, and why:
+
+- Every image is read and decoded once, however many classifiers score it: a DataLoader (worker
+  processes decode while the main process runs the models) yields uint8 batches, and the
+  classifiers are evaluated in turn on the same batch under `torch.inference_mode()`.
+- A batch tensor needs one size but folders mix sizes, so each image is cut to its central square
+  and resized to `image_size` (384) x `image_size`. Classifiers do their own resize/crop and the
+  usual eval pre-processing of ImageNet models (timm, CLIP, torchvision: resize the short side,
+  crop the centre) never looks outside that square, so they see the same region as from the file.
+  384 is above the 224-336 input of common classifiers, so none is fed an up-sampled image; raise
+  it for classifiers that take larger inputs. The transform depends on the image alone, never on
+  what else is in its batch, so results do not depend on batch size or on sharding.
+- Memory is flat in the number of images: batches stream through, and per image and classifier
+  only three numbers are kept (top-1 index, p_target, rank of the target).
+- Several processes (`torchrun`/`accelerate launch -m spurcli score ...`) each score a strided
+  shard of the files; the per-image numbers are gathered on every process, and the metrics are
+  computed from the full set exactly as in a one-process run.
+- Scored images S and real images R go through one DataLoader in one pass (R are the positives of
+  the ROC-AUC/AP); the metric definitions live in `spurcli.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from spurcli import console, imagenet, metrics, plugins
+from spurcli.errors import SpurcliError, UsageError
+from spurcli.fileio import atomic_path
+from spurcli.images import ImageReadError, find_images, read_image
+from spurcli.parallel import Processes
+from spurcli.plugins import LoadedModel
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("image", "classifier", "top1_index", "top1_name", "target_prob", "target_rank")
+METRICS = (
+    "spurious_rate",
+    "top5_rate",
+    "mean_target_prob",
+    "median_target_prob",
+    "roc_auc",
+    "average_precision",
+    "real_accuracy",
+)
+
+
+@dataclass
+class ScoreOptions:
+    """How images are fed to the classifiers (none of these change the numbers, but image_size)."""
+
+    batch_size: int = 32  # images per forward pass; lower it if a big classifier runs out of memory
+    device: str | None = None  # None: what accelerate picks (the process's GPU, else CPU)
+    strict: bool = False  # an unreadable file is an error instead of a warning and a skip
+    num_workers: int | None = None  # decoding processes; None: one per spare CPU core (max 8)
+    image_size: int = 384  # side of the central square each image is resized to (see above)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading classifiers
+
+
+def parse_weights(pairs: Sequence[str]) -> dict[str, str]:
+    """``["resnet=ckpt.pt", "clip=random"]`` (the repeatable ``--weights NAME=PATH``) -> dict."""
+    weights: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UsageError(f"--weights expects NAME=PATH (or NAME=random), got '{pair}'")
+        if name.strip() in weights:
+            raise UsageError(f"--weights given twice for '{name.strip()}'")
+        weights[name.strip()] = path.strip()
+    return weights
+
+
+def load_classifiers(
+    names: Sequence[str | LoadedModel], weights: dict[str, str] | None = None
+) -> list[LoadedModel]:
+    """Resolve every name first (an unknown one fails before anything heavy loads), then load.
+
+    ``weights`` maps a classifier name to a local file or ``"random"``; others get their plugin's
+    default. Already loaded models are passed through unchanged.
+    """
+    weights = dict(weights or {})
+    wanted = [n if isinstance(n, str) else n.name for n in names]
+    if not wanted:
+        raise UsageError("no classifiers given (e.g. --classifiers resnet,clip)")
+    duplicates = sorted({n for n in wanted if wanted.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"classifier(s) listed twice: {', '.join(duplicates)}")
+    unused = [n for n in weights if n not in wanted]
+    if unused:
+        raise UsageError(
+            f"--weights given for {', '.join(unused)}, which is not among the classifiers "
+            f"({', '.join(wanted)})"
+        )
+    registry = plugins.classifiers()
+    for name in names:
+        if isinstance(name, str):
+            registry.resolve(name)
+        elif name.name in weights:
+            raise UsageError(f"classifier '{name.name}' is already loaded; its weights are fixed")
+    return [registry.load(n, weights.get(n)) if isinstance(n, str) else n for n in names]
+
+
+# ---------------------------------------------------------------------------------------------
+# The scoring pass: decode once, every classifier on each batch, keep three numbers per image
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    target: int  # the ImageNet class whose probability and rank are recorded for this image
+    real: bool  # True: a real image of the class (a positive for ROC-AUC/AP)
+
+
+class SquareImages(torch.utils.data.Dataset):
+    """Decoded images as uint8 (3, size, size) tensors; unreadable files come back as errors."""
+
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            img = read_image(self.paths[i])
+        except ImageReadError as exc:
+            return i, None, str(exc)
+        img = ImageOps.fit(img, (self.size, self.size), Image.Resampling.BICUBIC)
+        # uint8 across the worker boundary: 4x less shared memory than float32.
+        return i, torch.from_numpy(np.array(img)).permute(2, 0, 1), None
+
+
+def _collate(samples: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[Any, ...]:
+    good = [(i, x) for i, x, _ in samples if x is not None]
+    failed = [(i, err) for i, x, err in samples if x is None]
+    if not good:
+        return torch.empty(0, dtype=torch.long), None, failed
+    return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), failed
+
+
+def _default_workers(n_items: int, batch_size: int, world: int) -> int:
+    if n_items <= batch_size:
+        return 0  # a single batch: starting a worker process costs more than it saves
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, (cpus or 1) // world - 1))
+
+
+def _check_logits(logits: Any, model: LoadedModel, batch: int) -> np.ndarray:
+    where = f"classifier '{model.name}' (plugin '{model.plugin}')"
+    if not isinstance(logits, torch.Tensor):
+        raise SpurcliError(
+            f"{where} returned {type(logits).__name__}, not a tensor of (batch, 1000) ImageNet "
+            "logits: a bug in the plugin"
+        )
+    if tuple(logits.shape) != (batch, imagenet.NUM_CLASSES):
+        raise SpurcliError(
+            f"{where} returned shape {tuple(logits.shape)} for a batch of {batch} images; "
+            f"expected ({batch}, {imagenet.NUM_CLASSES}) ImageNet logits: a bug in the plugin"
+        )
+    out = logits.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(out).all():
+        raise SpurcliError(f"{where} returned NaN or infinite logits: a bug in the plugin")
+    return out
+
+
+@dataclass
+class PerImage:
+    """Per image and classifier: what the CSV holds. Arrays are (classifiers, images)."""
+
+    classifiers: list[str]
+    images: list[str]  # paths relative to the folder that was given, '/'-separated
+    target: np.ndarray  # (N,) the ImageNet index scored for each image
+    top1: np.ndarray  # (C, N) argmax class (ties: lowest index)
+    target_prob: np.ndarray  # (C, N) softmax probability of the target class
+    target_rank: np.ndarray  # (C, N) 1-based rank of the target (1 <=> top-1)
+
+    def select(self, mask: np.ndarray) -> PerImage:
+        images = [p for p, keep in zip(self.images, mask, strict=True) if keep]
+        return PerImage(
+            self.classifiers,
+            images,
+            self.target[mask],
+            self.top1[:, mask],
+            self.target_prob[:, mask],
+            self.target_rank[:, mask],
+        )
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        names = imagenet.class_names()
+        for i, image in enumerate(self.images):
+            for c, classifier in enumerate(self.classifiers):
+                top1 = int(self.top1[c, i])
+                yield {
+                    "image": image,
+                    "classifier": classifier,
+                    "top1_index": top1,
+                    "top1_name": names[top1],
+                    "target_prob": float(self.target_prob[c, i]),
+                    "target_rank": int(self.target_rank[c, i]),
+                }
+
+    def write_csv(self, path: str | os.PathLike[str]) -> None:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.iter_rows())
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix() if root.is_dir() else path.name
+    except ValueError:
+        return path.as_posix()
+
+
+def score_items(
+    items: Sequence[Item],
+    roots: tuple[Path, Path | None],
+    models: Sequence[LoadedModel],
+    options: ScoreOptions,
+) -> tuple[PerImage, np.ndarray, list[str]]:
+    """Score every item with every model: per-image numbers of the readable items, their
+    ``real`` flags, and the skipped files ("path: reason"). Runs sharded when launched as a group.
+    """
+    procs = Processes(options.device)
+    mine = procs.shard(range(len(items)))
+    if procs.world > 1:
+        log.info(
+            "process %d of %d scores %d of %d files", procs.rank, procs.world, len(mine), len(items)
+        )
+    for model in models:
+        model.module.to(procs.device).eval()
+    workers = options.num_workers
+    if workers is None:
+        workers = _default_workers(len(mine), options.batch_size, procs.world)
+    loader = torch.utils.data.DataLoader(
+        SquareImages([items[i].path for i in mine], options.image_size),
+        batch_size=options.batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=procs.device.type == "cuda",
+    )
+    n_models, n_mine = len(models), len(mine)
+    targets = np.array([items[i].target for i in mine], dtype=np.int64)
+    top1 = np.zeros((n_models, n_mine), np.int32)
+    prob = np.zeros((n_models, n_mine), np.float64)
+    rank = np.zeros((n_models, n_mine), np.int32)
+    done = np.zeros(n_mine, bool)
+    skipped: list[tuple[int, str]] = []
+    n_real = sum(item.real for item in items)
+    desc = f"scoring {len(items) - n_real} images" + (f" + {n_real} real" if n_real else "")
+    for ids, batch, failed in console.track(loader, desc, total=len(loader)):
+        for i, message in failed:
+            if options.strict and procs.world == 1:
+                raise SpurcliError(f"{message} (--strict: unreadable images are errors)")
+            log.warning("skipped %s", message)
+            skipped.append((mine[i], message))
+        if batch is None:
+            continue
+        ids = ids.numpy()
+        # Made outside inference mode so the tensor keeps a version counter (checked below).
+        with torch.no_grad():
+            x = batch.to(procs.device, non_blocking=True).float().div_(255)
+        with torch.inference_mode():
+            for c, model in enumerate(models):
+                version = x._version
+                logits = _check_logits(model.module(x), model, len(ids))
+                if x._version != version:
+                    raise SpurcliError(
+                        f"classifier '{model.name}' (plugin '{model.plugin}') modified its input "
+                        "in place, which would corrupt the other classifiers' inputs: a bug in "
+                        "the plugin (copy the tensor before changing it)"
+                    )
+                t = targets[ids]
+                top1[c, ids] = logits.argmax(axis=1)
+                prob[c, ids] = metrics.target_prob(logits, t)
+                rank[c, ids] = metrics.target_rank(logits, t)
+        done[ids] = True
+
+    # Every process gets every process's numbers; then all of them compute the same metrics.
+    parts = procs.gather(
+        [
+            {
+                "index": np.asarray(mine, np.int64)[done],
+                "top1": top1[:, done],
+                "prob": prob[:, done],
+                "rank": rank[:, done],
+                "skipped": skipped,
+            }
+        ]
+    )
+    index = np.concatenate([p["index"] for p in parts])
+    order = np.argsort(index, kind="stable")
+    index = index[order]
+    skipped_all = sorted(s for p in parts for s in p["skipped"])
+    messages = [message for _, message in skipped_all]
+    if options.strict and messages:
+        raise SpurcliError(f"{messages[0]} (--strict: unreadable images are errors)")
+    s_root, r_root = roots
+    images = [
+        _relative(items[i].path, r_root if items[i].real else s_root)  # type: ignore[arg-type]
+        for i in index
+    ]
+    per_image = PerImage(
+        classifiers=[m.name for m in models],
+        images=images,
+        target=np.array([items[i].target for i in index], np.int64),
+        top1=np.concatenate([p["top1"] for p in parts], axis=1)[:, order],
+        target_prob=np.concatenate([p["prob"] for p in parts], axis=1)[:, order],
+        target_rank=np.concatenate([p["rank"] for p in parts], axis=1)[:, order],
+    )
+    real = np.array([items[i].real for i in index], bool)
+    return per_image, real, messages
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and results
+
+
+def _metrics(spurious: PerImage, real: PerImage | None, c: int, k: int) -> dict[str, float | None]:
+    """The issue's seven numbers for classifier row ``c`` and target class ``k``."""
+    probs = spurious.target_prob[c]
+    out: dict[str, float | None] = {
+        "spurious_rate": float(np.mean(spurious.top1[c] == k)),
+        "top5_rate": float(np.mean(spurious.target_rank[c] <= 5)),
+        "mean_target_prob": float(np.mean(probs)),
+        "median_target_prob": float(np.median(probs)),
+        "roc_auc": None,
+        "average_precision": None,
+        "real_accuracy": None,
+    }
+    if real is not None:
+        y_true = np.r_[np.ones(len(real.images)), np.zeros(len(spurious.images))]
+        y_score = np.r_[real.target_prob[c], probs]
+        out["roc_auc"] = metrics.roc_auc(y_true, y_score)
+        out["average_precision"] = metrics.average_precision(y_true, y_score)
+        out["real_accuracy"] = float(np.mean(real.top1[c] == k))
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _add_columns(table: Any, numbers: Sequence[str]) -> None:
+    # Narrow terminals fold cells and headers rather than cutting the metric names off.
+    table.add_column("classifier", overflow="fold")
+    table.add_column("weights", overflow="fold", max_width=32)
+    for name in numbers:
+        table.add_column(name, justify="right", overflow="fold", min_width=5)
+
+
+RANDOM_NOTE = "* random weights: these numbers describe an untrained model, not the classifier"
+
+
+@dataclass
+class ScoreResult:
+    """Everything `spurcli score` reports for one folder and target class."""
+
+    target: imagenet.ImageNetClass
+    models: list[LoadedModel]
+    scores: dict[str, dict[str, float | None]]  # classifier -> the seven metrics
+    consensus: metrics.Consensus
+    spurious: PerImage  # per-image numbers of the scored images S
+    real: PerImage | None  # per-image numbers of the real images R (None without --real)
+    skipped: list[str]  # "path: reason" for every file that could not be read
+
+    @property
+    def n_images(self) -> int:
+        return len(self.spurious.images)
+
+    @property
+    def n_real(self) -> int | None:
+        return None if self.real is None else len(self.real.images)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per scored image and classifier (the CSV rows), image-major."""
+        return list(self.spurious.iter_rows())
+
+    def write_csv(self, path: str | os.PathLike[str]) -> None:
+        self.spurious.write_csv(path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": {"index": self.target.index, "name": self.target.name},
+            "n_images": self.n_images,
+            "n_real": self.n_real,
+            "classifiers": {
+                m.name: {"weights": m.weights, **self.scores[m.name]} for m in self.models
+            },
+            "consensus": self.consensus.to_json(),
+        }
+
+    def table(self) -> Any:
+        """A rich Table: one row per classifier, the consensus and counts in the caption."""
+        from rich.table import Table
+
+        table = Table(title=f"spurcli score: target {self.target.index} {self.target.name}")
+        _add_columns(table, METRICS)
+        for m in self.models:
+            label = f"{m.name}*" if m.is_random else m.name
+            table.add_row(label, m.weights, *(_fmt(self.scores[m.name][k]) for k in METRICS))
+        c = self.consensus
+        lines = [
+            f"consensus over {len(self.models)} classifiers: all {c.all:.3f}, any {c.any:.3f}, "
+            f"histogram {c.histogram} (images put in the class by 0..{len(self.models)})",
+            f"{self.n_images} images"
+            + (f", {self.n_real} real" if self.n_real is not None else ", no --real")
+            + (f", {len(self.skipped)} skipped (unreadable)" if self.skipped else ""),
+        ]
+        if any(m.is_random for m in self.models):
+            lines.append(RANDOM_NOTE)
+        table.caption = "\n".join(lines)
+        return table
+
+
+def score_images(
+    images_dir: str | os.PathLike[str],
+    target: str | int,
+    classifiers: Sequence[str | LoadedModel],
+    *,
+    real_dir: str | os.PathLike[str] | None = None,
+    weights: dict[str, str] | None = None,
+    batch_size: int = ScoreOptions.batch_size,
+    device: str | None = None,
+    strict: bool = False,
+    num_workers: int | None = None,
+    image_size: int = ScoreOptions.image_size,
+) -> ScoreResult:
+    """Score the images below ``images_dir`` for ImageNet class ``target`` (index or name).
+
+    ``classifiers``: names (loaded here, with ``weights``) or models from `load_classifiers`.
+    ``real_dir``: real images of the class, the positives of ROC-AUC / average precision.
+    """
+    options = ScoreOptions(batch_size, device, strict, num_workers, image_size)
+    _check_options(options)
+    k = imagenet.resolve_class(target)
+    s_root = Path(images_dir)
+    items = [Item(p, k.index, False) for p in find_images(s_root)]
+    r_root = None if real_dir is None else Path(real_dir)
+    if r_root is not None:
+        items += [Item(p, k.index, True) for p in find_images(r_root)]
+    models = load_classifiers(classifiers, weights)
+    per_image, real, skipped = score_items(items, (s_root, r_root), models, options)
+    spurious = per_image.select(~real)
+    if not spurious.images:
+        raise SpurcliError(f"no readable images in {s_root} ({len(skipped)} unreadable)")
+    real_set = None
+    if r_root is not None:
+        real_set = per_image.select(real)
+        if not real_set.images:
+            raise SpurcliError(f"no readable images in --real {r_root}")
+    scores = {m.name: _metrics(spurious, real_set, c, k.index) for c, m in enumerate(models)}
+    return ScoreResult(
+        target=k,
+        models=list(models),
+        scores=scores,
+        consensus=metrics.consensus(spurious.top1 == k.index),
+        spurious=spurious,
+        real=real_set,
+        skipped=skipped,
+    )
+
+
+def _check_options(options: ScoreOptions) -> None:
+    if options.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.image_size < 8:
+        raise UsageError(f"--image-size must be at least 8 pixels, got {options.image_size}")
+    if options.num_workers is not None and options.num_workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {options.num_workers}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Spurious ImageNet layout: one folder per class/feature + an ImageNet val root
+
+
+def spurious_imagenet_folders(root: Path) -> dict[int, list[Path]]:
+    """ImageNet index -> the feature folders of that class (index: 3rd '_'-token of the name)."""
+    if not root.is_dir():
+        raise SpurcliError(f"Spurious ImageNet folder not found: {root}")
+    folders: dict[int, list[Path]] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        tokens = sub.name.split("_")
+        if len(tokens) < 3 or not tokens[2].isdigit() or int(tokens[2]) >= imagenet.NUM_CLASSES:
+            raise SpurcliError(
+                f"folder '{sub.name}' in {root} does not follow the Spurious ImageNet layout: the "
+                "third '_'-separated token of each folder name must be the ImageNet class index "
+                "(e.g. class_spurious_94_feature_1)"
+            )
+        folders.setdefault(int(tokens[2]), []).append(sub)
+    if not folders:
+        raise SpurcliError(f"no class folders in {root} (expected e.g. class_spurious_94_...)")
+    return dict(sorted(folders.items()))
+
+
+@dataclass
+class SpuriousImageNetResult:
+    """Per-class ROC-AUC / AP (R_k positives vs S_k negatives on p_k) and their class means."""
+
+    classes: list[imagenet.ImageNetClass]
+    models: list[LoadedModel]
+    per_class: dict[str, dict[int, dict[str, float | None]]]  # classifier -> class -> metrics
+    spurious: PerImage
+    real: PerImage
+    skipped: list[str]
+
+    def means(self, name: str) -> dict[str, float]:
+        rows = self.per_class[name].values()
+        keys = ("roc_auc", "average_precision", "spurious_rate", "real_accuracy")
+        return {f"mean_{key}": float(np.mean([r[key] for r in rows])) for key in keys}
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return list(self.spurious.iter_rows())
+
+    def write_csv(self, path: str | os.PathLike[str]) -> None:
+        self.spurious.write_csv(path)
+
+    def to_json(self) -> dict[str, Any]:
+        n_s = np.bincount(self.spurious.target, minlength=imagenet.NUM_CLASSES)
+        n_r = np.bincount(self.real.target, minlength=imagenet.NUM_CLASSES)
+        return {
+            "layout": "spurious-imagenet",
+            "n_images": len(self.spurious.images),
+            "n_real": len(self.real.images),
+            "classes": [
+                {
+                    "index": k.index,
+                    "name": k.name,
+                    "n_images": int(n_s[k.index]),
+                    "n_real": int(n_r[k.index]),
+                }
+                for k in self.classes
+            ],
+            "classifiers": {
+                m.name: {
+                    "weights": m.weights,
+                    **self.means(m.name),
+                    "per_class": {str(k): v for k, v in self.per_class[m.name].items()},
+                }
+                for m in self.models
+            },
+        }
+
+    def table(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+
+        summary = Table(title=f"Spurious ImageNet: {len(self.classes)} classes")
+        _add_columns(summary, ("mean_roc_auc", "mean_average_precision", "mean_spurious_rate"))
+        for m in self.models:
+            means = self.means(m.name)
+            label = f"{m.name}*" if m.is_random else m.name
+            summary.add_row(
+                label,
+                m.weights,
+                _fmt(means["mean_roc_auc"]),
+                _fmt(means["mean_average_precision"]),
+                _fmt(means["mean_spurious_rate"]),
+            )
+        notes = [f"{len(self.spurious.images)} images, {len(self.real.images)} real"]
+        if self.skipped:
+            notes.append(f"{len(self.skipped)} skipped (unreadable)")
+        summary.caption = ", ".join(notes)
+        if any(m.is_random for m in self.models):
+            summary.caption += "\n" + RANDOM_NOTE
+        per_class = Table(title="per class: roc_auc / average_precision")
+        per_class.add_column("class")
+        for m in self.models:
+            per_class.add_column(m.name, justify="right")
+        for k in self.classes:
+            cells = [self.per_class[m.name][k.index] for m in self.models]
+            per_class.add_row(
+                str(k),
+                *(f"{_fmt(c['roc_auc'])} / {_fmt(c['average_precision'])}" for c in cells),
+            )
+        return Group(summary, per_class)
+
+
+def score_spurious_imagenet(
+    root: str | os.PathLike[str],
+    real_root: str | os.PathLike[str],
+    classifiers: Sequence[str | LoadedModel],
+    *,
+    weights: dict[str, str] | None = None,
+    batch_size: int = ScoreOptions.batch_size,
+    device: str | None = None,
+    strict: bool = False,
+    num_workers: int | None = None,
+    image_size: int = ScoreOptions.image_size,
+) -> SpuriousImageNetResult:
+    """The Spurious ImageNet benchmark for any classifier: ``root`` holds one folder per
+    class/feature, ``real_root`` an ImageNet val split with one folder per WordNet id."""
+    options = ScoreOptions(batch_size, device, strict, num_workers, image_size)
+    _check_options(options)
+    s_root, r_root = Path(root), Path(real_root)
+    if not r_root.is_dir():
+        raise SpurcliError(f"ImageNet val folder not found: {r_root}")
+    folders = spurious_imagenet_folders(s_root)
+    classes = [imagenet.imagenet_classes()[k] for k in folders]
+    items = [
+        Item(p, k, False) for k, subs in folders.items() for sub in subs for p in find_images(sub)
+    ]
+    for k in classes:
+        val = r_root / k.wnid
+        if not val.is_dir():
+            raise SpurcliError(
+                f"no folder {k.wnid} (class {k}) in ImageNet val root {r_root}; it needs one "
+                "folder of real images per WordNet id"
+            )
+        items += [Item(p, k.index, True) for p in find_images(val)]
+    models = load_classifiers(classifiers, weights)
+    per_image, real, skipped = score_items(items, (s_root, r_root), models, options)
+    spurious, real_set = per_image.select(~real), per_image.select(real)
+    per_class: dict[str, dict[int, dict[str, float | None]]] = {m.name: {} for m in models}
+    for k in classes:
+        s_k, r_k = (
+            spurious.select(spurious.target == k.index),
+            real_set.select(real_set.target == k.index),
+        )
+        if not s_k.images or not r_k.images:
+            which = (
+                ", ".join(str(f) for f in folders[k.index]) if not s_k.images else r_root / k.wnid
+            )
+            raise SpurcliError(f"no readable images for class {k} in {which}")
+        for c, m in enumerate(models):
+            per_class[m.name][k.index] = _metrics(s_k, r_k, c, k.index)
+    return SpuriousImageNetResult(classes, list(models), per_class, spurious, real_set, skipped)
