@@ -240,6 +240,7 @@ def main() -> None:
     try:
         from spurcli.plugins import get_plugins
 
+        console.configure()  # so plugin-loading warnings look like every other log line
         get_plugins().register_commands(app)
         app()
     except SpurcliError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -22,8 +23,9 @@ from rich.logging import RichHandler
 
 T = TypeVar("T")
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True)
+# emoji=False: a message quoting "timm:cat:..." must not turn into a cat.
+stdout = Console(soft_wrap=True, emoji=False)
+stderr = Console(stderr=True, emoji=False)
 log = logging.getLogger("spurcli")
 
 _state = {"quiet": False}
@@ -34,14 +36,31 @@ def is_main_process() -> bool:
 
 
 def configure(*, verbose: int = 0, quiet: bool = False) -> None:
-    """Set up logging for the CLI (idempotent)."""
+    """Set up logging for the CLI; calling it again replaces the previous set-up (idempotent).
+
+    Our handler goes on the root logger only when nothing else (an application embedding
+    spurcli, pytest) has configured logging, so we never take over someone else's logs.
+    """
     _state["quiet"] = quiet
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     if not is_main_process() and not verbose:
         level = logging.WARNING
-    handler = RichHandler(console=stderr, show_time=False, show_path=bool(verbose), markup=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True, format="%(message)s")
     log.setLevel(level)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_spurcli", False)]:
+        root.removeHandler(old)
+    if not root.handlers:
+        handler: logging.Handler
+        if stderr.is_terminal:
+            handler = RichHandler(
+                console=stderr, show_time=False, show_path=bool(verbose), markup=False
+            )
+        else:  # a log file or pipe: one plain line per record, never wrapped at 80 columns
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler._spurcli = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)  # other libraries' loggers: warnings and errors only
     logging.captureWarnings(True)
 
 
