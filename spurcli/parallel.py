@@ -27,7 +27,11 @@ class Processes:
     def __init__(self, device: str | None = None) -> None:
         from accelerate import PartialState
 
-        cpu = device == "cpu"
+        import torch
+
+        # accelerate forms a CPU (gloo) group only when told cpu=True; without CUDA, a group
+        # started by torchrun would otherwise silently run as N independent single processes.
+        cpu = device == "cpu" or (device in (None, "auto") and not torch.cuda.is_available())
         self.state = PartialState(cpu=cpu)
         self.rank: int = self.state.process_index
         self.world: int = self.state.num_processes
