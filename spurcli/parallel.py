@@ -25,9 +25,8 @@ def launched_distributed() -> bool:
 
 class Processes:
     def __init__(self, device: str | None = None) -> None:
-        from accelerate import PartialState
-
         import torch
+        from accelerate import PartialState
 
         # accelerate forms a CPU (gloo) group only when told cpu=True; without CUDA, a group
         # started by torchrun would otherwise silently run as N independent single processes.
