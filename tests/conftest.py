@@ -1,0 +1,40 @@
+"""Shared pytest fixtures. Append small, clearly named fixtures; keep the heavy ones session-scoped.
+
+Every test runs offline (HF_HUB_OFFLINE=1) and starts with a fresh plugin manager.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before anything imports huggingface_hub, which reads the variable once at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+from _fake_plugin import FakePlugin
+
+from spurcli import console, plugins
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_fresh_plugins(monkeypatch):
+    """Offline hub, a fresh plugin singleton, and default console state for every test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    saved_console = dict(console._state)
+    plugins.reset_plugins()
+    yield
+    plugins.reset_plugins()
+    console._state.update(saved_console)
+
+
+@pytest.fixture
+def fake_plugin() -> FakePlugin:
+    """An in-code plugin registered next to the installed ones (see tests/_fake_plugin.py).
+
+    Classifier ``fake`` (alias ``fk``): red images -> class 94 (hummingbird), others -> class 1;
+    family ``fake:<index>`` targets that index instead; extractor ``fake``: (B, 12) colour features.
+    ``fake_plugin.calls`` records every factory call as (name, weights, variant).
+    """
+    plugin = FakePlugin()
+    plugins.get_plugins().register(plugin, name=plugin.name)
+    return plugin
