@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import difflib
 import functools
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -79,9 +80,9 @@ def resolve_class(query: str | int) -> ImageNetClass:
     """One class from an index, a WordNet id, or an exact (case-insensitive) name or synonym."""
     classes = imagenet_classes()
     text = str(query).strip()
-    if text.isdigit():
+    if _is_int(text):
         index = int(text)
-        if index >= NUM_CLASSES:
+        if not 0 <= index < NUM_CLASSES:
             raise UsageError(f"ImageNet class index {index} out of range 0-{NUM_CLASSES - 1}")
         return classes[index]
     key = text.lower()
@@ -94,9 +95,11 @@ def resolve_class(query: str | int) -> ImageNetClass:
     if len(matches) > 1:
         options = ", ".join(str(c) for c in matches)
         raise UsageError(f"'{text}' names several ImageNet classes ({options}); pass the index")
+    # "cat" should suggest "tabby cat", not the spelling-alike "crate": whole words first.
+    words = [c for c in classes if key in c.name.lower().split()]
     names = {c.name.lower(): c for c in classes}
-    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
-    suggestions = [names[n] for n in close] or search_classes(text)[:3]
+    close = [names[n] for n in difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)]
+    suggestions = (words or close or search_classes(text))[:3]
     hint = f"; did you mean {', '.join(str(c) for c in suggestions)}?" if suggestions else ""
     raise UsageError(f"unknown ImageNet class '{text}'{hint} (see `spurcli classes QUERY`)")
 
@@ -107,8 +110,8 @@ def search_classes(query: str | None = None) -> list[ImageNetClass]:
     if not query:
         return list(classes)
     text = query.strip().lower()
-    if text.isdigit():
-        return [classes[int(text)]] if int(text) < NUM_CLASSES else []
+    if _is_int(text):
+        return [classes[int(text)]] if 0 <= int(text) < NUM_CLASSES else []
     return [
         c
         for c in classes
@@ -116,3 +119,8 @@ def search_classes(query: str | None = None) -> list[ImageNetClass]:
         or text in c.name.lower()
         or any(text in lemma.lower() for lemma in c.lemmas)
     ]
+
+
+def _is_int(text: str) -> bool:
+    # Not str.isdigit(): that accepts "²", which int() rejects; "-1" is an index out of range.
+    return re.fullmatch(r"-?[0-9]+", text) is not None
