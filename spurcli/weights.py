@@ -17,6 +17,7 @@ checkpoint is refused, never run).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,26 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpurcliError(
-            f"{path} cannot be read as a weights-only checkpoint ({first_line}); "
+            f"{path} cannot be read as a weights-only checkpoint ({_load_failure(exc)}); "
             "convert it to safetensors or a plain state dict"
         ) from exc
+
+
+def _load_failure(exc: Exception) -> str:
+    """The useful part of a `torch.load` error, on one line.
+
+    torch's own message is several paragraphs (with ANSI codes) suggesting weights_only=False,
+    which is exactly what we must not do; the object that was refused is what the user needs.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return f"it contains the pickled Python object {refused.group(1)}, which is refused"
+    if isinstance(exc, KeyError | EOFError) or "magic number" in text or "zip archive" in text:
+        return "not a PyTorch checkpoint, or a truncated one"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -65,7 +81,11 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
             break
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(isinstance(v, torch.Tensor) for v in data.values())
+    ):
         raise SpurcliError(f"{path} holds no state dict of tensors")
     return data
 
