@@ -62,11 +62,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """8-bit RGB from any mode Pillow opens; transparency is composited on white."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit grayscale: keep the top byte instead of letting convert() clip at 255.
+        # 16-bit grayscale: scale 0-65535 to 0-255 instead of letting convert() clip at 255.
+        # A dark 16-bit image stays dark; only 32-bit "I" (no declared range) is guessed from
+        # its values.
         import numpy as np
 
-        arr = np.asarray(img, dtype=np.uint32)
-        scale = 257 if arr.max(initial=0) > 255 else 1
+        arr = np.asarray(img, dtype=np.int64)
+        scale = 257 if img.mode != "I" or arr.max(initial=0) > 255 else 1
         img = Image.fromarray((arr // scale).clip(0, 255).astype(np.uint8), mode="L")
     elif img.mode == "F":
         import numpy as np
@@ -74,8 +76,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float32)
         top = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
         img = Image.fromarray((arr / top * 255).clip(0, 255).astype(np.uint8), mode="L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:
+        img = img.convert("RGBA")  # a palette or colour-key transparency: composite it too
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -94,6 +96,8 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
             return to_rgb(img)
     except ImageReadError:
         raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
