@@ -242,7 +242,7 @@ class Plugins:
 
     def _fill(self, kind: str, hook: Any) -> Registry:
         registry = Registry(kind)
-        for impl in reversed(hook.get_hookimpls()):  # registration order, for stable listings
+        for impl in hook.get_hookimpls():  # registration order (pluggy calls them in reverse)
             plugin = impl.plugin_name
             entries: list[Entry] = []
 
@@ -288,7 +288,7 @@ class Plugins:
 
     def register_commands(self, app: Any) -> None:
         """Let each plugin add sub-commands to ``app``; one that raises is skipped (warning)."""
-        for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
+        for impl in self.pm.hook.register_commands.get_hookimpls():
             try:
                 impl.function(app=app)
             except Exception as exc:
