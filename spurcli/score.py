@@ -375,7 +375,7 @@ def _fmt(value: float | None) -> str:
 def _add_columns(table: Any, numbers: Sequence[str]) -> None:
     # Narrow terminals fold cells and headers rather than cutting the metric names off.
     table.add_column("classifier", overflow="fold")
-    table.add_column("weights", overflow="fold", max_width=32)
+    table.add_column("weights", overflow="fold", max_width=48)
     for name in numbers:
         table.add_column(name, justify="right", overflow="fold", min_width=5)
 
