@@ -231,6 +231,174 @@ def _print_wide(renderable: object) -> None:
     out.print(renderable)
 
 
+_FT = "finetune options (each also a key of CONFIG.toml, _ for -)"
+
+
+def _opt(*names: str, help: str) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help, rich_help_panel=_FT)
+
+
+@app.command("finetune")
+def finetune_command(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="TOML file: options at top level or in a finetune table; paths relative "
+            "to it; options given here win."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, _opt("--model", help="Hub id, diffusers folder or 'tiny'.")
+    ] = None,
+    instance_dir: Annotated[
+        Path | None, _opt("--instance-dir", help="Reference images (required).")
+    ] = None,
+    class_noun: Annotated[
+        str | None, _opt("--class-noun", help="What they show, e.g. flower (required).")
+    ] = None,
+    target: Annotated[
+        str | None, _opt("--target", help="ImageNet class index or name (required).")
+    ] = None,
+    output_dir: Annotated[
+        Path | None, _opt("--output-dir", "-o", help="Run folder (required; new unless --resume).")
+    ] = None,
+    identifier: Annotated[
+        str | None, _opt("--identifier", help="Rare token (default: sks).")
+    ] = None,
+    instance_prompt: Annotated[
+        str | None, _opt("--instance-prompt", help="(default: a photo of {identifier} {noun})")
+    ] = None,
+    class_prompt: Annotated[
+        str | None, _opt("--class-prompt", help="(default: a photo of {noun})")
+    ] = None,
+    class_dir: Annotated[
+        Path | None, _opt("--class-dir", help="Prior images (default: OUT/class-images).")
+    ] = None,
+    num_class_images: Annotated[
+        int | None, _opt("--num-class-images", help="Prior images wanted (default: 100).")
+    ] = None,
+    class_inference_steps: Annotated[
+        int | None,
+        _opt("--class-inference-steps", help="Sampler steps per prior image (default 50)."),
+    ] = None,
+    class_guidance: Annotated[
+        float | None, _opt("--class-guidance", help="Guidance for prior images (default 7.5).")
+    ] = None,
+    class_batch_size: Annotated[
+        int | None, _opt("--class-batch-size", help="Prior images per call (default 4).")
+    ] = None,
+    resolution: Annotated[int | None, _opt("--resolution", help="Pixels (default 512).")] = None,
+    center_crop: Annotated[
+        bool | None, _opt("--center-crop/--random-crop", help="Crop (default: random).")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        _opt("--batch-size", help="Instance images per process and micro-step (default 1)."),
+    ] = None,
+    grad_accum: Annotated[
+        int | None, _opt("--grad-accum", help="Micro-steps per step (default 1).")
+    ] = None,
+    steps: Annotated[int | None, _opt("--steps", help="Optimizer steps (default 800).")] = None,
+    lr: Annotated[float | None, _opt("--lr", help="Learning rate (default 2e-6).")] = None,
+    text_encoder_lr: Annotated[
+        float | None, _opt("--text-encoder-lr", help="(default: --lr)")
+    ] = None,
+    lr_scheduler: Annotated[
+        str | None, _opt("--lr-scheduler", help="constant, linear, cosine, ... (default constant).")
+    ] = None,
+    warmup_steps: Annotated[
+        int | None, _opt("--warmup-steps", help="LR warm-up (default 0).")
+    ] = None,
+    max_grad_norm: Annotated[
+        float | None, _opt("--max-grad-norm", help="Gradient clipping, 0: off (default 1.0).")
+    ] = None,
+    seed: Annotated[int | None, _opt("--seed", help="(default 0)")] = None,
+    train_text_encoder: Annotated[
+        bool | None,
+        _opt("--train-text-encoder/--no-train-text-encoder", help="(default: train it)"),
+    ] = None,
+    prior_weight: Annotated[
+        float | None,
+        _opt("--prior-weight", help="Prior preservation weight, 0: off (default 1.0)."),
+    ] = None,
+    sfsl_weight: Annotated[
+        float | None,
+        _opt("--sfsl-weight", help="Spurious feature similarity weight (default 0.1)."),
+    ] = None,
+    extractor: Annotated[
+        str | None, _opt("--extractor", help="Feature extractor (default robust-resnet50).")
+    ] = None,
+    extractor_weights: Annotated[
+        str | None,
+        _opt("--extractor-weights", help="File, or 'random' (default plugin's default)."),
+    ] = None,
+    sfsl_target: Annotated[
+        str | None, _opt("--sfsl-target", help="paired, mean or nearest (default paired).")
+    ] = None,
+    sfsl_distance: Annotated[
+        str | None, _opt("--sfsl-distance", help="cosine or l2 (default cosine).")
+    ] = None,
+    sfsl_max_timestep: Annotated[
+        int | None, _opt("--sfsl-max-timestep", help="SFSL only where t <= this (default always).")
+    ] = None,
+    mixed_precision: Annotated[
+        str | None, _opt("--mixed-precision", help="no, fp16 or bf16 (default no).")
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        _opt("--gradient-checkpointing/--no-gradient-checkpointing", help="(default: off)"),
+    ] = None,
+    attention_slicing: Annotated[
+        str | None, _opt("--attention-slicing", help="auto, max, N or off (default off).")
+    ] = None,
+    use_8bit_adam: Annotated[
+        bool | None, _opt("--use-8bit-adam/--no-use-8bit-adam", help="bitsandbytes (default off).")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, _opt("--checkpoint-every", help="Steps, 0: only on Ctrl-C (default 200).")
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None, _opt("--keep-checkpoints", help="Newest kept, 0: all (default 2).")
+    ] = None,
+    resume: Annotated[str | None, _opt("--resume", help="'latest' or a checkpoint folder.")] = None,
+    validate_every: Annotated[
+        int | None, _opt("--validate-every", help="Steps, 0: never (default 200).")
+    ] = None,
+    validation_prompt: Annotated[
+        list[str] | None,
+        _opt("--validation-prompt", help="Repeatable (default: the instance prompt)."),
+    ] = None,
+    num_validation_images: Annotated[
+        int | None, _opt("--num-validation-images", help="Per prompt (default 4).")
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for any config key (repeatable)."),
+    ] = None,
+) -> None:
+    """Fine-tune Stable Diffusion on reference images: DreamBooth + prior preservation + SFSL."""
+    from spurcli.config import FinetuneConfig, load_config
+    from spurcli.train import finetune
+
+    options = dict(locals())
+    for name in ("config", "sets", "finetune", "load_config", "FinetuneConfig"):
+        options.pop(name)
+    if not options["validation_prompt"]:
+        options["validation_prompt"] = None  # not given: keep the file's or the default
+    cfg = load_config(
+        FinetuneConfig, config, section="finetune", sets=sets or (), overrides=options
+    )
+    out = finetune(cfg)
+    if console.is_main_process():
+        run = json.loads((out / "spurcli-run.json").read_text(encoding="utf-8"))
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in run.get("final_losses", {}).items())
+        console.stdout.print(
+            f"{out}: {run['steps_done']} steps; {losses}; pipeline in {out / 'pipeline'}",
+            markup=False,
+            highlight=False,
+        )
+
+
 def main() -> None:
     """Entry point: runs the app, turning expected errors into one line and an exit code.
 

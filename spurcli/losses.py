@@ -1,0 +1,216 @@
+"""The finetune objective: DreamBooth + prior preservation + spurious feature similarity (SFSL).
+
+    from spurcli.losses import SFSL, step_losses
+    sfsl = SFSL(extractor, reference_features, weight=0.1)          # features computed once
+    losses = step_losses(unet, vae, alphas_cumprod, "epsilon", latents=z0, noise=eps,
+                         timesteps=t, encoder_hidden_states=text, n_instance=1,
+                         prior_weight=1.0, sfsl=sfsl, ref_index=idx)
+    losses.total.backward()     # reaches the UNet, and the text encoder through `text`
+
+The batch holds the instance half first (reference images, "a photo of [V] <noun>") and the class
+half after it (prior images, "a photo of <noun>"), so one UNet call serves both, as in diffusers'
+DreamBooth script. Per DESIGN.md §4:
+
+    L = L_inst + w_prior L_prior + w_sfsl L_sfsl
+    L_inst, L_prior  MSE of the UNet's prediction against its target (epsilon, or v) per half
+    L_sfsl           on the instance half only: x0_hat from the one-step estimate, decoded by the
+                     frozen VAE, clamped to [-1, 1], mapped to [0, 1], fed to the frozen extractor;
+                     distance to a reference feature (1 - cos, or mean squared difference)
+
+Gradients of L_sfsl flow through the extractor and the VAE decoder (both frozen: their weights get
+no gradient, their activations carry it) into the UNet's prediction and from there into the text
+encoder. With w_sfsl = 0 nothing of SFSL is computed: the objective is exactly DreamBooth's.
+Everything here is a pure function of tensors and modules, so each piece can be tested alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass
+class SFSL:
+    """The spurious feature similarity loss's frozen parts and settings."""
+
+    extractor: torch.nn.Module  # images in [0, 1] -> (B, D) features; frozen, in eval mode
+    reference: torch.Tensor  # (N, D) float32 features of the N reference images, computed once
+    weight: float = 0.1  # w_sfsl
+    target: str = "paired"  # paired | mean | nearest: which reference feature each sample meets
+    distance: str = "cosine"  # cosine (1 - cos) | l2 (mean squared difference over D)
+    max_timestep: int | None = None  # apply only to samples with t <= this (None: all)
+
+
+@dataclass
+class Losses:
+    """Every term of one micro-batch; ``total`` carries the graph, the rest are for the log."""
+
+    total: torch.Tensor
+    instance: torch.Tensor
+    prior: torch.Tensor
+    sfsl: torch.Tensor
+
+
+def _expand(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample scalars (B,) broadcast against a (B, C, H, W) tensor."""
+    return values.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def _alphas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> Any:
+    a = alphas_cumprod.to(like.device, torch.float32)[timesteps.to(like.device)]
+    return _expand(a.sqrt(), like), _expand((1 - a).sqrt(), like)
+
+
+def diffusion_target(
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    """What the UNet is trained to predict for z_t = sqrt(a) z0 + sqrt(1 - a) eps."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        sqrt_a, sqrt_1ma = _alphas(alphas_cumprod, timesteps, latents)
+        return sqrt_a * noise - sqrt_1ma * latents  # v = sqrt(a) eps - sqrt(1 - a) z0
+    if prediction_type == "sample":
+        return latents
+    raise ValueError(f"unknown prediction type {prediction_type!r}; expected {PREDICTION_TYPES}")
+
+
+def add_noise(
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+) -> torch.Tensor:
+    """z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps (the DDPM forward process)."""
+    sqrt_a, sqrt_1ma = _alphas(alphas_cumprod, timesteps, latents)
+    return sqrt_a * latents + sqrt_1ma * noise
+
+
+def predicted_x0(
+    noisy: torch.Tensor,
+    model_pred: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    """The one-step estimate of z0 from z_t and the UNet's prediction."""
+    sqrt_a, sqrt_1ma = _alphas(alphas_cumprod, timesteps, noisy)
+    if prediction_type == "epsilon":
+        return (noisy - sqrt_1ma * model_pred) / sqrt_a
+    if prediction_type == "v_prediction":
+        return sqrt_a * noisy - sqrt_1ma * model_pred  # z0 = sqrt(a) z_t - sqrt(1 - a) v
+    if prediction_type == "sample":
+        return model_pred
+    raise ValueError(f"unknown prediction type {prediction_type!r}; expected {PREDICTION_TYPES}")
+
+
+def decode_to_unit(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """VAE-decode (unscaled by the VAE's scaling factor) to images clamped and mapped to [0, 1]."""
+    config = vae.config
+    z = latents.to(vae.dtype) / config.scaling_factor
+    if getattr(config, "shift_factor", None):
+        z = z + config.shift_factor
+    images = vae.decode(z).sample
+    return (images.clamp(-1, 1) + 1) / 2
+
+
+def feature_distance(f: torch.Tensor, ref: torch.Tensor, distance: str) -> torch.Tensor:
+    """Per-sample distance (B,) between features f (B, D) and ref (B, D)."""
+    if distance == "cosine":
+        return 1 - F.cosine_similarity(f, ref, dim=1)
+    if distance == "l2":
+        return (f - ref).pow(2).mean(dim=1)
+    raise ValueError(f"unknown SFSL distance {distance!r}; expected cosine or l2")
+
+
+def reference_for(
+    f: torch.Tensor, reference: torch.Tensor, index: torch.Tensor | None, target: str, distance: str
+) -> torch.Tensor:
+    """The reference feature (B, D) each generated feature in f (B, D) is pulled towards."""
+    if target == "paired":
+        if index is None:
+            raise ValueError("paired SFSL needs the index of each sample's reference image")
+        return reference[index.to(reference.device)]
+    if target == "mean":
+        return reference.mean(dim=0, keepdim=True).expand(f.shape[0], -1)
+    if target == "nearest":
+        with torch.no_grad():  # the choice is not differentiated, only the distance to it
+            if distance == "cosine":
+                scores = F.normalize(f.float(), dim=1) @ F.normalize(reference, dim=1).T
+            else:
+                scores = -torch.cdist(f.float(), reference)
+            nearest = scores.argmax(dim=1)
+        return reference[nearest]
+    raise ValueError(f"unknown SFSL target {target!r}; expected paired, mean or nearest")
+
+
+def sfsl_loss(
+    sfsl: SFSL,
+    vae: Any,
+    x0_latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    ref_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L_sfsl of the instance samples x0_latents (B, 4, h, w); 0 if none is under the ceiling."""
+    keep = torch.ones_like(timesteps, dtype=torch.bool)
+    if sfsl.max_timestep is not None:
+        keep = timesteps <= sfsl.max_timestep
+        if not bool(keep.any()):
+            return x0_latents.new_zeros((), dtype=torch.float32)  # skip the decode entirely
+        x0_latents = x0_latents[keep]
+        ref_index = ref_index[keep.to(ref_index.device)] if ref_index is not None else None
+    images = decode_to_unit(vae, x0_latents)
+    dtype = next((p.dtype for p in sfsl.extractor.parameters()), images.dtype)
+    f = sfsl.extractor(images.to(dtype)).float()
+    ref = reference_for(f, sfsl.reference.to(f.device), ref_index, sfsl.target, sfsl.distance)
+    return feature_distance(f, ref, sfsl.distance).mean()
+
+
+def step_losses(
+    unet: Any,
+    vae: Any,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    *,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    n_instance: int,
+    prior_weight: float = 1.0,
+    sfsl: SFSL | None = None,
+    ref_index: torch.Tensor | None = None,
+) -> Losses:
+    """All loss terms of one micro-batch: instance half first, class half (if any) after it."""
+    noisy = add_noise(latents, noise, timesteps, alphas_cumprod)
+    model_pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
+    target = diffusion_target(latents, noise, timesteps, alphas_cumprod, prediction_type)
+    pred, target = model_pred.float(), target.float()
+    loss_instance = F.mse_loss(pred[:n_instance], target[:n_instance])
+    total = loss_instance
+    zero = loss_instance.new_zeros(())
+    loss_prior = zero
+    if n_instance < latents.shape[0]:
+        loss_prior = F.mse_loss(pred[n_instance:], target[n_instance:])
+        total = total + prior_weight * loss_prior
+    loss_sfsl = zero
+    if sfsl is not None and sfsl.weight != 0:
+        x0 = predicted_x0(
+            noisy[:n_instance].float(),
+            pred[:n_instance],
+            timesteps[:n_instance],
+            alphas_cumprod,
+            prediction_type,
+        )
+        loss_sfsl = sfsl_loss(sfsl, vae, x0, timesteps[:n_instance], ref_index)
+        total = total + sfsl.weight * loss_sfsl
+    return Losses(total, loss_instance.detach(), loss_prior.detach(), loss_sfsl.detach())

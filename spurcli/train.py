@@ -1,0 +1,906 @@
+"""`spurcli finetune`: DreamBooth + prior preservation + SFSL on accelerate, in one file.
+
+    from spurcli.config import FinetuneConfig
+    from spurcli.train import finetune
+    cfg = FinetuneConfig(model="tiny", instance_dir=Path("refs"), class_noun="flower",
+                         target="hummingbird", output_dir=Path("runs/a"), resolution=64,
+                         steps=10, num_class_images=4, extractor="effnet-lite0")
+    out = finetune(cfg)                  # -> the run folder; SpurcliError on bad input
+    load_pipeline(out)                   # spurcli.diffusion: the fine-tuned pipeline
+
+    # the same from the shell, on one CPU/GPU or many processes:
+    spurcli finetune exp.toml --steps 10
+    accelerate launch -m spurcli finetune exp.toml
+    torchrun --nproc_per_node 2 -m spurcli finetune exp.toml      # 2 CPU processes (gloo)
+
+`finetune(config, on_step=None) -> Path`; `on_step(step)` runs on every process after each
+optimizer step (tests use it to interrupt a run at a known step).
+
+The run folder:
+
+    OUT/spurcli-run.json        config, prompts, class, reference hashes, versions, final losses
+    OUT/log.jsonl               per step: step, loss, loss_instance, loss_prior, loss_sfsl, lr
+    OUT/pipeline/               StableDiffusionPipeline.save_pretrained (plain diffusers loads it)
+    OUT/validation/step-N/*.png validation images every --validate-every steps and at the end
+    OUT/checkpoints/step-N/     model, optimizer, lr scheduler, grad scaler, RNG states, step
+    OUT/class-images/           prior images (unless --class-dir), reused by later runs
+
+Reproducibility: everything random in a step (which images, crops, noise, timesteps, the VAE
+posterior sample) is drawn from a generator seeded by (seed, micro-step, process), never from
+global state, so a run resumed from a checkpoint continues exactly where it left off: on CPU an
+interrupted + resumed run ends with bit-identical weights to an uninterrupted one (a test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spurcli import console
+from spurcli.config import FinetuneConfig, to_dict
+from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR, load_pipeline, set_attention_slicing
+from spurcli.errors import SpurcliError, UsageError
+from spurcli.fileio import atomic_dir, write_json, write_text
+from spurcli.images import find_images, read_folder, read_image, sha256_file, write_png
+from spurcli.losses import SFSL, step_losses
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "log.jsonl"
+CHECKPOINTS = "checkpoints"
+LOSS_KEYS = ("loss", "loss_instance", "loss_prior", "loss_sfsl")
+# Changing these between a checkpoint and its resume does not change the weights.
+RESUME_FREE = {
+    "steps",
+    "resume",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "validate_every",
+    "validation_prompt",
+    "num_validation_images",
+    "validation_steps",
+    "validation_guidance",
+    "output_dir",
+    "class_batch_size",
+}
+
+
+class Interrupted(SpurcliError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved; exit like a shell does on SIGINT."""
+
+    exit_code = 130
+
+
+# ----------------------------------------------------------------------------------------------
+# the training run
+
+
+def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = None) -> Path:
+    """Fine-tune ``config.model`` on the reference images; returns the run folder."""
+    cfg = config
+    check_config(cfg)
+    out = Path(cfg.output_dir)  # type: ignore[arg-type]
+    started = time.time()
+    accelerator = _accelerator(cfg)
+    main = accelerator.is_main_process
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        cfg.mixed_precision, torch.float32
+    )
+
+    # --- inputs: class, prompts, reference images (fail fast, before anything slow) ----------
+    from spurcli import imagenet, plugins
+
+    target = imagenet.resolve_class(cfg.target)  # type: ignore[arg-type]
+    instance_prompt = fill_prompt(cfg.instance_prompt, cfg.identifier, cfg.class_noun)
+    class_prompt = fill_prompt(cfg.class_prompt, cfg.identifier, cfg.class_noun)
+    references, _ = read_folder(cfg.instance_dir, strict=True)  # type: ignore[arg-type]
+    use_sfsl = cfg.sfsl_weight != 0
+    use_prior = cfg.prior_weight != 0
+    plugins.extractors().resolve(cfg.extractor)  # an unknown name fails now, with suggestions
+
+    # --- the output folder: new, or a run to resume -------------------------------------------
+    checkpoint = _resume_point(cfg, out)
+    finished = _finished_run(out)
+    if finished is not None and cfg.resume and finished.get("steps_done", 0) >= cfg.steps:
+        log.info("%s already finished %s steps; nothing to do", out, finished["steps_done"])
+        return out
+    accelerator.wait_for_everyone()  # every process has checked the folder before it changes
+    run_info = {
+        "status": "running",
+        "identifier": cfg.identifier,
+        "target": {"index": target.index, "wnid": target.wnid, "name": target.name},
+        "class_noun": cfg.class_noun,
+        "instance_prompt": instance_prompt,
+        "class_prompt": class_prompt,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "config": to_dict(cfg),
+        "references": [{"file": os.fspath(p), "sha256": sha256_file(p)} for p, _ in references],
+        "extractor": None,
+        "versions": _versions(),
+        "world_size": accelerator.num_processes,
+        "steps_done": 0,
+    }
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if finished is None:  # a finished run keeps its record until the new one is done
+            write_json(out / RUN_FILE, run_info)
+
+    # --- models: the base pipeline, the extractor ---------------------------------------------
+    pipe = load_pipeline(cfg.model)
+    unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction_type = noise_scheduler.config.prediction_type
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    extractor = None
+    if use_sfsl:
+        loaded = plugins.extractors().load(cfg.extractor, cfg.extractor_weights)
+        extractor = loaded.module.eval().requires_grad_(False).to(device, weight_dtype)
+        run_info["extractor"] = {
+            "name": loaded.name,
+            "weights": loaded.weights,
+            "plugin": loaded.plugin,
+            "dim": getattr(loaded.module, "dim", None),
+        }
+    set_attention_slicing(unet, cfg.attention_slicing)
+    if str(cfg.attention_slicing) != "off":
+        vae.enable_slicing()  # the VAE's saver: decode one image of a batch at a time
+
+    # --- prior images: generated once with the frozen base model, then reused -----------------
+    class_dir = Path(cfg.class_dir) if cfg.class_dir else out / "class-images"
+    class_images: list[Path] = []
+    if use_prior:
+        pipe.to(device)
+        class_info = generate_class_images(pipe, cfg, class_prompt, class_dir, accelerator)
+        run_info["class_images"] = class_info
+        class_images = find_images(class_dir)
+
+    # --- frozen parts in the compute dtype, trainable parts in fp32 ---------------------------
+    vae.requires_grad_(False)
+    train_vae = vae if weight_dtype == torch.float32 else copy.deepcopy(vae).to(weight_dtype)
+    train_vae.to(device).eval()
+    if train_vae is not vae:
+        vae.to("cpu")  # the fp32 original is only needed again for saving the pipeline
+    unet.requires_grad_(True).train()
+    text_encoder.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+        if use_sfsl:
+            train_vae.enable_gradient_checkpointing()  # its decoder is in the SFSL graph
+
+    # --- data: images resized once, latents encoded once per (image, crop) --------------------
+    data = Data(
+        [img for _, img in references],
+        [read_image(p) for p in class_images],
+        cfg,
+        accelerator.process_index,
+        accelerator.num_processes,
+        noise_scheduler.config.num_train_timesteps,
+    )
+    encoder = LatentCache(train_vae, device)
+    sfsl = None
+    if extractor is not None:
+        with torch.no_grad(), accelerator.autocast():
+            ref = extractor(data.reference_batch().to(device, weight_dtype)).float()
+        sfsl = SFSL(
+            extractor,
+            ref,
+            cfg.sfsl_weight,
+            cfg.sfsl_target,
+            cfg.sfsl_distance,
+            cfg.sfsl_max_timestep,
+        )
+    ids = tokenizer(
+        [instance_prompt, class_prompt],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    if not cfg.train_text_encoder:
+        text_encoder.to(device)
+        with torch.no_grad():
+            frozen_text = text_encoder(ids)[0]
+
+    # --- optimizer, lr schedule, accelerate ---------------------------------------------------
+    groups = [{"params": list(unet.parameters()), "lr": cfg.lr}]
+    if cfg.train_text_encoder:
+        groups.append(
+            {"params": list(text_encoder.parameters()), "lr": cfg.text_encoder_lr or cfg.lr}
+        )
+    optimizer = _optimizer(cfg, groups)
+    from diffusers.optimization import get_scheduler
+
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=cfg.warmup_steps,
+        num_training_steps=cfg.steps,
+    )
+    trained = [unet, text_encoder] if cfg.train_text_encoder else [unet]
+    *trained, optimizer = accelerator.prepare(*trained, optimizer)
+    unet_ddp = trained[0]
+    text_ddp = trained[1] if cfg.train_text_encoder else None
+    params = [p for group in groups for p in group["params"]]
+
+    step = 0
+    if checkpoint is not None:
+        step = load_checkpoint(
+            checkpoint, cfg, accelerator, unet, text_encoder, optimizer, lr_scheduler
+        )
+        log.info("resumed from %s (step %d)", checkpoint, step)
+    if main:
+        _truncate_log(out / LOG_FILE, step)
+
+    def text_states(batch: Batch) -> torch.Tensor:
+        states = text_ddp(ids)[0] if text_ddp is not None else frozen_text
+        return states[batch.prompt_rows.to(device)]  # rows 0 (instance) / 1 (class) per sample
+
+    # --- the loop -----------------------------------------------------------------------------
+    stop = _StopFlag()
+    last: dict[str, float] = {}
+    with stop.installed(), console.progress_bar("finetune", total=cfg.steps) as bar:
+        bar.advance(step)
+        while step < cfg.steps:
+            sums = torch.zeros(len(LOSS_KEYS), device=device)
+            for micro in range(cfg.grad_accum):
+                batch = data.batch(step * cfg.grad_accum + micro)
+                latents = encoder.latents(batch)
+                with contextlib.ExitStack() as stack:
+                    if micro < cfg.grad_accum - 1:  # no gradient all-reduce until the last one
+                        for model in trained:
+                            stack.enter_context(accelerator.no_sync(model))
+                    with accelerator.autocast():
+                        losses = step_losses(
+                            unet_ddp,
+                            train_vae,
+                            alphas_cumprod,
+                            prediction_type,
+                            latents=latents,
+                            noise=batch.noise.to(device),
+                            timesteps=batch.timesteps.to(device),
+                            encoder_hidden_states=text_states(batch),
+                            n_instance=batch.n_instance,
+                            prior_weight=cfg.prior_weight,
+                            sfsl=sfsl,
+                            ref_index=batch.instance_index.to(device),
+                        )
+                    accelerator.backward(losses.total / cfg.grad_accum)
+                terms = [losses.total.detach(), losses.instance, losses.prior, losses.sfsl]
+                sums += torch.stack([t.float() for t in terms]) / cfg.grad_accum
+            sums = accelerator.reduce(sums, reduction="mean")  # the mean over processes
+            values = dict(zip(LOSS_KEYS, sums.tolist(), strict=True))
+            if not all(math.isfinite(v) for v in values.values()):
+                raise SpurcliError(
+                    f"loss became non-finite at step {step + 1} "
+                    f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); stopped without "
+                    f"updating the weights; last good checkpoint: {_latest(out) or 'none'}. "
+                    "Try a lower --lr, --mixed-precision bf16 or no, or another --sfsl-distance"
+                )
+            if cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = lr_scheduler.get_last_lr()[0]
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            last = values
+            if main:
+                with open(out / LOG_FILE, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": step, **values, "lr": lr}) + "\n")
+            bar.advance()
+            bar.update(info=f"loss {values['loss']:.4f}")
+            if on_step is not None:
+                on_step(step)
+            # Every process must agree, or they would wait on different collectives.
+            flag = torch.tensor([float(stop.requested)], device=device)
+            interrupted = accelerator.reduce(flag, reduction="sum").item() > 0
+            if interrupted or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                save_checkpoint(
+                    out, step, cfg, accelerator, unet, text_encoder, optimizer, lr_scheduler, values
+                )
+            if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.steps):
+                validate(
+                    pipe,
+                    unet,
+                    text_encoder,
+                    train_vae,
+                    cfg,
+                    instance_prompt,
+                    step,
+                    out,
+                    accelerator,
+                )
+            if interrupted:
+                raise Interrupted(
+                    f"interrupted at step {step}; checkpoint saved in "
+                    f"{out / CHECKPOINTS / f'step-{step}'}; continue with --resume latest"
+                )
+
+    # --- the result ---------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    if main:
+        pipe.unet = accelerator.unwrap_model(unet)
+        pipe.text_encoder = accelerator.unwrap_model(text_encoder)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its "Writing model shards" bar is noise here
+        with atomic_dir(out / RUN_PIPELINE_DIR) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        run_info.update(
+            status="finished",
+            steps_done=step,
+            final_losses=last,
+            prediction_type=prediction_type,
+            seconds=round(time.time() - started, 1),
+        )
+        write_json(out / RUN_FILE, run_info)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Every option that can be checked without loading anything; one-line errors."""
+    for name in ("instance_dir", "class_noun", "target", "output_dir"):
+        if getattr(cfg, name) in (None, ""):
+            raise UsageError(f"--{name.replace('_', '-')} is required (or `{name}` in the config)")
+    positive = (
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "resolution",
+        "validation_steps",
+        "num_validation_images",
+        "class_batch_size",
+        "class_inference_steps",
+    )
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in (
+        "num_class_images",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "validate_every",
+        "warmup_steps",
+        "prior_weight",
+        "max_grad_norm",
+        "weight_decay",
+    ):
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+    if cfg.resolution % 8:
+        raise UsageError(
+            f"--resolution must be a multiple of 8 (the VAE's factor), not {cfg.resolution}"
+        )
+    if not cfg.lr > 0 or (cfg.text_encoder_lr is not None and not cfg.text_encoder_lr > 0):
+        raise UsageError("--lr and --text-encoder-lr must be positive")
+    if cfg.prior_weight and cfg.num_class_images < 1:
+        raise UsageError("prior preservation needs --num-class-images >= 1 (or --prior-weight 0)")
+    if cfg.sfsl_max_timestep is not None and cfg.sfsl_max_timestep < 0:
+        raise UsageError("--sfsl-max-timestep must not be negative")
+    from diffusers.optimization import SchedulerType
+
+    names = [s.value for s in SchedulerType if s.value != "piecewise_constant"]
+    if cfg.lr_scheduler not in names:
+        raise UsageError(
+            f"unknown --lr-scheduler '{cfg.lr_scheduler}'; choose from {', '.join(names)}"
+        )
+    slicing = str(cfg.attention_slicing)
+    if slicing not in ("auto", "max", "off") and not (slicing.isdigit() and int(slicing) > 0):
+        raise UsageError(
+            f"--attention-slicing must be auto, max, off or a positive int, not {slicing}"
+        )
+    if cfg.resume not in (None, "latest") and not Path(cfg.resume).is_dir():
+        raise UsageError(f"--resume: no checkpoint folder {cfg.resume} (or use --resume latest)")
+
+
+def fill_prompt(template: str, identifier: str, noun: str | None) -> str:
+    """``{identifier}`` and ``[V]`` become the identifier, ``{noun}`` the class noun."""
+    text = template.replace("[V]", identifier).replace("{identifier}", identifier)
+    return text.replace("{noun}", noun or "")
+
+
+def _accelerator(cfg: FinetuneConfig) -> Any:
+    from accelerate import Accelerator
+
+    try:
+        return Accelerator(mixed_precision=cfg.mixed_precision)
+    except (ValueError, RuntimeError) as exc:
+        raise SpurcliError(f"--mixed-precision {cfg.mixed_precision}: {exc}") from exc
+
+
+def _optimizer(cfg: FinetuneConfig, groups: list[dict[str, Any]]) -> Any:
+    kwargs = {"betas": (0.9, 0.999), "weight_decay": cfg.weight_decay, "eps": 1e-8}
+    if not cfg.use_8bit_adam:
+        return torch.optim.AdamW(groups, **kwargs)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise SpurcliError(
+            "--use-8bit-adam needs bitsandbytes: pip install 'spurcli[8bit]' (CUDA GPUs)"
+        ) from None
+    return bnb.optim.AdamW8bit(groups, **kwargs)
+
+
+def _versions() -> dict[str, str]:
+    names = ("spurcli", "torch", "diffusers", "transformers", "accelerate")
+    found = {}
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# data: deterministic batches from (seed, micro-step, process)
+
+
+def _seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts: independent streams without global RNG state."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@lru_cache(maxsize=8)
+def _permutation(n: int, seed: int, kind: str, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(_seed("order", kind, seed, epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+@dataclass
+class Batch:
+    """One micro-batch: instance samples first, class samples after them."""
+
+    keys: list[tuple[str, int, int, int]]  # (instance|class, image index, crop top, crop left)
+    images: list[torch.Tensor]  # (3, R, R) in [-1, 1], matching keys
+    instance_index: torch.Tensor  # (n_instance,) reference index of each instance sample
+    prompt_rows: torch.Tensor  # 0 for instance samples, 1 for class samples
+    noise: torch.Tensor  # (B, 4, R/8, R/8)
+    posterior_noise: torch.Tensor  # the VAE posterior sample's noise, same shape
+    timesteps: torch.Tensor  # (B,)
+    n_instance: int
+
+
+class Data:
+    """Instance and class images, resized once; micro-step m's batch is a pure function of m."""
+
+    def __init__(
+        self,
+        instance: list[Any],
+        classes: list[Any],
+        cfg: FinetuneConfig,
+        rank: int,
+        world: int,
+        num_train_timesteps: int = 1000,
+    ) -> None:
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.sets = {
+            "instance": [self._resize(i) for i in instance],
+            "class": [self._resize(i) for i in classes],
+        }
+        self.num_train_timesteps = num_train_timesteps
+
+    def _resize(self, image: Any) -> torch.Tensor:
+        """Shorter side to the resolution (bilinear, antialiased, like torchvision's Resize)."""
+        from PIL import Image
+
+        from spurcli.images import to_tensor
+
+        r = self.cfg.resolution
+        w, h = image.size
+        scale = r / min(w, h)
+        size = (max(r, round(w * scale)), max(r, round(h * scale)))
+        resized = image.resize(size, Image.Resampling.BILINEAR)
+        return (to_tensor(resized) * 255).round().to(torch.uint8)  # uint8: 4x less memory
+
+    def _crop(self, image: torch.Tensor, g: torch.Generator | None) -> tuple[int, int]:
+        r = self.cfg.resolution
+        h, w = image.shape[1:]
+        if g is None or self.cfg.center_crop:
+            return (h - r) // 2, (w - r) // 2
+        top = int(torch.randint(0, h - r + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - r + 1, (1,), generator=g))
+        return top, left
+
+    def _pixels(self, kind: str, index: int, top: int, left: int) -> torch.Tensor:
+        r = self.cfg.resolution
+        image = self.sets[kind][index][:, top : top + r, left : left + r]
+        return image.float() / 127.5 - 1
+
+    def reference_batch(self) -> torch.Tensor:
+        """All reference images, centre-cropped, in [0, 1]: what reference features see."""
+        crops = [(i, *self._crop(img, None)) for i, img in enumerate(self.sets["instance"])]
+        return torch.stack([(self._pixels("instance", *c) + 1) / 2 for c in crops])
+
+    def _pick(self, kind: str, micro: int, j: int) -> int:
+        n = len(self.sets[kind])
+        b = self.cfg.batch_size
+        position = (micro * self.world + self.rank) * b + j  # global sample counter of this kind
+        return _permutation(n, self.cfg.seed, kind, position // n)[position % n]
+
+    def batch(self, micro: int) -> Batch:
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(_seed("batch", cfg.seed, micro, self.rank))
+        kinds = ["instance"] * cfg.batch_size + (
+            ["class"] * cfg.batch_size if self.sets["class"] else []
+        )
+        keys = []
+        for j, kind in enumerate(kinds):
+            index = self._pick(kind, micro, j % cfg.batch_size)
+            keys.append((kind, index, *self._crop(self.sets[kind][index], g)))
+        n = len(keys)
+        shape = (n, 4, cfg.resolution // 8, cfg.resolution // 8)
+        return Batch(
+            keys=keys,
+            images=[self._pixels(*key) for key in keys],
+            instance_index=torch.tensor([k[1] for k in keys[: cfg.batch_size]]),
+            prompt_rows=torch.tensor([0 if k[0] == "instance" else 1 for k in keys]),
+            noise=torch.randn(shape, generator=g),
+            posterior_noise=torch.randn(shape, generator=g),
+            timesteps=torch.randint(0, self.num_train_timesteps, (n,), generator=g),
+            n_instance=cfg.batch_size,
+        )
+
+
+class LatentCache:
+    """The frozen VAE's posterior (mean, std) per (image, crop), computed on first use.
+
+    The VAE never changes, so encoding an image twice is wasted work: with square images or
+    --center-crop each image has one crop and the encoder runs once per image for the whole
+    run. The posterior is still *sampled* every step, as diffusers does.
+    """
+
+    def __init__(self, vae: Any, device: Any) -> None:
+        self.vae, self.device = vae, device
+        self.cache: dict[tuple[str, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def latents(self, batch: Batch) -> torch.Tensor:
+        means, stds = [], []
+        for key, image in zip(batch.keys, batch.images, strict=True):
+            if key not in self.cache:
+                x = image[None].to(self.device, self.vae.dtype)
+                dist = self.vae.encode(x).latent_dist
+                self.cache[key] = (dist.mean.float(), dist.std.float())
+            mean, std = self.cache[key]
+            means.append(mean)
+            stds.append(std)
+        mean, std = torch.cat(means), torch.cat(stds)
+        z = mean + std * batch.posterior_noise.to(self.device)
+        return z * self.vae.config.scaling_factor
+
+
+# ----------------------------------------------------------------------------------------------
+# prior images
+
+
+def generate_class_images(
+    pipe: Any, cfg: FinetuneConfig, prompt: str, folder: Path, accelerator: Any
+) -> dict[str, Any]:
+    """Generate the missing prior images into ``folder``, sharded over processes; reuse the rest."""
+    existing = find_images(folder) if folder.is_dir() and any(folder.iterdir()) else []
+    missing = max(0, cfg.num_class_images - len(existing))
+    taken = {p.name for p in existing}
+    indices, i = [], 0
+    while len(indices) < missing:
+        if f"class-{i:05d}.png" not in taken:
+            indices.append(i)
+        i += 1
+    mine = indices[accelerator.process_index :: accelerator.num_processes]
+    if missing:
+        log.info("generating %d class images into %s", missing, folder)
+    with console.progress_bar("class images", total=len(mine)) as bar:
+        for start in range(0, len(mine), cfg.class_batch_size):
+            chunk = mine[start : start + cfg.class_batch_size]
+            seeds = [cfg.seed * 1_000_000 + idx for idx in chunk]
+            with torch.no_grad(), accelerator.autocast():
+                images = pipe(
+                    [prompt] * len(chunk),
+                    num_inference_steps=cfg.class_inference_steps,
+                    guidance_scale=cfg.class_guidance,
+                    height=cfg.resolution,
+                    width=cfg.resolution,
+                    generator=[torch.Generator().manual_seed(s) for s in seeds],
+                ).images
+            for idx, seed, image in zip(chunk, seeds, images, strict=True):
+                meta = {
+                    "prompt": prompt,
+                    "seed": seed,
+                    "steps": cfg.class_inference_steps,
+                    "guidance": cfg.class_guidance,
+                    "model": cfg.model,
+                }
+                write_png(folder / f"class-{idx:05d}.png", image, meta)
+            bar.advance(len(chunk))
+    accelerator.wait_for_everyone()
+    return {
+        "dir": os.fspath(folder),
+        "reused": len(existing),
+        "generated": missing,
+        "seeds": "seed * 1000000 + index (in each class-NNNNN.png's text chunk)",
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    folder = out / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = re.fullmatch(r"step-(\d+)", path.name)
+        if match and (path / "state.json").is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def _latest(out: Path) -> Path | None:
+    found = _checkpoints(out)
+    return found[-1][1] if found else None
+
+
+def _finished_run(out: Path) -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        if info.get("status") == "finished":
+            return info
+    return None
+
+
+def _resume_point(cfg: FinetuneConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from; refuses to write into another run without --resume."""
+    is_run = any((out / name).exists() for name in (RUN_FILE, LOG_FILE, CHECKPOINTS))
+    if cfg.resume is None:
+        if is_run:
+            raise UsageError(
+                f"{out} already holds a spurcli finetune run; continue it with --resume latest "
+                "or choose another --output-dir"
+            )
+        return None
+    if cfg.resume == "latest":
+        latest = _latest(out)
+        if latest is None:
+            log.info("no checkpoint in %s: starting from step 0", out)
+        return latest
+    path = Path(cfg.resume)
+    if not (path / "state.json").is_file():
+        raise UsageError(f"--resume: {path} is not a spurcli checkpoint (no state.json)")
+    return path
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(
+    out: Path,
+    step: int,
+    cfg: FinetuneConfig,
+    accelerator: Any,
+    unet: Any,
+    text_encoder: Any,
+    optimizer: Any,
+    lr_scheduler: Any,
+    losses: dict[str, float],
+) -> None:
+    """checkpoints/step-N, written into a temporary folder and renamed (never half a checkpoint)."""
+    from accelerate.utils import gather_object
+    from safetensors.torch import save_file
+
+    rng_states = gather_object([_rng_state()])  # every process's RNG, collected on all
+    if accelerator.is_main_process:
+        target = out / CHECKPOINTS / f"step-{step}"
+        with atomic_dir(target) as tmp:
+            save_file(_state_dict(accelerator, unet), tmp / "unet.safetensors")
+            if cfg.train_text_encoder:
+                save_file(_state_dict(accelerator, text_encoder), tmp / "text_encoder.safetensors")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+            if accelerator.scaler is not None:
+                torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+            for rank, state in enumerate(rng_states):
+                torch.save(state, tmp / f"rng-{rank}.pt")
+            state = {
+                "step": step,
+                "losses": losses,
+                "config": to_dict(cfg),
+                "world_size": accelerator.num_processes,
+            }
+            write_json(tmp / "state.json", state)
+        if cfg.keep_checkpoints:
+            for _, old in _checkpoints(out)[: -cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        log.info("saved checkpoint %s", target)
+    accelerator.wait_for_everyone()
+
+
+def _state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
+    state = accelerator.unwrap_model(model).state_dict()
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def load_checkpoint(
+    path: Path,
+    cfg: FinetuneConfig,
+    accelerator: Any,
+    unet: Any,
+    text_encoder: Any,
+    optimizer: Any,
+    lr_scheduler: Any,
+) -> int:
+    """Restore everything ``save_checkpoint`` wrote; returns the step it was taken at."""
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    changed = sorted(
+        k
+        for k, v in to_dict(cfg).items()
+        if k not in RESUME_FREE and state["config"].get(k, v) != v
+    )
+    if changed:
+        log.warning(
+            "resuming with changed options (%s): the result will differ from an uninterrupted run",
+            ", ".join(changed),
+        )
+    try:
+        accelerator.unwrap_model(unet).load_state_dict(load_file(path / "unet.safetensors"))
+        if cfg.train_text_encoder:
+            te = load_file(path / "text_encoder.safetensors")
+            accelerator.unwrap_model(text_encoder).load_state_dict(te)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
+        if accelerator.scaler is not None and (path / "scaler.pt").is_file():
+            accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise SpurcliError(f"cannot resume from {path}: {exc}") from exc
+    rng = path / f"rng-{accelerator.process_index}.pt"
+    if rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=True))
+    return int(state["step"])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines after ``step``: a killed run may have logged steps past its checkpoint."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+    if len(kept) != len(lines):
+        write_text(path, "".join(line + "\n" for line in kept))
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        console.stderr.print(
+            "[yellow]stopping: saving a checkpoint after this step (Ctrl-C again to abort)[/]"
+        )
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals can only be handled on the main thread
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+@torch.no_grad()
+def validate(
+    pipe: Any,
+    unet: Any,
+    text_encoder: Any,
+    vae: Any,
+    cfg: FinetuneConfig,
+    instance_prompt: str,
+    step: int,
+    out: Path,
+    accelerator: Any,
+) -> None:
+    """validation/step-N/PP-II.png: each prompt with the same seeds at every step (comparable)."""
+    if accelerator.is_main_process:
+        from diffusers import StableDiffusionPipeline
+
+        unet, text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+        was_training = unet.training, text_encoder.training
+        unet.eval()
+        text_encoder.eval()
+        val = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=pipe.tokenizer,
+            unet=unet,
+            scheduler=pipe.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        val.set_progress_bar_config(disable=True)
+        prompts = [fill_prompt(p, cfg.identifier, cfg.class_noun) for p in cfg.validation_prompt]
+        folder = out / "validation" / f"step-{step}"
+        for p, prompt in enumerate(prompts or [instance_prompt]):
+            seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
+            with accelerator.autocast():
+                images = val(
+                    [prompt] * len(seeds),
+                    num_inference_steps=cfg.validation_steps,
+                    guidance_scale=cfg.validation_guidance,
+                    height=cfg.resolution,
+                    width=cfg.resolution,
+                    generator=[torch.Generator().manual_seed(s) for s in seeds],
+                ).images
+            for i, (seed, image) in enumerate(zip(seeds, images, strict=True)):
+                meta = {"prompt": prompt, "seed": seed, "step": step}
+                write_png(folder / f"{p:02d}-{i:02d}.png", image, meta)
+        unet.train(was_training[0])
+        text_encoder.train(was_training[1])
+    accelerator.wait_for_everyone()
