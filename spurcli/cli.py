@@ -231,6 +231,93 @@ def _print_wide(renderable: object) -> None:
     out.print(renderable)
 
 
+@app.command("sample")
+def sample_command(
+    model: Annotated[
+        str, typer.Argument(help="A finetune run folder, a diffusers folder, a hub id, or 'tiny'.")
+    ],
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option("--prompt", "-p", help="Prompt; repeatable. [V]: the run's identifier."),
+    ] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option("--prompts-file", help="One prompt per line (# comments).")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="Images per prompt.")] = 4,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("samples"),
+    seed: Annotated[int, typer.Option("--seed", help="Base seed (image i: derived from it).")] = 0,
+    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 50,
+    guidance: Annotated[float, typer.Option("--guidance", help="Guidance scale.")] = 7.5,
+    negative_prompt: Annotated[
+        str | None, typer.Option("--negative-prompt", help="What guidance steers away from.")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler", help="ddim, pndm, dpm, euler, euler-a, ddpm (default: model's)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per call.")] = 4,
+    height: Annotated[
+        int | None, typer.Option("--height", help="Pixels (default: native).")
+    ] = None,
+    width: Annotated[int | None, typer.Option("--width", help="Pixels (default: native).")] = None,
+    recontext: Annotated[
+        bool,
+        typer.Option(
+            "--recontext", help="Also each prompt on the beach, Mount Fuji, garden, market."
+        ),
+    ] = False,
+    identifier: Annotated[
+        str | None, typer.Option("--identifier", help="Token for [V] (default: the run's).")
+    ] = None,
+    attention_slicing: Annotated[
+        str | None, typer.Option("--attention-slicing", help="auto, max, N or off.")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1.")] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="auto (fp16 on CUDA), float32, float16, bfloat16.")
+    ] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Generate N images per prompt (resumable, data-parallel under torchrun/accelerate)."""
+    from spurcli.sample import SampleConfig, read_prompts_file, sample
+
+    prompts = list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
+    config = SampleConfig(
+        model=model,
+        prompts=prompts,
+        n=n,
+        out=out,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        negative_prompt=negative_prompt,
+        scheduler=scheduler,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        recontext=recontext,
+        identifier=identifier,
+        attention_slicing=attention_slicing,
+        device=device,
+        dtype=dtype,
+    )
+    result = sample(config)
+    if not console.is_main_process():
+        return
+    if as_json:
+        _print_json(result.to_json())
+        return
+    console.stdout.print(
+        f"{len(result.files)} images in {result.out} ({result.generated} generated, "
+        f"{result.skipped} already there; {result.images_per_second:.2f} images/s); "
+        f"prompts: {'; '.join(result.prompts)}",
+        markup=False,
+        highlight=False,
+    )
+
+
 _FT = "finetune options (each also a key of CONFIG.toml, _ for -)"
 
 

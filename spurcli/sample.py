@@ -1,0 +1,516 @@
+"""`spurcli sample`: many images per prompt from a (fine-tuned) Stable Diffusion, resumable.
+
+    from spurcli.sample import SampleConfig, sample
+    result = sample(SampleConfig(model="tiny", prompts=["a photo of a red flower"], n=8,
+                                 out="samples/", steps=4))
+    result.generated, result.skipped        # 8, 0 (a second call: 0, 8)
+
+    # CLI; data-parallel too: torchrun --nproc_per_node 2 -m spurcli sample ... (or accelerate)
+    spurcli sample runs/hummingbird --prompt "a photo of [V] flower" --recontext -n 50 --out s/
+
+Layout: ``OUT/<prompt-slug>/000123.png`` (the parameters in PNG text chunks, the whole record as
+JSON in the ``spurcli`` chunk) and ``OUT/manifest.jsonl``, one line per image (``file``, ``prompt``,
+``seed``, ``steps``, ``guidance``, ``scheduler``, ``model``, ...), sorted by file.
+
+Reproducibility, and why the code looks the way it does:
+- Image i of a prompt starts from the noise of its own seed, derived from ``--seed`` and i alone
+  (not from the prompt: prompts sharing an index share the noise, which pairs a tuned model's
+  images with the baseline's). The seed is recorded, so plain diffusers re-creates the image with
+  ``torch.Generator().manual_seed(seed)``.
+- Every UNet/VAE call has the same shape (the last batch is filled up by repeating an image that
+  is then not saved), and each prompt is encoded alone, once. Kernels give a row the same result
+  whatever the other rows hold, but not whatever the batch *size*; so with a given --batch-size
+  image i is bit-identical for any number of processes, shard, or resume point. Another
+  --batch-size changes floating-point summation order and can move a few 8-bit pixels by one.
+- A PNG is written to a temporary name and renamed, so it either exists complete or not at all;
+  an existing file is a finished image and is skipped on the next run. Its manifest line is
+  appended after; a kill between the two is repaired on the next run from the PNG's own chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from spurcli.config import MAYBE_PATH
+from spurcli.errors import SpurcliError, UsageError
+
+log = logging.getLogger(__name__)
+
+IDENTIFIER = "[V]"  # stands for the fine-tuned run's identifier token in prompts
+# DreamBooth's recontextualisation: the subject in places the references never showed.
+RECONTEXT = ("on the beach", "on Mount Fuji", "in a garden", "in a market")
+MANIFEST = "manifest.jsonl"
+PNG_CHUNK = "spurcli"  # the PNG text chunk holding the image's whole record as JSON
+# Fields that make two images "the same image": a finished file made with other values is an error.
+IDENTITY = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance",
+    "scheduler",
+    "model",
+    "height",
+    "width",
+    "dtype",
+)
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class SampleConfig:
+    model: str = field(default="tiny", metadata=MAYBE_PATH)  # run folder, diffusers folder, hub id
+    prompts: list[str] = field(default_factory=list)  # `[V]` becomes the run's identifier
+    n: int = 4  # images per prompt
+    out: Path = Path("samples")  # output folder
+    seed: int = 0  # base seed; image i of every prompt uses derive_seed(seed, i)
+    steps: int = 50  # denoising steps (diffusers' default)
+    guidance: float = 7.5  # classifier-free guidance scale (SD's usual value; <= 1: off)
+    negative_prompt: str | None = None  # what CFG steers away from (None: the empty prompt)
+    scheduler: str | None = None  # ddim, pndm, dpm, euler, euler-a, ddpm; None: the model's own
+    batch_size: int = 4  # images per UNet call (per process)
+    height: int | None = None  # pixels, multiple of 8; None: the model's native size
+    width: int | None = None
+    recontext: bool = False  # also sample each prompt + RECONTEXT suffixes
+    identifier: str | None = None  # replaces `[V]`; None: the run's own identifier
+    attention_slicing: int | str | None = None  # auto, max, N, off: less memory, a bit slower
+    device: str | None = None  # None: the accelerate default (the process's GPU, else CPU)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA only
+
+
+@dataclass
+class Job:
+    """One image to make."""
+
+    file: str  # relative to the output folder
+    prompt: str
+    index: int
+    seed: int
+
+
+@dataclass
+class SampleResult:
+    out: Path
+    prompts: list[str]  # after [V] replacement and recontextualisation
+    files: list[str]  # every image of this request, relative to `out`, in prompt/index order
+    generated: int  # made by this call (all processes)
+    skipped: int  # already there
+    seconds: float
+    identifier: str | None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "prompts": self.prompts,
+            "n_images": len(self.files),
+            "generated": self.generated,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+            "identifier": self.identifier,
+        }
+
+
+# ---------------------------------------------------------------------------------------- prompts
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``: a hash of (seed, index); --seed 0 and --seed 1 share nothing."""
+    import numpy as np
+
+    state = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, index]).generate_state(2)
+    return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFFFFFFFFFFFFFF  # fits int64
+
+
+def read_prompts_file(path: str | os.PathLike[str]) -> list[str]:
+    """One prompt per line; blank lines and lines starting with # are ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SpurcliError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise SpurcliError(f"prompts file {path} holds no prompt")
+    return prompts
+
+
+def with_recontext(prompts: Sequence[str]) -> list[str]:
+    """The prompts followed by each one in the recontextualisation settings."""
+    extra = [f"{p.rstrip(' .')} {place}" for p in prompts for place in RECONTEXT]
+    return list(dict.fromkeys([*prompts, *extra]))  # keep order, drop repeats
+
+
+def without_identifier(prompt: str) -> str:
+    """The untuned baseline's prompt: "a photo of [V] flower" -> "a photo of flower"."""
+    return re.sub(r"\s+", " ", prompt.replace(IDENTIFIER, " ")).strip()
+
+
+def fill_identifier(prompts: Sequence[str], identifier: str | None, tuned: bool) -> list[str]:
+    """Replace `[V]`; a tuned model prompted without it gets a warning (its token goes unused)."""
+    out = []
+    for prompt in prompts:
+        if IDENTIFIER in prompt:
+            if not identifier:
+                raise UsageError(
+                    f"prompt '{prompt}' uses {IDENTIFIER} but the model is not a spurcli finetune "
+                    "run; pass --identifier TOKEN or remove [V]"
+                )
+            prompt = prompt.replace(IDENTIFIER, identifier)
+        elif tuned and identifier and identifier not in prompt.split():
+            log.warning(
+                "prompt '%s' has no %s: the tuned token '%s' is not used",
+                prompt,
+                IDENTIFIER,
+                identifier,
+            )
+        out.append(prompt)
+    return out
+
+
+def slugify(prompt: str, limit: int = 60) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].strip("-")
+    return slug or "prompt"
+
+
+def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, str]:
+    """prompt -> folder name; a slug already used by another prompt gets a hash suffix.
+
+    ``taken`` maps existing folders to the prompt they hold (from the manifest), so a re-run
+    finds the same folders and two prompts never share one.
+    """
+    used = dict(taken)
+    folders: dict[str, str] = {}
+    for prompt in prompts:
+        known = [folder for folder, p in used.items() if p == prompt]
+        if known:
+            folders[prompt] = known[0]
+            continue
+        slug = slugify(prompt)
+        if slug in used or any(slugify(p) == slug for p in prompts if p != prompt):
+            slug = f"{slug}-{hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
+        used[slug] = prompt
+        folders[prompt] = slug
+    return folders
+
+
+# --------------------------------------------------------------------------------------- manifest
+
+
+def read_manifest(out: Path) -> dict[str, dict[str, Any]]:
+    """file -> record; a torn last line (a kill mid-append) and repeated files are dropped."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return {}
+    records: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records[record["file"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s line %d is not a manifest record; dropped", path, number)
+    return records
+
+
+def write_manifest(out: Path, records: dict[str, dict[str, Any]]) -> None:
+    from spurcli.fileio import write_text
+
+    lines = [json.dumps(records[f], sort_keys=True) for f in sorted(records)]
+    write_text(out / MANIFEST, "".join(line + "\n" for line in lines))
+
+
+def append_manifest(out: Path, records: Sequence[dict[str, Any]]) -> None:
+    """One O_APPEND write per batch: processes appending at once never interleave in a line."""
+    if not records:
+        return
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
+    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def png_record(path: Path) -> dict[str, Any] | None:
+    """The record stored in a spurcli PNG's text chunk (None for other PNGs)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            text = img.text.get(PNG_CHUNK) if hasattr(img, "text") else None
+    except OSError:
+        return None
+    return json.loads(text) if text else None
+
+
+def reconcile(out: Path) -> dict[str, dict[str, Any]]:
+    """Make the manifest agree with the PNGs on disk (after a kill) and return it.
+
+    Records of deleted files are dropped; finished PNGs without a record get theirs back from
+    their own text chunk; leftover temporary files of a killed write are removed.
+    """
+    records = {f: r for f, r in read_manifest(out).items() if (out / f).is_file()}
+    for root in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for tmp in root.glob(".tmp-*"):
+            tmp.unlink(missing_ok=True)
+        for png in sorted(root.glob("*.png")):
+            file = png.relative_to(out).as_posix()
+            if file not in records:
+                record = png_record(png)
+                if record is not None:
+                    records[file] = record
+    on_disk = read_manifest(out)
+    if set(on_disk) != set(records) or any(on_disk[f] != records[f] for f in records):
+        write_manifest(out, records)
+    return records
+
+
+# ----------------------------------------------------------------------------------------- sample
+
+
+def check_config(config: SampleConfig) -> None:
+    """Everything that can be checked before loading a model."""
+    from spurcli.diffusion import SCHEDULERS
+
+    if not config.prompts:
+        raise UsageError("no prompt: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    if config.n <= 0:
+        raise UsageError(f"-n must be a positive number of images per prompt, not {config.n}")
+    if config.steps <= 0:
+        raise UsageError(f"--steps must be positive, not {config.steps}")
+    if config.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, not {config.batch_size}")
+    if config.scheduler is not None and config.scheduler.lower() not in SCHEDULERS:
+        raise UsageError(
+            f"unknown scheduler '{config.scheduler}'; choose from {', '.join(SCHEDULERS)}"
+        )
+    if config.dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{config.dtype}'; choose from {', '.join(DTYPES)}")
+    for name in ("height", "width"):
+        value = getattr(config, name)
+        if value is not None and (value <= 0 or value % 8):
+            raise UsageError(f"--{name} must be a positive multiple of 8, not {value}")
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SpurcliError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+
+
+def model_label(ref: Any) -> str:
+    """How the manifest names the model: 'tiny', a hub id, or an absolute folder."""
+    if ref.kind in ("tiny", "hub"):
+        return ref.location
+    return str(
+        Path(ref.location).resolve().parent if ref.kind == "run" else Path(ref.location).resolve()
+    )
+
+
+def scheduler_label(scheduler: Any) -> str:
+    from spurcli.diffusion import SCHEDULERS
+
+    name = type(scheduler).__name__
+    return next((short for short, cls in SCHEDULERS.items() if cls == name), name)
+
+
+def torch_dtype(name: str, device: Any) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.float16 if getattr(device, "type", str(device)) == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> SampleResult:
+    """Generate the missing images of ``config`` (see the module docstring).
+
+    ``pipe``: an already loaded pipeline to use (its scheduler is replaced if ``config.scheduler``
+    is set); ``model_ref``: the `ModelRef` it came from (for the identifier and the manifest).
+    """
+    from spurcli.console import progress_bar
+    from spurcli.diffusion import (
+        load_pipeline,
+        make_scheduler,
+        resolve_model,
+        set_attention_slicing,
+    )
+    from spurcli.parallel import Processes
+
+    started = time.perf_counter()
+    check_config(config)
+    out = Path(config.out)
+    check_writable(out)
+    ref = model_ref or (resolve_model(config.model) if pipe is None else None)
+    tuned = ref is not None and ref.kind == "run"
+    identifier = config.identifier or (ref.identifier if ref is not None else None)
+    templates = with_recontext(config.prompts) if config.recontext else list(config.prompts)
+    prompts = list(dict.fromkeys(fill_identifier(templates, identifier, tuned)))
+
+    procs = Processes(config.device)
+    dtype = torch_dtype(config.dtype, procs.device)
+    if pipe is None:
+        pipe = load_pipeline(ref, dtype=dtype, scheduler=config.scheduler)
+    else:
+        pipe = pipe.to(dtype=dtype)
+        if config.scheduler is not None:
+            pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
+    pipe = pipe.to(procs.device)
+    if config.attention_slicing is not None:
+        set_attention_slicing(pipe, config.attention_slicing)
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    settings = {
+        "negative_prompt": config.negative_prompt or "",
+        "steps": config.steps,
+        "guidance": config.guidance,
+        "scheduler": scheduler_label(pipe.scheduler),
+        "model": model_label(ref) if ref is not None else config.model,
+        "height": config.height or native,
+        "width": config.width or native,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+    # Rank 0 repairs the manifest; then every process reads the same state from disk.
+    if procs.is_main:
+        reconcile(out)
+    procs.barrier()
+    records = read_manifest(out)
+    taken = {r["file"].split("/")[0]: r["prompt"] for r in records.values()}
+    folders = prompt_folders(prompts, taken)
+
+    jobs = [
+        Job(f"{folders[p]}/{i:06d}.png", p, i, derive_seed(config.seed, i))
+        for p in prompts
+        for i in range(config.n)
+    ]
+    todo = []
+    for job in jobs:
+        expected = {**settings, "prompt": job.prompt, "seed": job.seed}
+        if (out / job.file).is_file():
+            check_same(
+                out / job.file, records.get(job.file) or png_record(out / job.file), expected
+            )
+        else:
+            todo.append(job)
+    mine = procs.shard(todo)
+    embeddings = PromptCache(pipe, config.guidance, settings["negative_prompt"])
+    batches = [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+    if todo and procs.is_main:
+        log.info(
+            "sampling %d images (%d already there) in %s on %d process(es)",
+            len(todo),
+            len(jobs) - len(todo),
+            out,
+            procs.world,
+        )
+    with progress_bar("sampling", total=len(mine)) as bar:
+        for batch in batches:
+            images = generate(pipe, batch, config.batch_size, embeddings, settings)
+            new = []
+            for job, image in zip(batch, images, strict=True):
+                record = {**settings, "file": job.file, "prompt": job.prompt, "index": job.index}
+                record["seed"] = job.seed
+                save_image(out / job.file, image, record)
+                new.append(record)
+            append_manifest(out, new)
+            bar.advance(len(batch))
+    generated = sum(procs.gather([len(mine)]))
+    procs.barrier()
+    if procs.is_main:  # one sorted manifest, the same whatever the number of processes
+        write_manifest(out, reconcile(out))
+    procs.barrier()
+    return SampleResult(
+        out=out,
+        prompts=prompts,
+        files=[job.file for job in jobs],
+        generated=generated,
+        skipped=len(jobs) - len(todo),
+        seconds=time.perf_counter() - started,
+        identifier=identifier,
+    )
+
+
+def check_same(path: Path, record: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    """A finished image must have been made with the settings asked for now."""
+    if record is None:
+        raise SpurcliError(
+            f"{path} exists but is not a spurcli sample (no '{PNG_CHUNK}' PNG chunk); "
+            "sample into an empty folder"
+        )
+    for key in IDENTITY:
+        if key in expected and record.get(key) != expected[key]:
+            raise SpurcliError(
+                f"{path} was made with {key}={record.get(key)!r}, not {expected[key]!r}; sample "
+                "into another --out folder or delete the old images"
+            )
+
+
+def save_image(path: Path, image: Any, record: dict[str, Any]) -> None:
+    from spurcli.images import write_png
+
+    readable = {k: record[k] for k in ("prompt", "negative_prompt", "seed", "steps", "guidance")}
+    readable.update(scheduler=record["scheduler"], model=record["model"])
+    write_png(path, image, {**readable, PNG_CHUNK: json.dumps(record, sort_keys=True)})
+
+
+class PromptCache:
+    """Text embeddings per prompt, each encoded alone (so a batch's make-up cannot change it)."""
+
+    def __init__(self, pipe: Any, guidance: float, negative_prompt: str) -> None:
+        self.pipe = pipe
+        self.cfg = guidance > 1.0  # diffusers' rule for classifier-free guidance
+        self.negative_prompt = negative_prompt
+        self.cache: dict[str, tuple[Any, Any]] = {}
+
+    def __call__(self, prompt: str) -> tuple[Any, Any]:
+        if prompt not in self.cache:
+            import torch
+
+            with torch.inference_mode():
+                positive, negative = self.pipe.encode_prompt(
+                    prompt, self.pipe.device, 1, self.cfg, self.negative_prompt
+                )
+            self.cache[prompt] = (positive, negative)
+        return self.cache[prompt]
+
+
+def generate(
+    pipe: Any, batch: Sequence[Job], size: int, embeddings: PromptCache, settings: dict[str, Any]
+) -> list[Any]:
+    """Images for ``batch``, run as a batch of exactly ``size`` (filled up, see the docstring)."""
+    import torch
+
+    rows = list(batch) + [batch[-1]] * (size - len(batch))
+    positive = torch.cat([embeddings(job.prompt)[0] for job in rows])
+    negative = torch.cat([embeddings(job.prompt)[1] for job in rows]) if embeddings.cfg else None
+    # CPU generators: the initial noise of a seed is the same on every device.
+    generators = [torch.Generator("cpu").manual_seed(job.seed) for job in rows]
+    result = pipe(
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        num_inference_steps=settings["steps"],
+        guidance_scale=settings["guidance"],
+        height=settings["height"],
+        width=settings["width"],
+        generator=generators,
+    )
+    return result.images[: len(batch)]
