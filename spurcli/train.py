@@ -123,6 +123,29 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
     if finished is not None and cfg.resume and finished.get("steps_done", 0) >= cfg.steps:
         log.info("%s already finished %s steps; nothing to do", out, finished["steps_done"])
         return out
+
+    # --- models: the base pipeline, the extractor (before writing anything: they may fail) ----
+    pipe = load_pipeline(cfg.model)
+    unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction_type = noise_scheduler.config.prediction_type
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    extractor, extractor_info = None, None
+    if use_sfsl:
+        loaded = plugins.extractors().load(cfg.extractor, cfg.extractor_weights)
+        extractor = loaded.module.eval().requires_grad_(False).to(device, weight_dtype)
+        extractor_info = {
+            "name": loaded.name,
+            "weights": loaded.weights,
+            "plugin": loaded.plugin,
+            "dim": getattr(loaded.module, "dim", None),
+        }
+    set_attention_slicing(unet, cfg.attention_slicing)
+    if str(cfg.attention_slicing) != "off":
+        vae.enable_slicing()  # the VAE's saver: decode one image of a batch at a time
+
     accelerator.wait_for_everyone()  # every process has checked the folder before it changes
     run_info = {
         "status": "running",
@@ -135,7 +158,7 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
         "seed": cfg.seed,
         "config": to_dict(cfg),
         "references": [{"file": os.fspath(p), "sha256": sha256_file(p)} for p, _ in references],
-        "extractor": None,
+        "extractor": extractor_info,
         "versions": _versions(),
         "world_size": accelerator.num_processes,
         "steps_done": 0,
@@ -144,28 +167,6 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
         out.mkdir(parents=True, exist_ok=True)
         if finished is None:  # a finished run keeps its record until the new one is done
             write_json(out / RUN_FILE, run_info)
-
-    # --- models: the base pipeline, the extractor ---------------------------------------------
-    pipe = load_pipeline(cfg.model)
-    unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
-    from diffusers import DDPMScheduler
-
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    prediction_type = noise_scheduler.config.prediction_type
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
-    extractor = None
-    if use_sfsl:
-        loaded = plugins.extractors().load(cfg.extractor, cfg.extractor_weights)
-        extractor = loaded.module.eval().requires_grad_(False).to(device, weight_dtype)
-        run_info["extractor"] = {
-            "name": loaded.name,
-            "weights": loaded.weights,
-            "plugin": loaded.plugin,
-            "dim": getattr(loaded.module, "dim", None),
-        }
-    set_attention_slicing(unet, cfg.attention_slicing)
-    if str(cfg.attention_slicing) != "off":
-        vae.enable_slicing()  # the VAE's saver: decode one image of a batch at a time
 
     # --- prior images: generated once with the frozen base model, then reused -----------------
     class_dir = Path(cfg.class_dir) if cfg.class_dir else out / "class-images"

@@ -1,0 +1,334 @@
+"""The finetune objective (spurcli.losses) on the tiny Stable Diffusion: exact, small, fast.
+
+What must hold: the SFSL gradient reaches the UNet and the text encoder (through the frozen VAE
+decoder and extractor, which themselves get none); with weight 0 the objective is DreamBooth's to
+the bit (same loss, same gradients as a computation written from diffusers' own scheduler);
+epsilon and v-prediction are both right; paired/mean/nearest pick the right reference features.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from spurcli.diffusion import build_tiny_pipeline
+from spurcli.losses import (
+    SFSL,
+    add_noise,
+    decode_to_unit,
+    diffusion_target,
+    feature_distance,
+    predicted_x0,
+    reference_for,
+    sfsl_loss,
+    step_losses,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models on a shared 2-core machine: a second thread only adds contention.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Extractor(torch.nn.Module):
+    """A conv 'backbone' with real parameters, so 'no gradient reaches them' means something."""
+
+    dim = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.calls = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return F.adaptive_avg_pool2d(torch.relu(self.conv(images)), 1).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pipe = build_tiny_pipeline()
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    return pipe, scheduler
+
+
+def _batch(pipe, n_instance=2, n_class=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b = n_instance + n_class
+    latents = torch.randn(b, 4, size // 8, size // 8, generator=g)
+    noise = torch.randn(latents.shape, generator=g)
+    timesteps = torch.tensor([10, 900, 400, 700][:b])
+    ids = pipe.tokenizer(
+        ["a photo of sks flower", "a photo of flower"],
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids
+    rows = torch.tensor([0] * n_instance + [1] * n_class)
+    return latents, noise, timesteps, ids, rows
+
+
+def _frozen(module):
+    return module.eval().requires_grad_(False)
+
+
+def _grads(*modules):
+    return {
+        f"{i}.{n}": p.grad.clone()
+        for i, m in enumerate(modules)
+        for n, p in m.named_parameters()
+        if p.grad is not None
+    }
+
+
+def _zero(*modules):
+    for m in modules:
+        m.zero_grad(set_to_none=True)
+
+
+def test_noise_and_targets_match_diffusers(tiny):
+    pipe, scheduler = tiny
+    latents, noise, timesteps, *_ = _batch(pipe)
+    a = scheduler.alphas_cumprod
+    assert torch.equal(
+        add_noise(latents, noise, timesteps, a), scheduler.add_noise(latents, noise, timesteps)
+    )
+    v = diffusion_target(latents, noise, timesteps, a, "v_prediction")
+    assert torch.allclose(v, scheduler.get_velocity(latents, noise, timesteps), atol=1e-6)
+    assert torch.equal(diffusion_target(latents, noise, timesteps, a, "epsilon"), noise)
+    assert torch.equal(diffusion_target(latents, noise, timesteps, a, "sample"), latents)
+    with pytest.raises(ValueError, match="prediction type"):
+        diffusion_target(latents, noise, timesteps, a, "flow")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_x0_estimate_inverts_the_forward_process(tiny, prediction_type):
+    """A perfect prediction gives back z0 exactly (up to float rounding), at every noise level."""
+    pipe, scheduler = tiny
+    latents, noise, _, *_ = _batch(pipe)
+    a = scheduler.alphas_cumprod
+    for t in (0, 250, 999):
+        timesteps = torch.full((latents.shape[0],), t)
+        noisy = add_noise(latents, noise, timesteps, a)
+        perfect = diffusion_target(latents, noise, timesteps, a, prediction_type)
+        x0 = predicted_x0(noisy, perfect, timesteps, a, prediction_type)
+        # At t=999 epsilon-x0 divides by sqrt(a) ~ 0.07: rounding grows by ~1/sqrt(a).
+        assert torch.allclose(x0, latents, atol=1e-4 if t < 999 else 2e-3), (prediction_type, t)
+    wrong = predicted_x0(noisy, torch.zeros_like(noisy), timesteps, a, prediction_type)
+    assert not torch.allclose(wrong, latents, atol=1e-2)
+
+
+def test_sfsl_gradient_reaches_unet_and_text_encoder_not_frozen_parts(tiny):
+    pipe, scheduler = tiny
+    unet, text_encoder = pipe.unet.train(), pipe.text_encoder.train()
+    vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
+    latents, noise, timesteps, ids, rows = _batch(pipe, n_instance=2, n_class=0)
+    a = scheduler.alphas_cumprod
+    reference = torch.randn(3, extractor.dim)
+    sfsl = SFSL(extractor, reference, weight=1.0)
+    _zero(unet, text_encoder)
+    noisy = add_noise(latents, noise, timesteps, a)
+    states = text_encoder(ids)[0][rows]
+    pred = unet(noisy, timesteps, states).sample
+    x0 = predicted_x0(noisy, pred, timesteps, a, "epsilon")
+    loss = sfsl_loss(sfsl, vae, x0, timesteps, torch.tensor([0, 2]))
+    loss.backward()
+    unet_grads = [p.grad for p in unet.parameters()]
+    text_grads = [p.grad for p in text_encoder.parameters()]
+    assert sum(g.abs().sum() for g in unet_grads if g is not None) > 0
+    assert sum(g.abs().sum() for g in text_grads if g is not None) > 0
+    # cross-attention weights and the token embeddings in particular (the identifier's way in)
+    assert text_encoder.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in vae.parameters())
+    assert all(p.grad is None for p in extractor.parameters())
+
+
+def test_sfsl_weight_zero_is_exactly_dreambooth(tiny):
+    """Loss and gradients equal a DreamBooth computation written with diffusers' scheduler."""
+    pipe, scheduler = tiny
+    unet, text_encoder = pipe.unet.train(), pipe.text_encoder.train()
+    vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
+    latents, noise, timesteps, ids, rows = _batch(pipe)
+    a = scheduler.alphas_cumprod
+
+    _zero(unet, text_encoder)
+    states = text_encoder(ids)[0][rows]
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    pred = unet(noisy, timesteps, states).sample
+    inst, prior = F.mse_loss(pred[:2], noise[:2]), F.mse_loss(pred[2:], noise[2:])
+    (inst + 0.7 * prior).backward()
+    expected = _grads(unet, text_encoder)
+
+    _zero(unet, text_encoder)
+    calls = extractor.calls
+    sfsl = SFSL(extractor, torch.randn(3, extractor.dim), weight=0.0)
+    losses = step_losses(
+        unet,
+        vae,
+        a,
+        "epsilon",
+        latents=latents,
+        noise=noise,
+        timesteps=timesteps,
+        encoder_hidden_states=text_encoder(ids)[0][rows],
+        n_instance=2,
+        prior_weight=0.7,
+        sfsl=sfsl,
+        ref_index=torch.tensor([0, 1]),
+    )
+    losses.total.backward()
+    got = _grads(unet, text_encoder)
+    assert extractor.calls == calls  # weight 0: SFSL not even computed
+    assert torch.equal(losses.instance, inst.detach()) and torch.equal(losses.prior, prior.detach())
+    assert torch.equal(losses.total.detach(), (inst + 0.7 * prior).detach())
+    assert losses.sfsl.item() == 0.0
+    assert got.keys() == expected.keys() and len(got) > 0
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+    # ... and with a weight, the total is DreamBooth plus w * L_sfsl (it does contribute).
+    sfsl.weight = 0.5
+    with_sfsl = step_losses(
+        unet,
+        vae,
+        a,
+        "epsilon",
+        latents=latents,
+        noise=noise,
+        timesteps=timesteps,
+        encoder_hidden_states=text_encoder(ids)[0][rows],
+        n_instance=2,
+        prior_weight=0.7,
+        sfsl=sfsl,
+        ref_index=torch.tensor([0, 1]),
+    )
+    assert with_sfsl.sfsl.item() > 0
+    assert torch.allclose(
+        with_sfsl.total.detach(), (inst + 0.7 * prior).detach() + 0.5 * with_sfsl.sfsl, atol=1e-6
+    )
+
+
+def test_v_prediction_loss_uses_velocity_and_its_x0(tiny):
+    pipe, scheduler = tiny
+    unet = pipe.unet.train()
+    vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
+    latents, noise, timesteps, ids, rows = _batch(pipe, n_instance=2, n_class=0)
+    a = scheduler.alphas_cumprod
+    with torch.no_grad():
+        states = pipe.text_encoder(ids)[0][rows]
+        losses = step_losses(
+            unet,
+            vae,
+            a,
+            "v_prediction",
+            latents=latents,
+            noise=noise,
+            timesteps=timesteps,
+            encoder_hidden_states=states,
+            n_instance=2,
+        )
+        pred = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, states).sample
+    velocity = scheduler.get_velocity(latents, noise, timesteps)
+    assert torch.allclose(losses.instance, F.mse_loss(pred, velocity), atol=1e-6)
+    assert not torch.allclose(losses.instance, F.mse_loss(pred, noise), atol=1e-3)
+    # SFSL decodes the v-prediction x0 estimate: sqrt(a) z_t - sqrt(1 - a) v
+    captured = {}
+    real_decode = vae.decode
+
+    def spy(z, *args, **kwargs):
+        captured["z"] = z.clone()
+        return real_decode(z, *args, **kwargs)
+
+    vae.decode = spy
+    try:
+        with torch.no_grad():
+            step_losses(
+                unet,
+                vae,
+                a,
+                "v_prediction",
+                latents=latents,
+                noise=noise,
+                timesteps=timesteps,
+                encoder_hidden_states=states,
+                n_instance=2,
+                sfsl=SFSL(extractor, torch.randn(2, 8), 1.0),
+                ref_index=torch.tensor([0, 1]),
+            )
+    finally:
+        del vae.decode
+    ab = a[timesteps].reshape(-1, 1, 1, 1)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    x0 = ab.sqrt() * noisy - (1 - ab).sqrt() * pred
+    assert torch.allclose(captured["z"], x0 / vae.config.scaling_factor, atol=1e-5)
+
+
+def test_reference_targets_paired_mean_nearest():
+    reference = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    f = torch.tensor([[0.1, 0.9], [-2.0, 0.1]])
+    paired = reference_for(f, reference, torch.tensor([2, 0]), "paired", "cosine")
+    assert torch.equal(paired, reference[[2, 0]])
+    mean = reference_for(f, reference, None, "mean", "cosine")
+    assert torch.allclose(mean, torch.tensor([[0.0, 1 / 3]] * 2))
+    nearest = reference_for(f, reference, None, "nearest", "cosine")
+    assert torch.equal(nearest, reference[[1, 2]])
+    # l2-nearest differs from cosine-nearest when magnitudes differ
+    far = torch.tensor([[10.0, 0.1]])
+    refs = torch.tensor([[0.0, 0.5], [1.0, 0.0]])
+    assert torch.equal(reference_for(far, refs, None, "nearest", "l2"), refs[[1]])
+    with pytest.raises(ValueError, match="paired SFSL needs"):
+        reference_for(f, reference, None, "paired", "cosine")
+    with pytest.raises(ValueError, match="unknown SFSL target"):
+        reference_for(f, reference, None, "closest", "cosine")
+
+
+def test_feature_distances():
+    f = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    ref = torch.tensor([[2.0, 0.0], [0.0, -1.0]])
+    assert torch.allclose(feature_distance(f, ref, "cosine"), torch.tensor([0.0, 2.0]))
+    assert torch.allclose(feature_distance(f, ref, "l2"), torch.tensor([0.5, 4.5]))
+    with pytest.raises(ValueError, match="distance"):
+        feature_distance(f, ref, "l1")
+
+
+def test_nearest_selection_is_not_differentiated():
+    reference = torch.randn(4, 3)
+    f = torch.randn(2, 3, requires_grad=True)
+    target = reference_for(f, reference, None, "nearest", "cosine")
+    assert not target.requires_grad
+    feature_distance(f, target, "cosine").mean().backward()
+    assert f.grad is not None and f.grad.abs().sum() > 0
+
+
+def test_timestep_ceiling_decodes_only_samples_under_it(tiny):
+    pipe, _ = tiny
+    vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
+    x0 = torch.randn(3, 4, 4, 4)
+    reference = torch.randn(3, extractor.dim)
+    sfsl = SFSL(extractor, reference, 1.0, max_timestep=500)
+    before = extractor.calls
+    none = sfsl_loss(sfsl, vae, x0, torch.tensor([600, 700, 999]), torch.tensor([0, 1, 2]))
+    assert none.item() == 0.0 and extractor.calls == before  # nothing decoded, nothing extracted
+    some = sfsl_loss(sfsl, vae, x0, torch.tensor([100, 700, 500]), torch.tensor([0, 1, 2]))
+    only = sfsl_loss(
+        SFSL(extractor, reference, 1.0),
+        vae,
+        x0[[0, 2]],
+        torch.tensor([100, 500]),
+        torch.tensor([0, 2]),
+    )
+    assert torch.allclose(some, only)
+
+
+def test_decode_to_unit_range(tiny):
+    pipe, _ = tiny
+    images = decode_to_unit(_frozen(pipe.vae), torch.randn(2, 4, 4, 4) * 50)
+    assert images.shape == (2, 3, 32, 32)
+    assert images.min() >= 0 and images.max() <= 1
+    assert (images == 0).any() or (images == 1).any()  # large latents saturate: the clamp acted
