@@ -344,8 +344,8 @@ def torch_dtype(name: str, device: Any) -> Any:
 def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> SampleResult:
     """Generate the missing images of ``config`` (see the module docstring).
 
-    ``pipe``: an already loaded pipeline to use (its scheduler is replaced if ``config.scheduler``
-    is set); ``model_ref``: the `ModelRef` it came from (for the identifier and the manifest).
+    ``pipe``: an already loaded pipeline to use (moved to the device and dtype; its scheduler is
+    left alone); ``model_ref``: the `ModelRef` it came from (for the identifier and the manifest).
     """
     from spurcli.console import progress_bar
     from spurcli.diffusion import (
@@ -372,8 +372,10 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
         pipe = load_pipeline(ref, dtype=dtype, scheduler=config.scheduler)
     else:
         pipe = pipe.to(dtype=dtype)
-        if config.scheduler is not None:
-            pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
+        if config.scheduler is not None:  # a new pipeline object on the same models, so that
+            scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)  # the caller's
+            pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})  # keeps its own
+            pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(procs.device)
     if config.attention_slicing is not None:
         set_attention_slicing(pipe, config.attention_slicing)
