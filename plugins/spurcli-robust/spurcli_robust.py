@@ -86,29 +86,39 @@ def make_extractor(weights: str | None) -> Any:
 
 def build(weights: str | None) -> Any:
     """A torchvision ResNet-50 (eval, float32, CPU) with the robust, a local or random weights."""
+    import torch
     from spurcli_timm import seeded
     from torchvision.models import resnet50
 
     from spurcli.weights import hub_file, is_random, load_state_dict
 
-    with seeded():
+    if is_random(weights):
+        with seeded():
+            return resnet50().eval()
+    path = weights if weights is not None else hub_file(HUB_REPO, HUB_FILE, model=NAME)
+    # Built on the meta device and then given the file's tensors: no time spent on a random
+    # init that would be overwritten (about a second for ResNet-50 on a CPU).
+    with torch.device("meta"):
         net = resnet50()
-    if not is_random(weights):
-        path = weights if weights is not None else hub_file(HUB_REPO, HUB_FILE, model=NAME)
-        # load_state_dict unwraps the checkpoint's `model` (or `state_dict`) entry and reads it
-        # weights-only: the optimizer, schedule and accuracy entries are never unpickled as code.
-        net.load_state_dict(resnet_state(load_state_dict(path), net.state_dict(), str(path)))
+    # load_state_dict unwraps the checkpoint's `model` (or `state_dict`) entry and reads it
+    # weights-only: the optimizer, schedule and accuracy entries are never unpickled as code.
+    net.load_state_dict(
+        resnet_state(load_state_dict(path), net.state_dict(), str(path)), assign=True
+    )
     return net.eval().float()
 
 
 def resnet_state(state: dict[str, Any], target: dict[str, Any], source: str) -> dict[str, Any]:
     """The ResNet-50 part of a robustness (or plain) state dict, checked key by key."""
+    import torch
+
     if all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
     if any(k.startswith(DROPPED) for k in state) or all(k.startswith("model.") for k in state):
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     # BatchNorm's step counters do not change the outputs; older saves lack them.
-    state = {**{k: v for k, v in target.items() if k.endswith("num_batches_tracked")}, **state}
+    counters = {k: torch.zeros((), dtype=torch.long) for k in target if k.endswith("_tracked")}
+    state = {**counters, **state}
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
     wrong = [
