@@ -318,6 +318,85 @@ def sample_command(
     )
 
 
+@app.command("compare")
+def compare_command(
+    dir_a: Annotated[Path, typer.Argument(help="First image set (e.g. generated images).")],
+    dir_b: Annotated[Path, typer.Argument(help="Second image set (e.g. the references).")],
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="ImageNet class: index or name.")
+    ] = None,
+    classifiers: Annotated[
+        str, typer.Option("--classifiers", "-c", help="Comma-separated classifier names.")
+    ] = "",
+    weights: Annotated[
+        list[str] | None,
+        typer.Option("--weights", help="Classifier NAME=PATH or NAME=random; repeatable."),
+    ] = None,
+    extractors: Annotated[
+        str,
+        typer.Option("--extractors", "-e", help="Comma-separated extractors ('' for none)."),
+    ] = "robust-resnet50",
+    extractor_weights: Annotated[
+        list[str] | None,
+        typer.Option("--extractor-weights", help="Extractor NAME=PATH or NAME=random; repeatable."),
+    ] = None,
+    real: Annotated[
+        Path | None, typer.Option("--real", help="Real images of the class (ROC-AUC, AP).")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write the HTML report here.")
+    ] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the numbers as JSON here ('-': stdout).")
+    ] = None,
+    label_a: Annotated[str, typer.Option("--label-a", help="Name of the first set.")] = "A",
+    label_b: Annotated[str, typer.Option("--label-b", help="Name of the second set.")] = "B",
+    report_images: Annotated[
+        int, typer.Option("--report-images", help="Images per set shown in the report.")
+    ] = 48,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 32,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it.")
+    ] = False,
+) -> None:
+    """Compare two image sets: scores side by side, feature-space similarity, HTML report."""
+    from spurcli.compare import CompareConfig, compare
+
+    config = CompareConfig(
+        target=target,
+        classifiers=[n.strip() for n in classifiers.split(",") if n.strip()],
+        weights=list(weights or []),
+        extractors=[n.strip() for n in extractors.split(",") if n.strip()],
+        extractor_weights=list(extractor_weights or []),
+        real=real,
+        batch_size=batch_size,
+        device=device,
+        strict=strict,
+        report_images=report_images,
+    )
+    result = compare(dir_a, dir_b, config, labels=(label_a, label_b))
+    if not console.is_main_process():
+        return
+    if json_out is not None and json_out != "-":
+        from spurcli.fileio import write_json
+
+        write_json(json_out, result.to_json())
+    if report is not None:
+        from spurcli.report import write_report
+
+        title = f"spurcli compare: {label_a} vs {label_b}"
+        write_report(report, [result], title=title, max_images=report_images)
+        console.log.info("report: %s", report)
+    if json_out == "-":
+        _print_json(result.to_json())
+    else:
+        for table in result.tables():
+            _print_wide(table)
+
+
 _FT = "finetune options (each also a key of CONFIG.toml, _ for -)"
 
 
