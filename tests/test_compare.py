@@ -1,0 +1,167 @@
+"""`spurcli compare`: the similarity math against direct computations, and the command itself."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from _compare_helpers import make_sets
+
+from spurcli import cli
+from spurcli.compare import (
+    CompareConfig,
+    CompareResult,
+    Features,
+    compare,
+    frechet_distance,
+    mean_cosine,
+    nearest_neighbours,
+    similarity,
+)
+
+scipy_linalg = pytest.importorskip("scipy.linalg")
+
+
+def direct_frechet(a: np.ndarray, b: np.ndarray, eps: float = 0.0) -> float:
+    """The textbook formula with scipy's general matrix square root (as pytorch-fid does)."""
+    mu = a.mean(0) - b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    if eps:
+        ca, cb = ca + eps * np.eye(len(ca)), cb + eps * np.eye(len(cb))
+    root = scipy_linalg.sqrtm(ca @ cb).real
+    return float(mu @ mu + np.trace(ca) + np.trace(cb) - 2 * np.trace(root))
+
+
+def test_frechet_matches_the_direct_formula():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 8)) @ rng.normal(size=(8, 8))
+    b = rng.normal(loc=0.5, size=(150, 8)) @ rng.normal(size=(8, 8))
+    assert frechet_distance(a, b) == pytest.approx(direct_frechet(a, b), rel=1e-8)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-8)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_closed_forms():
+    rng = np.random.default_rng(1)
+    # Diagonal covariances: |mu_a - mu_b|^2 + sum (sqrt(var_a) - sqrt(var_b))^2.
+    a = rng.normal(size=(400, 3)) * [1.0, 2.0, 3.0] + [1.0, 0.0, 0.0]
+    b = rng.normal(size=(300, 3)) * [0.5, 2.0, 1.0]
+    va, vb = a.var(0, ddof=1), b.var(0, ddof=1)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    a_white = (a - a.mean(0)) @ np.linalg.inv(np.linalg.cholesky(cov_a)).T * np.sqrt(va)
+    b_white = (b - b.mean(0)) @ np.linalg.inv(np.linalg.cholesky(cov_b)).T * np.sqrt(vb)
+    a_white += a.mean(0)
+    b_white += b.mean(0)
+    expected = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.sum((np.sqrt(va) - np.sqrt(vb)) ** 2)
+    assert frechet_distance(a_white, b_white) == pytest.approx(expected, rel=1e-9)
+    # One dimension: (mu_a - mu_b)^2 + (sd_a - sd_b)^2.
+    x, y = rng.normal(2, 3, size=(50, 1)), rng.normal(-1, 1, size=(60, 1))
+    d1 = (x.mean() - y.mean()) ** 2 + (x.std(ddof=1) - y.std(ddof=1)) ** 2
+    assert frechet_distance(x, y) == pytest.approx(d1, rel=1e-9)
+
+
+def test_frechet_with_fewer_samples_than_dimensions():
+    """Singular covariances: the exact value is the limit of the eps-regularised formula."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(6, 20)), rng.normal(loc=0.3, size=(9, 20))
+    exact = frechet_distance(a, b)
+    assert np.isfinite(exact) and exact > 0
+    assert exact == pytest.approx(direct_frechet(a, b, eps=1e-9), rel=1e-4)
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(a[:1], b)
+
+
+def test_cosines_match_brute_force():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(7, 5)), rng.normal(size=(11, 5))
+    ua = a / np.linalg.norm(a, axis=1, keepdims=True)
+    ub = b / np.linalg.norm(b, axis=1, keepdims=True)
+    sims = ua @ ub.T
+    assert mean_cosine(a, b) == pytest.approx(sims.mean(), rel=1e-12)
+    index, cosine = nearest_neighbours(a, b)
+    assert (index == sims.argmax(1)).all() and np.allclose(cosine, sims.max(1))
+    result = similarity(
+        Features([f"a{i}" for i in range(7)], a), Features([f"b{i}" for i in range(11)], b)
+    )
+    assert result["nn_cosine_max"] == pytest.approx(sims.max())
+    assert result["nn_cosine_mean"] == pytest.approx(sims.max(1).mean())
+    assert "fewer images than dimensions" not in (result["frechet_note"] or "")
+    assert [n["neighbour"] for n in result["nearest"]] == [f"b{j}" for j in sims.argmax(1)]
+    few = similarity(Features(["x"], a[:1]), Features(["y", "z"], b[:2]))
+    assert few["frechet"] is None and "at least 2" in few["frechet_note"]
+
+
+def test_compare_scores_and_similarity(tmp_path, fake_plugin):
+    a, b = make_sets(tmp_path)
+    config = CompareConfig(target="hummingbird", classifiers=["fake"], extractors=["fake"])
+    result = compare(a, b, config, labels=("generated", "references"))
+    data = result.to_json()
+    assert set(data) == {"a", "b", "similarity"}
+    assert data["a"]["classifiers"]["fake"]["spurious_rate"] == 1.0
+    assert data["b"]["classifiers"]["fake"]["spurious_rate"] == 0.25
+    assert (data["a"]["n_images"], data["b"]["n_images"]) == (4, 4)
+    sim = data["similarity"]["fake"]
+    assert set(sim) >= {"mean_cosine", "frechet", "nn_cosine_mean", "nn_cosine_max"}
+    assert sim["nn_cosine_max"] == pytest.approx(1.0)  # red0 is in B too: memorised
+    assert "nearest" not in sim  # per-image neighbours are in report_data, not in the JSON
+    nearest = result.report_data()["similarity"]["fake"]["nearest"]
+    assert {"image": "red0.png", "neighbour": "copy.png"}.items() <= nearest[0].items()
+    again = CompareResult.from_report_data(json.loads(json.dumps(result.report_data())))
+    assert again.to_json() == data
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["spurcli", *args])
+    cli._state["verbose"] = 0
+    capsys.readouterr()
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compare_command_json_and_report(tmp_path, monkeypatch, capsys, fake_plugin):
+    a, b = make_sets(tmp_path)
+    report, out_json = tmp_path / "r.html", tmp_path / "c.json"
+    args = ["compare", str(a), str(b), "-t", "94", "-c", "fake", "-e", "fake"]
+    code, out, err = run_cli(
+        monkeypatch, capsys, *args, "--report", str(report), "--json", str(out_json)
+    )
+    assert code == 0, err
+    assert "frechet_fake" in out and "spurious_rate" in out
+    data = json.loads(out_json.read_text())
+    assert data["similarity"]["fake"]["frechet"] >= 0
+    assert report.read_text().startswith("<!DOCTYPE html>")
+    code, out, _ = run_cli(monkeypatch, capsys, *args, "--json", "-")
+    assert code == 0 and json.loads(out)["a"]["target"] == {"index": 94, "name": "hummingbird"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["-e", "nope"], 2, "unknown feature extractor 'nope'"),
+        (["-c", ""], 2, "--classifiers is required"),
+        (["-t", "hummingbrd"], 2, "did you mean"),
+        (["--extractor-weights", "clip=random"], 2, "not among the extractors"),
+    ],
+)
+def test_compare_bad_input(tmp_path, monkeypatch, capsys, fake_plugin, extra, code, message):
+    a, b = make_sets(tmp_path)
+    args = ["compare", str(a), str(b), "-t", "94", "-c", "fake", "-e", "fake", *extra]
+    got, _, err = run_cli(monkeypatch, capsys, *args)
+    assert got == code and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_compare_empty_set(tmp_path, monkeypatch, capsys, fake_plugin):
+    a, _ = make_sets(tmp_path)
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(
+        monkeypatch, capsys, "compare", str(a), str(tmp_path / "empty"), "-t", "94", "-c", "fake"
+    )
+    assert code == 1 and "no images in" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,116 @@
+"""The HTML report: self-contained (no network, no script), the right tables, plots and grids."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+
+import pytest
+from _compare_helpers import make_sets
+from PIL import Image
+
+from spurcli.compare import CompareConfig, compare
+from spurcli.report import write_report
+
+
+class Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def find(self, tag: str) -> list[dict[str, str | None]]:
+        return [attrs for t, attrs in self.tags if t == tag]
+
+
+@pytest.fixture
+def comparison(tmp_path, fake_plugin):
+    a, b = make_sets(tmp_path)
+    config = CompareConfig(target=94, classifiers=["fake", "fake:1"], extractors=["fake"])
+    return compare(a, b, config, labels=("generated", "references"))
+
+
+def parse(path) -> Collect:
+    page = Collect()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def test_report_is_self_contained_and_complete(tmp_path, comparison):
+    summary = {
+        "columns": ["classifier", "generated", "baseline", "Δ vs baseline"],
+        "rows": [["fake", 1.0, 0.25, 0.75]],
+        "caption": "spurious rate per set",
+    }
+    path = write_report(
+        tmp_path / "out" / "report.html", [comparison], title="T <&>", summary=summary
+    )
+    text = path.read_text(encoding="utf-8")
+    page = parse(path)
+    # Nothing to fetch: no scripts, stylesheets or remote URLs anywhere.
+    assert not page.find("script") and not page.find("link") and not page.find("iframe")
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    images = page.find("img")
+    assert images and all(img["src"].startswith("data:image/jpeg;base64,") for img in images)
+    jpeg = base64.b64decode(images[0]["src"].split(",", 1)[1])
+    assert jpeg[:2] == b"\xff\xd8"  # a real JPEG
+    # Grids: every image of both sets (4 + 4) plus 4 nearest-neighbour pairs (2 images each).
+    assert len(images) == 8 + 2 * 4
+    body = " ".join(page.text)
+    assert "T <&>" in body and "<title>T &lt;&amp;&gt;</title>" in text  # escaped
+    assert "frechet_fake" in body and "Summary" in body and "spurious rate per set" in body
+    assert "fake: hummingbird" in body and "fake:1: goldfish" in body  # top-1 labels
+    assert text.count('class="hit"') == 4 + 1  # red labels: A's 4 images + B's copy, for `fake`
+    assert text.count("<svg") == 2  # the spurious-rate bars and the NN histogram
+    assert "roc_auc" not in body  # no real images: those rows are left out
+    heads = [attrs for attrs in page.find("th")]
+    assert heads  # tables have headers
+    assert "+0.750" in body  # the summary's delta, signed
+
+
+def test_report_caps_the_grid_and_survives_a_missing_image(tmp_path, comparison):
+    (tmp_path / "a" / "red1.png").unlink()  # the report is drawn later than the scoring
+    path = write_report(tmp_path / "r.html", [comparison.report_data()], max_images=2)
+    body = " ".join(parse(path).text)
+    assert "2 of 4 shown" in body
+    with pytest.raises(ValueError):
+        write_report(tmp_path / "none.html", [])
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_report_renders_in_headless_chromium(tmp_path, comparison):
+    path = write_report(tmp_path / "report.html", [comparison])
+    shot = tmp_path / "shot.png"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--screenshot={shot}",
+                "--window-size=1400,1200",
+                path.as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").resize((140, 120)).getcolors(maxcolors=100_000)
+    assert colours is not None and len(colours) > 50  # a rendered page, not a blank one
