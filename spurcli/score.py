@@ -19,8 +19,9 @@
 How a run goes, and why:
 
 - Every image is read and decoded once, however many classifiers score it: a DataLoader (worker
-  processes decode while the main process runs the models) yields uint8 batches, and the
-  classifiers are evaluated in turn on the same batch under `torch.inference_mode()`.
+  processes decode while the main process runs the models; on a CPU with few cores decoding
+  stays in the main process, see `_default_workers`) yields uint8 batches, and the classifiers
+  are evaluated in turn on the same batch under `torch.inference_mode()`.
 - A batch tensor needs one size but folders mix sizes, so each image is cut to its central square
   and resized to `image_size` (384) x `image_size`. Classifiers do their own resize/crop and the
   usual eval pre-processing of ImageNet models (timm, CLIP, torchvision: resize the short side,
@@ -137,8 +138,17 @@ def load_classifiers(
 @dataclass(frozen=True)
 class Item:
     path: Path
+    name: str  # what the CSV calls it: the path relative to the folder given, '/'-separated
     target: int  # the ImageNet class whose probability and rank are recorded for this image
     real: bool  # True: a real image of the class (a positive for ROC-AUC/AP)
+
+
+def find_items(root: Path, target: int, *, real: bool, base: Path | None = None) -> list[Item]:
+    """The images below ``root`` (see `find_images`) as items scored for class ``target``,
+    named relative to ``base`` (default: ``root``)."""
+    paths = find_images(root)
+    base = base or (root if root.is_dir() else root.parent)
+    return [Item(p, p.relative_to(base).as_posix(), target, real) for p in paths]
 
 
 class SquareImages(torch.utils.data.Dataset):
@@ -168,11 +178,18 @@ def _collate(samples: list[tuple[int, torch.Tensor | None, str | None]]) -> tupl
     return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), failed
 
 
-def _default_workers(n_items: int, batch_size: int, world: int) -> int:
+def _default_workers(n_items: int, batch_size: int, world: int, device: torch.device) -> int:
+    """Decoding processes per scoring process when --workers is not given."""
     if n_items <= batch_size:
         return 0  # a single batch: starting a worker process costs more than it saves
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, (cpus or 1) // world - 1))
+    cpus = max(1, (cpus or 1) // world)  # this process's share of the machine
+    if device.type != "cpu":
+        return max(1, min(8, cpus - 1))  # the GPU computes; keep it fed with every spare core
+    # On CPU the models already use every core through torch's threads, and one worker decodes
+    # faster than CPU models score; on 2 cores a worker only competes with them (measured by
+    # benchmarks/bench_score.py: decoding in the main process was faster there).
+    return 1 if cpus >= 4 else 0
 
 
 def _check_logits(logits: Any, model: LoadedModel, batch: int) -> np.ndarray:
@@ -236,18 +253,8 @@ class PerImage:
             writer.writerows(self.iter_rows())
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix() if root.is_dir() else path.name
-    except ValueError:
-        return path.as_posix()
-
-
 def score_items(
-    items: Sequence[Item],
-    roots: tuple[Path, Path | None],
-    models: Sequence[LoadedModel],
-    options: ScoreOptions,
+    items: Sequence[Item], models: Sequence[LoadedModel], options: ScoreOptions
 ) -> tuple[PerImage, np.ndarray, list[str]]:
     """Score every item with every model: per-image numbers of the readable items, their
     ``real`` flags, and the skipped files ("path: reason"). Runs sharded when launched as a group.
@@ -262,7 +269,7 @@ def score_items(
         model.module.to(procs.device).eval()
     workers = options.num_workers
     if workers is None:
-        workers = _default_workers(len(mine), options.batch_size, procs.world)
+        workers = _default_workers(len(mine), options.batch_size, procs.world, procs.device)
     loader = torch.utils.data.DataLoader(
         SquareImages([items[i].path for i in mine], options.image_size),
         batch_size=options.batch_size,
@@ -326,14 +333,9 @@ def score_items(
     messages = [message for _, message in skipped_all]
     if options.strict and messages:
         raise SpurcliError(f"{messages[0]} (--strict: unreadable images are errors)")
-    s_root, r_root = roots
-    images = [
-        _relative(items[i].path, r_root if items[i].real else s_root)  # type: ignore[arg-type]
-        for i in index
-    ]
     per_image = PerImage(
         classifiers=[m.name for m in models],
-        images=images,
+        images=[items[i].name for i in index],
         target=np.array([items[i].target for i in index], np.int64),
         top1=np.concatenate([p["top1"] for p in parts], axis=1)[:, order],
         target_prob=np.concatenate([p["prob"] for p in parts], axis=1)[:, order],
@@ -383,8 +385,22 @@ def _add_columns(table: Any, numbers: Sequence[str]) -> None:
 RANDOM_NOTE = "* random weights: these numbers describe an untrained model, not the classifier"
 
 
+class _Rows:
+    """The per-image output both results share: rows of the scored (not the real) images."""
+
+    spurious: PerImage
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per scored image and classifier (the CSV rows), image-major."""
+        return list(self.spurious.iter_rows())
+
+    def write_csv(self, path: str | os.PathLike[str]) -> None:
+        self.spurious.write_csv(path)
+
+
 @dataclass
-class ScoreResult:
+class ScoreResult(_Rows):
     """Everything `spurcli score` reports for one folder and target class."""
 
     target: imagenet.ImageNetClass
@@ -402,14 +418,6 @@ class ScoreResult:
     @property
     def n_real(self) -> int | None:
         return None if self.real is None else len(self.real.images)
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per scored image and classifier (the CSV rows), image-major."""
-        return list(self.spurious.iter_rows())
-
-    def write_csv(self, path: str | os.PathLike[str]) -> None:
-        self.spurious.write_csv(path)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -467,12 +475,12 @@ def score_images(
     _check_options(options)
     k = imagenet.resolve_class(target)
     s_root = Path(images_dir)
-    items = [Item(p, k.index, False) for p in find_images(s_root)]
+    items = find_items(s_root, k.index, real=False)
     r_root = None if real_dir is None else Path(real_dir)
     if r_root is not None:
-        items += [Item(p, k.index, True) for p in find_images(r_root)]
+        items += find_items(r_root, k.index, real=True)
     models = load_classifiers(classifiers, weights)
-    per_image, real, skipped = score_items(items, (s_root, r_root), models, options)
+    per_image, real, skipped = score_items(items, models, options)
     spurious = per_image.select(~real)
     if not spurious.images:
         raise SpurcliError(f"no readable images in {s_root} ({len(skipped)} unreadable)")
@@ -526,7 +534,7 @@ def spurious_imagenet_folders(root: Path) -> dict[int, list[Path]]:
 
 
 @dataclass
-class SpuriousImageNetResult:
+class SpuriousImageNetResult(_Rows):
     """Per-class ROC-AUC / AP (R_k positives vs S_k negatives on p_k) and their class means."""
 
     classes: list[imagenet.ImageNetClass]
@@ -540,13 +548,6 @@ class SpuriousImageNetResult:
         rows = self.per_class[name].values()
         keys = ("roc_auc", "average_precision", "spurious_rate", "real_accuracy")
         return {f"mean_{key}": float(np.mean([r[key] for r in rows])) for key in keys}
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        return list(self.spurious.iter_rows())
-
-    def write_csv(self, path: str | os.PathLike[str]) -> None:
-        self.spurious.write_csv(path)
 
     def to_json(self) -> dict[str, Any]:
         n_s = np.bincount(self.spurious.target, minlength=imagenet.NUM_CLASSES)
@@ -631,7 +632,10 @@ def score_spurious_imagenet(
     folders = spurious_imagenet_folders(s_root)
     classes = [imagenet.imagenet_classes()[k] for k in folders]
     items = [
-        Item(p, k, False) for k, subs in folders.items() for sub in subs for p in find_images(sub)
+        item
+        for k, subs in folders.items()
+        for sub in subs
+        for item in find_items(sub, k, real=False, base=s_root)
     ]
     for k in classes:
         val = r_root / k.wnid
@@ -640,9 +644,9 @@ def score_spurious_imagenet(
                 f"no folder {k.wnid} (class {k}) in ImageNet val root {r_root}; it needs one "
                 "folder of real images per WordNet id"
             )
-        items += [Item(p, k.index, True) for p in find_images(val)]
+        items += find_items(val, k.index, real=True, base=r_root)
     models = load_classifiers(classifiers, weights)
-    per_image, real, skipped = score_items(items, (s_root, r_root), models, options)
+    per_image, real, skipped = score_items(items, models, options)
     spurious, real_set = per_image.select(~real), per_image.select(real)
     per_class: dict[str, dict[int, dict[str, float | None]]] = {m.name: {} for m in models}
     for k in classes:
