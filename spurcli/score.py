@@ -80,7 +80,7 @@ class ScoreOptions:
     batch_size: int = 32  # images per forward pass; lower it if a big classifier runs out of memory
     device: str | None = None  # None: what accelerate picks (the process's GPU, else CPU)
     strict: bool = False  # an unreadable file is an error instead of a warning and a skip
-    num_workers: int | None = None  # decoding processes; None: one per spare CPU core (max 8)
+    num_workers: int | None = None  # decoding processes; None: by device (`_default_workers`)
     image_size: int = 384  # side of the central square each image is resized to (see above)
 
 
