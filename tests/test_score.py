@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _score_helpers import FACTORY_CALLS, ScoreTestPlugin, expected_prob, write_solid
+from _score_helpers import FACTORY_CALLS, MODES, ScoreTestPlugin, expected_prob, write_solid
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from spurcli import plugins
@@ -177,6 +177,12 @@ def test_each_image_is_decoded_once_and_each_model_loaded_once(folders, monkeypa
     assert len(calls) == (5 + 3) + 5  # three classifiers, yet one read per image and run
     assert FACTORY_CALLS == DET  # compare's pattern: load once, score two folders
     assert first.scores["det-r"]["spurious_rate"] == second.scores["det-r"]["spurious_rate"]
+
+
+def test_models_run_under_inference_mode(folders):
+    MODES.clear()
+    _score(folders, batch_size=2)
+    assert len(MODES) == 3 * 4 and all(MODES)  # 3 models x 4 batches of S + R (8 images)
 
 
 def test_batching_and_workers_do_not_change_numbers(folders):
@@ -349,6 +355,20 @@ def test_cli_errors_are_one_line_with_exit_code(folders, monkeypatch, capsys, ar
     assert got == code
     assert message in err
     assert "Traceback" not in err
+
+
+def test_cli_spurious_imagenet_layout(tmp_path, monkeypatch, capsys):
+    sin, val = _sin_tree(tmp_path)
+    args = ["score", sin, "--layout", "spurious-imagenet", "-c", "det-r", "--device", "cpu"]
+    code, out, err = _cli(monkeypatch, capsys, *args, "--real", val, "--json", "-")
+    assert code in (0, None), err
+    assert json.loads(out)["classifiers"]["det-r"]["mean_roc_auc"] == pytest.approx(0.625)
+    code, out, err = _cli(monkeypatch, capsys, *args, "--real", val)
+    assert "mean_roc_auc" in out and "94 hummingbird" in out
+    code, _, err = _cli(monkeypatch, capsys, *args, "--real", val, "-t", "94")
+    assert code == 2 and "--target is not used" in err
+    code, _, err = _cli(monkeypatch, capsys, *args)
+    assert code == 2 and "needs --real" in err
 
 
 def test_cli_empty_folder(tmp_path, monkeypatch, capsys):
