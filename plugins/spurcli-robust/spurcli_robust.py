@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from spurcli_timm import IMAGENET_EVAL  # light: spurcli_timm imports torch only when used
+
 from spurcli import hookimpl
 from spurcli.errors import SpurcliError
 
@@ -35,13 +37,7 @@ HUB_REPO = "madrylab/robust-imagenet-models"
 HUB_FILE = "resnet50_l2_eps3.ckpt"
 DIM = 2048  # ResNet-50 pooled features
 # robustness's ImageNet test transform: Resize(256), CenterCrop(224), then its normalizer.
-PREPROCESS = {
-    "input_size": (3, 224, 224),
-    "crop_pct": 0.875,
-    "interpolation": "bilinear",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-}
+PREPROCESS = IMAGENET_EVAL
 # Parts of robustness's AttackerModel that are not the classifier: the attacker holds a second
 # reference to the same network, the normalizer only the mean/std applied here anyway.
 DROPPED = ("attacker.", "normalizer.")

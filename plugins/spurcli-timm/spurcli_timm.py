@@ -39,6 +39,15 @@ from spurcli.errors import SpurcliError, UsageError
 RESNET = "resnet50.a1_in1k"
 VIT = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 NUM_CLASSES = 1000  # classifiers must speak ImageNet-1k
+# The classic ImageNet eval transform (torchvision's reference, robustness's test set): shorter side
+# to 256 (224 / 0.875), centre 224 crop, bilinear, ImageNet mean/std. For `preprocessed(**...)`.
+IMAGENET_EVAL = {
+    "input_size": (3, 224, 224),
+    "crop_pct": 0.875,
+    "interpolation": "bilinear",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+}
 
 
 @hookimpl
