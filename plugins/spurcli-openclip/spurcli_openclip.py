@@ -61,7 +61,7 @@ def register_classifiers(register):
         "open_clip:*",
         make_classifier,
         description="any open_clip model, zero-shot over ImageNet-1k: open_clip:<arch>/<tag>",
-        default_weights="hub: the pretrained tag's file",
+        default_weights="hub (the pretrained tag's file)",
     )
 
 
@@ -77,7 +77,7 @@ def register_feature_extractors(register):
         "open_clip:*",
         make_extractor,
         description="normalised image embeddings of any open_clip model: open_clip:<arch>/<tag>",
-        default_weights="hub: the pretrained tag's file",
+        default_weights="hub (the pretrained tag's file)",
     )
 
 

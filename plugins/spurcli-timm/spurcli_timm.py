@@ -68,7 +68,7 @@ def register_classifiers(register):
         "timm:*",
         make_classifier,
         description="any timm ImageNet-1k model: timm:<name> or timm:<name>.<tag>",
-        default_weights="hub:timm/<name>.<tag>",
+        default_weights="hub (timm's pretrained file for the name)",
     )
 
 
@@ -78,7 +78,7 @@ def register_feature_extractors(register):
         "timm:*",
         make_extractor,
         description="pre-logits features of any timm model: timm:<name>[.<tag>]",
-        default_weights="hub:timm/<name>.<tag>",
+        default_weights="hub (timm's pretrained file for the name)",
     )
 
 
