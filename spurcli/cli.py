@@ -397,6 +397,50 @@ def compare_command(
             _print_wide(table)
 
 
+@app.command("run")
+def run_command(
+    config: Annotated[
+        Path, typer.Argument(help="Run config (TOML), e.g. examples/quickstart.toml.")
+    ],
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for a top-level config key (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """The whole experiment: finetune, sample, score, compare, report (resumes by stage)."""
+    from spurcli.pipeline import run, summary_table
+
+    result = run(config, sets=sets or ())
+    if not console.is_main_process():
+        return
+    if as_json:
+        _print_json({"report": str(result.report), "stages": result.stages, **result.summary})
+        return
+    from rich.table import Table
+
+    table_data = summary_table(result.summary)
+    table = Table(title=f"spurcli run: {result.out}", caption=table_data["caption"])
+    for i, column in enumerate(table_data["columns"]):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in table_data["rows"]:
+        table.add_row(
+            str(row[0]),
+            *(
+                f"{v:+.3f}" if c.startswith("Δ") else f"{v:.3f}"
+                for c, v in zip(table_data["columns"][1:], row[1:], strict=True)
+            ),
+        )
+    _print_wide(table)
+    skipped = [name for name, state in result.stages.items() if state == "skipped"]
+    console.stdout.print(
+        f"report: {result.report}"
+        + (f" ({len(skipped)} stages were up to date)" if skipped else ""),
+        markup=False,
+        highlight=False,
+    )
+
+
 _FT = "finetune options (each also a key of CONFIG.toml, _ for -)"
 
 

@@ -382,7 +382,7 @@ def compare(
     for folder in (dir_a, dir_b):
         find_images(folder)  # missing or empty set: one line now, not after loading models
     models = load_classifiers(config.classifiers, parse_weights(config.weights))
-    extractors = load_extractors(config.extractors, _parse_pairs(config.extractor_weights))
+    extractors = load_extractors(config.extractors, parse_pairs(config.extractor_weights))
     options = {"batch_size": config.batch_size, "device": config.device, "strict": config.strict}
     scored = [
         score_images(folder, config.target, models, real_dir=config.real, **options)
@@ -406,7 +406,7 @@ def compare(
     )
 
 
-def _parse_pairs(pairs: Sequence[str]) -> dict[str, str]:
+def parse_pairs(pairs: Sequence[str]) -> dict[str, str]:
     """NAME=PATH pairs (the format of --weights), for extractors."""
     from spurcli.score import parse_weights
 

@@ -228,10 +228,13 @@ def read_manifest(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_manifest(out: Path, records: dict[str, dict[str, Any]]) -> None:
+    """The manifest sorted by file; left untouched when already so (its mtime means "changed")."""
     from spurcli.fileio import write_text
 
-    lines = [json.dumps(records[f], sort_keys=True) for f in sorted(records)]
-    write_text(out / MANIFEST, "".join(line + "\n" for line in lines))
+    text = "".join(json.dumps(records[f], sort_keys=True) + "\n" for f in sorted(records))
+    path = out / MANIFEST
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        write_text(path, text)
 
 
 def append_manifest(out: Path, records: Sequence[dict[str, Any]]) -> None:
@@ -363,15 +366,15 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
     ref = model_ref or (resolve_model(config.model) if pipe is None else None)
     tuned = ref is not None and ref.kind == "run"
     identifier = config.identifier or (ref.identifier if ref is not None else None)
-    templates = with_recontext(config.prompts) if config.recontext else list(config.prompts)
-    prompts = list(dict.fromkeys(fill_identifier(templates, identifier, tuned)))
+    prompts = final_prompts(config, identifier, tuned)
 
     procs = Processes(config.device)
     dtype = torch_dtype(config.dtype, procs.device)
     if pipe is None:
         pipe = load_pipeline(ref, dtype=dtype, scheduler=config.scheduler)
     else:
-        pipe = pipe.to(dtype=dtype)
+        if pipe.dtype != dtype:
+            pipe = pipe.to(dtype=dtype)
         if config.scheduler is not None:  # a new pipeline object on the same models, so that
             scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)  # the caller's
             pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})  # keeps its own
@@ -449,6 +452,24 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
         seconds=time.perf_counter() - started,
         identifier=identifier,
     )
+
+
+def final_prompts(config: SampleConfig, identifier: str | None, tuned: bool) -> list[str]:
+    """The prompts to sample: recontextualised if asked, `[V]` filled in, repeats dropped."""
+    templates = with_recontext(config.prompts) if config.recontext else list(config.prompts)
+    return list(dict.fromkeys(fill_identifier(templates, identifier, tuned)))
+
+
+def count_missing(config: SampleConfig, identifier: str | None = None) -> int:
+    """How many images of ``config`` are not in its output folder yet (loads no model)."""
+    out = Path(config.out)
+    records = read_manifest(out) if out.is_dir() else {}
+    prompts = final_prompts(config, identifier, tuned=False)
+    folders = prompt_folders(
+        prompts, {r["file"].split("/")[0]: r["prompt"] for r in records.values()}
+    )
+    wanted = [f"{folders[p]}/{i:06d}.png" for p in prompts for i in range(config.n)]
+    return sum(1 for file in wanted if file not in records or not (out / file).is_file())
 
 
 def check_same(path: Path, record: dict[str, Any] | None, expected: dict[str, Any]) -> None:
