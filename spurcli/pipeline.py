@@ -132,7 +132,10 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
     data = read_toml(path)
     unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in TABLES]
     if unknown:
-        raise UsageError(f"{path}: unknown table [{unknown[0]}]; a run config has {TABLES}")
+        raise UsageError(
+            f"{path}: unknown table [{unknown[0]}]; a run config has the tables "
+            + ", ".join(f"[{t}]" for t in TABLES)
+        )
     run = load_config(RunConfig, path, sets=sets)
     # "examples/../runs/x" -> "runs/x": the folders appear in logs and in the report.
     run = replace(run, **{k: _norm(getattr(run, k)) for k in ("out", "instance_dir")})

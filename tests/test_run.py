@@ -1,0 +1,197 @@
+"""`spurcli run`: config parsing, and a whole tiny experiment that is interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spurcli import cli, pipeline
+from spurcli.errors import UsageError
+from spurcli.pipeline import load_experiment, run
+
+CONFIG = """
+out = "out"
+model = "tiny"
+target = "hummingbird"
+class_noun = "flower"
+instance_dir = "refs"
+seed = 3
+
+[finetune]
+resolution = 32
+steps = 2
+lr = 1e-3
+num_class_images = 2
+class_inference_steps = 2
+class_batch_size = 2
+extractor = "template-linear"
+extractor_weights = "random"
+sfsl_weight = 0.5
+checkpoint_every = 1
+validate_every = 0
+
+[sample]
+n = 2
+steps = 2
+batch_size = 4
+height = 32
+width = 32
+
+[compare]
+classifiers = ["template-linear"]
+weights = ["template-linear=random"]
+extractors = ["template-linear"]
+extractor_weights = ["template-linear=random"]
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on 2 shared cores: a second thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_config(folder: Path, text: str = CONFIG) -> Path:
+    from PIL import Image
+
+    refs = folder / "refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    for i, colour in enumerate([(200, 30, 40), (30, 160, 60), (240, 200, 10)]):
+        Image.new("RGB", (40 + 8 * i, 48), colour).save(refs / f"ref{i}.png")
+    path = folder / "exp.toml"
+    path.write_text(text)
+    return path
+
+
+def test_config_shares_top_level_keys_and_fills_defaults(tmp_path):
+    exp = load_experiment(write_config(tmp_path))
+    assert exp.out == tmp_path / "out"  # relative to the config file
+    assert exp.finetune.output_dir == tmp_path / "out" / "finetune"  # default place
+    assert exp.finetune.instance_dir == tmp_path / "refs" and exp.finetune.seed == 3
+    assert exp.sample.seed == 3 and exp.sample.model == "tiny"
+    assert exp.sample.prompts == ["a photo of [V] flower"]  # the instance prompt, [V] kept
+    assert exp.compare.target == "hummingbird"
+    sets = exp.sample_sets()
+    assert list(sets) == ["generated", "generated-recontext", "baseline", "baseline-recontext"]
+    assert sets["baseline"] == (False, ["a photo of flower"])
+    assert sets["generated-recontext"][1][0] == "a photo of [V] flower on the beach"
+    assert exp.comparisons() == [
+        ("generated", "references"),
+        ("generated", "baseline"),
+        ("generated-recontext", "baseline-recontext"),
+    ]
+    no_baseline = load_experiment(write_config(tmp_path, "baseline = false\n" + CONFIG))
+    assert list(no_baseline.sample_sets()) == ["generated", "generated-recontext"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (CONFIG + "\n[scoring]\nx = 1\n", "unknown table [scoring]"),
+        (CONFIG.replace('out = "out"', ""), "`out` is required"),
+        (CONFIG.replace("seed = 3", "sed = 3"), "did you mean seed"),
+        (CONFIG.replace('classifiers = ["template-linear"]', ""), "classifiers is required"),
+    ],
+)
+def test_bad_configs(tmp_path, text, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_experiment(write_config(tmp_path, text))
+
+
+def test_bad_names_fail_before_any_work(tmp_path, monkeypatch, capsys):
+    path = write_config(
+        tmp_path, CONFIG.replace('extractors = ["template-linear"]', 'extractors = ["nope"]')
+    )
+    monkeypatch.setattr(sys, "argv", ["spurcli", "run", str(path)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unknown feature extractor 'nope'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def snapshot(out: Path) -> dict[str, float]:
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
+    path = write_config(tmp_path)
+    out = tmp_path / "out"
+
+    # A crash after the features stage: everything before it is kept...
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_comparisons", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(path)
+    monkeypatch.undo()
+    assert (out / "finetune" / "pipeline" / "model_index.json").is_file()
+    assert not (out / "report.html").exists()
+
+    # ...and the next run continues from there.
+    result = run(path)
+    ran = {k for k, v in result.stages.items() if v == "ran"}
+    assert ran == {
+        "compare:generated-vs-references",
+        "compare:generated-vs-baseline",
+        "compare:generated-recontext-vs-baseline-recontext",
+        "report",
+    }
+    assert result.report == out / "report.html" and result.report.is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == result.summary
+    clf = summary["classifiers"]["template-linear"]
+    assert set(clf["spurious_rate"]) == {*pipeline.LABELS}
+    rate = clf["spurious_rate"]
+    assert clf["more_spurious_than_baseline"] == pytest.approx(rate["generated"] - rate["baseline"])
+    assert summary["n_images"] == {
+        "generated": 2,
+        "generated-recontext": 8,
+        "baseline": 2,
+        "baseline-recontext": 8,
+        "references": 3,
+    }
+    manifest = (out / "samples" / "baseline" / "manifest.jsonl").read_text().splitlines()
+    assert json.loads(manifest[0])["prompt"] == "a photo of flower"  # no identifier
+    tuned = json.loads(
+        (out / "samples" / "generated" / "manifest.jsonl").read_text().splitlines()[0]
+    )
+    assert tuned["prompt"] == "a photo of sks flower"
+    assert tuned["seed"] == json.loads(manifest[0])["seed"]  # paired noise
+    report = result.report.read_text()
+    assert report.count("<h2") == 1 + 3  # summary + three comparisons
+
+    # Everything up to date: nothing runs, nothing is rewritten.
+    before = snapshot(out)
+    again = run(path)
+    assert set(again.stages.values()) == {"skipped"}
+    assert snapshot(out) == before
+
+    # Removing outputs redoes exactly what depends on them.
+    (out / "scores" / "baseline.json").unlink()
+    first = out / "samples" / "generated" / tuned["file"]
+    png = first.read_bytes()
+    first.unlink()
+    third = run(path)
+    ran = {k for k, v in third.stages.items() if v == "ran"}
+    assert "finetune" not in ran and "sample:baseline" not in ran
+    assert {"sample:generated", "score:generated", "score:baseline", "report"} <= ran
+    assert "score:references" not in ran and "score:generated-recontext" not in ran
+    assert first.read_bytes() == png  # the same image again
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+    # Changed settings redo their stage even though no file changed (a settings stamp).
+    path.write_text(CONFIG.replace("[compare]", "[compare]\nreport_images = 1"))
+    fourth = run(path)
+    assert {k for k, v in fourth.stages.items() if v == "ran"} == {"report"}
+    assert "1 of 2 shown" in result.report.read_text()
