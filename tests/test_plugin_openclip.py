@@ -66,9 +66,16 @@ def tiny_arch(tmp_path_factory) -> str:
 def tiny_clip(tiny_arch, tmp_path_factory) -> TinyClip:
     """The tiny zero-shot classifier, loaded once: this load computes and caches its head."""
     cache = tmp_path_factory.mktemp("spurcli_cache")
-    with pytest.MonkeyPatch.context() as mp, counting_text_encoder() as calls:
-        mp.setenv("SPURCLI_CACHE", str(cache))
-        loaded = classifiers().load(f"open_clip:{TINY}", "random")
+    # 100 calls of tiny matrix products: one thread is several times faster than two fighting
+    # over two shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp, counting_text_encoder() as calls:
+            mp.setenv("SPURCLI_CACHE", str(cache))
+            loaded = classifiers().load(f"open_clip:{TINY}", "random")
+    finally:
+        torch.set_num_threads(threads)
     return TinyClip(loaded, cache, calls[0])
 
 
