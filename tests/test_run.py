@@ -195,3 +195,47 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     fourth = run(path)
     assert {k for k, v in fourth.stages.items() if v == "ran"} == {"report"}
     assert "1 of 2 shown" in result.report.read_text()
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize(
+    "config", sorted(EXAMPLES.glob("*.toml")) + sorted(EXAMPLES.glob("classes/*.toml")), ids=str
+)
+def test_example_configs_load(config):
+    exp = load_experiment(config)
+    assert exp.compare.classifiers and exp.sample.prompts
+    assert all("[V]" in p for p in exp.sample.prompts)
+    if config.name == "quickstart.toml":
+        assert exp.run.model == "tiny" and len(list(exp.run.instance_dir.glob("*.png"))) == 5
+    else:  # the folder the download script makes
+        assert exp.run.instance_dir.parts[-2:] == ("by_class", str(exp.run.target))
+
+
+def test_download_script_unpacks_and_links_by_class(tmp_path):
+    """The download script against a local zip in the dataset's layout (file:// URL)."""
+    import subprocess
+    import zipfile
+
+    archive = tmp_path / "src.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("images/timestamp.txt", "1\n")
+        for folder in (
+            "class_spurious_94_hummingbird_3",
+            "class_spurious_94_hummingbird_7",
+            "class_spurious_565_freight_car_1",
+        ):
+            for i in range(2):
+                zf.writestr(f"images/{folder}/{i}.jpg", b"jpeg bytes")
+    dest = tmp_path / "sin"
+    cmd = [sys.executable, str(EXAMPLES / "download_spurious_imagenet.py"), "--dest", str(dest)]
+    proc = subprocess.run([*cmd, "--url", archive.as_uri()], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (dest / "by_class").iterdir()) == ["565", "94"]
+    assert len(list((dest / "by_class" / "94").iterdir())) == 4
+    assert (dest / "images" / "timestamp.txt").is_file() and not (
+        dest / "images_100_classes.zip"
+    ).exists()
+    again = subprocess.run(cmd, capture_output=True, text=True)  # idempotent, no download
+    assert again.returncode == 0 and "(0 new links)" in again.stdout
