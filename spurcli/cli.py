@@ -522,6 +522,9 @@ def finetune_command(
     max_grad_norm: Annotated[
         float | None, _opt("--max-grad-norm", help="Gradient clipping, 0: off (default 1.0).")
     ] = None,
+    weight_decay: Annotated[
+        float | None, _opt("--weight-decay", help="AdamW weight decay (default 0.01).")
+    ] = None,
     seed: Annotated[int | None, _opt("--seed", help="(default 0)")] = None,
     train_text_encoder: Annotated[
         bool | None,
@@ -580,6 +583,12 @@ def finetune_command(
     ] = None,
     num_validation_images: Annotated[
         int | None, _opt("--num-validation-images", help="Per prompt (default 4).")
+    ] = None,
+    validation_steps: Annotated[
+        int | None, _opt("--validation-steps", help="Sampler steps (default 25).")
+    ] = None,
+    validation_guidance: Annotated[
+        float | None, _opt("--validation-guidance", help="Guidance (default 7.5).")
     ] = None,
     sets: Annotated[
         list[str] | None,

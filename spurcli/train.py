@@ -37,6 +37,7 @@ import contextlib
 import copy
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import math
@@ -187,8 +188,9 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
     text_encoder.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if cfg.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+        if cfg.train_text_encoder:  # transformers 5 renamed it; 4.x has the old name only
+            enable = getattr(text_encoder, "activation_checkpointing_enable", None)
+            (enable or text_encoder.gradient_checkpointing_enable)()
         if use_sfsl:
             train_vae.enable_gradient_checkpointing()  # its decoder is in the SFSL graph
 
@@ -416,6 +418,10 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UsageError(
             f"--attention-slicing must be auto, max, off or a positive int, not {slicing}"
         )
+    if cfg.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        raise SpurcliError(
+            "--use-8bit-adam needs bitsandbytes: pip install 'spurcli[8bit]' (CUDA GPUs)"
+        )
     if cfg.resume not in (None, "latest") and not Path(cfg.resume).is_dir():
         raise UsageError(f"--resume: no checkpoint folder {cfg.resume} (or use --resume latest)")
 
@@ -430,7 +436,10 @@ def _accelerator(cfg: FinetuneConfig) -> Any:
     from accelerate import Accelerator
 
     try:
-        return Accelerator(mixed_precision=cfg.mixed_precision)
+        # Without CUDA, accelerate joins a torchrun/launch group (gloo) only when told cpu=True;
+        # otherwise N launched processes would each train alone into the same folder.
+        cpu = not torch.cuda.is_available()
+        return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
     except (ValueError, RuntimeError) as exc:
         raise SpurcliError(f"--mixed-precision {cfg.mixed_precision}: {exc}") from exc
 
@@ -488,7 +497,7 @@ class Batch:
 
 
 class Data:
-    """Instance and class images, resized once; micro-step m's batch is a pure function of m."""
+    """Instance and class images, resized once; every sample is a pure function of its number."""
 
     def __init__(
         self,
@@ -538,33 +547,32 @@ class Data:
         crops = [(i, *self._crop(img, None)) for i, img in enumerate(self.sets["instance"])]
         return torch.stack([(self._pixels("instance", *c) + 1) / 2 for c in crops])
 
-    def _pick(self, kind: str, micro: int, j: int) -> int:
-        n = len(self.sets[kind])
-        b = self.cfg.batch_size
-        position = (micro * self.world + self.rank) * b + j  # global sample counter of this kind
-        return _permutation(n, self.cfg.seed, kind, position // n)[position % n]
-
     def batch(self, micro: int) -> Batch:
-        cfg = self.cfg
-        g = torch.Generator().manual_seed(_seed("batch", cfg.seed, micro, self.rank))
-        kinds = ["instance"] * cfg.batch_size + (
-            ["class"] * cfg.batch_size if self.sets["class"] else []
-        )
-        keys = []
+        """Sample j of process r at micro-step m is the global sample (m * W + r) * B + j of its
+        kind; its image, crop, noise and timestep depend on that number only, so W processes
+        with batch B see exactly what one process with batch W * B sees."""
+        cfg, b = self.cfg, self.cfg.batch_size
+        r = cfg.resolution // 8
+        kinds = ["instance"] * b + (["class"] * b if self.sets["class"] else [])
+        keys, noise, posterior, timesteps = [], [], [], []
         for j, kind in enumerate(kinds):
-            index = self._pick(kind, micro, j % cfg.batch_size)
+            position = (micro * self.world + self.rank) * b + j % b
+            n = len(self.sets[kind])
+            index = _permutation(n, cfg.seed, kind, position // n)[position % n]
+            g = torch.Generator().manual_seed(_seed("sample", cfg.seed, kind, position))
             keys.append((kind, index, *self._crop(self.sets[kind][index], g)))
-        n = len(keys)
-        shape = (n, 4, cfg.resolution // 8, cfg.resolution // 8)
+            noise.append(torch.randn((4, r, r), generator=g))
+            posterior.append(torch.randn((4, r, r), generator=g))
+            timesteps.append(torch.randint(0, self.num_train_timesteps, (1,), generator=g))
         return Batch(
             keys=keys,
             images=[self._pixels(*key) for key in keys],
-            instance_index=torch.tensor([k[1] for k in keys[: cfg.batch_size]]),
+            instance_index=torch.tensor([k[1] for k in keys[:b]]),
             prompt_rows=torch.tensor([0 if k[0] == "instance" else 1 for k in keys]),
-            noise=torch.randn(shape, generator=g),
-            posterior_noise=torch.randn(shape, generator=g),
-            timesteps=torch.randint(0, self.num_train_timesteps, (n,), generator=g),
-            n_instance=cfg.batch_size,
+            noise=torch.stack(noise),
+            posterior_noise=torch.stack(posterior),
+            timesteps=torch.cat(timesteps),
+            n_instance=b,
         )
 
 
