@@ -38,3 +38,41 @@ def fake_plugin() -> FakePlugin:
     plugin = FakePlugin()
     plugins.get_plugins().register(plugin, name=plugin.name)
     return plugin
+
+
+@pytest.fixture
+def cli_main(monkeypatch, capsys):
+    """``cli_main("sample", "tiny", ...) -> (exit code, stdout, stderr)``: `spurcli ARGS` run
+    in-process through `cli.main`, so errors come out as the user sees them (one line, a code)."""
+    import sys
+
+    from spurcli import cli
+
+    saved_commands = list(cli.app.registered_commands)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["spurcli", *args])
+        cli._state["verbose"] = 0
+        capsys.readouterr()
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    cli.app.registered_commands[:] = saved_commands  # main() added plugin commands
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): tiny models
+    on two shared cores only lose time to a second thread's contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 from _compare_helpers import make_sets
 
-from spurcli import cli
 from spurcli.compare import (
     CompareConfig,
     CompareResult,
@@ -112,32 +110,17 @@ def test_compare_scores_and_similarity(tmp_path, fake_plugin):
     assert again.to_json() == data
 
 
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["spurcli", *args])
-    cli._state["verbose"] = 0
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_compare_command_json_and_report(tmp_path, monkeypatch, capsys, fake_plugin):
+def test_compare_command_json_and_report(tmp_path, cli_main, fake_plugin):
     a, b = make_sets(tmp_path)
     report, out_json = tmp_path / "r.html", tmp_path / "c.json"
     args = ["compare", str(a), str(b), "-t", "94", "-c", "fake", "-e", "fake"]
-    code, out, err = run_cli(
-        monkeypatch, capsys, *args, "--report", str(report), "--json", str(out_json)
-    )
+    code, out, err = cli_main(*args, "--report", str(report), "--json", str(out_json))
     assert code == 0, err
     assert "frechet_fake" in out and "spurious_rate" in out
     data = json.loads(out_json.read_text())
     assert data["similarity"]["fake"]["frechet"] >= 0
     assert report.read_text().startswith("<!DOCTYPE html>")
-    code, out, _ = run_cli(monkeypatch, capsys, *args, "--json", "-")
+    code, out, _ = cli_main(*args, "--json", "-")
     assert code == 0 and json.loads(out)["a"]["target"] == {"index": 94, "name": "hummingbird"}
 
 
@@ -150,18 +133,16 @@ def test_compare_command_json_and_report(tmp_path, monkeypatch, capsys, fake_plu
         (["--extractor-weights", "clip=random"], 2, "not among the extractors"),
     ],
 )
-def test_compare_bad_input(tmp_path, monkeypatch, capsys, fake_plugin, extra, code, message):
+def test_compare_bad_input(tmp_path, cli_main, fake_plugin, extra, code, message):
     a, b = make_sets(tmp_path)
     args = ["compare", str(a), str(b), "-t", "94", "-c", "fake", "-e", "fake", *extra]
-    got, _, err = run_cli(monkeypatch, capsys, *args)
+    got, _, err = cli_main(*args)
     assert got == code and message in err
     assert len(err.strip().splitlines()) == 1
 
 
-def test_compare_empty_set(tmp_path, monkeypatch, capsys, fake_plugin):
+def test_compare_empty_set(tmp_path, cli_main, fake_plugin):
     a, _ = make_sets(tmp_path)
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(
-        monkeypatch, capsys, "compare", str(a), str(tmp_path / "empty"), "-t", "94", "-c", "fake"
-    )
+    code, _, err = cli_main("compare", str(a), str(tmp_path / "empty"), "-t", "94", "-c", "fake")
     assert code == 1 and "no images in" in err and len(err.strip().splitlines()) == 1

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spurcli import cli
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.sample import (
     MANIFEST,
@@ -33,6 +32,7 @@ from spurcli.sample import (
 )
 
 PROMPTS = ["a photo of a red flower", "a red feeder"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -185,18 +185,6 @@ def test_finetune_run_supplies_the_identifier(tmp_path, tiny_pipe, caplog):
 # --- bad input: one line each -----------------------------------------------------------------
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["spurcli", *args])
-    cli._state["verbose"] = 0
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -206,27 +194,25 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         (["-p", "a [V] flower"], 2, "not a spurcli finetune run"),
     ],
 )
-def test_bad_options(monkeypatch, capsys, tmp_path, args, code, message):
-    got, err = run_cli(monkeypatch, capsys, "sample", "tiny", "-p", "x", "-o", str(tmp_path), *args)
+def test_bad_options(cli_main, tmp_path, args, code, message):
+    got, _, err = cli_main("sample", "tiny", "-p", "x", "-o", str(tmp_path), *args)
     assert got == code
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_bad_model_and_output(monkeypatch, capsys, tmp_path):
-    code, err = run_cli(monkeypatch, capsys, "sample", str(tmp_path), "-p", "x")
+def test_bad_model_and_output(cli_main, tmp_path):
+    code, _, err = cli_main("sample", str(tmp_path), "-p", "x")
     assert code == 1 and "not a diffusers pipeline folder" in err
     assert len(err.strip().splitlines()) == 1
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, err = run_cli(monkeypatch, capsys, "sample", "tiny", "-p", "x", "--out", str(blocker))
+    code, _, err = cli_main("sample", "tiny", "-p", "x", "--out", str(blocker))
     assert code == 1 and "cannot write to output folder" in err
-    code, err = run_cli(monkeypatch, capsys, "sample", "tiny", "--out", str(tmp_path / "o"))
+    code, _, err = cli_main("sample", "tiny", "--out", str(tmp_path / "o"))
     assert code == 2 and "no prompt" in err
     empty = tmp_path / "prompts.txt"
     empty.write_text("# nothing\n\n")
-    code, err = run_cli(
-        monkeypatch, capsys, "sample", "tiny", "--prompts-file", str(empty), "-o", str(tmp_path)
-    )
+    code, _, err = cli_main("sample", "tiny", "--prompts-file", str(empty), "-o", str(tmp_path))
     assert code == 1 and "holds no prompt" in err
 
 
