@@ -54,6 +54,8 @@ td.neg { color: #1a7f37; }
 .sets { display: grid; grid-template-columns: 1fr 1fr; gap: 24px; }
 .set { background: #fff; border: 1px solid #d0d7de; padding: 8px 12px; min-width: 0; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; }
+.group { flex-basis: 100%; font-size: 12px; color: #57606a; margin-top: 6px;
+         overflow-wrap: anywhere; }
 .cell { width: 128px; font-size: 11px; line-height: 1.3; overflow-wrap: anywhere; }
 .cell img { width: 128px; height: 128px; display: block; background: #ddd; }
 .cell .file { color: #57606a; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
@@ -265,14 +267,19 @@ def _grid(data: dict[str, Any], key: str, label: str, target: int, max_images: i
     images = list(labels)
     shown = images[:max_images]
     cells = []
+    folder = None
     for image in shown:
+        parent, _, name = image.rpartition("/")
+        if parent != folder and parent:  # a heading per sub-folder (per prompt, for samples)
+            cells.append(f'<div class="group">{_e(parent)}/</div>')
+        folder = parent
         lines = "".join(
             f'<div class="{"hit" if hit else ""}">{_e(c)}: {_e(top1)}</div>'
             for c, top1, hit in labels[image]
         )
         cells.append(
             f'<div class="cell"><img alt="{_e(image)}" src="{thumbnail(root / image)}">'
-            f'<div class="file" title="{_e(image)}">{_e(image)}</div>{lines}</div>'
+            f'<div class="file" title="{_e(image)}">{_e(name)}</div>{lines}</div>'
         )
     count = f"{len(shown)} of {len(images)} shown" if len(shown) < len(images) else f"{len(images)}"
     return (
