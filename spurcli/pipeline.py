@@ -453,8 +453,8 @@ def run_comparisons(exp: Experiment, stages: Stages, main: bool) -> None:
             rows_a=read_rows(_score_paths(exp, a)[1]),
             rows_b=read_rows(_score_paths(exp, b)[1]),
             similarity=sims,
-            dir_a=str(exp.set_dir(a)),
-            dir_b=str(exp.set_dir(b)),
+            dir_a=str(exp.set_dir(a).resolve()),  # absolute: the report may be redrawn later
+            dir_b=str(exp.set_dir(b).resolve()),  # from another working directory
             label_a=LABELS[a],
             label_b=LABELS[b],
         )
