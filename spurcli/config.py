@@ -43,11 +43,12 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from spurcli.diffusion import DEFAULT_MODEL
-from spurcli.errors import UsageError
+from spurcli.errors import SpurcliError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -118,6 +119,70 @@ class FinetuneConfig:
     num_validation_images: int = 4  # images per validation prompt
     validation_steps: int = 25  # sampler steps per validation image
     validation_guidance: float = 7.5  # classifier-free guidance for validation images
+
+    def check(self) -> None:
+        """Every option that can be checked without loading anything; one-line errors."""
+        for name in ("instance_dir", "class_noun", "target", "output_dir"):
+            if getattr(self, name) in (None, ""):
+                raise UsageError(
+                    f"--{name.replace('_', '-')} is required (or `{name}` in the config)"
+                )
+        for name in [
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "resolution",
+            "validation_steps",
+            "num_validation_images",
+            "class_batch_size",
+            "class_inference_steps",
+        ]:
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in [
+            "num_class_images",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "validate_every",
+            "warmup_steps",
+            "prior_weight",
+            "max_grad_norm",
+            "weight_decay",
+        ]:
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+        if self.resolution % 8:
+            raise UsageError(
+                f"--resolution must be a multiple of 8 (the VAE's factor), not {self.resolution}"
+            )
+        if not self.lr > 0 or (self.text_encoder_lr is not None and not self.text_encoder_lr > 0):
+            raise UsageError("--lr and --text-encoder-lr must be positive")
+        if self.prior_weight and self.num_class_images < 1:
+            raise UsageError(
+                "prior preservation needs --num-class-images >= 1 (or --prior-weight 0)"
+            )
+        if self.sfsl_max_timestep is not None and self.sfsl_max_timestep < 0:
+            raise UsageError("--sfsl-max-timestep must not be negative")
+        from diffusers.optimization import SchedulerType
+
+        names = [s.value for s in SchedulerType if s.value != "piecewise_constant"]
+        if self.lr_scheduler not in names:
+            raise UsageError(
+                f"unknown --lr-scheduler '{self.lr_scheduler}'; choose from {', '.join(names)}"
+            )
+        slicing = str(self.attention_slicing)
+        if slicing not in ("auto", "max", "off") and not (slicing.isdigit() and int(slicing) > 0):
+            raise UsageError(
+                f"--attention-slicing must be auto, max, off or a positive int, not {slicing}"
+            )
+        if self.use_8bit_adam and find_spec("bitsandbytes") is None:
+            raise SpurcliError(
+                "--use-8bit-adam needs bitsandbytes: pip install 'spurcli[8bit]' (CUDA GPUs)"
+            )
+        if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
+            raise UsageError(
+                f"--resume: no checkpoint folder {self.resume} (or use --resume latest)"
+            )
 
 
 def load_config(

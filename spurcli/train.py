@@ -90,6 +90,19 @@ class Interrupted(SpurcliError):
     exit_code = 130
 
 
+@dataclass
+class Run:
+    """What checkpoints and validation need of a run in progress."""
+
+    cfg: FinetuneConfig
+    out: Path
+    accelerator: Any
+    unet: Any  # as prepared by accelerate: DDP-wrapped when distributed
+    text_encoder: Any  # prepared too when trained
+    optimizer: Any
+    lr_scheduler: Any
+
+
 # ----------------------------------------------------------------------------------------------
 # the training run
 
@@ -97,7 +110,7 @@ class Interrupted(SpurcliError):
 def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = None) -> Path:
     """Fine-tune ``config.model`` on the reference images; returns the run folder."""
     cfg = config
-    check_config(cfg)
+    cfg.check()
     out = Path(cfg.output_dir)  # type: ignore[arg-type]
     started = time.time()
     accelerator = _accelerator(cfg)
@@ -180,7 +193,14 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
 
     # --- frozen parts in the compute dtype, trainable parts in fp32 ---------------------------
     vae.requires_grad_(False)
-    train_vae = vae if weight_dtype == torch.float32 else copy.deepcopy(vae).to(weight_dtype)
+    train_vae = vae
+    if weight_dtype != torch.float32:
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its "keep in float32" hint is about loading
+        train_vae = copy.deepcopy(vae).to(weight_dtype)
+        diffusers_logging.set_verbosity(level)
     train_vae.to(device).eval()
     if train_vae is not vae:
         vae.to("cpu")  # the fp32 original is only needed again for saving the pipeline
@@ -248,12 +268,11 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
     unet_ddp = trained[0]
     text_ddp = trained[1] if cfg.train_text_encoder else None
     params = [p for group in groups for p in group["params"]]
+    run = Run(cfg, out, accelerator, unet_ddp, text_ddp or text_encoder, optimizer, lr_scheduler)
 
     step = 0
     if checkpoint is not None:
-        step = load_checkpoint(
-            checkpoint, cfg, accelerator, unet, text_encoder, optimizer, lr_scheduler
-        )
+        step = load_checkpoint(run, checkpoint)
         log.info("resumed from %s (step %d)", checkpoint, step)
     if main:
         _truncate_log(out / LOG_FILE, step)
@@ -322,21 +341,9 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
             flag = torch.tensor([float(stop.requested)], device=device)
             interrupted = accelerator.reduce(flag, reduction="sum").item() > 0
             if interrupted or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                save_checkpoint(
-                    out, step, cfg, accelerator, unet, text_encoder, optimizer, lr_scheduler, values
-                )
+                save_checkpoint(run, step, values)
             if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.steps):
-                validate(
-                    pipe,
-                    unet,
-                    text_encoder,
-                    train_vae,
-                    cfg,
-                    instance_prompt,
-                    step,
-                    out,
-                    accelerator,
-                )
+                validate(run, pipe, train_vae, instance_prompt, step)
             if interrupted:
                 raise Interrupted(
                     f"interrupted at step {step}; checkpoint saved in "
@@ -364,66 +371,6 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
-
-
-def check_config(cfg: FinetuneConfig) -> None:
-    """Every option that can be checked without loading anything; one-line errors."""
-    for name in ("instance_dir", "class_noun", "target", "output_dir"):
-        if getattr(cfg, name) in (None, ""):
-            raise UsageError(f"--{name.replace('_', '-')} is required (or `{name}` in the config)")
-    positive = (
-        "steps",
-        "batch_size",
-        "grad_accum",
-        "resolution",
-        "validation_steps",
-        "num_validation_images",
-        "class_batch_size",
-        "class_inference_steps",
-    )
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in (
-        "num_class_images",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "validate_every",
-        "warmup_steps",
-        "prior_weight",
-        "max_grad_norm",
-        "weight_decay",
-    ):
-        if getattr(cfg, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
-    if cfg.resolution % 8:
-        raise UsageError(
-            f"--resolution must be a multiple of 8 (the VAE's factor), not {cfg.resolution}"
-        )
-    if not cfg.lr > 0 or (cfg.text_encoder_lr is not None and not cfg.text_encoder_lr > 0):
-        raise UsageError("--lr and --text-encoder-lr must be positive")
-    if cfg.prior_weight and cfg.num_class_images < 1:
-        raise UsageError("prior preservation needs --num-class-images >= 1 (or --prior-weight 0)")
-    if cfg.sfsl_max_timestep is not None and cfg.sfsl_max_timestep < 0:
-        raise UsageError("--sfsl-max-timestep must not be negative")
-    from diffusers.optimization import SchedulerType
-
-    names = [s.value for s in SchedulerType if s.value != "piecewise_constant"]
-    if cfg.lr_scheduler not in names:
-        raise UsageError(
-            f"unknown --lr-scheduler '{cfg.lr_scheduler}'; choose from {', '.join(names)}"
-        )
-    slicing = str(cfg.attention_slicing)
-    if slicing not in ("auto", "max", "off") and not (slicing.isdigit() and int(slicing) > 0):
-        raise UsageError(
-            f"--attention-slicing must be auto, max, off or a positive int, not {slicing}"
-        )
-    if cfg.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
-        raise SpurcliError(
-            "--use-8bit-adam needs bitsandbytes: pip install 'spurcli[8bit]' (CUDA GPUs)"
-        )
-    if cfg.resume not in (None, "latest") and not Path(cfg.resume).is_dir():
-        raise UsageError(f"--resume: no checkpoint folder {cfg.resume} (or use --resume latest)")
 
 
 def fill_prompt(template: str, identifier: str, noun: str | None) -> str:
@@ -729,40 +676,28 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(
-    out: Path,
-    step: int,
-    cfg: FinetuneConfig,
-    accelerator: Any,
-    unet: Any,
-    text_encoder: Any,
-    optimizer: Any,
-    lr_scheduler: Any,
-    losses: dict[str, float],
-) -> None:
+def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
     """checkpoints/step-N, written into a temporary folder and renamed (never half a checkpoint)."""
     from accelerate.utils import gather_object
     from safetensors.torch import save_file
 
+    cfg, out, accelerator = run.cfg, run.out, run.accelerator
     rng_states = gather_object([_rng_state()])  # every process's RNG, collected on all
     if accelerator.is_main_process:
         target = out / CHECKPOINTS / f"step-{step}"
         with atomic_dir(target) as tmp:
-            save_file(_state_dict(accelerator, unet), tmp / "unet.safetensors")
+            save_file(_state_dict(accelerator, run.unet), tmp / "unet.safetensors")
             if cfg.train_text_encoder:
-                save_file(_state_dict(accelerator, text_encoder), tmp / "text_encoder.safetensors")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+                te = _state_dict(accelerator, run.text_encoder)
+                save_file(te, tmp / "text_encoder.safetensors")
+            torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(run.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
             if accelerator.scaler is not None:
                 torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
             for rank, state in enumerate(rng_states):
                 torch.save(state, tmp / f"rng-{rank}.pt")
-            state = {
-                "step": step,
-                "losses": losses,
-                "config": to_dict(cfg),
-                "world_size": accelerator.num_processes,
-            }
+            world = accelerator.num_processes
+            state = {"step": step, "losses": losses, "config": to_dict(cfg), "world_size": world}
             write_json(tmp / "state.json", state)
         if cfg.keep_checkpoints:
             for _, old in _checkpoints(out)[: -cfg.keep_checkpoints]:
@@ -776,18 +711,11 @@ def _state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def load_checkpoint(
-    path: Path,
-    cfg: FinetuneConfig,
-    accelerator: Any,
-    unet: Any,
-    text_encoder: Any,
-    optimizer: Any,
-    lr_scheduler: Any,
-) -> int:
+def load_checkpoint(run: Run, path: Path) -> int:
     """Restore everything ``save_checkpoint`` wrote; returns the step it was taken at."""
     from safetensors.torch import load_file
 
+    cfg, accelerator = run.cfg, run.accelerator
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     changed = sorted(
         k
@@ -800,14 +728,17 @@ def load_checkpoint(
             ", ".join(changed),
         )
     try:
-        accelerator.unwrap_model(unet).load_state_dict(load_file(path / "unet.safetensors"))
+        accelerator.unwrap_model(run.unet).load_state_dict(load_file(path / "unet.safetensors"))
         if cfg.train_text_encoder:
             te = load_file(path / "text_encoder.safetensors")
-            accelerator.unwrap_model(text_encoder).load_state_dict(te)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
-        if accelerator.scaler is not None and (path / "scaler.pt").is_file():
-            accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+            accelerator.unwrap_model(run.text_encoder).load_state_dict(te)
+        for name, target in (
+            ("optimizer", run.optimizer),
+            ("lr_scheduler", run.lr_scheduler),
+            ("scaler", accelerator.scaler),
+        ):
+            if target is not None and (path / f"{name}.pt").is_file():
+                target.load_state_dict(torch.load(path / f"{name}.pt", weights_only=True))
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise SpurcliError(f"cannot resume from {path}: {exc}") from exc
     rng = path / f"rng-{accelerator.process_index}.pt"
@@ -864,52 +795,52 @@ class _StopFlag:
 
 
 @torch.no_grad()
-def validate(
-    pipe: Any,
-    unet: Any,
-    text_encoder: Any,
-    vae: Any,
-    cfg: FinetuneConfig,
-    instance_prompt: str,
-    step: int,
-    out: Path,
-    accelerator: Any,
-) -> None:
+def validate(run: Run, pipe: Any, vae: Any, instance_prompt: str, step: int) -> None:
     """validation/step-N/PP-II.png: each prompt with the same seeds at every step (comparable)."""
+    cfg, accelerator = run.cfg, run.accelerator
     if accelerator.is_main_process:
         from diffusers import StableDiffusionPipeline
 
-        unet, text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+        from spurcli.images import to_pil
+        from spurcli.losses import decode_to_unit
+
+        unet = accelerator.unwrap_model(run.unet)
+        text_encoder = accelerator.unwrap_model(run.text_encoder)
         was_training = unet.training, text_encoder.training
         unet.eval()
         text_encoder.eval()
+        parts = {"tokenizer": pipe.tokenizer, "scheduler": pipe.scheduler}
         val = StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
-            tokenizer=pipe.tokenizer,
             unet=unet,
-            scheduler=pipe.scheduler,
+            **parts,
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
         )
         val.set_progress_bar_config(disable=True)
         prompts = [fill_prompt(p, cfg.identifier, cfg.class_noun) for p in cfg.validation_prompt]
-        folder = out / "validation" / f"step-{step}"
         for p, prompt in enumerate(prompts or [instance_prompt]):
             seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
             with accelerator.autocast():
-                images = val(
+                latents = val(
                     [prompt] * len(seeds),
                     num_inference_steps=cfg.validation_steps,
                     guidance_scale=cfg.validation_guidance,
                     height=cfg.resolution,
                     width=cfg.resolution,
                     generator=[torch.Generator().manual_seed(s) for s in seeds],
+                    output_type="latent",  # decoded below: casts to the VAE's (maybe fp16) dtype
                 ).images
+                images = decode_to_unit(vae, latents)
             for i, (seed, image) in enumerate(zip(seeds, images, strict=True)):
                 meta = {"prompt": prompt, "seed": seed, "step": step}
-                write_png(folder / f"{p:02d}-{i:02d}.png", image, meta)
+                write_png(
+                    run.out / "validation" / f"step-{step}" / f"{p:02d}-{i:02d}.png",
+                    to_pil(image),
+                    meta,
+                )
         unet.train(was_training[0])
         text_encoder.train(was_training[1])
     accelerator.wait_for_everyone()

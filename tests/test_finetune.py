@@ -539,3 +539,58 @@ def test_every_config_key_is_a_command_line_option():
 
     params = set(inspect.signature(cli.finetune_command).parameters)
     assert {f.name for f in dataclasses.fields(FinetuneConfig)} <= params
+
+
+class DtypeSpy:
+    """An extractor plugin that records the dtype of what it is given."""
+
+    name = "dtype-spy"
+
+    def __init__(self) -> None:
+        self.seen: set[torch.dtype] = set()
+
+    @hookimpl
+    def register_feature_extractors(self, register):
+        register("dtype-spy", lambda weights: self._make())
+
+    def _make(self):
+        spy = self
+
+        class Module(torch.nn.Module):
+            dim = 4
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.proj = torch.nn.Conv2d(3, 4, 1)
+
+            def forward(self, images):
+                spy.seen.add(images.dtype)
+                return self.proj(images).mean(dim=(2, 3))
+
+        return Module()
+
+
+def test_bf16_mixed_precision_keeps_trainable_weights_fp32(refs, class_dir, tmp_path):
+    spy = DtypeSpy()
+    plugins.get_plugins().register(spy, name=spy.name)
+    cfg = fast_config(
+        refs,
+        tmp_path / "run",
+        class_dir=class_dir,
+        steps=2,
+        extractor="dtype-spy",
+        mixed_precision="bf16",
+        validate_every=2,
+    )
+    out = finetune(cfg)
+    assert spy.seen == {torch.bfloat16}  # the frozen extractor runs in the compute dtype
+    saved = weights(out)
+    assert all(t.dtype == torch.float32 for part in saved.values() for t in part.values())
+    from safetensors.torch import load_file
+
+    checkpoint = load_file(out / "checkpoints" / "step-2" / "unet.safetensors")
+    assert all(t.dtype == torch.float32 for t in checkpoint.values())
+    vae = load_file(out / "pipeline" / "vae" / "diffusion_pytorch_model.safetensors")
+    base = build_tiny_pipeline().vae.state_dict()
+    assert all(torch.equal(v, base[k]) for k, v in vae.items())  # saved as it was, in fp32
+    assert all(line["loss_sfsl"] > 0 for line in _log(out))
