@@ -404,7 +404,7 @@ def run_command(
     ],
     sets: Annotated[
         list[str] | None,
-        typer.Option("--set", help="key=value for a top-level config key (repeatable)."),
+        typer.Option("--set", help="key=value or table.key=value, e.g. finetune.steps=10."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:

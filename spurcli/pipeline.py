@@ -124,7 +124,11 @@ class Experiment:
 
 
 def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> Experiment:
-    """Read and check a run config (``sets``: ``--set key=value`` for the top level)."""
+    """Read and check a run config.
+
+    ``sets``: ``--set key=value`` for a top-level key, ``--set table.key=value`` for a table's
+    (``--set finetune.steps=10``, ``--set sample.n=4``).
+    """
     from spurcli.compare import CompareConfig
     from spurcli.sample import SampleConfig
 
@@ -136,7 +140,16 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
             f"{path}: unknown table [{unknown[0]}]; a run config has the tables "
             + ", ".join(f"[{t}]" for t in TABLES)
         )
-    run = load_config(RunConfig, path, sets=sets)
+    by_table: dict[str | None, list[str]] = {}
+    for item in sets:
+        key = item.partition("=")[0]
+        table, dot, _ = key.partition(".")
+        if dot and table not in TABLES:
+            raise UsageError(f"--set {item}: no table [{table}]; use one of {', '.join(TABLES)}")
+        by_table.setdefault(table if dot else None, []).append(
+            item.split(".", 1)[1] if dot else item
+        )
+    run = load_config(RunConfig, path, sets=by_table.get(None, ()))
     # "examples/../runs/x" -> "runs/x": the folders appear in logs and in the report.
     run = replace(run, **{k: _norm(getattr(run, k)) for k in ("out", "instance_dir")})
     for name in ("out", "target", "class_noun", "instance_dir"):
@@ -153,13 +166,15 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
 
     def section(cls: type, name: str) -> Any:
         fields = cls.__dataclass_fields__
+        table_sets = by_table.get(name, ())
+        # Shared keys not set in the table (or by --set) follow the run's resolved values.
+        given = {k.replace("-", "_") for k in data.get(name, {})}
+        given |= {item.partition("=")[0].strip().replace("-", "_") for item in table_sets}
         if name in data:
-            cfg = load_config(cls, path, section=name)
+            cfg = load_config(cls, path, section=name, sets=table_sets)
         else:  # no table: only the shared values (the file's other keys belong to the run)
-            cfg = load_config(cls, None, overrides={k: v for k, v in shared.items() if k in fields})
-        # Shared keys not set in the table follow the run's (already resolved) values.
-        table = data.get(name, {})
-        given = {k.replace("-", "_") for k in table}
+            own = {k: v for k, v in shared.items() if k in fields and k not in given}
+            cfg = load_config(cls, None, sets=table_sets, overrides=own)
         return replace(cfg, **{k: v for k, v in shared.items() if k in fields and k not in given})
 
     finetune = section(FinetuneConfig, "finetune")

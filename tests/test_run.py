@@ -85,6 +85,17 @@ def test_config_shares_top_level_keys_and_fills_defaults(tmp_path):
     assert list(no_baseline.sample_sets()) == ["generated", "generated-recontext"]
 
 
+def test_set_overrides_top_level_and_tables(tmp_path):
+    path = write_config(tmp_path)
+    exp = load_experiment(path, sets=["seed=7", "finetune.steps=9", "sample.n=5", "sample.seed=1"])
+    assert (exp.run.seed, exp.finetune.seed, exp.sample.seed) == (7, 7, 1)
+    assert (exp.finetune.steps, exp.sample.n) == (9, 5)
+    with pytest.raises(UsageError, match="no table"):
+        load_experiment(path, sets=["scoring.n=1"])
+    with pytest.raises(UsageError, match="did you mean steps"):
+        load_experiment(path, sets=["finetune.step=1"])
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
