@@ -11,8 +11,9 @@ same loop saving each image with ``PIL.Image.save`` ("direct+save"). spurcli's n
 everything `sample` does: PNG with metadata written atomically, the manifest, resume bookkeeping.
 Runs alternate (direct, spurcli, direct+save, ...) and the median of the repeats is reported, so
 a noisy neighbour on the machine hits all three alike; one torch thread by default on CPU,
-because two threads on two shared cores swing by 10x whenever another process wakes up. Peak memory: the highest resident set
-size seen during each run (a 5 ms sampling thread) on CPU, torch's peak allocation on CUDA.
+because two threads on two shared cores swing by 10x whenever another process wakes up. Peak
+memory: the highest resident set size seen during each run (a 5 ms sampling thread) on CPU,
+torch's peak allocation on CUDA.
 """
 
 from __future__ import annotations
