@@ -554,6 +554,9 @@ def finetune_command(
     sfsl_max_timestep: Annotated[
         int | None, _opt("--sfsl-max-timestep", help="SFSL only where t <= this (default always).")
     ] = None,
+    sfsl_decode_size: Annotated[
+        int | None, _opt("--sfsl-decode-size", help="Decode x0 at N px (default: full size).")
+    ] = None,
     mixed_precision: Annotated[
         str | None, _opt("--mixed-precision", help="no, fp16 or bf16 (default no).")
     ] = None,

@@ -106,6 +106,9 @@ class FinetuneConfig:
     sfsl_target: Literal["paired", "mean", "nearest"] = "paired"  # reference feature per sample
     sfsl_distance: Literal["cosine", "l2"] = "cosine"  # 1 - cos, or the mean squared difference
     sfsl_max_timestep: int | None = None  # apply SFSL only where t <= this; None: always
+    # Decode x0_hat at this size (latent resized first): None decodes at full resolution, as
+    # the method describes; 256 cuts the VAE-decoder part of SFSL (the bulk of its cost) by 4x.
+    sfsl_decode_size: int | None = None
     # --- speed and memory ----------------------------------------------------------------------
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # trainable weights stay fp32
     gradient_checkpointing: bool = False  # UNet, text encoder and (with SFSL) the VAE decoder
@@ -163,6 +166,10 @@ class FinetuneConfig:
             )
         if self.sfsl_max_timestep is not None and self.sfsl_max_timestep < 0:
             raise UsageError("--sfsl-max-timestep must not be negative")
+        if self.sfsl_decode_size is not None and (
+            self.sfsl_decode_size < 8 or self.sfsl_decode_size % 8
+        ):
+            raise UsageError("--sfsl-decode-size must be a positive multiple of 8")
         from diffusers.optimization import SchedulerType
 
         names = [s.value for s in SchedulerType if s.value != "piecewise_constant"]

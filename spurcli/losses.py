@@ -44,6 +44,7 @@ class SFSL:
     target: str = "paired"  # paired | mean | nearest: which reference feature each sample meets
     distance: str = "cosine"  # cosine (1 - cos) | l2 (mean squared difference over D)
     max_timestep: int | None = None  # apply only to samples with t <= this (None: all)
+    decode_size: int | None = None  # decode x0_hat at this many pixels (None: full size)
 
 
 @dataclass
@@ -168,6 +169,11 @@ def sfsl_loss(
             return x0_latents.new_zeros((), dtype=torch.float32)  # skip the decode entirely
         x0_latents = x0_latents[keep]
         ref_index = ref_index[keep.to(ref_index.device)] if ref_index is not None else None
+    if sfsl.decode_size is not None and sfsl.decode_size < x0_latents.shape[-1] * 8:
+        # The extractor sees ~224 px anyway; the VAE decoder's cost grows with the pixel count
+        # (at 512 px its forward + backward costs as much as the UNet's), so shrink the latent.
+        side = sfsl.decode_size // 8
+        x0_latents = F.interpolate(x0_latents, size=(side, side), mode="bilinear", antialias=True)
     images = decode_to_unit(vae, x0_latents)
     dtype = next((p.dtype for p in sfsl.extractor.parameters()), images.dtype)
     f = sfsl.extractor(images.to(dtype)).float()

@@ -235,6 +235,7 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
             cfg.sfsl_target,
             cfg.sfsl_distance,
             cfg.sfsl_max_timestep,
+            cfg.sfsl_decode_size,
         )
     ids = tokenizer(
         [instance_prompt, class_prompt],
@@ -381,6 +382,13 @@ def fill_prompt(template: str, identifier: str, noun: str | None) -> str:
 
 def _accelerator(cfg: FinetuneConfig) -> Any:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate keeps one state per process and refuses a second Accelerator with another
+    # precision; a second finetune in one process (spurcli run, notebooks, tests) may need one.
+    # Only the per-run part is reset: the process group (PartialState) stays.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
 
     try:
         # Without CUDA, accelerate joins a torchrun/launch group (gloo) only when told cpu=True;

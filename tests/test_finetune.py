@@ -416,6 +416,7 @@ BAD_INPUTS = {
     "bad resolution": (lambda t: ["--resolution", "30"], 2, "multiple of 8"),
     "bad resume": (lambda t: ["--resume", t / "nope"], 2, "no checkpoint folder"),
     "8-bit adam": (lambda t: ["--use-8bit-adam"], 1, "bitsandbytes"),
+    "bad decode size": (lambda t: ["--sfsl-decode-size", "100"], 2, "multiple of 8"),
     "bad slicing": (lambda t: ["--attention-slicing", "half"], 2, "attention-slicing"),
 }
 

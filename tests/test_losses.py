@@ -332,3 +332,26 @@ def test_decode_to_unit_range(tiny):
     assert images.shape == (2, 3, 32, 32)
     assert images.min() >= 0 and images.max() <= 1
     assert (images == 0).any() or (images == 1).any()  # large latents saturate: the clamp acted
+
+
+def test_decode_size_shrinks_what_the_vae_decodes(tiny):
+    pipe, _ = tiny
+    vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
+    shapes = []
+    real_decode = vae.decode
+    vae.decode = lambda z, *a, **k: shapes.append(tuple(z.shape)) or real_decode(z, *a, **k)
+    try:
+        x0 = torch.randn(2, 4, 8, 8, requires_grad=True)
+        sfsl = SFSL(extractor, torch.randn(2, extractor.dim), 1.0, decode_size=32)
+        sfsl_loss(sfsl, vae, x0, torch.tensor([1, 2]), torch.tensor([0, 1])).backward()
+        sfsl_loss(
+            SFSL(extractor, torch.randn(2, 8), 1.0, decode_size=64),
+            vae,
+            x0.detach(),
+            torch.tensor([1, 2]),
+            torch.tensor([0, 1]),
+        )
+    finally:
+        del vae.decode
+    assert shapes == [(2, 4, 4, 4), (2, 4, 8, 8)]  # 32 px: a 4x4 latent; 64 px = full: as is
+    assert x0.grad is not None and x0.grad.abs().sum() > 0
