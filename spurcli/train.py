@@ -57,7 +57,12 @@ import torch
 
 from spurcli import console
 from spurcli.config import FinetuneConfig, to_dict
-from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR, load_pipeline, set_attention_slicing
+from spurcli.diffusion import (
+    RUN_FILE,
+    RUN_PIPELINE_DIR,
+    load_pipeline,
+    set_training_attention_slicing,
+)
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.fileio import atomic_dir, write_json, write_text
 from spurcli.images import find_images, read_folder, read_image, sha256_file, write_png
@@ -156,9 +161,12 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
             "plugin": loaded.plugin,
             "dim": getattr(loaded.module, "dim", None),
         }
-    set_attention_slicing(unet, cfg.attention_slicing)
     if str(cfg.attention_slicing) != "off":
-        vae.enable_slicing()  # the VAE's saver: decode one image of a batch at a time
+        # Query slices recomputed in backward (diffusers' own slicing saves nothing in training);
+        # the VAE too: its mid-block attention is 4096 x 4096 per image at 512 px.
+        set_training_attention_slicing(unet, cfg.attention_slicing)
+        set_training_attention_slicing(vae, cfg.attention_slicing)
+        vae.enable_slicing()  # and decode one image of a batch at a time
 
     accelerator.wait_for_everyone()  # every process has checked the folder before it changes
     run_info = {
