@@ -152,12 +152,16 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     sys.stdout.flush()
 
 
-def sfsl_table(work: Path, base: dict, steps: int) -> None:
+def sfsl_table(work: Path, base: dict, steps: int, rounds: int = 3) -> None:
     configs = [
         ("SFSL off (DreamBooth + prior)", {}),
         (
             "SFSL on, template-linear (~free: VAE decode + its backward)",
             {"extractor": "template-linear"},
+        ),
+        (
+            "SFSL on, template-linear, --sfsl-decode-size 32",
+            {"extractor": "template-linear", "sfsl_decode_size": 32},
         ),
         ("SFSL on, timm:test_resnet (random)", {"extractor": "timm:test_resnet"}),
         (
@@ -169,30 +173,31 @@ def sfsl_table(work: Path, base: dict, steps: int) -> None:
             {"extractor": "robust-resnet50"},
         ),
     ]
-    rows, off = [], None
-    for i, (name, change) in enumerate(configs):
-        spec = {
-            **base,
-            **change,
-            "output_dir": str(work / f"sfsl-{i}"),
-            "steps": steps,
-            "warmup": 3,
-            "sfsl_weight": 0.1 if change else 0.0,
-        }
-        r = run_child(spec)
-        off = off or r["step_ms"]
-        rows.append(
-            [
-                name,
-                f"{r['step_ms']:.1f}",
-                f"{r['step_ms'] / off:.2f}x",
-                f"{r['step_peak_mb']}",
-                f"{r['process_peak_mb']}",
-            ]
-        )
+    # Rounds over all configurations, best of each: load from other processes on a shared
+    # machine comes and goes, and must not land on one configuration only.
+    best: dict[int, dict] = {}
+    for round_ in range(rounds):
+        for i, (_, change) in enumerate(configs):
+            spec = {
+                **base,
+                **change,
+                "output_dir": str(work / f"sfsl-{i}-{round_}"),
+                "steps": steps,
+                "warmup": 3,
+                "sfsl_weight": 0.1 if change else 0.0,
+            }
+            r = run_child(spec)
+            if i not in best or r["step_ms"] < best[i]["step_ms"]:
+                best[i] = r
+    off = best[0]["step_ms"]
+    rows = [
+        [name, f"{r['step_ms']:.1f}", f"{r['step_ms'] / off:.2f}x", f"{r['step_peak_mb']}",
+         f"{r['process_peak_mb']}"]
+        for (name, _), r in zip(configs, (best[i] for i in range(len(configs))), strict=True)
+    ]  # fmt: skip
     table(
         f"SFSL cost: tiny SD, {base['resolution']} px, batch 1 + 1 prior, CPU, 1 thread "
-        f"(median of {steps - 3} steps)",
+        f"(median of {steps - 3} steps, best of {rounds} rounds)",
         ["configuration", "ms/step", "vs off", "step peak MB", "process peak MB"],
         rows,
     )
@@ -252,6 +257,9 @@ def peer_table(work: Path, base: dict, peer: Path, n1: int, n2: int) -> None:
 
     model = work / "tiny-sd"
     if not model.exists():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         build_tiny_pipeline().save_pretrained(model)
     common = {
         "class_noun": "flower",
@@ -382,7 +390,7 @@ def main() -> None:
         work = Path(tmp)
         base = prepare(work, 64)
         if args.only in (None, "sfsl"):
-            sfsl_table(work, base, steps)
+            sfsl_table(work, base, steps, 2 if args.quick else 3)
         if args.only in (None, "memory"):
             memory_table(work, base, steps // 2)
             if not args.quick:  # where attention matrices are big enough to matter
