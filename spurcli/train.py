@@ -595,15 +595,8 @@ def generate_class_images(
         for start in range(0, len(mine), cfg.class_batch_size):
             chunk = mine[start : start + cfg.class_batch_size]
             seeds = [cfg.seed * 1_000_000 + idx for idx in chunk]
-            with torch.no_grad(), accelerator.autocast():
-                images = pipe(
-                    [prompt] * len(chunk),
-                    num_inference_steps=cfg.class_inference_steps,
-                    guidance_scale=cfg.class_guidance,
-                    height=cfg.resolution,
-                    width=cfg.resolution,
-                    generator=[torch.Generator().manual_seed(s) for s in seeds],
-                ).images
+            steps, guidance = cfg.class_inference_steps, cfg.class_guidance
+            images = generate(pipe, prompt, seeds, steps, guidance, cfg.resolution, accelerator)
             for idx, seed, image in zip(chunk, seeds, images, strict=True):
                 meta = {
                     "prompt": prompt,
@@ -621,6 +614,22 @@ def generate_class_images(
         "generated": missing,
         "seeds": "seed * 1000000 + index (in each class-NNNNN.png's text chunk)",
     }
+
+
+@torch.no_grad()
+def generate(pipe: Any, prompt: str, seeds: list[int], steps: int, guidance: float, size: int,
+             accelerator: Any, **kwargs: Any) -> Any:  # fmt: skip
+    """One image per seed (CPU generators: the same noise on any device)."""
+    with accelerator.autocast():
+        return pipe(
+            [prompt] * len(seeds),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=size,
+            width=size,
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            **kwargs,
+        ).images
 
 
 # ----------------------------------------------------------------------------------------------
@@ -844,16 +853,11 @@ def validate(run: Run, pipe: Any, vae: Any, instance_prompt: str, step: int) -> 
         prompts = [fill_prompt(p, cfg.identifier, cfg.class_noun) for p in cfg.validation_prompt]
         for p, prompt in enumerate(prompts or [instance_prompt]):
             seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
+            steps, guidance = cfg.validation_steps, cfg.validation_guidance
+            # latents, decoded here: decode_to_unit casts to the VAE's dtype (fp16 without autocast)
+            latents = generate(val, prompt, seeds, steps, guidance, cfg.resolution, accelerator,
+                               output_type="latent")  # fmt: skip
             with accelerator.autocast():
-                latents = val(
-                    [prompt] * len(seeds),
-                    num_inference_steps=cfg.validation_steps,
-                    guidance_scale=cfg.validation_guidance,
-                    height=cfg.resolution,
-                    width=cfg.resolution,
-                    generator=[torch.Generator().manual_seed(s) for s in seeds],
-                    output_type="latent",  # decoded below: casts to the VAE's (maybe fp16) dtype
-                ).images
                 images = decode_to_unit(vae, latents)
             for i, (seed, image) in enumerate(zip(seeds, images, strict=True)):
                 meta = {"prompt": prompt, "seed": seed, "step": step}

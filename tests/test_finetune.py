@@ -38,12 +38,7 @@ from spurcli.train import Interrupted, finetune
 LOG_KEYS = {"step", "loss", "loss_instance", "loss_prior", "loss_sfsl", "lr"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -315,34 +310,15 @@ def test_memory_savers_do_not_change_the_result(full_run, refs, class_dir, tmp_p
 # the command line
 
 
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip() and "INFO" not in line]
-
-
 @pytest.fixture
-def spurcli(monkeypatch, capsys):
-    """``spurcli ARGS`` in-process through `cli.main` (its error handling included)."""
-    saved = list(cli.app.registered_commands)
+def spurcli(cli_main):
+    """``spurcli("finetune", ...) -> (code, stdout, stderr lines without INFO logs)``, quiet."""
 
-    def run(*args: str) -> Result:
-        monkeypatch.setattr(sys, "argv", ["spurcli", "-q", *map(str, args)])
-        cli._state["verbose"] = 0
-        capsys.readouterr()
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
+    def run(*args):
+        code, out, err = cli_main("-q", *map(str, args))
+        return code, out, [line for line in err.splitlines() if line.strip() and "INFO" not in line]
 
-    yield run
-    cli.app.registered_commands[:] = saved
+    return run
 
 
 def test_cli_with_config_file_and_overrides(spurcli, refs, class_dir, tmp_path):
@@ -371,11 +347,11 @@ validate_every = 0
 n = 3
 """
     )
-    result = spurcli(
+    code, out, err = spurcli(
         "finetune", folder / "exp.toml", "--steps", "2", "--set", "lr=5e-5", "--sfsl-target", "mean"
     )
-    assert result.code == 0, result.err
-    assert "2 steps" in result.out and "pipeline" in result.out
+    assert code == 0, err
+    assert "2 steps" in out and "pipeline" in out
     run = json.loads((folder / "out" / "spurcli-run.json").read_text())
     config = run["config"]
     assert config["steps"] == 2 and config["lr"] == 5e-5 and config["sfsl_target"] == "mean"
@@ -431,23 +407,24 @@ def test_bad_input_is_one_line(spurcli, refs, tmp_path, case):
             pytest.skip("bitsandbytes is installed")
         except ImportError:
             pass
-    make_args, code, message = BAD_INPUTS[case]
+    make_args, expected, message = BAD_INPUTS[case]
     cfg = fast_config(refs, tmp_path / "out", num_class_images=0, prior_weight=0)
-    result = spurcli("finetune", *config_args(cfg), *make_args(tmp_path))
-    assert result.code == code, result.err
-    assert len(result.err_lines) == 1, result.err
-    assert message in result.err_lines[0]
+    code, _, err = spurcli("finetune", *config_args(cfg), *make_args(tmp_path))
+    assert code == expected, err
+    assert len(err) == 1, err
+    assert message in err[0]
     assert not (tmp_path / "out" / "spurcli-run.json").exists()
 
 
 def test_missing_config_file_and_bad_toml(spurcli, tmp_path):
-    assert "config file not found" in spurcli("finetune", tmp_path / "nope.toml").err
+    code, _, err = spurcli("finetune", tmp_path / "nope.toml")
+    assert code == 2 and err == [f"error: config file not found: {tmp_path / 'nope.toml'}"]
     (tmp_path / "bad.toml").write_text("steps = \n")
-    result = spurcli("finetune", tmp_path / "bad.toml")
-    assert result.code == 2 and "not valid TOML" in result.err
+    code, _, err = spurcli("finetune", tmp_path / "bad.toml")
+    assert code == 2 and len(err) == 1 and "not valid TOML" in err[0]
     (tmp_path / "typo.toml").write_text("[finetune]\nsfsl_wieght = 1\n")
-    result = spurcli("finetune", tmp_path / "typo.toml")
-    assert result.code == 2 and "did you mean sfsl_weight" in result.err
+    code, _, err = spurcli("finetune", tmp_path / "typo.toml")
+    assert code == 2 and len(err) == 1 and "did you mean sfsl_weight" in err[0]
 
 
 # ------------------------------------------------------------------------------------------------
