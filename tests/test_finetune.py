@@ -181,7 +181,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(full_run, refs, class_dir,
     assert json.loads((out / "spurcli-run.json").read_text())["status"] == "running"
     with pytest.raises(SpurcliError, match="resume latest"):
         resolve_model(out)  # an unfinished run is not a model yet, and says how to finish it
-    finetune(dataclasses.replace(cfg, resume="latest"))
+    # "latest", or the checkpoint folder itself
+    resume = "latest" if signum == signal.SIGINT else str(out / "checkpoints" / "step-3")
+    finetune(dataclasses.replace(cfg, resume=resume))
     assert same_weights(weights(out), weights(full_run))  # bit for bit
     assert _log(out) == _log(full_run)
 
