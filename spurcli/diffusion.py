@@ -105,6 +105,7 @@ def load_pipeline(
             pipe = pipe.to(dtype=dtype)
     else:
         local = ref.kind != "hub"
+        quiet_library_progress_bars()
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 ref.location,
@@ -125,6 +126,15 @@ def load_pipeline(
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # spurcli draws its own progress bars
     return pipe
+
+
+def quiet_library_progress_bars() -> None:
+    """Silence diffusers' and transformers' own load/save bars: spurcli draws its own on stderr."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def make_scheduler(name: str, config: Any) -> Any:

@@ -61,6 +61,7 @@ from spurcli.diffusion import (
     RUN_FILE,
     RUN_PIPELINE_DIR,
     load_pipeline,
+    quiet_library_progress_bars,
     set_training_attention_slicing,
 )
 from spurcli.errors import SpurcliError, UsageError
@@ -364,9 +365,7 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
     if main:
         pipe.unet = accelerator.unwrap_model(unet)
         pipe.text_encoder = accelerator.unwrap_model(text_encoder)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # its "Writing model shards" bar is noise here
+        quiet_library_progress_bars()  # transformers' "Writing model shards" bar is noise here
         with atomic_dir(out / RUN_PIPELINE_DIR) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
         run_info.update(
