@@ -29,6 +29,7 @@ Reproducibility: everything random in a step (which images, crops, noise, timest
 posterior sample) is drawn from a generator seeded by (seed, micro-step, process), never from
 global state, so a run resumed from a checkpoint continues exactly where it left off: on CPU an
 interrupted + resumed run ends with bit-identical weights to an uninterrupted one (a test).
+Checkpoints (what they hold, resume, Ctrl-C/SIGTERM) live in `spurcli.checkpoints`.
 """
 
 from __future__ import annotations
@@ -37,15 +38,10 @@ import contextlib
 import copy
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import math
 import os
-import random
-import re
-import shutil
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +50,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from spurcli import console
+from spurcli.checkpoints import (
+    LOG_FILE,
+    Interrupted,
+    Run,
+    StopFlag,
+    checkpoint_dir,
+    finished_run,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+    truncate_log,
+)
 from spurcli.config import FinetuneConfig, to_dict
 from spurcli.diffusion import (
     RUN_FILE,
@@ -64,49 +74,21 @@ from spurcli.diffusion import (
     quiet_library_progress_bars,
     set_training_attention_slicing,
 )
-from spurcli.errors import SpurcliError, UsageError
-from spurcli.fileio import atomic_dir, write_json, write_text
-from spurcli.images import find_images, read_folder, read_image, sha256_file, write_png
+from spurcli.errors import SpurcliError
+from spurcli.fileio import atomic_dir, write_json
+from spurcli.images import (
+    find_images,
+    read_folder,
+    read_image,
+    sha256_file,
+    to_tensor,
+    write_png,
+)
 from spurcli.losses import SFSL, step_losses
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = "log.jsonl"
-CHECKPOINTS = "checkpoints"
 LOSS_KEYS = ("loss", "loss_instance", "loss_prior", "loss_sfsl")
-# Changing these between a checkpoint and its resume does not change the weights.
-RESUME_FREE = {
-    "steps",
-    "resume",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "validate_every",
-    "validation_prompt",
-    "num_validation_images",
-    "validation_steps",
-    "validation_guidance",
-    "output_dir",
-    "class_batch_size",
-}
-
-
-class Interrupted(SpurcliError):
-    """Ctrl-C or SIGTERM: a checkpoint was saved; exit like a shell does on SIGINT."""
-
-    exit_code = 130
-
-
-@dataclass
-class Run:
-    """What checkpoints and validation need of a run in progress."""
-
-    cfg: FinetuneConfig
-    out: Path
-    accelerator: Any
-    unet: Any  # as prepared by accelerate: DDP-wrapped when distributed
-    text_encoder: Any  # prepared too when trained
-    optimizer: Any
-    lr_scheduler: Any
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,8 +120,8 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
     plugins.extractors().resolve(cfg.extractor)  # an unknown name fails now, with suggestions
 
     # --- the output folder: new, or a run to resume -------------------------------------------
-    checkpoint = _resume_point(cfg, out)
-    finished = _finished_run(out)
+    checkpoint = resume_point(cfg, out)
+    finished = finished_run(out)
     if finished is not None and cfg.resume and finished.get("steps_done", 0) >= cfg.steps:
         log.info("%s already finished %s steps; nothing to do", out, finished["steps_done"])
         return out
@@ -285,14 +267,14 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
         step = load_checkpoint(run, checkpoint)
         log.info("resumed from %s (step %d)", checkpoint, step)
     if main:
-        _truncate_log(out / LOG_FILE, step)
+        truncate_log(out / LOG_FILE, step)
 
     def text_states(batch: Batch) -> torch.Tensor:
         states = text_ddp(ids)[0] if text_ddp is not None else frozen_text
         return states[batch.prompt_rows.to(device)]  # rows 0 (instance) / 1 (class) per sample
 
     # --- the loop -----------------------------------------------------------------------------
-    stop = _StopFlag()
+    stop = StopFlag()
     last: dict[str, float] = {}
     with stop.installed(), console.progress_bar("finetune", total=cfg.steps) as bar:
         bar.advance(step)
@@ -329,7 +311,8 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
                 raise SpurcliError(
                     f"loss became non-finite at step {step + 1} "
                     f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); stopped without "
-                    f"updating the weights; last good checkpoint: {_latest(out) or 'none'}. "
+                    "updating the weights; last good checkpoint: "
+                    f"{latest_checkpoint(out) or 'none'}. "
                     "Try a lower --lr, --mixed-precision bf16 or no, or another --sfsl-distance"
                 )
             if cfg.max_grad_norm > 0:
@@ -357,7 +340,7 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
             if interrupted:
                 raise Interrupted(
                     f"interrupted at step {step}; checkpoint saved in "
-                    f"{out / CHECKPOINTS / f'step-{step}'}; continue with --resume latest"
+                    f"{checkpoint_dir(out, step)}; continue with --resume latest"
                 )
 
     # --- the result ---------------------------------------------------------------------------
@@ -484,10 +467,6 @@ class Data:
 
     def _resize(self, image: Any) -> torch.Tensor:
         """Shorter side to the resolution (bilinear, antialiased, like torchvision's Resize)."""
-        from PIL import Image
-
-        from spurcli.images import to_tensor
-
         r = self.cfg.resolution
         w, h = image.size
         scale = r / min(w, h)
@@ -629,194 +608,6 @@ def generate(pipe: Any, prompt: str, seeds: list[int], steps: int, guidance: flo
             generator=[torch.Generator().manual_seed(s) for s in seeds],
             **kwargs,
         ).images
-
-
-# ----------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def _checkpoints(out: Path) -> list[tuple[int, Path]]:
-    folder = out / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        match = re.fullmatch(r"step-(\d+)", path.name)
-        if match and (path / "state.json").is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def _latest(out: Path) -> Path | None:
-    found = _checkpoints(out)
-    return found[-1][1] if found else None
-
-
-def _finished_run(out: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError):
-        info = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-        if info.get("status") == "finished":
-            return info
-    return None
-
-
-def _resume_point(cfg: FinetuneConfig, out: Path) -> Path | None:
-    """The checkpoint to resume from; refuses to write into another run without --resume."""
-    is_run = any((out / name).exists() for name in (RUN_FILE, LOG_FILE, CHECKPOINTS))
-    if cfg.resume is None:
-        if is_run:
-            raise UsageError(
-                f"{out} already holds a spurcli finetune run; continue it with --resume latest "
-                "or choose another --output-dir"
-            )
-        return None
-    if cfg.resume == "latest":
-        latest = _latest(out)
-        if latest is None:
-            log.info("no checkpoint in %s: starting from step 0", out)
-        return latest
-    path = Path(cfg.resume)
-    if not (path / "state.json").is_file():
-        raise UsageError(f"--resume: {path} is not a spurcli checkpoint (no state.json)")
-    return path
-
-
-def _rng_state() -> dict[str, Any]:
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
-    """checkpoints/step-N, written into a temporary folder and renamed (never half a checkpoint)."""
-    from accelerate.utils import gather_object
-    from safetensors.torch import save_file
-
-    cfg, out, accelerator = run.cfg, run.out, run.accelerator
-    rng_states = gather_object([_rng_state()])  # every process's RNG, collected on all
-    if accelerator.is_main_process:
-        target = out / CHECKPOINTS / f"step-{step}"
-        with atomic_dir(target) as tmp:
-            save_file(_state_dict(accelerator, run.unet), tmp / "unet.safetensors")
-            if cfg.train_text_encoder:
-                te = _state_dict(accelerator, run.text_encoder)
-                save_file(te, tmp / "text_encoder.safetensors")
-            torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(run.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-            if accelerator.scaler is not None:
-                torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
-            for rank, state in enumerate(rng_states):
-                torch.save(state, tmp / f"rng-{rank}.pt")
-            world = accelerator.num_processes
-            state = {"step": step, "losses": losses, "config": to_dict(cfg), "world_size": world}
-            write_json(tmp / "state.json", state)
-        if cfg.keep_checkpoints:
-            for _, old in _checkpoints(out)[: -cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        log.info("saved checkpoint %s", target)
-    accelerator.wait_for_everyone()
-
-
-def _state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
-    state = accelerator.unwrap_model(model).state_dict()
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-
-
-def load_checkpoint(run: Run, path: Path) -> int:
-    """Restore everything ``save_checkpoint`` wrote; returns the step it was taken at."""
-    from safetensors.torch import load_file
-
-    cfg, accelerator = run.cfg, run.accelerator
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    changed = sorted(
-        k
-        for k, v in to_dict(cfg).items()
-        if k not in RESUME_FREE and state["config"].get(k, v) != v
-    )
-    if changed:
-        log.warning(
-            "resuming with changed options (%s): the result will differ from an uninterrupted run",
-            ", ".join(changed),
-        )
-    try:
-        accelerator.unwrap_model(run.unet).load_state_dict(load_file(path / "unet.safetensors"))
-        if cfg.train_text_encoder:
-            te = load_file(path / "text_encoder.safetensors")
-            accelerator.unwrap_model(run.text_encoder).load_state_dict(te)
-        for name, target in (
-            ("optimizer", run.optimizer),
-            ("lr_scheduler", run.lr_scheduler),
-            ("scaler", accelerator.scaler),
-        ):
-            if target is not None and (path / f"{name}.pt").is_file():
-                target.load_state_dict(torch.load(path / f"{name}.pt", weights_only=True))
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        raise SpurcliError(f"cannot resume from {path}: {exc}") from exc
-    rng = path / f"rng-{accelerator.process_index}.pt"
-    if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=True))
-    return int(state["step"])
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines after ``step``: a killed run may have logged steps past its checkpoint."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = []
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-    if len(kept) != len(lines):
-        write_text(path, "".join(line + "\n" for line in kept))
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM ask the loop to checkpoint and stop; a second Ctrl-C stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        console.stderr.print(
-            "[yellow]stopping: saving a checkpoint after this step (Ctrl-C again to abort)[/]"
-        )
-
-    @contextlib.contextmanager
-    def installed(self) -> Any:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signals can only be handled on the main thread
-            return
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
 
 # ----------------------------------------------------------------------------------------------
