@@ -13,7 +13,7 @@ A checkpoint folder (written into a temporary folder and renamed: never half a c
     rng-R.pt                                                   process R's global RNG states
     state.json                                                 step, losses, config, world size
 
-Together with `spurcli.train`'s per-sample generators (seeded by sample number, not by global
+Together with `spurcli.data`'s per-sample generators (seeded by sample number, not by global
 state), this is everything a step depends on: a resumed run ends bit-identical to an
 uninterrupted one on CPU.
 """
