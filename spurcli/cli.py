@@ -599,12 +599,11 @@ def finetune_command(
     ] = None,
 ) -> None:
     """Fine-tune Stable Diffusion on reference images: DreamBooth + prior preservation + SFSL."""
+    options = {k: v for k, v in locals().items() if k not in ("config", "sets")}  # before imports
     from spurcli.config import FinetuneConfig, load_config
+    from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR
     from spurcli.train import finetune
 
-    options = dict(locals())
-    for name in ("config", "sets", "finetune", "load_config", "FinetuneConfig"):
-        options.pop(name)
     if not options["validation_prompt"]:
         options["validation_prompt"] = None  # not given: keep the file's or the default
     cfg = load_config(
@@ -612,10 +611,10 @@ def finetune_command(
     )
     out = finetune(cfg)
     if console.is_main_process():
-        run = json.loads((out / "spurcli-run.json").read_text(encoding="utf-8"))
+        run = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
         losses = ", ".join(f"{k} {v:.4f}" for k, v in run.get("final_losses", {}).items())
         console.stdout.print(
-            f"{out}: {run['steps_done']} steps; {losses}; pipeline in {out / 'pipeline'}",
+            f"{out}: {run['steps_done']} steps; {losses}; pipeline in {out / RUN_PIPELINE_DIR}",
             markup=False,
             highlight=False,
         )
