@@ -11,8 +11,10 @@
     spurcli compare samples/ refs/ --target 94 --classifiers resnet,clip \
         --extractors robust-resnet50 --report report.html --json compare.json
 
-Scores come from `spurcli.score` (same numbers as `spurcli score` on each folder; classifiers are
-loaded once for both). Similarity, per feature extractor (a plugin's penultimate features):
+Scores come from `spurcli.score` (same numbers as `spurcli score` on each folder): one pass over
+both folders (and the real images) decodes every image once, and the classifiers and the feature
+extractors run on the same batches. Similarity, per feature extractor (a plugin's penultimate
+features):
 
 - ``mean_cosine``: the mean cosine similarity over all pairs (a in A, b in B); it equals the dot
   product of the two sets' mean unit vectors, so it costs O(N), not O(N^2).
@@ -178,56 +180,22 @@ def extract_features(
 ) -> Features:
     """``extractor``'s (a `LoadedModel`) features of every image below ``root``.
 
-    Decoding and squaring are `spurcli.score`'s (`SquareImages`), so an image is seen exactly as
-    the classifiers see it. Sharded over the processes of a torchrun/accelerate group.
+    The pass is `spurcli.score`'s (`score_items`, with no classifiers), so an image is decoded
+    and squared exactly as the classifiers see it. Sharded over the processes of a
+    torchrun/accelerate group.
     """
-    import torch
+    from spurcli.score import ScoreOptions, find_items, score_items
 
-    from spurcli import console
-    from spurcli.images import find_images
-    from spurcli.parallel import Processes
-    from spurcli.score import ScoreOptions, SquareImages
-
+    size = image_size or ScoreOptions.image_size
+    options = ScoreOptions(batch_size=batch_size, device=device, strict=strict, image_size=size)
+    options.check()
     root = Path(root)
-    paths = find_images(root)
-    base = root if root.is_dir() else root.parent
-    procs = Processes(device)
-    mine = procs.shard(range(len(paths)))
-    module = extractor.module.to(procs.device).eval()
-    data = SquareImages([paths[i] for i in mine], image_size or ScoreOptions.image_size)
-    found: list[tuple[int, np.ndarray]] = []
-    batches = [range(s, min(s + batch_size, len(data))) for s in range(0, len(data), batch_size)]
-    for batch in console.track(batches, f"features ({extractor.name}) of {root}"):
-        ids, tensors = [], []
-        for j in batch:
-            _, image, error = data[j]
-            if image is None:
-                if strict:
-                    raise SpurcliError(f"{error} (--strict: unreadable images are errors)")
-                log.warning("skipped %s", error)
-                continue
-            ids.append(mine[j])
-            tensors.append(image)
-        if not tensors:
-            continue
-        with torch.inference_mode():
-            x = torch.stack(tensors).to(procs.device).float().div_(255)
-            out = module(x)
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(ids):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise SpurcliError(
-                f"feature extractor '{extractor.name}' (plugin '{extractor.plugin}') returned "
-                f"{shape} for {len(ids)} images, not (batch, dim) features: a bug in the plugin"
-            )
-        values = out.detach().to("cpu", torch.float32).numpy()
-        if not np.isfinite(values).all():
-            raise SpurcliError(f"feature extractor '{extractor.name}' returned NaN or inf")
-        found += list(zip(ids, values, strict=True))
-    found = sorted(procs.gather(found), key=lambda item: item[0])
-    if not found:
+    items = find_items(root, 0, real=False)  # the target class is unused: no classifiers
+    desc = f"features ({extractor.name}) of {root}"
+    found = score_items(items, [], options, [extractor], desc=desc)
+    if not len(found.index):
         raise SpurcliError(f"no readable images in {root}")
-    names = [paths[i].relative_to(base).as_posix() for i, _ in found]
-    return Features(names, np.stack([v for _, v in found]).astype(np.float32))
+    return Features(found.per_image.images, found.features[extractor.name])
 
 
 def load_extractors(names: Sequence[str], weights: dict[str, str] | None = None) -> list[Any]:
@@ -369,10 +337,13 @@ def compare(
     *,
     labels: tuple[str, str] = ("A", "B"),
 ) -> CompareResult:
-    """Score both folders with the same classifiers and compare them in each feature space."""
+    """Score both folders with the same classifiers and compare them in each feature space.
+
+    One pass over both folders (and the real images) serves the classifiers and extractors.
+    """
     from spurcli import imagenet
     from spurcli.images import find_images
-    from spurcli.score import load_classifiers, parse_weights, score_images
+    from spurcli.score import ScoreOptions, load_classifiers, parse_weights, score_folders
 
     if config.target is None:
         raise UsageError("--target CLASS is required (an ImageNet index or name)")
@@ -381,17 +352,17 @@ def compare(
         raise UsageError("--classifiers is required, e.g. --classifiers resnet,vit,clip")
     for folder in (dir_a, dir_b):
         find_images(folder)  # missing or empty set: one line now, not after loading models
+    options = ScoreOptions(batch_size=config.batch_size, device=config.device, strict=config.strict)
+    options.check()
     models = load_classifiers(config.classifiers, parse_weights(config.weights))
     extractors = load_extractors(config.extractors, parse_pairs(config.extractor_weights))
-    options = {"batch_size": config.batch_size, "device": config.device, "strict": config.strict}
-    scored = [
-        score_images(folder, config.target, models, real_dir=config.real, **options)
-        for folder in (dir_a, dir_b)
-    ]
-    sims = {}
-    for extractor in extractors:
-        fa, fb = (extract_features(folder, extractor, **options) for folder in (dir_a, dir_b))
-        sims[extractor.name] = similarity(fa, fb)
+    scored = score_folders(
+        [dir_a, dir_b], config.target, models, options, real_dir=config.real, extractors=extractors
+    )
+    sims = {
+        e.name: similarity(*(Features(s.spurious.images, s.features[e.name]) for s in scored))
+        for e in extractors
+    }
     return CompareResult(
         a=scored[0].to_json(),
         b=scored[1].to_json(),

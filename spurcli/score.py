@@ -7,10 +7,16 @@
     result.write_csv("rows.csv")  # image,classifier,top1_index,top1_name,target_prob,target_rank
     result.skipped                # ["bad.png: not an image Pillow can read", ...]
 
-    # Load once, score several folders (what `compare` does):
+    # Load once, score several folders:
     models = load_classifiers(["resnet", "clip"], weights={"resnet": "ckpt.safetensors"})
     a = score_images("run_a/", target=94, classifiers=models)
     b = score_images("run_b/", target=94, classifiers=models)
+    # ... or in one pass, with feature extractors' features of each folder (what `compare` does):
+    from spurcli import plugins
+    from spurcli.score import score_folders
+    robust = plugins.extractors().load("robust-resnet50")
+    a, b = score_folders(["run_a/", "run_b/"], 94, models, extractors=[robust])
+    a.features["robust-resnet50"]  # (a.n_images, 2048), rows as a.spurious.images
 
     # The Spurious ImageNet benchmark (one folder per class/feature + an ImageNet val root):
     sin = score_spurious_imagenet("spurious_imagenet/images", "imagenet/val", ["resnet"])
@@ -21,7 +27,8 @@ How a run goes, and why:
 - Every image is read and decoded once, however many classifiers score it: a DataLoader (worker
   processes decode while the main process runs the models; on a CPU with few cores decoding
   stays in the main process, see `_default_workers`) yields uint8 batches, and the classifiers
-  are evaluated in turn on the same batch under `torch.inference_mode()`.
+  (then any feature extractors) are evaluated in turn on the same batch under
+  `torch.inference_mode()`; none may change the batch in place.
 - A batch tensor needs one size but folders mix sizes, so each image is cut to its central square
   and resized to `image_size` (384) x `image_size`. Classifiers do their own resize/crop and the
   usual eval pre-processing of ImageNet models (timm, CLIP, torchvision: resize the short side,
@@ -34,8 +41,9 @@ How a run goes, and why:
 - Several processes (`torchrun`/`accelerate launch -m spurcli score ...`) each score a strided
   shard of the files; the per-image numbers are gathered on every process, and the metrics are
   computed from the full set exactly as in a one-process run.
-- Scored images S and real images R go through one DataLoader in one pass (R are the positives of
-  the ROC-AUC/AP); the metric definitions live in `spurcli.metrics`.
+- Scored images S (of one or several folders) and real images R go through one DataLoader in one
+  pass (R are the positives of the ROC-AUC/AP, shared by every folder; the extractors skip them);
+  the metric definitions live in `spurcli.metrics`.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import csv
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +90,14 @@ class ScoreOptions:
     strict: bool = False  # an unreadable file is an error instead of a warning and a skip
     num_workers: int | None = None  # decoding processes; None: by device (`_default_workers`)
     image_size: int = 384  # side of the central square each image is resized to (see above)
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.image_size < 8:
+            raise UsageError(f"--image-size must be at least 8 pixels, got {self.image_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.num_workers}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +148,7 @@ def load_classifiers(
 
 
 # ---------------------------------------------------------------------------------------------
-# The scoring pass: decode once, every classifier on each batch, keep three numbers per image
+# The pass: decode once, every classifier (and extractor) on each batch, three numbers per image
 
 
 @dataclass(frozen=True)
@@ -141,14 +157,17 @@ class Item:
     name: str  # what the CSV calls it: the path relative to the folder given, '/'-separated
     target: int  # the ImageNet class whose probability and rank are recorded for this image
     real: bool  # True: a real image of the class (a positive for ROC-AUC/AP)
+    folder: int = 0  # which of the folders scored in one pass (`score_folders`) it is from
 
 
-def find_items(root: Path, target: int, *, real: bool, base: Path | None = None) -> list[Item]:
+def find_items(
+    root: Path, target: int, *, real: bool, base: Path | None = None, folder: int = 0
+) -> list[Item]:
     """The images below ``root`` (see `find_images`) as items scored for class ``target``,
     named relative to ``base`` (default: ``root``)."""
     paths = find_images(root)
     base = base or (root if root.is_dir() else root.parent)
-    return [Item(p, p.relative_to(base).as_posix(), target, real) for p in paths]
+    return [Item(p, p.relative_to(base).as_posix(), target, real, folder) for p in paths]
 
 
 class SquareImages(torch.utils.data.Dataset):
@@ -192,6 +211,19 @@ def _default_workers(n_items: int, batch_size: int, world: int, device: torch.de
     return 1 if cpus >= 4 else 0
 
 
+def _forward(model: LoadedModel, x: torch.Tensor, kind: str) -> Any:
+    """``model`` on ``x``, which the next models see too: changing it in place is refused."""
+    version = x._version
+    out = model.module(x)
+    if x._version != version:
+        raise SpurcliError(
+            f"{kind} '{model.name}' (plugin '{model.plugin}') modified its input in place, which "
+            f"would corrupt the other {kind}s' inputs: a bug in the plugin (copy the tensor "
+            "before changing it)"
+        )
+    return out
+
+
 def _check_logits(logits: Any, model: LoadedModel, batch: int) -> np.ndarray:
     where = f"classifier '{model.name}' (plugin '{model.plugin}')"
     if not isinstance(logits, torch.Tensor):
@@ -208,6 +240,19 @@ def _check_logits(logits: Any, model: LoadedModel, batch: int) -> np.ndarray:
     if not np.isfinite(out).all():
         raise SpurcliError(f"{where} returned NaN or infinite logits: a bug in the plugin")
     return out
+
+
+def _check_features(out: Any, extractor: LoadedModel, batch: int) -> np.ndarray:
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpurcliError(
+            f"feature extractor '{extractor.name}' (plugin '{extractor.plugin}') returned "
+            f"{shape} for {batch} images, not (batch, dim) features: a bug in the plugin"
+        )
+    values = out.detach().to("cpu", torch.float32).numpy()
+    if not np.isfinite(values).all():
+        raise SpurcliError(f"feature extractor '{extractor.name}' returned NaN or inf")
+    return values
 
 
 @dataclass
@@ -253,11 +298,32 @@ class PerImage:
             writer.writerows(self.iter_rows())
 
 
+@dataclass
+class Pass:
+    """What `score_items` found, for the readable items in item order."""
+
+    index: np.ndarray  # (N,) item numbers of the readable items, ascending
+    per_image: PerImage  # the classifiers' numbers of those items
+    # extractor name -> (M, D) float32 features of the readable items that are not real, in
+    # item order: the rows of `per_image.select(~real)` (the extractors skip the real images).
+    features: dict[str, np.ndarray]
+    skipped: list[tuple[int, str]]  # (item number, "path: reason") of the unreadable items
+
+    def column(self, items: Sequence[Item], key: str) -> np.ndarray:
+        """An `Item` field of every readable item (e.g. ``"real"``), as an array."""
+        return np.array([getattr(items[i], key) for i in self.index])
+
+
 def score_items(
-    items: Sequence[Item], models: Sequence[LoadedModel], options: ScoreOptions
-) -> tuple[PerImage, np.ndarray, list[str]]:
-    """Score every item with every model: per-image numbers of the readable items, their
-    ``real`` flags, and the skipped files ("path: reason"). Runs sharded when launched as a group.
+    items: Sequence[Item],
+    models: Sequence[LoadedModel],
+    options: ScoreOptions,
+    extractors: Sequence[LoadedModel] = (),
+    desc: str | None = None,
+) -> Pass:
+    """Score every item with every classifier and take every extractor's features of the items
+    that are not real, in one pass: each file is decoded once for all of them. Runs sharded when
+    launched as a group.
     """
     procs = Processes(options.device)
     mine = procs.shard(range(len(items)))
@@ -265,7 +331,7 @@ def score_items(
         log.info(
             "process %d of %d scores %d of %d files", procs.rank, procs.world, len(mine), len(items)
         )
-    for model in models:
+    for model in (*models, *extractors):
         model.module.to(procs.device).eval()
     workers = options.num_workers
     if workers is None:
@@ -279,49 +345,53 @@ def score_items(
     )
     n_models, n_mine = len(models), len(mine)
     targets = np.array([items[i].target for i in mine], dtype=np.int64)
+    extracted = np.array([not items[i].real for i in mine], bool)  # what the extractors see
     top1 = np.zeros((n_models, n_mine), np.int32)
     prob = np.zeros((n_models, n_mine), np.float64)
     rank = np.zeros((n_models, n_mine), np.int32)
     done = np.zeros(n_mine, bool)
+    mine_index = np.asarray(mine, np.int64)
+    features: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in extractors]
     skipped: list[tuple[int, str]] = []
-    n_real = sum(item.real for item in items)
-    desc = f"scoring {len(items) - n_real} images" + (f" + {n_real} real" if n_real else "")
+    if desc is None:
+        n_real = sum(item.real for item in items)
+        desc = f"scoring {len(items) - n_real} images" + (f" + {n_real} real" if n_real else "")
     for ids, batch, failed in console.track(loader, desc, total=len(loader)):
         for i, message in failed:
             if options.strict and procs.world == 1:
                 raise SpurcliError(f"{message} (--strict: unreadable images are errors)")
             log.warning("skipped %s", message)
-            skipped.append((mine[i], message))
+            skipped.append((int(mine_index[i]), message))
         if batch is None:
             continue
         ids = ids.numpy()
-        # Made outside inference mode so the tensor keeps a version counter (checked below).
+        seen = extracted[ids]
+        # Made outside inference mode so the tensors keep a version counter (see `_forward`).
         with torch.no_grad():
             x = batch.to(procs.device, non_blocking=True).float().div_(255)
+            x_seen = x if seen.all() or not extractors else x[torch.from_numpy(seen).to(x.device)]
         with torch.inference_mode():
+            t = targets[ids]
             for c, model in enumerate(models):
-                version = x._version
-                logits = _check_logits(model.module(x), model, len(ids))
-                if x._version != version:
-                    raise SpurcliError(
-                        f"classifier '{model.name}' (plugin '{model.plugin}') modified its input "
-                        "in place, which would corrupt the other classifiers' inputs: a bug in "
-                        "the plugin (copy the tensor before changing it)"
-                    )
-                t = targets[ids]
+                logits = _check_logits(_forward(model, x, "classifier"), model, len(ids))
                 top1[c, ids] = logits.argmax(axis=1)
                 prob[c, ids] = metrics.target_prob(logits, t)
                 rank[c, ids] = metrics.target_rank(logits, t)
+            for e, extractor in enumerate(extractors if seen.any() else ()):
+                out = _forward(extractor, x_seen, "feature extractor")
+                values = _check_features(out, extractor, int(seen.sum()))
+                features[e].append((mine_index[ids[seen]], values))
         done[ids] = True
 
     # Every process gets every process's numbers; then all of them compute the same metrics.
     parts = procs.gather(
         [
             {
-                "index": np.asarray(mine, np.int64)[done],
+                "index": mine_index[done],
                 "top1": top1[:, done],
                 "prob": prob[:, done],
                 "rank": rank[:, done],
+                "features": features,
                 "skipped": skipped,
             }
         ]
@@ -330,9 +400,8 @@ def score_items(
     order = np.argsort(index, kind="stable")
     index = index[order]
     skipped_all = sorted(s for p in parts for s in p["skipped"])
-    messages = [message for _, message in skipped_all]
-    if options.strict and messages:
-        raise SpurcliError(f"{messages[0]} (--strict: unreadable images are errors)")
+    if options.strict and skipped_all:
+        raise SpurcliError(f"{skipped_all[0][1]} (--strict: unreadable images are errors)")
     per_image = PerImage(
         classifiers=[m.name for m in models],
         images=[items[i].name for i in index],
@@ -341,8 +410,16 @@ def score_items(
         target_prob=np.concatenate([p["prob"] for p in parts], axis=1)[:, order],
         target_rank=np.concatenate([p["rank"] for p in parts], axis=1)[:, order],
     )
-    real = np.array([items[i].real for i in index], bool)
-    return per_image, real, messages
+    found = {}
+    for e, extractor in enumerate(extractors):
+        chunks = [chunk for p in parts for chunk in p["features"][e]]
+        if chunks:
+            rows = np.concatenate([i for i, _ in chunks])
+            values = np.concatenate([v for _, v in chunks])
+            found[extractor.name] = values[np.argsort(rows, kind="stable")]
+        else:
+            found[extractor.name] = np.zeros((0, 0), np.float32)
+    return Pass(index, per_image, found, skipped_all)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +487,9 @@ class ScoreResult(_Rows):
     spurious: PerImage  # per-image numbers of the scored images S
     real: PerImage | None  # per-image numbers of the real images R (None without --real)
     skipped: list[str]  # "path: reason" for every file that could not be read
+    # extractor -> (n_images, D) float32 features of S, rows as `spurious.images`
+    # (`score_folders(..., extractors=...)`; empty otherwise)
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
@@ -472,42 +552,64 @@ def score_images(
     ``real_dir``: real images of the class, the positives of ROC-AUC / average precision.
     """
     options = ScoreOptions(batch_size, device, strict, num_workers, image_size)
-    _check_options(options)
+    return score_folders(
+        [images_dir], target, classifiers, options, real_dir=real_dir, weights=weights
+    )[0]
+
+
+def score_folders(
+    folders: Sequence[str | os.PathLike[str]],
+    target: str | int,
+    classifiers: Sequence[str | LoadedModel],
+    options: ScoreOptions | None = None,
+    *,
+    real_dir: str | os.PathLike[str] | None = None,
+    weights: dict[str, str] | None = None,
+    extractors: Sequence[LoadedModel] = (),
+) -> list[ScoreResult]:
+    """`score_images` of each folder, in one pass: every file (the real images too) is decoded
+    and scored once, and ``extractors`` (loaded models) take their features of each folder's
+    images from the same batches (`ScoreResult.features`)."""
+    options = options or ScoreOptions()
+    options.check()
     k = imagenet.resolve_class(target)
-    s_root = Path(images_dir)
-    items = find_items(s_root, k.index, real=False)
+    roots = [Path(folder) for folder in folders]
+    items = [
+        item
+        for n, root in enumerate(roots)
+        for item in find_items(root, k.index, real=False, folder=n)
+    ]
     r_root = None if real_dir is None else Path(real_dir)
     if r_root is not None:
         items += find_items(r_root, k.index, real=True)
     models = load_classifiers(classifiers, weights)
-    per_image, real, skipped = score_items(items, models, options)
-    spurious = per_image.select(~real)
-    if not spurious.images:
-        raise SpurcliError(f"no readable images in {s_root} ({len(skipped)} unreadable)")
-    real_set = None
-    if r_root is not None:
-        real_set = per_image.select(real)
-        if not real_set.images:
+    found = score_items(items, models, options, extractors)
+    real = found.column(items, "real").astype(bool)
+    real_set = found.per_image.select(real) if r_root is not None else None
+    spurious_all = found.per_image.select(~real)
+    folder_of = found.column(items, "folder")[~real]
+    results = []
+    for n, root in enumerate(roots):
+        ours = folder_of == n
+        skipped = [m for i, m in found.skipped if items[i].real or items[i].folder == n]
+        spurious = spurious_all.select(ours)
+        if not spurious.images:
+            raise SpurcliError(f"no readable images in {root} ({len(skipped)} unreadable)")
+        if real_set is not None and not real_set.images:
             raise SpurcliError(f"no readable images in --real {r_root}")
-    scores = {m.name: _metrics(spurious, real_set, c, k.index) for c, m in enumerate(models)}
-    return ScoreResult(
-        target=k,
-        models=list(models),
-        scores=scores,
-        consensus=metrics.consensus(spurious.top1 == k.index),
-        spurious=spurious,
-        real=real_set,
-        skipped=skipped,
-    )
-
-
-def _check_options(options: ScoreOptions) -> None:
-    if options.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if options.image_size < 8:
-        raise UsageError(f"--image-size must be at least 8 pixels, got {options.image_size}")
-    if options.num_workers is not None and options.num_workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {options.num_workers}")
+        scores = {m.name: _metrics(spurious, real_set, c, k.index) for c, m in enumerate(models)}
+        result = ScoreResult(
+            target=k,
+            models=list(models),
+            scores=scores,
+            consensus=metrics.consensus(spurious.top1 == k.index),
+            spurious=spurious,
+            real=real_set,
+            skipped=skipped,
+            features={name: values[ours] for name, values in found.features.items()},
+        )
+        results.append(result)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,7 +727,7 @@ def score_spurious_imagenet(
     """The Spurious ImageNet benchmark for any classifier: ``root`` holds one folder per
     class/feature, ``real_root`` an ImageNet val split with one folder per WordNet id."""
     options = ScoreOptions(batch_size, device, strict, num_workers, image_size)
-    _check_options(options)
+    options.check()
     s_root, r_root = Path(root), Path(real_root)
     if not r_root.is_dir():
         raise SpurcliError(f"ImageNet val folder not found: {r_root}")
@@ -646,8 +748,9 @@ def score_spurious_imagenet(
             )
         items += find_items(val, k.index, real=True, base=r_root)
     models = load_classifiers(classifiers, weights)
-    per_image, real, skipped = score_items(items, models, options)
-    spurious, real_set = per_image.select(~real), per_image.select(real)
+    found = score_items(items, models, options)
+    real = found.column(items, "real").astype(bool)
+    spurious, real_set = found.per_image.select(~real), found.per_image.select(real)
     per_class: dict[str, dict[int, dict[str, float | None]]] = {m.name: {} for m in models}
     for k in classes:
         s_k, r_k = (
@@ -661,4 +764,5 @@ def score_spurious_imagenet(
             raise SpurcliError(f"no readable images for class {k} in {which}")
         for c, m in enumerate(models):
             per_class[m.name][k.index] = _metrics(s_k, r_k, c, k.index)
+    skipped = [message for _, message in found.skipped]
     return SpuriousImageNetResult(classes, list(models), per_class, spurious, real_set, skipped)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -108,6 +109,36 @@ def test_compare_scores_and_similarity(tmp_path, fake_plugin):
     assert {"image": "red0.png", "neighbour": "copy.png"}.items() <= nearest[0].items()
     again = CompareResult.from_report_data(json.loads(json.dumps(result.report_data())))
     assert again.to_json() == data
+
+
+def test_compare_decodes_each_image_once_for_classifiers_and_extractors(
+    tmp_path, fake_plugin, monkeypatch
+):
+    """One pass serves both folders, the real images (shared), the classifiers and extractors;
+    its features are those `extract_features` (what `run` uses) takes folder by folder."""
+    from spurcli import plugins
+    from spurcli import score as score_module
+    from spurcli.compare import extract_features
+
+    a, b = make_sets(tmp_path)
+    real = shutil.copytree(a, tmp_path / "real")
+    reads: list[str] = []
+    real_read = score_module.read_image
+
+    def counting_read(path):
+        reads.append(str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(score_module, "read_image", counting_read)
+    config = CompareConfig(
+        target=94, classifiers=["fake", "fake:1"], extractors=["fake"], real=real, device="cpu"
+    )
+    result = compare(a, b, config)
+    assert len(reads) == len(set(reads)) == 4 + 4 + 4  # A, B and the real images, once each
+    assert result.a["n_real"] == result.b["n_real"] == 4
+    extractor = plugins.extractors().load("fake")
+    separate = similarity(extract_features(a, extractor), extract_features(b, extractor))
+    assert result.similarity["fake"] == separate
 
 
 def test_compare_command_json_and_report(tmp_path, cli_main, fake_plugin):
