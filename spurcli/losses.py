@@ -162,7 +162,6 @@ def sfsl_loss(
     ref_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_sfsl of the instance samples x0_latents (B, 4, h, w); 0 if none is under the ceiling."""
-    keep = torch.ones_like(timesteps, dtype=torch.bool)
     if sfsl.max_timestep is not None:
         keep = timesteps <= sfsl.max_timestep
         if not bool(keep.any()):
