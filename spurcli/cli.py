@@ -180,31 +180,16 @@ def score_command(
 ) -> None:
     """Score how spurious a set of images is for a class, per classifier and across them."""
     from spurcli import score
-    from spurcli.errors import UsageError
 
-    names = [n.strip() for n in classifiers.split(",") if n.strip()]
-    if not names:
-        raise UsageError("--classifiers is required, e.g. --classifiers resnet,vit,clip")
-    options = {
-        "weights": score.parse_weights(weights or []),
-        "batch_size": batch_size,
-        "device": device,
-        "strict": strict,
-        "num_workers": workers,
-        "image_size": image_size,
-    }
-    if layout == "spurious-imagenet":
-        if target is not None:
-            raise UsageError("--target is not used with --layout spurious-imagenet (per folder)")
-        if real is None:
-            raise UsageError("--layout spurious-imagenet needs --real IMAGENET_VAL_ROOT")
-        result = score.score_spurious_imagenet(images_dir, real, names, **options)
-    elif layout == "folder":
-        if target is None:
-            raise UsageError("--target CLASS is required (an ImageNet index or name)")
-        result = score.score_images(images_dir, target, names, real_dir=real, **options)
-    else:
-        raise UsageError(f"unknown --layout '{layout}'; use 'folder' or 'spurious-imagenet'")
+    result = score.score(
+        images_dir,
+        [n.strip() for n in classifiers.split(",") if n.strip()],
+        layout=layout,
+        target=target,
+        real=real,
+        weights=score.parse_weights(weights or []),
+        options=score.ScoreOptions(batch_size, device, strict, workers, image_size),
+    )
     if not console.is_main_process():
         return  # every process holds the gathered result; only the first one reports it
     if json_out is not None and json_out != "-":

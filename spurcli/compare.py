@@ -348,8 +348,6 @@ def compare(
     if config.target is None:
         raise UsageError("--target CLASS is required (an ImageNet index or name)")
     imagenet.resolve_class(config.target)  # "did you mean" before anything slow
-    if not config.classifiers:
-        raise UsageError("--classifiers is required, e.g. --classifiers resnet,vit,clip")
     for folder in (dir_a, dir_b):
         find_images(folder)  # missing or empty set: one line now, not after loading models
     options = ScoreOptions(batch_size=config.batch_size, device=config.device, strict=config.strict)

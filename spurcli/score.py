@@ -128,7 +128,7 @@ def load_classifiers(
     weights = dict(weights or {})
     wanted = [n if isinstance(n, str) else n.name for n in names]
     if not wanted:
-        raise UsageError("no classifiers given (e.g. --classifiers resnet,clip)")
+        raise UsageError("--classifiers is required, e.g. --classifiers resnet,vit,clip")
     duplicates = sorted({n for n in wanted if wanted.count(n) > 1})
     if duplicates:
         raise UsageError(f"classifier(s) listed twice: {', '.join(duplicates)}")
@@ -766,3 +766,31 @@ def score_spurious_imagenet(
             per_class[m.name][k.index] = _metrics(s_k, r_k, c, k.index)
     skipped = [message for _, message in found.skipped]
     return SpuriousImageNetResult(classes, list(models), per_class, spurious, real_set, skipped)
+
+
+def score(
+    images_dir: str | os.PathLike[str],
+    classifiers: Sequence[str | LoadedModel],
+    *,
+    layout: str = "folder",
+    target: str | int | None = None,
+    real: str | os.PathLike[str] | None = None,
+    weights: dict[str, str] | None = None,
+    options: ScoreOptions | None = None,
+) -> ScoreResult | SpuriousImageNetResult:
+    """`spurcli score`: `score_images` (``layout="folder"``: ``target`` required, ``real``
+    optional) or `score_spurious_imagenet` (``"spurious-imagenet"``: ``real`` is the ImageNet val
+    root, the target is per folder)."""
+    options = options or ScoreOptions()
+    kwargs = {"weights": weights, **vars(options)}
+    if layout == "spurious-imagenet":
+        if target is not None:
+            raise UsageError("--target is not used with --layout spurious-imagenet (per folder)")
+        if real is None:
+            raise UsageError("--layout spurious-imagenet needs --real IMAGENET_VAL_ROOT")
+        return score_spurious_imagenet(images_dir, real, classifiers, **kwargs)
+    if layout == "folder":
+        if target is None:
+            raise UsageError("--target CLASS is required (an ImageNet index or name)")
+        return score_images(images_dir, target, classifiers, real_dir=real, **kwargs)
+    raise UsageError(f"unknown --layout '{layout}'; use 'folder' or 'spurious-imagenet'")
