@@ -399,13 +399,9 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
         reconcile(out)
     procs.barrier()
     records = read_manifest(out)
-    taken = {r["file"].split("/")[0]: r["prompt"] for r in records.values()}
-    folders = prompt_folders(prompts, taken)
-
     jobs = [
-        Job(f"{folders[p]}/{i:06d}.png", p, i, derive_seed(config.seed, i))
-        for p in prompts
-        for i in range(config.n)
+        Job(file, prompt, i, derive_seed(config.seed, i))
+        for prompt, i, file in planned_files(prompts, config.n, records)
     ]
     todo = []
     for job in jobs:
@@ -465,11 +461,19 @@ def count_missing(config: SampleConfig, identifier: str | None = None) -> int:
     out = Path(config.out)
     records = read_manifest(out) if out.is_dir() else {}
     prompts = final_prompts(config, identifier, tuned=False)
+    wanted = [file for _, _, file in planned_files(prompts, config.n, records)]
+    return sum(1 for file in wanted if file not in records or not (out / file).is_file())
+
+
+def planned_files(
+    prompts: Sequence[str], n: int, records: dict[str, dict[str, Any]]
+) -> list[tuple[str, int, str]]:
+    """(prompt, index, file) of every image asked for, in prompt/index order; a prompt keeps the
+    folder the manifest ``records`` already give it."""
     folders = prompt_folders(
         prompts, {r["file"].split("/")[0]: r["prompt"] for r in records.values()}
     )
-    wanted = [f"{folders[p]}/{i:06d}.png" for p in prompts for i in range(config.n)]
-    return sum(1 for file in wanted if file not in records or not (out / file).is_file())
+    return [(p, i, f"{folders[p]}/{i:06d}.png") for p in prompts for i in range(n)]
 
 
 def check_same(path: Path, record: dict[str, Any] | None, expected: dict[str, Any]) -> None:
