@@ -426,20 +426,15 @@ def generate_class_images(
     mine = indices[accelerator.process_index :: accelerator.num_processes]
     if missing:
         log.info("generating %d class images into %s", missing, folder)
+    steps, guidance = cfg.class_inference_steps, cfg.class_guidance
+    settings = {"steps": steps, "guidance": guidance, "model": cfg.model}  # in each PNG's text
     with console.progress_bar("class images", total=len(mine)) as bar:
         for start in range(0, len(mine), cfg.class_batch_size):
             chunk = mine[start : start + cfg.class_batch_size]
             seeds = [cfg.seed * 1_000_000 + idx for idx in chunk]
-            steps, guidance = cfg.class_inference_steps, cfg.class_guidance
             images = generate(pipe, prompt, seeds, steps, guidance, cfg.resolution, accelerator)
             for idx, seed, image in zip(chunk, seeds, images, strict=True):
-                meta = {
-                    "prompt": prompt,
-                    "seed": seed,
-                    "steps": cfg.class_inference_steps,
-                    "guidance": cfg.class_guidance,
-                    "model": cfg.model,
-                }
+                meta = {"prompt": prompt, "seed": seed, **settings}
                 write_png(folder / f"class-{idx:05d}.png", image, meta)
             bar.advance(len(chunk))
     accelerator.wait_for_everyone()
@@ -498,9 +493,9 @@ def validate(run: Run, pipe: Any, vae: Any, instance_prompt: str, step: int) -> 
         )
         val.set_progress_bar_config(disable=True)
         prompts = [fill_prompt(p, cfg.identifier, cfg.class_noun) for p in cfg.validation_prompt]
+        seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
+        steps, guidance = cfg.validation_steps, cfg.validation_guidance
         for p, prompt in enumerate(prompts or [instance_prompt]):
-            seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
-            steps, guidance = cfg.validation_steps, cfg.validation_guidance
             # latents, decoded here: decode_to_unit casts to the VAE's dtype (fp16 without autocast)
             latents = generate(val, prompt, seeds, steps, guidance, cfg.resolution, accelerator,
                                output_type="latent")  # fmt: skip
