@@ -108,7 +108,8 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
     references, _ = read_folder(cfg.instance_dir, strict=True)  # type: ignore[arg-type]
     use_sfsl = cfg.sfsl_weight != 0
     use_prior = cfg.prior_weight != 0
-    plugins.extractors().resolve(cfg.extractor)  # an unknown name fails now, with suggestions
+    if use_sfsl:  # an unknown name fails now, with suggestions; without SFSL it is never used
+        plugins.extractors().resolve(cfg.extractor)
 
     # --- the output folder: new, or a run to resume -------------------------------------------
     checkpoint = resume_point(cfg, out)

@@ -258,6 +258,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(refs, class_dir, tmp_
     assert [line["step"] for line in _log(out)] == [1, 2]
 
 
+def test_dreambooth_alone_needs_no_extractor_plugin(refs, class_dir, tmp_path):
+    # With SFSL off the extractor is never loaded, so a missing extractor plugin must not matter.
+    out = tmp_path / "run"
+    cfg = fast_config(refs, out, class_dir=class_dir, sfsl_weight=0, extractor="not-installed")
+    finetune(cfg)
+    run = json.loads((out / "spurcli-run.json").read_text())
+    assert run["extractor"] is None
+    assert (out / "pipeline" / "model_index.json").is_file()
+
+
 # ------------------------------------------------------------------------------------------------
 # options
 
