@@ -353,7 +353,8 @@ def compare(
     options = ScoreOptions(batch_size=config.batch_size, device=config.device, strict=config.strict)
     options.check()
     models = load_classifiers(config.classifiers, parse_weights(config.weights))
-    extractors = load_extractors(config.extractors, parse_pairs(config.extractor_weights))
+    extractor_weights = parse_weights(config.extractor_weights, "--extractor-weights")
+    extractors = load_extractors(config.extractors, extractor_weights)
     scored = score_folders(
         [dir_a, dir_b], config.target, models, options, real_dir=config.real, extractors=extractors
     )
@@ -373,13 +374,3 @@ def compare(
         label_b=labels[1],
         skipped=[*scored[0].skipped, *scored[1].skipped],
     )
-
-
-def parse_pairs(pairs: Sequence[str]) -> dict[str, str]:
-    """NAME=PATH pairs (the format of --weights), for extractors."""
-    from spurcli.score import parse_weights
-
-    try:
-        return parse_weights(pairs)
-    except UsageError as exc:
-        raise UsageError(str(exc).replace("--weights", "--extractor-weights")) from None

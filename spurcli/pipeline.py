@@ -385,11 +385,12 @@ def _feature_path(exp: Experiment, name: str, extractor: str) -> Path:
 
 
 def run_features(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.compare import extract_features, load_extractors, parse_pairs
+    from spurcli.compare import extract_features, load_extractors
+    from spurcli.score import parse_weights
 
     cfg = exp.compare
     needed = sorted({s for pair in exp.comparisons() for s in pair})
-    weights = parse_pairs(cfg.extractor_weights)
+    weights = parse_weights(cfg.extractor_weights, "--extractor-weights")
 
     def stamp(extractor: str) -> dict[str, Any]:
         return {"extractor": extractor, "weights": weights.get(extractor)}

@@ -104,15 +104,16 @@ class ScoreOptions:
 # Loading classifiers
 
 
-def parse_weights(pairs: Sequence[str]) -> dict[str, str]:
-    """``["resnet=ckpt.pt", "clip=random"]`` (the repeatable ``--weights NAME=PATH``) -> dict."""
+def parse_weights(pairs: Sequence[str], option: str = "--weights") -> dict[str, str]:
+    """``["resnet=ckpt.pt", "clip=random"]`` (the repeatable ``--weights NAME=PATH``, or
+    another ``option`` of that format such as ``--extractor-weights``) -> dict."""
     weights: dict[str, str] = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise UsageError(f"--weights expects NAME=PATH (or NAME=random), got '{pair}'")
+            raise UsageError(f"{option} expects NAME=PATH (or NAME=random), got '{pair}'")
         if name.strip() in weights:
-            raise UsageError(f"--weights given twice for '{name.strip()}'")
+            raise UsageError(f"{option} given twice for '{name.strip()}'")
         weights[name.strip()] = path.strip()
     return weights
 

@@ -162,6 +162,7 @@ def test_compare_command_json_and_report(tmp_path, cli_main, fake_plugin):
         (["-c", ""], 2, "--classifiers is required"),
         (["-t", "hummingbrd"], 2, "did you mean"),
         (["--extractor-weights", "clip=random"], 2, "not among the extractors"),
+        (["--extractor-weights", "fake"], 2, "--extractor-weights expects NAME=PATH"),
     ],
 )
 def test_compare_bad_input(tmp_path, cli_main, fake_plugin, extra, code, message):
