@@ -14,7 +14,7 @@ Stages, each writing into the experiment folder ``out`` (top-level key of the co
                (the same "on the beach", ...), baseline and baseline-recontext (the untuned
                model, the same prompts without [V], the same seeds: image i of a baseline
                starts from the same noise as image i of the tuned model)
-    score      out/scores/<set>.json + .csv                `spurcli.score.score_images`
+    score      out/scores/<set>.json + .csv                `spurcli.score.score_folders`
     features   out/features/<set>/<extractor>.npz          `spurcli.compare.extract_features`
     compare    out/compare/<a>-vs-<b>.json                 `spurcli.compare.similarity`
     report     out/report.html, out/summary.json           `spurcli.report.write_report`
@@ -343,9 +343,8 @@ def _score_paths(exp: Experiment, name: str) -> tuple[Path, Path]:
 
 
 def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.score import load_classifiers, parse_weights, score_images
+    from spurcli.score import ScoreOptions, parse_weights, score_folders
 
-    models = None
     cfg = exp.compare
     stamp = {
         "target": exp.run.target,
@@ -353,30 +352,32 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
         "weights": cfg.weights,
         "real": cfg.real,
     }
-    for name in _all_sets(exp):
-        outputs = _score_paths(exp, name)
-        inputs = [exp.set_dir(name)] + ([cfg.real] if cfg.real else [])
-        if fresh(outputs, inputs, stamp):
-            stages.skip(f"score:{name}")
-            continue
-        if models is None:
-            models = load_classifiers(cfg.classifiers, parse_weights(cfg.weights))
-        result = score_images(
-            exp.set_dir(name),
+    names = _all_sets(exp)
+    real = [cfg.real] if cfg.real else []
+    stale = [n for n in names if not fresh(_score_paths(exp, n), [exp.set_dir(n), *real], stamp)]
+    if stale:
+        # One pass over every set to score: the real images are decoded and scored once for all.
+        results = score_folders(
+            [exp.set_dir(name) for name in stale],
             exp.run.target,  # type: ignore[arg-type]
-            models,
+            cfg.classifiers,
+            ScoreOptions(batch_size=cfg.batch_size, device=cfg.device, strict=cfg.strict),
             real_dir=cfg.real,
-            batch_size=cfg.batch_size,
-            device=cfg.device,
-            strict=cfg.strict,
+            weights=parse_weights(cfg.weights),
         )
         if main:
             from spurcli.fileio import write_json
 
-            result.write_csv(outputs[1])
-            write_json(outputs[0], result.to_json())
-            write_stamp(outputs[0], stamp)
-        stages.ran(f"score:{name}")
+            for name, result in zip(stale, results, strict=True):
+                json_path, csv_path = _score_paths(exp, name)
+                result.write_csv(csv_path)
+                write_json(json_path, result.to_json())
+                write_stamp(json_path, stamp)
+    for name in names:
+        if name in stale:
+            stages.ran(f"score:{name}")
+        else:
+            stages.skip(f"score:{name}")
     _barrier(cfg.device)
 
 
