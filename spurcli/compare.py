@@ -277,7 +277,7 @@ class CompareResult:
         """Rich tables: the score metrics side by side, then the similarity numbers."""
         from rich.table import Table
 
-        from spurcli.score import METRICS
+        from spurcli.score import METRICS, RANDOM_NOTE, fmt_metric
 
         target = self.a["target"]
         la, lb = self.label_a, self.label_b
@@ -292,7 +292,13 @@ class CompareResult:
             for i, metric in enumerate(METRICS):
                 va, vb = a[metric], b[metric]
                 delta = None if va is None or vb is None else va - vb
-                scores.add_row(label if i == 0 else "", metric, _fmt(va), _fmt(vb), _fmt(delta))
+                scores.add_row(
+                    label if i == 0 else "",
+                    metric,
+                    fmt_metric(va),
+                    fmt_metric(vb),
+                    fmt_metric(delta),
+                )
             scores.add_section()
         ca, cb = self.a["consensus"], self.b["consensus"]
         scores.caption = (
@@ -301,8 +307,6 @@ class CompareResult:
             f"consensus all {cb['all']:.3f} any {cb['any']:.3f}"
         )
         if any(a["weights"] == "random" for a in self.a["classifiers"].values()):
-            from spurcli.score import RANDOM_NOTE
-
             scores.caption += "\n" + RANDOM_NOTE
         out = [scores]
         if self.similarity:
@@ -314,20 +318,16 @@ class CompareResult:
             for name, sim in self.similarity.items():
                 sims.add_row(
                     name,
-                    _fmt(sim["mean_cosine"]),
-                    f"frechet_{name} = {_fmt(sim['frechet'])}",
-                    _fmt(sim["nn_cosine_mean"]),
-                    _fmt(sim["nn_cosine_max"]),
+                    fmt_metric(sim["mean_cosine"]),
+                    f"frechet_{name} = {fmt_metric(sim['frechet'])}",
+                    fmt_metric(sim["nn_cosine_mean"]),
+                    fmt_metric(sim["nn_cosine_max"]),
                 )
                 if sim.get("frechet_note"):
                     notes.append(f"frechet_{name}: {sim['frechet_note']}")
             sims.caption = "\n".join(notes) or None
             out.append(sims)
         return out
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def compare(

@@ -212,47 +212,37 @@ def _default_workers(n_items: int, batch_size: int, world: int, device: torch.de
     return 1 if cpus >= 4 else 0
 
 
-def _forward(model: LoadedModel, x: torch.Tensor, kind: str) -> Any:
-    """``model`` on ``x``, which the next models see too: changing it in place is refused."""
+def _forward(model: LoadedModel, x: torch.Tensor, kind: str, classes: int | None) -> np.ndarray:
+    """``model`` on ``x`` (which the next models see too), its output checked, on the CPU.
+
+    A classifier must return (batch, ``classes``) logits, an extractor (``classes`` None) (batch,
+    dim) features; any other output, NaN/inf, or a change to the shared input is a plugin bug,
+    named as such.
+    """
+    where = f"{kind} '{model.name}' (plugin '{model.plugin}')"
     version = x._version
     out = model.module(x)
     if x._version != version:
         raise SpurcliError(
-            f"{kind} '{model.name}' (plugin '{model.plugin}') modified its input in place, which "
-            f"would corrupt the other {kind}s' inputs: a bug in the plugin (copy the tensor "
-            "before changing it)"
+            f"{where} modified its input in place, which would corrupt the other {kind}s' "
+            "inputs: a bug in the plugin (copy the tensor before changing it)"
         )
-    return out
-
-
-def _check_logits(logits: Any, model: LoadedModel, batch: int) -> np.ndarray:
-    where = f"classifier '{model.name}' (plugin '{model.plugin}')"
-    if not isinstance(logits, torch.Tensor):
+    batch = x.shape[0]
+    expected = f"({batch}, {classes}) ImageNet logits" if classes else f"({batch}, dim) features"
+    if not isinstance(out, torch.Tensor):
         raise SpurcliError(
-            f"{where} returned {type(logits).__name__}, not a tensor of (batch, 1000) ImageNet "
-            "logits: a bug in the plugin"
+            f"{where} returned {type(out).__name__}, not a tensor of {expected}: "
+            "a bug in the plugin"
         )
-    if tuple(logits.shape) != (batch, imagenet.NUM_CLASSES):
+    if out.ndim != 2 or out.shape[0] != batch or (classes and out.shape[1] != classes):
         raise SpurcliError(
-            f"{where} returned shape {tuple(logits.shape)} for a batch of {batch} images; "
-            f"expected ({batch}, {imagenet.NUM_CLASSES}) ImageNet logits: a bug in the plugin"
+            f"{where} returned shape {tuple(out.shape)} for a batch of {batch} images; "
+            f"expected {expected}: a bug in the plugin"
         )
-    out = logits.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(out).all():
-        raise SpurcliError(f"{where} returned NaN or infinite logits: a bug in the plugin")
-    return out
-
-
-def _check_features(out: Any, extractor: LoadedModel, batch: int) -> np.ndarray:
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SpurcliError(
-            f"feature extractor '{extractor.name}' (plugin '{extractor.plugin}') returned "
-            f"{shape} for {batch} images, not (batch, dim) features: a bug in the plugin"
-        )
-    values = out.detach().to("cpu", torch.float32).numpy()
+    # float64 logits keep softmax probabilities of unlikely classes distinct (ranks, AUC ties).
+    values = out.detach().to("cpu", torch.float64 if classes else torch.float32).numpy()
     if not np.isfinite(values).all():
-        raise SpurcliError(f"feature extractor '{extractor.name}' returned NaN or inf")
+        raise SpurcliError(f"{where} returned NaN or infinite values: a bug in the plugin")
     return values
 
 
@@ -374,13 +364,12 @@ def score_items(
         with torch.inference_mode():
             t = targets[ids]
             for c, model in enumerate(models):
-                logits = _check_logits(_forward(model, x, "classifier"), model, len(ids))
+                logits = _forward(model, x, "classifier", imagenet.NUM_CLASSES)
                 top1[c, ids] = logits.argmax(axis=1)
                 prob[c, ids] = metrics.target_prob(logits, t)
                 rank[c, ids] = metrics.target_rank(logits, t)
             for e, extractor in enumerate(extractors if seen.any() else ()):
-                out = _forward(extractor, x_seen, "feature extractor")
-                values = _check_features(out, extractor, int(seen.sum()))
+                values = _forward(extractor, x_seen, "feature extractor", None)
                 features[e].append((mine_index[ids[seen]], values))
         done[ids] = True
 
@@ -448,7 +437,7 @@ def _metrics(spurious: PerImage, real: PerImage | None, c: int, k: int) -> dict[
     return out
 
 
-def _fmt(value: float | None) -> str:
+def fmt_metric(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
@@ -519,7 +508,7 @@ class ScoreResult(_Rows):
         _add_columns(table, METRICS)
         for m in self.models:
             label = f"{m.name}*" if m.is_random else m.name
-            table.add_row(label, m.weights, *(_fmt(self.scores[m.name][k]) for k in METRICS))
+            table.add_row(label, m.weights, *(fmt_metric(self.scores[m.name][k]) for k in METRICS))
         c = self.consensus
         lines = [
             f"consensus over {len(self.models)} classifiers: all {c.all:.3f}, any {c.any:.3f}, "
@@ -690,9 +679,9 @@ class SpuriousImageNetResult(_Rows):
             summary.add_row(
                 label,
                 m.weights,
-                _fmt(means["mean_roc_auc"]),
-                _fmt(means["mean_average_precision"]),
-                _fmt(means["mean_spurious_rate"]),
+                fmt_metric(means["mean_roc_auc"]),
+                fmt_metric(means["mean_average_precision"]),
+                fmt_metric(means["mean_spurious_rate"]),
             )
         notes = [f"{len(self.spurious.images)} images, {len(self.real.images)} real"]
         if self.skipped:
@@ -708,7 +697,10 @@ class SpuriousImageNetResult(_Rows):
             cells = [self.per_class[m.name][k.index] for m in self.models]
             per_class.add_row(
                 str(k),
-                *(f"{_fmt(c['roc_auc'])} / {_fmt(c['average_precision'])}" for c in cells),
+                *(
+                    f"{fmt_metric(c['roc_auc'])} / {fmt_metric(c['average_precision'])}"
+                    for c in cells
+                ),
             )
         return Group(summary, per_class)
 
