@@ -199,20 +199,13 @@ def extract_features(
 
 
 def load_extractors(names: Sequence[str], weights: dict[str, str] | None = None) -> list[Any]:
-    """Resolve every name first (an unknown one fails before anything loads), then load."""
+    """Feature extractors by name (see `spurcli.score.load_models`); none is fine."""
     from spurcli import plugins
+    from spurcli.score import load_models
 
-    weights = dict(weights or {})
-    unused = [n for n in weights if n not in names]
-    if unused:
-        raise UsageError(
-            f"--extractor-weights given for {', '.join(unused)}, which is not among the "
-            f"extractors ({', '.join(names) or 'none'})"
-        )
-    registry = plugins.extractors()
-    for name in names:
-        registry.resolve(name)
-    return [registry.load(name, weights.get(name)) for name in names]
+    return load_models(
+        plugins.extractors(), names, weights, option="--extractor-weights", noun="extractors"
+    )
 
 
 # -------------------------------------------------------------------------------- compare

@@ -121,30 +121,42 @@ def parse_weights(pairs: Sequence[str], option: str = "--weights") -> dict[str, 
 def load_classifiers(
     names: Sequence[str | LoadedModel], weights: dict[str, str] | None = None
 ) -> list[LoadedModel]:
+    """Classifiers by name (see `load_models`); at least one is required."""
+    if not names:
+        raise UsageError("--classifiers is required, e.g. --classifiers resnet,vit,clip")
+    registry = plugins.classifiers()
+    return load_models(registry, names, weights, option="--weights", noun="classifiers")
+
+
+def load_models(
+    registry: plugins.Registry,
+    names: Sequence[str | LoadedModel],
+    weights: dict[str, str] | None,
+    *,
+    option: str,
+    noun: str,
+) -> list[LoadedModel]:
     """Resolve every name first (an unknown one fails before anything heavy loads), then load.
 
-    ``weights`` maps a classifier name to a local file or ``"random"``; others get their plugin's
-    default. Already loaded models are passed through unchanged.
+    ``weights`` (given by ``option`` on the command line) maps a name to a local file or
+    ``"random"``; others get their plugin's default. Already loaded models pass through unchanged.
     """
     weights = dict(weights or {})
     wanted = [n if isinstance(n, str) else n.name for n in names]
-    if not wanted:
-        raise UsageError("--classifiers is required, e.g. --classifiers resnet,vit,clip")
     duplicates = sorted({n for n in wanted if wanted.count(n) > 1})
     if duplicates:
-        raise UsageError(f"classifier(s) listed twice: {', '.join(duplicates)}")
+        raise UsageError(f"{noun} listed twice: {', '.join(duplicates)}")
     unused = [n for n in weights if n not in wanted]
     if unused:
         raise UsageError(
-            f"--weights given for {', '.join(unused)}, which is not among the classifiers "
-            f"({', '.join(wanted)})"
+            f"{option} given for {', '.join(unused)}, which is not among the {noun} "
+            f"({', '.join(wanted) or 'none'})"
         )
-    registry = plugins.classifiers()
     for name in names:
         if isinstance(name, str):
             registry.resolve(name)
         elif name.name in weights:
-            raise UsageError(f"classifier '{name.name}' is already loaded; its weights are fixed")
+            raise UsageError(f"'{name.name}' is already loaded; its weights are fixed")
     return [registry.load(n, weights.get(n)) if isinstance(n, str) else n for n in names]
 
 

@@ -178,3 +178,11 @@ def test_compare_empty_set(tmp_path, cli_main, fake_plugin):
     (tmp_path / "empty").mkdir()
     code, _, err = cli_main("compare", str(a), str(tmp_path / "empty"), "-t", "94", "-c", "fake")
     assert code == 1 and "no images in" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_extractor_listed_twice_is_a_usage_error():
+    from spurcli.compare import load_extractors
+    from spurcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="extractors listed twice: template-linear"):
+        load_extractors(["template-linear", "template-linear"])
