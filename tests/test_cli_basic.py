@@ -7,13 +7,12 @@ checked in fresh interpreters, where sys.modules tells the truth.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import typer
 from _plugin_helpers import imported_by, make_distribution, run_spurcli
 
-from spurcli import __version__, cli, hookimpl
+from spurcli import __version__, hookimpl
 from spurcli.errors import SpurcliError
 from spurcli.imagenet import resolve_class
 from spurcli.plugins import get_plugins
@@ -29,24 +28,9 @@ class Result:
 
 
 @pytest.fixture
-def spurcli(monkeypatch, capsys):
-    """Run ``spurcli ARGS`` in-process through `cli.main` (error handling included)."""
-    saved_commands = list(cli.app.registered_commands)
-
-    def run(*args: str) -> Result:
-        monkeypatch.setattr(sys, "argv", ["spurcli", *args])
-        cli._state["verbose"] = 0
-        capsys.readouterr()
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    yield run
-    cli.app.registered_commands[:] = saved_commands  # main() added plugin commands
+def spurcli(cli_main):
+    """Run ``spurcli ARGS`` in-process through `cli.main` (conftest's `cli_main`), as a `Result`."""
+    return lambda *args: Result(*cli_main(*args))
 
 
 class ProbeCommands:
