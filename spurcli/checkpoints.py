@@ -118,14 +118,38 @@ def resume_point(cfg: FinetuneConfig, out: Path) -> Path | None:
             )
         return None
     if cfg.resume == "latest":
-        latest = latest_checkpoint(out)
-        if latest is None:
+        path = latest_checkpoint(out)
+        if path is None:
             log.info("no checkpoint in %s: starting from step 0", out)
-        return latest
-    path = Path(cfg.resume)
-    if not (path / "state.json").is_file():
-        raise UsageError(f"--resume: {path} is not a spurcli checkpoint (no state.json)")
+            return None
+    else:
+        path = Path(cfg.resume)
+        if not (path / "state.json").is_file():
+            raise UsageError(f"--resume: {path} is not a spurcli checkpoint (no state.json)")
+    _check_schedule(cfg, path)
     return path
+
+
+# Schedules whose learning rate at a step does not depend on the total number of steps.
+STEP_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+
+
+def _check_schedule(cfg: FinetuneConfig, path: Path) -> None:
+    """Refuse a resume whose --steps would bend a step-dependent lr schedule mid-run.
+
+    A cosine or linear schedule is a function of the total step count, fixed when the run
+    started: resuming a 2-step cosine run with --steps 4 would run step 3 at the end of the old
+    curve (lr 0), neither the old run nor a new 4-step one.
+    """
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        saved = json.loads((path / "state.json").read_text(encoding="utf-8"))["config"]
+        before = saved.get("steps", cfg.steps)
+        if cfg.lr_scheduler not in STEP_FREE_SCHEDULES and before != cfg.steps:
+            raise UsageError(
+                f"--steps {cfg.steps}: {path} was made by a {before}-step run, and the "
+                f"'{cfg.lr_scheduler}' lr schedule depends on the total step count; resume with "
+                f"--steps {before}, or start a new run (only constant schedules can be extended)"
+            )
 
 
 def _rng_state() -> dict[str, Any]:

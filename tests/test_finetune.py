@@ -164,6 +164,26 @@ def test_resume_of_a_finished_run_does_nothing(full_run, refs, class_dir):
 # interruption and resume
 
 
+def test_resume_with_more_steps_refuses_a_step_dependent_schedule(refs, class_dir, tmp_path):
+    # cosine over 2 steps, resumed to 4: steps 3-4 would run at the old curve's end (lr 0).
+    out = tmp_path / "cosine"
+    cfg = fast_config(refs, out, class_dir=class_dir, steps=2, lr_scheduler="cosine")
+    finetune(cfg)
+    with pytest.raises(UsageError, match="depends on the total step count; resume with --steps 2"):
+        finetune(dataclasses.replace(cfg, steps=4, resume="latest"))
+    assert _log(out)[-1]["step"] == 2  # nothing was trained or written
+
+
+def test_resume_with_more_steps_extends_a_constant_schedule(refs, class_dir, tmp_path):
+    out = tmp_path / "constant"
+    cfg = fast_config(refs, out, class_dir=class_dir, steps=2)
+    finetune(cfg)
+    finetune(dataclasses.replace(cfg, steps=3, resume="latest"))
+    log = _log(out)
+    assert [row["step"] for row in log] == [1, 2, 3]
+    assert log[-1]["lr"] == pytest.approx(cfg.lr)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_and_resumed_equals_uninterrupted(full_run, refs, class_dir, tmp_path, signum):
     out = tmp_path / "run"
@@ -584,3 +604,18 @@ def test_bf16_mixed_precision_keeps_trainable_weights_fp32(refs, class_dir, tmp_
     base = build_tiny_pipeline().vae.state_dict()
     assert all(torch.equal(v, base[k]) for k, v in vae.items())  # saved as it was, in fp32
     assert all(line["loss_sfsl"] > 0 for line in _log(out))
+
+
+def test_bf16_with_a_resizing_extractor_runs_on_cpu(refs, class_dir, tmp_path):
+    # effnet-lite0 resizes inside (antialiased, which CPU has no bf16 kernel for).
+    cfg = fast_config(
+        refs,
+        tmp_path / "run",
+        class_dir=class_dir,
+        steps=1,
+        extractor="effnet-lite0",
+        extractor_weights=None,
+        mixed_precision="bf16",
+    )
+    out = finetune(cfg)
+    assert _log(out)[-1]["loss_sfsl"] > 0

@@ -236,3 +236,25 @@ def test_a_model_without_imagenet_1k_head_is_refused_as_classifier_but_extracts(
     with pytest.raises(SpurcliError, match="predicts 21843 classes, not the 1000"):
         classifiers().load(name, "random")
     assert extractors().load(name, "random").module.dim == 192
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_preprocessing_runs_in_low_precision_on_cpu(dtype):
+    # Mixed-precision SFSL casts the frozen extractor to bf16/fp16; CPU has no low-precision
+    # antialiased resize, so the wrapper resizes in fp32 and hands the net the same dtype back.
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.dtype)
+            return x
+
+    pre = spurcli_timm.preprocessed(
+        Probe(), input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=0.875
+    )
+    images = torch.rand(2, 3, 40, 30)
+    low = pre.to(dtype)(images.to(dtype))
+    full = pre.float()(images)
+    assert seen == [dtype, torch.float32]
+    assert low.shape == full.shape == (2, 3, 16, 16)
+    assert torch.allclose(low.float(), full, atol=0.1)

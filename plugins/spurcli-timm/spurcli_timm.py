@@ -319,13 +319,16 @@ def _nn() -> types.SimpleNamespace:
             new = _resized_shape(x.shape[-2], x.shape[-1], box, self.crop_mode)
             if new != tuple(x.shape[-2:]):
                 smooth = self.mode in ("bilinear", "bicubic")
+                dtype = x.dtype
+                if x.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+                    x = x.float()  # torch's CPU antialiased resize has no fp16/bf16 kernel
                 x = F.interpolate(
                     x,
                     size=new,
                     mode=self.mode,
                     antialias=smooth,
                     align_corners=False if smooth else None,
-                )
+                ).to(dtype)
                 if self.mode == "bicubic":  # bicubic overshoots; PIL clips to the pixel range
                     x = x.clamp(0.0, 1.0)
             x = _center(x, th, tw)
