@@ -1,4 +1,4 @@
-"""The numbers `score` and `compare` report, in plain numpy (no scikit-learn at run time).
+"""The numbers `score` and `compare` report, and their uncertainty (numpy + scipy.stats).
 
     import numpy as np
     from spurcli.metrics import roc_auc, average_precision, consensus
@@ -13,11 +13,24 @@ Both ranking metrics follow scikit-learn's definitions exactly, ties included, s
 with `sklearn.metrics.roc_auc_score` / `average_precision_score` (and hence with the released
 Spurious ImageNet code, which calls the latter); `tests/test_metrics.py` checks this on random
 data with many ties.
+
+Uncertainty (every method, its reference and the pairing rule: docs/statistics.md):
+
+    from spurcli.metrics import wilson_interval, bootstrap_interval, rate_difference
+    wilson_interval(5, 20)                      # [0.1119, 0.4687]: 95% Wilson score interval
+    bootstrap_interval([real_p, scored_p], roc_auc_of_sets, resamples=1000, seed=0)
+                                                # seeded percentile interval, samples resampled
+                                                # independently (stratified); None if too few
+    rate_difference(hits_a, hits_b, paired=True)
+    # {"delta": rate_a - rate_b, "delta_ci": [lo, hi], "p_value": .., "test": "McNemar exact",
+    #  "interval": "Newcombe hybrid score, paired", "n_a": .., "n_b": ..}
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -132,3 +145,176 @@ def target_prob(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
     top = logits.max(axis=1, keepdims=True)
     log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
     return np.exp(logits[np.arange(len(target)), target] - log_norm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Uncertainty: intervals on single figures, tests and intervals on differences between two sets
+
+CONFIDENCE = 0.95  # the level of every interval spurcli reports
+PAIRED_TEST = "McNemar exact"  # binomial test on the discordant pairs
+PAIRED_INTERVAL = "Newcombe hybrid score, paired"  # Newcombe (1998b) method 10
+INDEPENDENT_TEST = "Fisher exact"
+INDEPENDENT_INTERVAL = "Newcombe hybrid score"  # Newcombe (1998a) method 10
+
+
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> list[float]:
+    """The Wilson score interval of a proportion ``successes / n`` (no continuity correction).
+
+    Unlike the Wald interval it stays inside [0, 1] and keeps its coverage near 0 and 1, which
+    is where spurious rates of a few dozen images live (Newcombe 1998, method 3).
+    """
+    from scipy.stats import binomtest
+
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def rate_interval(hits: np.ndarray, confidence: float = CONFIDENCE) -> list[float]:
+    """`wilson_interval` of the fraction of true entries of ``hits``."""
+    hits = np.asarray(hits, dtype=bool).ravel()
+    return wilson_interval(int(hits.sum()), hits.size, confidence)
+
+
+def roc_auc_of_sets(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """`roc_auc` with the positives' and the negatives' scores given as two arrays."""
+    return roc_auc(*_labelled(positives, negatives))
+
+
+def average_precision_of_sets(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """`average_precision` with the positives' and the negatives' scores as two arrays."""
+    return average_precision(*_labelled(positives, negatives))
+
+
+def _labelled(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    positives, negatives = np.ravel(positives), np.ravel(negatives)
+    y_true = np.r_[np.ones(positives.size), np.zeros(negatives.size)]
+    return y_true, np.r_[positives, negatives]
+
+
+def bootstrap_interval(
+    samples: Sequence[np.ndarray],
+    statistic: Callable[..., float],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> list[float] | None:
+    """Percentile bootstrap interval of ``statistic(*samples)`` (`scipy.stats.bootstrap`).
+
+    Each sample is resampled independently, with its own size kept: for ROC-AUC / AP of real vs
+    scored images that is a stratified bootstrap, so every resample has both classes. The same
+    ``seed`` gives the same interval. None when ``resamples`` is 0 or a sample has fewer than
+    two values (a resample of one value is that value: no interval to speak of).
+    """
+    from scipy.stats import bootstrap
+
+    samples = [np.asarray(s, dtype=np.float64).ravel() for s in samples]
+    if resamples < 0:
+        raise ValueError(f"resamples must be 0 (no interval) or more, got {resamples}")
+    if resamples == 0 or min(s.size for s in samples) < 2:
+        return None
+    result = bootstrap(
+        tuple(samples),
+        statistic,
+        n_resamples=resamples,
+        method="percentile",
+        confidence_level=confidence,
+        vectorized=False,
+        paired=False,
+        batch=100,  # bounds the resampled index arrays' memory for large sets
+        rng=np.random.default_rng(seed),
+    )
+    ci = result.confidence_interval
+    return [float(ci.low), float(ci.high)]
+
+
+def rate_difference(
+    hits_a: np.ndarray, hits_b: np.ndarray, paired: bool, confidence: float = CONFIDENCE
+) -> dict[str, Any]:
+    """Is the rate of true entries in ``hits_a`` different from that in ``hits_b``?
+
+    ``hits_a[i]``: image i of set A counts (e.g. its top-1 is the target class). With
+    ``paired=True`` image i of A and image i of B are a pair (same seed and prompt, so the same
+    starting noise; equal lengths required): the exact McNemar test (a two-sided binomial test
+    of the discordant pairs against 1/2) and Newcombe's paired hybrid score interval (1998b,
+    method 10). Otherwise the two sets are independent samples: Fisher's exact test and
+    Newcombe's hybrid score interval (1998a, method 10). Returns::
+
+        {"delta": rate_a - rate_b, "delta_ci": [lo, hi], "p_value": two-sided p,
+         "test": name of the test, "interval": name of the interval method,
+         "n_a": len(hits_a), "n_b": len(hits_b)}
+    """
+    a = np.asarray(hits_a, dtype=bool).ravel()
+    b = np.asarray(hits_b, dtype=bool).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError("both sets need at least one image")
+    if paired and a.size != b.size:
+        raise ValueError(f"paired sets need equal sizes, got {a.size} and {b.size}")
+    if paired:
+        delta_ci, p_value = _paired_difference(a, b, confidence)
+        test, interval = PAIRED_TEST, PAIRED_INTERVAL
+    else:
+        delta_ci, p_value = _independent_difference(a, b, confidence)
+        test, interval = INDEPENDENT_TEST, INDEPENDENT_INTERVAL
+    return {
+        "delta": float(a.mean() - b.mean()),
+        "delta_ci": [float(max(-1.0, delta_ci[0])), float(min(1.0, delta_ci[1]))],
+        "p_value": p_value,
+        "test": test,
+        "interval": interval,
+        "n_a": int(a.size),
+        "n_b": int(b.size),
+    }
+
+
+def _independent_difference(
+    a: np.ndarray, b: np.ndarray, confidence: float
+) -> tuple[list[float], float]:
+    from scipy.stats import fisher_exact
+
+    hits_a, hits_b = int(a.sum()), int(b.sum())
+    table = [[hits_a, a.size - hits_a], [hits_b, b.size - hits_b]]
+    p_value = float(fisher_exact(table, alternative="two-sided").pvalue)
+    p1, p2 = hits_a / a.size, hits_b / b.size
+    l1, u1 = wilson_interval(hits_a, a.size, confidence)
+    l2, u2 = wilson_interval(hits_b, b.size, confidence)
+    # Square-and-add: each limit combines the two Wilson half-widths on its side.
+    lower = p1 - p2 - np.hypot(p1 - l1, u2 - p2)
+    upper = p1 - p2 + np.hypot(u1 - p1, p2 - l2)
+    return [float(lower), float(upper)], p_value
+
+
+def _paired_difference(
+    a: np.ndarray, b: np.ndarray, confidence: float
+) -> tuple[list[float], float]:
+    from scipy.stats import binomtest
+
+    n = a.size
+    both = int(np.sum(a & b))
+    only_a = int(np.sum(a & ~b))
+    only_b = int(np.sum(~a & b))
+    neither = n - both - only_a - only_b
+    discordant = only_a + only_b
+    # Concordant pairs carry no information on the difference; with none discordant, p = 1.
+    p_value = 1.0 if discordant == 0 else float(binomtest(only_a, discordant, 0.5).pvalue)
+    hits_a, hits_b = both + only_a, both + only_b
+    p1, p2 = hits_a / n, hits_b / n
+    l1, u1 = wilson_interval(hits_a, n, confidence)
+    l2, u2 = wilson_interval(hits_b, n, confidence)
+    # phi: the correlation of the two rates' estimates, continuity-corrected as in Newcombe's
+    # method 10 (0 when a margin is empty or the correlation is small and positive).
+    margins = hits_a * (n - hits_a) * hits_b * (n - hits_b)
+    cross = both * neither - only_a * only_b
+    if margins == 0 or 0 <= cross <= n / 2:
+        phi = 0.0
+    elif cross > n / 2:
+        phi = (cross - n / 2) / np.sqrt(margins)
+    else:
+        phi = cross / np.sqrt(margins)
+    low_a, high_b = p1 - l1, u2 - p2
+    high_a, low_b = u1 - p1, p2 - l2
+    lower = p1 - p2 - np.sqrt(max(0.0, low_a**2 + high_b**2 - 2 * phi * low_a * high_b))
+    upper = p1 - p2 + np.sqrt(max(0.0, low_b**2 + high_a**2 - 2 * phi * low_b * high_a))
+    return [float(lower), float(upper)], p_value
