@@ -392,32 +392,56 @@ def run_command(
         typer.Option("--set", help="key=value or table.key=value, e.g. finetune.steps=10."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="Discard and retrain a fine-tuned arm whose recorded settings differ from CONFIG.",
+        ),
+    ] = False,
 ) -> None:
     """The whole experiment: finetune, sample, score, compare, report (resumes by stage)."""
-    from spurcli.pipeline import run, summary_table
+    from spurcli.pipeline import run
+    from spurcli.summary import summary_table
 
-    result = run(config, sets=sets or ())
+    result = run(config, sets=sets or (), retrain=retrain)
     if not console.is_main_process():
         return
     if as_json:
-        _print_json({"report": str(result.report), "stages": result.stages, **result.summary})
+        _print_json(
+            {
+                "report": str(result.report),
+                "stages": result.stages,
+                "stage_reasons": result.reasons,
+                **result.summary,
+            }
+        )
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table_data = summary_table(result.summary)
-    table = Table(title=f"spurcli run: {result.out}", caption=table_data["caption"])
+    table = Table(title=f"spurcli run: {escape(str(result.out))}", caption=table_data["caption"])
     for i, column in enumerate(table_data["columns"]):
-        table.add_column(column, justify="left" if i == 0 else "right")
+        table.add_column(escape(column), justify="left" if i == 0 else "right", overflow="fold")
+    style = {"pos": "red", "neg": "green", "": ""}
     for row in table_data["rows"]:
-        table.add_row(
-            str(row[0]),
-            *(
-                f"{v:+.3f}" if c.startswith("Δ") else f"{v:.3f}"
-                for c, v in zip(table_data["columns"][1:], row[1:], strict=True)
-            ),
-        )
+        cells = [
+            f"[{style[c['css']]}]{escape(c['text'])}[/]" if c["css"] else escape(c["text"])
+            for c in row[1:]
+        ]
+        table.add_row(escape(str(row[0])), *cells)
     _print_wide(table)
+    for note in result.summary["notes"]:
+        console.stdout.print(note, markup=False, highlight=False)
+    ran = [
+        f"{name} ({result.reasons.get(name, 'ran')})"
+        for name, state in result.stages.items()
+        if state == "ran"
+    ]
     skipped = [name for name, state in result.stages.items() if state == "skipped"]
+    if ran:
+        console.stdout.print("ran: " + "; ".join(ran), markup=False, highlight=False)
     console.stdout.print(
         f"report: {result.report}"
         + (f" ({len(skipped)} stages were up to date)" if skipped else ""),
@@ -587,13 +611,17 @@ def finetune_command(
     options = {k: v for k, v in locals().items() if k not in ("config", "sets")}  # before imports
     from spurcli.config import FinetuneConfig, load_config
     from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR
+    from spurcli.pipeline import finetune_config, is_run_config
     from spurcli.train import finetune
 
     if not options["validation_prompt"]:
         options["validation_prompt"] = None  # not given: keep the file's or the default
-    cfg = load_config(
-        FinetuneConfig, config, section="finetune", sets=sets or (), overrides=options
-    )
+    if config is not None and config.is_file() and is_run_config(config):
+        cfg = finetune_config(config, sets or (), options)  # as `spurcli run` trains it
+    else:
+        cfg = load_config(
+            FinetuneConfig, config, section="finetune", sets=sets or (), overrides=options
+        )
     out = finetune(cfg)
     if console.is_main_process():
         run = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))

@@ -3,32 +3,40 @@
     from spurcli.pipeline import run
     result = run("examples/quickstart.toml")      # -> RunResult(out, report, summary, stages)
     result.stages                                 # {"finetune": "ran", "sample:generated": ...}
+    result.reasons                                # {"finetune": "settings changed: lr", ...}
 
     spurcli run examples/quickstart.toml          # the same from the shell (make demo)
 
 Stages, each writing into the experiment folder ``out`` (top-level key of the config):
 
+    references out/references/{train,held-out}/     the reference folder split by the seed:
+               `train_references` images are trained on, the rest held out for judging
     finetune   out/finetune/ (or [finetune] output_dir)    `spurcli.train.finetune`, resumed
+               out/finetune-dreambooth/: the DreamBooth-only arm, the same settings and seeds
+               with sfsl_weight = 0 (`dreambooth_arm`), so SFSL's own effect can be measured
     sample     out/samples/<set>/                          `spurcli.sample.sample`, per image
-               sets: generated (the prompts with [V] on the tuned model), generated-recontext
-               (the same "on the beach", ...), baseline and baseline-recontext (the untuned
-               model, the same prompts without [V], the same seeds: image i of a baseline
-               starts from the same noise as image i of the tuned model)
+               sets: generated (the prompts with [V] on the SFSL arm), dreambooth (the same on
+               the DreamBooth-only arm), their -recontext variants ("on the beach", ...), and
+               baseline(-recontext) (the untuned model, the prompts without [V]). Every set uses
+               the same seeds: image i of each starts from the same noise, so sets are paired.
     score      out/scores/<set>.json + .csv                `spurcli.score.score_folders`
     features   out/features/<set>/<extractor>.npz          `spurcli.compare.extract_features`
     compare    out/compare/<a>-vs-<b>.json                 `spurcli.compare.similarity`
     report     out/report.html, out/summary.json           `spurcli.report.write_report`
 
-A stage is skipped when its outputs exist and are newer than its inputs (make's rule), so a
-crashed or interrupted run continues where it stopped, and removing an output redoes exactly that
-stage and the ones after it. Finetune and sample keep their own finer-grained resume (checkpoints,
-finished images). The summary says, per classifier, how much more often the generated images
-are put in the target class than the baseline's and the references.
+A stage is up to date when its outputs exist, are newer than its inputs (make's rule) and were
+made with the settings the config asks for now (a settings stamp beside them, and for finetune
+the run card's recorded config and reference hashes). A stale sample set is made again; a
+finished fine-tuning run whose settings changed is refused unless ``--retrain`` (it may have cost
+GPU hours). ``RunResult.reasons`` (and ``--json``) say per stage why it ran or was skipped.
+The summary (`spurcli.summary`) puts SFSL, DreamBooth-only and the untuned baseline side by side
+per classifier, every rate with its Wilson interval and every difference tested.
 
 The config file: top-level keys shared by the stages (``out``, ``model``, ``target``,
 ``class_noun``, ``instance_dir``, ``identifier``, ``seed``, and the run's own ``title``,
-``recontext``, ``baseline``) and the tables ``[finetune]`` (read by `spurcli finetune` too),
-``[sample]`` and ``[compare]`` (the options of those commands). See examples/quickstart.toml.
+``recontext``, ``baseline``, ``dreambooth_arm``, ``train_references``, ``exclude_circular``) and
+the tables ``[finetune]`` (read by `spurcli finetune` too), ``[sample]`` and ``[compare]`` (the
+options of those commands). See examples/quickstart.toml.
 """
 
 from __future__ import annotations
@@ -37,26 +45,34 @@ import csv
 import json
 import logging
 import os
+import random
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from spurcli.config import MAYBE_PATH, FinetuneConfig, load_config, read_toml
+from spurcli.config import MAYBE_PATH, FinetuneConfig, load_config, read_toml, to_dict
 from spurcli.diffusion import DEFAULT_MODEL
-from spurcli.errors import UsageError
+from spurcli.errors import SpurcliError, UsageError
 
 log = logging.getLogger(__name__)
 
 TABLES = ("finetune", "sample", "compare")
-REFERENCES = "references"
+REFERENCES = "references"  # the held-out references (all of them when none could be held out)
+TRAIN_REFERENCES = "references-train"  # the references the arms were trained on
+SFSL_ARM, DREAMBOOTH_ARM = "generated", "dreambooth"
 LABELS = {
-    "generated": "generated",
-    "generated-recontext": "generated (recontext)",
+    "generated": "SFSL",
+    "generated-recontext": "SFSL (recontext)",
+    "dreambooth": "DreamBooth only",
+    "dreambooth-recontext": "DreamBooth only (recontext)",
     "baseline": "baseline",
     "baseline-recontext": "baseline (recontext)",
-    REFERENCES: "references",
+    REFERENCES: "held-out references",
+    TRAIN_REFERENCES: "training references",
 }
 
 
@@ -74,6 +90,15 @@ class RunConfig:
     title: str | None = None  # report title; default "<target>: <class_noun>"
     recontext: bool = True  # also sample every prompt in the recontextualisation settings
     baseline: bool = True  # also sample the untuned model (prompts without [V])
+    # Train on this many references (drawn by the seed) and judge the generated images against
+    # the others: DreamBooth recipes use 3-5 images. 0 trains on all and holds none out.
+    train_references: int = 5
+    # Also train DreamBooth alone (sfsl_weight 0, the same settings and seeds): without that
+    # arm nothing says what SFSL adds over DreamBooth.
+    dreambooth_arm: bool = True
+    # A victim classifier that is also the SFSL extractor (same model and weights) was trained
+    # against: it is marked, and kept out of the consensus unless this is false.
+    exclude_circular: bool = True
 
 
 @dataclass
@@ -86,6 +111,12 @@ class Experiment:
     compare: Any  # CompareConfig
     path: Path
 
+    @cached_property
+    def split(self) -> ReferenceSplit:
+        """The references trained on and held out (reads the reference folder once)."""
+        source = Path(self.run.instance_dir)  # type: ignore[arg-type]
+        return split_references(source, self.run.train_references, self.run.seed)
+
     @property
     def out(self) -> Path:
         return Path(self.run.out)  # type: ignore[arg-type]
@@ -94,33 +125,120 @@ class Experiment:
     def finetune_dir(self) -> Path:
         return Path(self.finetune.output_dir)  # type: ignore[arg-type]
 
-    def sample_sets(self) -> dict[str, tuple[bool, list[str]]]:
-        """set name -> (tuned model?, prompt templates)."""
+    def arms(self) -> dict[str, FinetuneConfig]:
+        """Sample-set name -> the fine-tuning run behind it (SFSL, and DreamBooth alone)."""
+        arms = {SFSL_ARM: self.finetune}
+        if self.run.dreambooth_arm and self.finetune.sfsl_weight != 0:
+            folder = self.finetune_dir.with_name(self.finetune_dir.name + "-dreambooth")
+            arms[DREAMBOOTH_ARM] = replace(self.finetune, sfsl_weight=0.0, output_dir=folder)
+        return arms
+
+    def sample_sets(self) -> dict[str, tuple[str | None, list[str]]]:
+        """set name -> (the arm whose model samples it, None: the base model; prompts)."""
         from spurcli.sample import with_recontext, without_identifier
 
         prompts = list(self.sample.prompts)
         places = with_recontext(prompts)[len(prompts) :]
-        sets = {"generated": (True, prompts)}
-        if self.run.recontext:
-            sets["generated-recontext"] = (True, places)
-        if self.run.baseline:
-            sets["baseline"] = (False, [without_identifier(p) for p in prompts])
+        sets: dict[str, tuple[str | None, list[str]]] = {}
+        for arm in self.arms():
+            sets[arm] = (arm, prompts)
             if self.run.recontext:
-                sets["baseline-recontext"] = (False, [without_identifier(p) for p in places])
+                sets[f"{arm}-recontext"] = (arm, places)
+        if self.run.baseline:
+            sets["baseline"] = (None, [without_identifier(p) for p in prompts])
+            if self.run.recontext:
+                sets["baseline-recontext"] = (None, [without_identifier(p) for p in places])
         return sets
+
+    def reference_sets(self) -> list[str]:
+        return [REFERENCES, TRAIN_REFERENCES] if self.split.held_out else [REFERENCES]
 
     def set_dir(self, name: str) -> Path:
         if name == REFERENCES:
-            return Path(self.run.instance_dir)  # type: ignore[arg-type]
+            return self.out / "references" / ("held-out" if self.split.held_out else "train")
+        if name == TRAIN_REFERENCES:
+            return self.out / "references" / "train"
         return self.out / "samples" / name
 
     def comparisons(self) -> list[tuple[str, str]]:
-        pairs = [("generated", REFERENCES)]
+        arms = list(self.arms())
+        pairs = [(arm, REFERENCES) for arm in arms]
+        if DREAMBOOTH_ARM in arms:
+            pairs.append((SFSL_ARM, DREAMBOOTH_ARM))  # SFSL's own contribution
+        if self.split.held_out:
+            pairs.append((SFSL_ARM, TRAIN_REFERENCES))  # the memorisation check
         if self.run.baseline:
-            pairs.append(("generated", "baseline"))
+            pairs += [(arm, "baseline") for arm in arms]
             if self.run.recontext:
-                pairs.append(("generated-recontext", "baseline-recontext"))
+                pairs += [(f"{arm}-recontext", "baseline-recontext") for arm in arms]
         return pairs
+
+    def circular(self) -> list[str]:
+        """Victim classifiers that are the SFSL extractor itself (same model, same weights)."""
+        if self.finetune.sfsl_weight == 0:
+            return []
+        from spurcli import plugins
+        from spurcli.score import parse_weights
+
+        def identity(registry: Any, name: str) -> tuple[str, str | None]:
+            entry, variant = registry.resolve(name)
+            return entry.name, variant
+
+        extractor = identity(plugins.extractors(), self.finetune.extractor)
+        weights = parse_weights(self.compare.weights)
+        return [
+            name
+            for name in self.compare.classifiers
+            if identity(plugins.classifiers(), name) == extractor
+            and weights.get(name) == self.finetune.extractor_weights
+        ]
+
+
+@dataclass(frozen=True)
+class ReferenceSplit:
+    """The reference images, split by the seed into those trained on and those held out."""
+
+    source: Path
+    train: list[Path]
+    held_out: list[Path]
+
+    def to_json(self) -> dict[str, Any]:
+        from spurcli.images import sha256_file
+
+        def files(paths: list[Path]) -> list[dict[str, str]]:
+            return [
+                {"file": p.relative_to(self.source).as_posix(), "sha256": sha256_file(p)}
+                for p in paths
+            ]
+
+        return {
+            "source": str(self.source),
+            "train": files(self.train),
+            "held_out": files(self.held_out),
+        }
+
+
+def split_references(source: Path, n_train: int, seed: int) -> ReferenceSplit:
+    """``n_train`` images of ``source`` (drawn by ``seed``) to train on, the rest held out.
+
+    ``n_train`` 0, or not fewer than the images there are, trains on all and holds none out.
+    """
+    from spurcli.images import find_images
+
+    files = find_images(source)
+    if n_train <= 0 or n_train >= len(files):
+        if n_train > 0:
+            log.warning(
+                "%s holds %d reference images and train_references is %d: none is held out, "
+                "so the generated images are judged against the images they were trained on",
+                source,
+                len(files),
+                n_train,
+            )
+        return ReferenceSplit(source, files, [])
+    chosen = set(random.Random(seed).sample(range(len(files)), n_train))
+    train = [f for i, f in enumerate(files) if i in chosen]
+    return ReferenceSplit(source, train, [f for i, f in enumerate(files) if i not in chosen])
 
 
 def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> Experiment:
@@ -155,11 +273,13 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
     for name in ("out", "target", "class_noun", "instance_dir"):
         if getattr(run, name) in (None, ""):
             raise UsageError(f"{path}: `{name}` is required at the top of a run config")
+    if run.train_references < 0:
+        raise UsageError(f"{path}: train_references must be 0 (all) or more")
     shared = {
         "model": run.model,
         "target": run.target,
         "class_noun": run.class_noun,
-        "instance_dir": run.instance_dir,
+        "instance_dir": run.out / "references" / "train",  # type: ignore[operator]
         "identifier": run.identifier,
         "seed": run.seed,
     }
@@ -178,7 +298,17 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
         return replace(cfg, **{k: v for k, v in shared.items() if k in fields and k not in given})
 
     finetune = section(FinetuneConfig, "finetune")
-    finetune = replace(finetune, output_dir=_norm(finetune.output_dir) or run.out / "finetune")  # type: ignore[operator]
+    if "instance_dir" in {k.replace("-", "_") for k in data.get("finetune", {})}:
+        raise UsageError(
+            f"{path}: [finetune] instance_dir is set by the run (the training share of the "
+            "top-level instance_dir); remove it from the table"
+        )
+    finetune = replace(
+        finetune,
+        output_dir=_norm(finetune.output_dir) or run.out / "finetune",  # type: ignore[operator]
+        # Both arms share the prior images (the frozen model's, the same for both).
+        class_dir=_norm(finetune.class_dir) or run.out / "class-images",  # type: ignore[operator]
+    )
     sample = section(SampleConfig, "sample")
     if not sample.prompts:
         from spurcli.train import fill_prompt
@@ -191,6 +321,31 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
     if not compare.classifiers:
         raise UsageError(f'{path}: [compare] classifiers is required, e.g. ["resnet", "clip"]')
     return Experiment(run=run, finetune=finetune, sample=sample, compare=compare, path=path)
+
+
+def is_run_config(path: str | os.PathLike[str]) -> bool:
+    """A `spurcli run` config: an experiment folder ``out`` at its top level."""
+    return isinstance(read_toml(Path(path)).get("out"), str)
+
+
+def finetune_config(
+    path: str | os.PathLike[str], sets: Sequence[str] = (), options: dict[str, Any] | None = None
+) -> FinetuneConfig:
+    """`spurcli finetune RUN_CONFIG`: the SFSL arm exactly as `run` trains it (into
+    ``<out>/finetune`` unless the table says otherwise, on the training share of the references,
+    which this writes into ``<out>/references/``), with ``options`` (set ones) winning.
+
+    ``sets`` are finetune keys (``lr=1e-5``) or, with a table, any of the run's
+    (``sample.n=4``), so one file and one syntax serve both commands.
+    """
+    from spurcli.console import is_main_process
+
+    exp = load_experiment(
+        path, [s if "." in s.partition("=")[0] else f"finetune.{s}" for s in sets]
+    )
+    run_references(exp, Stages(), is_main_process())
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    return load_config(FinetuneConfig, None, overrides={**to_dict(exp.finetune), **given})
 
 
 def _norm(path: Path | None) -> Path | None:
@@ -206,6 +361,7 @@ class RunResult:
     report: Path
     summary: dict[str, Any]
     stages: dict[str, str] = field(default_factory=dict)  # stage -> "ran" or "skipped"
+    reasons: dict[str, str] = field(default_factory=dict)  # stage -> why it ran or was skipped
 
 
 def _mtime(paths: Iterable[Path]) -> float:
@@ -222,23 +378,34 @@ def _mtime(paths: Iterable[Path]) -> float:
     return newest
 
 
+def staleness(
+    outputs: Sequence[Path], inputs: Sequence[Path], stamp: dict[str, Any] | None = None
+) -> str | None:
+    """Why the outputs are stale, or None when they are up to date: all exist, none is older
+    than any input (make's rule), and they were made with the settings in ``stamp`` (kept in a
+    ``<first output>.stamp.json`` next to them)."""
+    missing = [p for p in outputs if not p.exists()]
+    if missing:
+        return f"no {missing[0].name} yet"
+    if stamp is not None:
+        try:
+            made = json.loads(_stamp_path(outputs[0]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "no record of the settings it was made with"
+        now = json.loads(json.dumps(stamp, default=str))
+        changed = sorted(k for k in {*made, *now} if made.get(k) != now.get(k))
+        if changed:
+            return "settings changed: " + ", ".join(changed)
+    if min(p.stat().st_mtime for p in outputs) < _mtime(inputs):
+        return "inputs changed"
+    return None
+
+
 def fresh(
     outputs: Sequence[Path], inputs: Sequence[Path], stamp: dict[str, Any] | None = None
 ) -> bool:
-    """All outputs exist, none is older than any input (make's rule), and they were made with
-    the settings in ``stamp`` (kept in a ``<first output>.stamp.json`` next to them)."""
-    if not all(p.exists() for p in outputs):
-        return False
-    if stamp is not None:
-        path = _stamp_path(outputs[0])
-        try:
-            if json.loads(path.read_text(encoding="utf-8")) != json.loads(
-                json.dumps(stamp, default=str)
-            ):
-                return False
-        except (OSError, ValueError):
-            return False
-    return min(p.stat().st_mtime for p in outputs) >= _mtime(inputs)
+    """`staleness` is None: the outputs are up to date."""
+    return staleness(outputs, inputs, stamp) is None
 
 
 def _stamp_path(output: Path) -> Path:
@@ -256,21 +423,37 @@ def _slug(name: str) -> str:
 
 
 class Stages:
-    """Runs or skips each stage, and records which."""
+    """Runs or skips each stage, and records which and why."""
 
     def __init__(self) -> None:
         self.done: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}
 
-    def skip(self, name: str) -> None:
-        log.info("%s: up to date, skipped", name)
-        self.done[name] = "skipped"
+    def skip(self, name: str, why: str = "up to date") -> None:
+        log.info("%s: %s, skipped", name, why)
+        self.done[name], self.reasons[name] = "skipped", why
 
-    def ran(self, name: str) -> None:
-        self.done[name] = "ran"
+    def ran(self, name: str, why: str = "not made yet") -> None:
+        self.done[name], self.reasons[name] = "ran", why
+
+    def check(self, name: str, why: str | None) -> bool:
+        """Skip the stage when ``why`` (its staleness) is None; True when it must run."""
+        if why is None:
+            self.skip(name)
+            return False
+        log.info("%s: %s", name, why)
+        self.reasons[name] = why
+        return True
 
 
-def run(path: str | os.PathLike[str], *, sets: Sequence[str] = ()) -> RunResult:
-    """Run (or continue) the experiment described by the config file at ``path``."""
+def run(
+    path: str | os.PathLike[str], *, sets: Sequence[str] = (), retrain: bool = False
+) -> RunResult:
+    """Run (or continue) the experiment described by the config file at ``path``.
+
+    ``retrain``: a finished fine-tuning arm whose recorded settings differ from the config is
+    discarded and trained again (without it, that is an error: it may have cost GPU hours).
+    """
     from spurcli import console
 
     exp = load_experiment(path, sets)
@@ -281,61 +464,176 @@ def run(path: str | os.PathLike[str], *, sets: Sequence[str] = ()) -> RunResult:
         plugins.classifiers().resolve(name)
     for name in exp.compare.extractors:
         plugins.extractors().resolve(name)
-    from spurcli.images import find_images
-
-    find_images(exp.run.instance_dir)  # type: ignore[arg-type]
+    for arm in exp.arms().values():
+        arm.check()
     exp.out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
     main = console.is_main_process()
 
-    run_finetune(exp, stages)
+    run_references(exp, stages, main)
+    for arm in exp.arms():
+        run_finetune(exp, arm, stages, retrain=retrain)
     run_sampling(exp, stages)
     run_scoring(exp, stages, main)
     run_features(exp, stages, main)
     run_comparisons(exp, stages, main)
     report, summary = run_report(exp, stages, main)
-    return RunResult(out=exp.out, report=report, summary=summary, stages=stages.done)
+    return RunResult(
+        out=exp.out, report=report, summary=summary, stages=stages.done, reasons=stages.reasons
+    )
 
 
-def run_finetune(exp: Experiment, stages: Stages) -> None:
+def run_references(exp: Experiment, stages: Stages, main: bool) -> None:
+    """Copy the split into out/references/{train,held-out} (what finetune and score read)."""
+    from spurcli.fileio import atomic_dir, write_json
+
+    record = exp.out / "references" / "split.json"
+    split = exp.split.to_json()
+    try:
+        same = json.loads(record.read_text(encoding="utf-8")) == split
+    except (OSError, ValueError):
+        same = False
+    if same:
+        stages.skip("references")
+        return
+    if main:
+        for name, files in (("train", exp.split.train), ("held-out", exp.split.held_out)):
+            target = exp.out / "references" / name
+            if not files:
+                shutil.rmtree(target, ignore_errors=True)
+                continue
+            with atomic_dir(target) as tmp:
+                for file in files:
+                    copy = tmp / file.relative_to(exp.split.source)
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(file, copy)
+        write_json(record, split)
+    _barrier(exp.compare.device)
+    n_train, n_held = len(exp.split.train), len(exp.split.held_out)
+    stages.ran("references", f"{n_train} to train on, {n_held} held out")
+
+
+def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
+    """Options of ``cfg`` that differ from a run's recorded config (those that change weights)."""
+    from spurcli.checkpoints import RESUME_FREE
+
+    now = to_dict(cfg)
+    free = RESUME_FREE | {"class_dir"}
+    return sorted(k for k in now if k not in free and recorded.get(k, now[k]) != now[k])
+
+
+def run_finetune(exp: Experiment, arm: str, stages: Stages, *, retrain: bool = False) -> None:
+    from spurcli.checkpoints import STEP_FREE_SCHEDULES
     from spurcli.diffusion import RUN_FILE
+    from spurcli.images import sha256_file
     from spurcli.train import finetune
 
-    info_path = exp.finetune_dir / RUN_FILE
+    cfg = exp.arms()[arm]
+    folder = Path(cfg.output_dir)  # type: ignore[arg-type]
+    name = "finetune" if arm == SFSL_ARM else f"finetune:{arm}"
+    info_path = folder / RUN_FILE
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    if info.get("status") == "finished" and info.get("steps_done", 0) >= exp.finetune.steps:
-        stages.skip("finetune")
-        return
-    log.info("finetune: %s", exp.finetune_dir)
-    finetune(replace(exp.finetune, resume="latest"))  # continues from the last checkpoint
-    stages.ran("finetune")
+    why = None
+    if info:
+        changed = _changed_settings(info.get("config", {}), cfg)
+        refs = sorted(sha256_file(p) for p in exp.split.train)
+        if sorted(r["sha256"] for r in info.get("references", [])) != refs:
+            changed.append("reference images")
+        done = info.get("steps_done", 0)
+        if not changed and done > cfg.steps:
+            changed.append(f"steps (trained {done}, asked {cfg.steps})")
+        elif (
+            not changed
+            and done < cfg.steps
+            and cfg.lr_scheduler not in STEP_FREE_SCHEDULES
+            and info.get("status") == "finished"
+        ):
+            changed.append(f"steps (trained {done} with a {cfg.lr_scheduler} schedule)")
+        if changed:
+            if not retrain:
+                raise SpurcliError(
+                    f"{folder} was trained with other settings ({', '.join(changed)}) than "
+                    f"{exp.path} asks for now; run again with --retrain to discard it and train "
+                    "anew, or restore the settings"
+                )
+            log.warning("%s: discarding %s (%s)", name, folder, ", ".join(changed))
+            shutil.rmtree(folder)
+            why = "retrained: " + ", ".join(changed)
+        elif info.get("status") == "finished" and done >= cfg.steps:
+            stages.skip(name)
+            return
+        else:
+            why = f"resumed at step {done}" if info.get("status") != "finished" else "more steps"
+    log.info("%s: %s", name, folder)
+    finetune(replace(cfg, resume="latest"))  # continues from the last checkpoint
+    stages.ran(name, why or "not made yet")
+
+
+def _sample_config(exp: Experiment, name: str) -> Any:
+    from spurcli.sample import SampleConfig
+
+    arm, prompts = exp.sample_sets()[name]
+    model = exp.arms()[arm].output_dir if arm else exp.run.model
+    config: SampleConfig = replace(exp.sample, model=str(model), prompts=prompts)
+    return replace(config, out=exp.set_dir(name), recontext=False)
+
+
+def _model_stamp(exp: Experiment, arm: str | None) -> Any:
+    """What identifies the model a set is sampled from: the base model's name, or the arm's run
+    (its config, steps and finishing time: a retrained arm is another model)."""
+    from spurcli.diffusion import RUN_FILE
+
+    if arm is None:
+        return exp.run.model
+    info_path = Path(exp.arms()[arm].output_dir) / RUN_FILE  # type: ignore[arg-type]
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    return {k: info.get(k) for k in ("config", "steps_done", "seconds", "references")}
+
+
+SAMPLE_STAMP_KEYS = (
+    "prompts", "n", "seed", "steps", "guidance", "negative_prompt", "scheduler", "height",
+    "width", "batch_size", "dtype",
+)  # fmt: skip
 
 
 def run_sampling(exp: Experiment, stages: Stages) -> None:
+    from spurcli.console import is_main_process
     from spurcli.diffusion import load_pipeline, resolve_model
-    from spurcli.sample import count_missing, sample
+    from spurcli.sample import MANIFEST, count_missing, sample
 
-    tuned_ref = resolve_model(exp.finetune_dir)
-    base_ref = resolve_model(exp.run.model)
-    pipes: dict[bool, Any] = {}
-    for name, (tuned, prompts) in exp.sample_sets().items():
-        ref = tuned_ref if tuned else base_ref
-        config = replace(exp.sample, model=str(exp.finetune_dir if tuned else exp.run.model))
-        config = replace(config, prompts=prompts, out=exp.set_dir(name), recontext=False)
-        identifier = ref.identifier if tuned else None
-        if not count_missing(config, identifier):
+    pipes: dict[str | None, Any] = {}
+    for name, (arm, prompts) in exp.sample_sets().items():
+        config = _sample_config(exp, name)
+        ref = resolve_model(config.model)
+        manifest = Path(config.out) / MANIFEST
+        stamp = {
+            "model": _model_stamp(exp, arm),
+            **{k: getattr(config, k) for k in SAMPLE_STAMP_KEYS},
+        }
+        # The stamp is written before the first image, so an interrupted set resumes image by
+        # image; images made by another model or with other settings are made again.
+        why = staleness([manifest], [], stamp) if manifest.is_file() else None
+        if why is not None:
+            log.info("sample:%s: %s; sampling the set again", name, why)
+            if is_main_process():
+                shutil.rmtree(config.out)
+            _barrier(exp.compare.device)
+        missing = count_missing(config, ref.identifier)
+        if not missing:
             stages.skip(f"sample:{name}")
             continue
-        if tuned not in pipes:
+        if is_main_process():
+            write_stamp(manifest, stamp)
+        if arm not in pipes:
             pipes.clear()  # one pipeline in memory at a time
-            pipes[tuned] = load_pipeline(ref)
+            pipes[arm] = load_pipeline(ref)
         log.info("sample:%s: %d prompts x %d images", name, len(prompts), config.n)
-        sample(config, pipe=pipes[tuned], model_ref=ref)
-        stages.ran(f"sample:{name}")
+        sample(config, pipe=pipes[arm], model_ref=ref)
+        stages.ran(f"sample:{name}", why or f"{missing} images to make")
 
 
 def _all_sets(exp: Experiment) -> list[str]:
-    return [*exp.sample_sets(), REFERENCES]
+    return [*exp.sample_sets(), *exp.reference_sets()]
 
 
 def _score_paths(exp: Experiment, name: str) -> tuple[Path, Path]:
@@ -354,7 +652,8 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
     }
     names = _all_sets(exp)
     real = [cfg.real] if cfg.real else []
-    stale = [n for n in names if not fresh(_score_paths(exp, n), [exp.set_dir(n), *real], stamp)]
+    why = {n: staleness(_score_paths(exp, n), [exp.set_dir(n), *real], stamp) for n in names}
+    stale = [n for n in names if why[n] is not None]
     if stale:
         # One pass over every set to score: the real images are decoded and scored once for all.
         results = score_folders(
@@ -375,7 +674,7 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
                 write_stamp(json_path, stamp)
     for name in names:
         if name in stale:
-            stages.ran(f"score:{name}")
+            stages.ran(f"score:{name}", why[name])  # type: ignore[arg-type]
         else:
             stages.skip(f"score:{name}")
     _barrier(cfg.device)
@@ -396,16 +695,17 @@ def run_features(exp: Experiment, stages: Stages, main: bool) -> None:
     def stamp(extractor: str) -> dict[str, Any]:
         return {"extractor": extractor, "weights": weights.get(extractor)}
 
-    todo = [
-        (name, extractor)
+    why = {
+        (name, extractor): staleness(
+            [_feature_path(exp, name, extractor)], [exp.set_dir(name)], stamp(extractor)
+        )
         for extractor in cfg.extractors
         for name in needed
-        if not fresh([_feature_path(exp, name, extractor)], [exp.set_dir(name)], stamp(extractor))
-    ]
-    for extractor in cfg.extractors:
-        for name in needed:
-            if (name, extractor) not in todo:
-                stages.skip(f"features:{name}:{extractor}")
+    }
+    todo = [key for key, reason in why.items() if reason is not None]
+    for (name, extractor), reason in why.items():
+        if reason is None:
+            stages.skip(f"features:{name}:{extractor}")
     if not todo:
         return
     wanted = sorted({e for _, e in todo}, key=cfg.extractors.index)
@@ -428,7 +728,7 @@ def run_features(exp: Experiment, stages: Stages, main: bool) -> None:
             _feature_path(exp, name, extractor).parent.mkdir(parents=True, exist_ok=True)
             features.save(_feature_path(exp, name, extractor))
             write_stamp(_feature_path(exp, name, extractor), stamp(extractor))
-        stages.ran(f"features:{name}:{extractor}")
+        stages.ran(f"features:{name}:{extractor}", why[(name, extractor)])  # type: ignore[arg-type]
     _barrier(cfg.device)
 
 
@@ -455,8 +755,8 @@ def run_comparisons(exp: Experiment, stages: Stages, main: bool) -> None:
         out = _compare_path(exp, a, b)
         inputs = [*_score_paths(exp, a), *_score_paths(exp, b)]
         inputs += [_feature_path(exp, s, e) for s in (a, b) for e in exp.compare.extractors]
-        if fresh([out], inputs, {"extractors": exp.compare.extractors}):
-            stages.skip(f"compare:{a}-vs-{b}")
+        why = staleness([out], inputs, {"extractors": exp.compare.extractors})
+        if not stages.check(f"compare:{a}-vs-{b}", why):
             continue
         sims = {
             e: similarity(
@@ -478,100 +778,34 @@ def run_comparisons(exp: Experiment, stages: Stages, main: bool) -> None:
         if main:
             write_json(out, result.report_data())
             write_stamp(out, {"extractors": exp.compare.extractors})
-        stages.ran(f"compare:{a}-vs-{b}")
-
-
-def summarize(exp: Experiment) -> dict[str, Any]:
-    """Per classifier: each set's spurious rate and mean p_target, and the generated set's
-    difference to the baseline and to the references (the run's answer)."""
-    scores = {
-        name: json.loads(_score_paths(exp, name)[0].read_text(encoding="utf-8"))
-        for name in _all_sets(exp)
-    }
-    sets = list(scores)
-    target = scores["generated"]["target"]
-    per_classifier: dict[str, Any] = {}
-    for clf in exp.compare.classifiers:
-        entry: dict[str, Any] = {"weights": scores["generated"]["classifiers"][clf]["weights"]}
-        for key in ("spurious_rate", "mean_target_prob"):
-            entry[key] = {s: scores[s]["classifiers"][clf][key] for s in sets}
-        rate = entry["spurious_rate"]
-        entry["more_spurious_than_references"] = rate["generated"] - rate[REFERENCES]
-        if "baseline" in rate:
-            entry["more_spurious_than_baseline"] = rate["generated"] - rate["baseline"]
-        if "baseline-recontext" in rate:
-            entry["recontext_more_spurious_than_baseline"] = (
-                rate["generated-recontext"] - rate["baseline-recontext"]
-            )
-        per_classifier[clf] = entry
-    consensus = {s: scores[s]["consensus"]["all"] for s in sets}
-    return {
-        "target": target,
-        "n_images": {s: scores[s]["n_images"] for s in sets},
-        "classifiers": per_classifier,
-        "consensus_all": consensus,
-    }
-
-
-def summary_table(summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary as columns/rows for the report and the terminal."""
-    sets = list(summary["n_images"])
-    deltas = [
-        ("Δ vs baseline", "more_spurious_than_baseline"),
-        ("Δ vs references", "more_spurious_than_references"),
-        ("Δ recontext vs baseline", "recontext_more_spurious_than_baseline"),
-    ]
-    first = next(iter(summary["classifiers"].values()))
-    deltas = [(title, key) for title, key in deltas if key in first]
-    columns = ["classifier", *(f"{LABELS[s]} ({summary['n_images'][s]})" for s in sets)]
-    columns += [title for title, _ in deltas]
-    rows = []
-    for clf, entry in summary["classifiers"].items():
-        name = f"{clf} (random weights)" if entry["weights"] == "random" else clf
-        rows.append(
-            [name, *(entry["spurious_rate"][s] for s in sets), *(entry[k] for _, k in deltas)]
-        )
-    consensus = summary["consensus_all"]
-    deltas_all = {
-        "more_spurious_than_baseline": ("generated", "baseline"),
-        "more_spurious_than_references": ("generated", REFERENCES),
-        "recontext_more_spurious_than_baseline": ("generated-recontext", "baseline-recontext"),
-    }
-    rows.append(
-        [
-            "all classifiers (consensus)",
-            *(consensus[s] for s in sets),
-            *(consensus[deltas_all[k][0]] - consensus[deltas_all[k][1]] for _, k in deltas),
-        ]
-    )
-    target = summary["target"]
-    caption = (
-        f"spurious rate: the fraction of each set's images whose top-1 class is {target['index']} "
-        f"{target['name']} (number of images in brackets). Δ: generated minus the other set; "
-        "positive means the fine-tuned model's images fool the classifier more often."
-    )
-    return {"columns": columns, "rows": rows, "caption": caption}
+        stages.ran(f"compare:{a}-vs-{b}", why)  # type: ignore[arg-type]
 
 
 def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[str, Any]]:
     from spurcli.fileio import write_json
     from spurcli.report import write_report
+    from spurcli.summary import summarize, summary_table
 
     report, summary_path = exp.out / "report.html", exp.out / "summary.json"
     comparisons = [_compare_path(exp, a, b) for a, b in exp.comparisons()]
     inputs = comparisons + [_score_paths(exp, s)[0] for s in _all_sets(exp)]
     summary = summarize(exp)
-    stamp = {"title": exp.run.title, "report_images": exp.compare.report_images}
-    if fresh([report, summary_path], inputs, stamp):
-        stages.skip("report")
+    stamp = {
+        "title": exp.run.title,
+        "report_images": exp.compare.report_images,
+        "exclude_circular": exp.run.exclude_circular,
+    }
+    if not stages.check("report", staleness([report, summary_path], inputs, stamp)):
         return report, summary
     if main:
         title = exp.run.title or (
             f"spurcli run: {summary['target']['name']} ← {exp.run.class_noun} ({exp.path.name})"
         )
         notes = [
-            f"model {exp.run.model}, fine-tuned in {exp.finetune_dir}; "
-            f"references: {exp.run.instance_dir}; config: {exp.path}"
+            f"model {exp.run.model}; arms: "
+            + ", ".join(f"{LABELS[a]} in {c.output_dir}" for a, c in exp.arms().items())
+            + f"; references: {exp.run.instance_dir}; config: {exp.path}",
+            *summary["notes"],
         ]
         if exp.run.model == "tiny":
             notes.append(
@@ -589,7 +823,7 @@ def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[
             max_images=exp.compare.report_images,
         )
         write_stamp(report, stamp)
-    stages.ran("report")
+    stages.ran("report", stages.reasons.get("report", "not made yet"))
     return report, summary
 
 

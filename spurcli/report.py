@@ -151,8 +151,12 @@ def _summary(summary: dict[str, Any]) -> str:
     for row in summary["rows"]:
         cells = [f'<td class="name">{_e(row[0])}</td>']
         for column, value in zip(summary["columns"][1:], row[1:], strict=True):
-            is_delta = str(column).startswith(("Δ", "+"))
-            cells.append(_delta_cell(value) if is_delta else f"<td>{_num(value)}</td>")
+            if isinstance(value, dict):  # pre-formatted {"text", "css"} (spurcli.summary)
+                cells.append(f'<td class="{_e(value["css"])}">{_e(value["text"])}</td>')
+            elif str(column).startswith(("Δ", "+")):
+                cells.append(_delta_cell(value))
+            else:
+                cells.append(f"<td>{_num(value)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     caption = f'<p class="note">{_e(summary["caption"])}</p>' if summary.get("caption") else ""
     return (

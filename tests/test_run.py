@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spurcli import cli, pipeline
-from spurcli.errors import UsageError
+from spurcli.errors import SpurcliError, UsageError
 from spurcli.pipeline import load_experiment, run
 
 CONFIG = """
@@ -20,6 +21,7 @@ target = "hummingbird"
 class_noun = "flower"
 instance_dir = "refs"
 seed = 3
+train_references = 2
 
 [finetune]
 resolution = 32
@@ -42,8 +44,8 @@ height = 32
 width = 32
 
 [compare]
-classifiers = ["template-linear"]
-weights = ["template-linear=random"]
+classifiers = ["template-linear", "timm:test_resnet"]
+weights = ["template-linear=random", "timm:test_resnet=random"]
 extractors = ["template-linear"]
 extractor_weights = ["template-linear=random"]
 """
@@ -57,7 +59,7 @@ def write_config(folder: Path, text: str = CONFIG) -> Path:
 
     refs = folder / "refs"
     refs.mkdir(parents=True, exist_ok=True)
-    for i, colour in enumerate([(200, 30, 40), (30, 160, 60), (240, 200, 10)]):
+    for i, colour in enumerate([(200, 30, 40), (30, 160, 60), (240, 200, 10), (20, 40, 220)]):
         Image.new("RGB", (40 + 8 * i, 48), colour).save(refs / f"ref{i}.png")
     path = folder / "exp.toml"
     path.write_text(text)
@@ -68,21 +70,73 @@ def test_config_shares_top_level_keys_and_fills_defaults(tmp_path):
     exp = load_experiment(write_config(tmp_path))
     assert exp.out == tmp_path / "out"  # relative to the config file
     assert exp.finetune.output_dir == tmp_path / "out" / "finetune"  # default place
-    assert exp.finetune.instance_dir == tmp_path / "refs" and exp.finetune.seed == 3
+    # The arms train on the training share of the references, copied by the run.
+    assert exp.finetune.instance_dir == tmp_path / "out" / "references" / "train"
+    assert exp.finetune.seed == 3
     assert exp.sample.seed == 3 and exp.sample.model == "tiny"
     assert exp.sample.prompts == ["a photo of [V] flower"]  # the instance prompt, [V] kept
     assert exp.compare.target == "hummingbird"
+    arms = exp.arms()
+    assert list(arms) == ["generated", "dreambooth"]
+    assert arms["dreambooth"].sfsl_weight == 0 and arms["generated"].sfsl_weight == 0.5
+    assert arms["dreambooth"].output_dir == tmp_path / "out" / "finetune-dreambooth"
+    assert arms["dreambooth"].class_dir == arms["generated"].class_dir  # shared prior images
+    assert dataclasses.replace(arms["dreambooth"], sfsl_weight=0.5, output_dir=None) == (
+        dataclasses.replace(arms["generated"], output_dir=None)
+    )  # otherwise identical settings and seeds
     sets = exp.sample_sets()
-    assert list(sets) == ["generated", "generated-recontext", "baseline", "baseline-recontext"]
-    assert sets["baseline"] == (False, ["a photo of flower"])
+    assert list(sets) == [
+        "generated",
+        "generated-recontext",
+        "dreambooth",
+        "dreambooth-recontext",
+        "baseline",
+        "baseline-recontext",
+    ]
+    assert sets["baseline"] == (None, ["a photo of flower"])
+    assert sets["dreambooth"] == ("dreambooth", ["a photo of [V] flower"])
     assert sets["generated-recontext"][1][0] == "a photo of [V] flower on the beach"
     assert exp.comparisons() == [
         ("generated", "references"),
+        ("dreambooth", "references"),
+        ("generated", "dreambooth"),
+        ("generated", "references-train"),
         ("generated", "baseline"),
+        ("dreambooth", "baseline"),
         ("generated-recontext", "baseline-recontext"),
+        ("dreambooth-recontext", "baseline-recontext"),
     ]
-    no_baseline = load_experiment(write_config(tmp_path, "baseline = false\n" + CONFIG))
+    no_baseline = load_experiment(
+        write_config(tmp_path, "baseline = false\ndreambooth_arm = false\n" + CONFIG)
+    )
     assert list(no_baseline.sample_sets()) == ["generated", "generated-recontext"]
+
+
+def test_references_split_by_seed_into_trained_and_held_out(tmp_path):
+    exp = load_experiment(write_config(tmp_path))
+    split = exp.split
+    assert len(split.train) == 2 and len(split.held_out) == 2
+    assert sorted(split.train + split.held_out) == sorted((tmp_path / "refs").glob("*.png"))
+    again = load_experiment(write_config(tmp_path)).split
+    assert again.train == split.train  # deterministic from the seed
+    other = load_experiment(write_config(tmp_path), sets=["seed=11"]).split
+    assert len(other.train) == 2
+    everything = load_experiment(write_config(tmp_path), sets=["train_references=9"]).split
+    assert everything.held_out == [] and len(everything.train) == 4
+    assert load_experiment(
+        write_config(tmp_path), sets=["train_references=9"]
+    ).reference_sets() == ["references"]
+
+
+def test_circular_victims_are_the_sfsl_extractor_with_the_same_weights(tmp_path):
+    exp = load_experiment(write_config(tmp_path))
+    assert exp.circular() == ["template-linear"]  # extractor template-linear, random both
+    other = load_experiment(
+        write_config(tmp_path), sets=['compare.weights=["template-linear=other.pt"]']
+    )
+    assert other.circular() == []
+    no_sfsl = load_experiment(write_config(tmp_path), sets=["finetune.sfsl_weight=0"])
+    assert no_sfsl.circular() == [] and list(no_sfsl.arms()) == ["generated"]
 
 
 def test_set_overrides_top_level_and_tables(tmp_path):
@@ -102,7 +156,10 @@ def test_set_overrides_top_level_and_tables(tmp_path):
         (CONFIG + "\n[scoring]\nx = 1\n", "unknown table [scoring]"),
         (CONFIG.replace('out = "out"', ""), "`out` is required"),
         (CONFIG.replace("seed = 3", "sed = 3"), "did you mean seed"),
-        (CONFIG.replace('classifiers = ["template-linear"]', ""), "classifiers is required"),
+        (
+            CONFIG.replace('classifiers = ["template-linear", "timm:test_resnet"]', ""),
+            "classifiers is required",
+        ),
     ],
 )
 def test_bad_configs(tmp_path, text, message):
@@ -139,32 +196,61 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(path)
     monkeypatch.undo()
-    assert (out / "finetune" / "pipeline" / "model_index.json").is_file()
+    for arm in ("finetune", "finetune-dreambooth"):
+        assert (out / arm / "pipeline" / "model_index.json").is_file()
     assert not (out / "report.html").exists()
+    sfsl_run = json.loads((out / "finetune" / "spurcli-run.json").read_text())
+    db_run = json.loads((out / "finetune-dreambooth" / "spurcli-run.json").read_text())
+    assert sfsl_run["config"]["sfsl_weight"] == 0.5 and db_run["config"]["sfsl_weight"] == 0
+    assert db_run["extractor"] is None and db_run["final_losses"]["loss_sfsl"] == 0
+    split = json.loads((out / "references" / "split.json").read_text())
+    trained = sorted(r["file"] for r in sfsl_run["references"])
+    assert [Path(f).name for f in trained] == [r["file"] for r in split["train"]]
+    assert len(split["held_out"]) == 2 and not {r["file"] for r in split["held_out"]} & {
+        r["file"] for r in split["train"]
+    }
 
     # ...and the next run continues from there.
     result = run(path)
     ran = {k for k, v in result.stages.items() if v == "ran"}
-    assert ran == {
-        "compare:generated-vs-references",
-        "compare:generated-vs-baseline",
-        "compare:generated-recontext-vs-baseline-recontext",
-        "report",
+    assert ran == {f"compare:{a}-vs-{b}" for a, b in load_experiment(path).comparisons()} | {
+        "report"
     }
+    assert result.reasons["compare:generated-vs-baseline"] == "no generated-vs-baseline.json yet"
     assert result.report == out / "report.html" and result.report.is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary == result.summary
     clf = summary["classifiers"]["template-linear"]
+    assert (
+        clf["circular"] is True and summary["classifiers"]["timm:test_resnet"]["circular"] is False
+    )
+    assert summary["consensus"]["classifiers"] == ["timm:test_resnet"]
+    assert "template-linear" in summary["excluded_from_consensus"]
     assert set(clf["spurious_rate"]) == {*pipeline.LABELS}
     rate = clf["spurious_rate"]
-    assert clf["more_spurious_than_baseline"] == pytest.approx(rate["generated"] - rate["baseline"])
+    for pair, test in [
+        ("generated-vs-baseline", "McNemar exact"),
+        ("generated-vs-dreambooth", "McNemar exact"),
+        ("dreambooth-vs-baseline", "McNemar exact"),
+        ("generated-vs-references", "Fisher exact"),
+    ]:
+        diff = clf["differences"][pair]
+        a, b = pair.split("-vs-")
+        assert diff["delta"] == pytest.approx(rate[a] - rate[b]) and diff["test"] == test
+        assert diff["delta_ci"][0] <= diff["delta"] <= diff["delta_ci"][1]
+    lo, hi = clf["spurious_rate_ci"]["generated"]
+    assert lo <= rate["generated"] <= hi
     assert summary["n_images"] == {
         "generated": 2,
         "generated-recontext": 8,
+        "dreambooth": 2,
+        "dreambooth-recontext": 8,
         "baseline": 2,
         "baseline-recontext": 8,
-        "references": 3,
+        "references": 2,
+        "references-train": 2,
     }
+    assert summary["references"]["judged_against"] == "held-out"
     manifest = (out / "samples" / "baseline" / "manifest.jsonl").read_text().splitlines()
     assert json.loads(manifest[0])["prompt"] == "a photo of flower"  # no identifier
     tuned = json.loads(
@@ -173,7 +259,8 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert tuned["prompt"] == "a photo of sks flower"
     assert tuned["seed"] == json.loads(manifest[0])["seed"]  # paired noise
     report = result.report.read_text()
-    assert report.count("<h2") == 1 + 3  # summary + three comparisons
+    assert report.count("<h2") == 1 + 8  # summary + eight comparisons
+    assert "DreamBooth only" in report and "held-out references" in report
 
     # Everything up to date: nothing runs, nothing is rewritten.
     before = snapshot(out)
@@ -199,6 +286,14 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     fourth = run(path)
     assert {k for k, v in fourth.stages.items() if v == "ran"} == {"report"}
     assert "1 of 2 shown" in result.report.read_text()
+
+    # A changed sampler setting makes the sets again; a changed training setting is refused
+    # (a finished arm may have cost GPU hours) until --retrain says to discard it.
+    fifth = run(path, sets=["sample.guidance=3.0"])
+    assert fifth.reasons["sample:baseline"] == "settings changed: guidance"
+    with pytest.raises(SpurcliError, match=r"other settings \(lr\).*--retrain"):
+        run(path, sets=["finetune.lr=2e-3", "sample.guidance=3.0"])
+    assert (out / "finetune" / "pipeline" / "model_index.json").is_file()
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
