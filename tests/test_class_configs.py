@@ -1,0 +1,122 @@
+"""The documented GPU experiment, as shipped, through `spurcli run` on the tiny model.
+
+Every `examples/classes/*.toml` is copied unchanged into a folder laid out like the repository
+(its references where the download script puts them) and run end to end with only the model,
+the weights, the sizes and the counts overridden: hub-only classifiers are swapped for offline
+ones of the same kind. Everything else (fp16, checkpointing, SFSL on the robust ResNet-50, the
+DreamBooth-only arm, held-out references, the circular victim) runs as a GPU user gets it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from spurcli.pipeline import load_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "examples" / "classes").glob("*.toml"))
+# Hub-only victims -> offline ones (random weights); robust-resnet50 stays itself, random.
+OFFLINE = {"resnet": "timm:test_resnet", "vit": "timm:test_vit", "clip": "effnet-lite0"}
+RANDOM = ("timm:test_resnet", "timm:test_vit", "robust-resnet50")
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+
+def overrides(config: Path) -> list[str]:
+    exp = load_experiment(config)
+    victims = [OFFLINE.get(c, c) for c in exp.compare.classifiers]
+    extractors = [OFFLINE.get(e, e) for e in exp.compare.extractors]
+    toml_list = lambda items: "[" + ", ".join(f'"{i}"' for i in items) + "]"  # noqa: E731
+    return [
+        "model=tiny",
+        "finetune.resolution=32",
+        "finetune.steps=1",
+        "finetune.num_class_images=1",
+        "finetune.class_inference_steps=1",
+        "finetune.class_batch_size=1",
+        "finetune.extractor_weights=random",
+        "finetune.checkpoint_every=1",
+        "finetune.validate_every=0",
+        "sample.n=1",
+        "sample.steps=1",
+        "sample.batch_size=2",
+        "sample.height=32",
+        "sample.width=32",
+        f"compare.classifiers={toml_list(victims)}",
+        f"compare.weights={toml_list(f'{v}=random' for v in victims if v in RANDOM)}",
+        f"compare.extractors={toml_list(extractors)}",
+        f"compare.extractor_weights={toml_list(f'{e}=random' for e in extractors if e in RANDOM)}",
+        "compare.batch_size=8",
+        "compare.report_images=2",
+    ]
+
+
+def repository_copy(config: Path, root: Path) -> Path:
+    """The config, byte for byte, where it lives in the repository, and 7 reference images
+    where the download script would have put them (5 trained on, 2 held out)."""
+    import skimage.data
+    from PIL import Image
+
+    copy = root / "examples" / "classes" / config.name
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(config, copy)
+    refs = load_experiment(copy).run.instance_dir
+    refs.mkdir(parents=True)
+    photo = skimage.data.coffee()
+    for i in range(7):
+        crop = photo[i * 40 : i * 40 + 120, i * 50 : i * 50 + 160]
+        Image.fromarray(crop).resize((40, 30)).save(refs / f"{i}.jpg")
+    return copy
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_class_config_runs_end_to_end(config, tmp_path, cli_main):
+    copy = repository_copy(config, tmp_path)
+    assert copy.read_bytes() == config.read_bytes()
+    sets = [arg for item in overrides(copy) for arg in ("--set", item)]
+    code, out, err = cli_main("-q", "run", str(copy), *sets, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    exp = load_experiment(copy)
+    assert result["references"]["judged_against"] == "held-out"
+    assert len(result["references"]["train"]) == exp.run.train_references == 5
+    assert set(result["arms"]) == {"generated", "dreambooth"}
+    robust = result["classifiers"]["robust-resnet50"]
+    assert robust["circular"] is True  # the SFSL extractor is also a victim
+    assert "robust-resnet50" not in result["consensus"]["classifiers"]
+    assert robust["differences"]["generated-vs-dreambooth"]["test"] == "McNemar exact"
+    run_dir = exp.out
+    assert (run_dir / "report.html").is_file()
+    card = json.loads((run_dir / "finetune" / "spurcli-run.json").read_text())
+    assert card["config"]["mixed_precision"] == "fp16" and card["config"]["gradient_checkpointing"]
+
+
+def test_finetune_reads_a_class_config_as_run_does(tmp_path, cli_main):
+    """`spurcli finetune CONFIG` on a run config: out/finetune, on the training references."""
+    copy = repository_copy(CONFIGS[0], tmp_path)
+    sets = [f"--set={s.removeprefix('finetune.')}" for s in overrides(copy)]
+    sets = [s for s in sets if not re.match(r"--set=(sample|compare)\.", s)]
+    code, _, err = cli_main("-q", "finetune", str(copy), *sets)
+    assert code == 0, err
+    exp = load_experiment(copy)
+    card = json.loads((exp.out / "finetune" / "spurcli-run.json").read_text())
+    assert (
+        len(card["references"]) == 5 and card["config"]["sfsl_weight"] == exp.finetune.sfsl_weight
+    )
+
+
+def test_readme_install_line_is_the_tested_environment():
+    """The paper-reproduction install line names every plugin the test environment installs."""
+    makefile = (ROOT / "Makefile").read_text()
+    plugins = re.search(r"^PLUGINS := (.*)$", makefile, re.M).group(1).split()  # type: ignore[union-attr]
+    lines = [
+        line for line in (ROOT / "README.md").read_text().splitlines() if "pip install -e ." in line
+    ]
+    assert lines, "README has no 'pip install -e .' line"
+    for line in lines:
+        assert sorted(re.findall(r"plugins/[\w-]+", line)) == sorted(plugins), line
