@@ -10,11 +10,15 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: install demo test lint format clean
 
+# pip's and setuptools' build chatter goes to $(VENV)/install.log, shown only if the install fails.
 $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/plugin-template/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]' $(addprefix -e ,$(PLUGINS)) -e examples/plugin-template
-	touch $@
+	@echo "installing spurcli, its plugins and test tools into $(VENV) (log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(BIN)/pip install --quiet --upgrade pip && \
+	   $(BIN)/pip install --quiet -e '.[test]' $(addprefix -e ,$(PLUGINS)) -e examples/plugin-template; \
+	 } > $(VENV)/install.log 2>&1 || { tail -n 40 $(VENV)/install.log; exit 1; }
+	@touch $@
+	@echo "installed: $$($(BIN)/spurcli --version)"
 
 install: $(BIN)/.installed
 

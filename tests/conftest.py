@@ -76,3 +76,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's headless Chromium for tests that render a page; skipped where it is missing,
+    except in CI (``CI`` set), where .ci/run installs it and a missing browser is a failure."""
+    import shutil
+
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium")
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
@@ -87,14 +86,13 @@ def test_report_caps_the_grid_and_survives_a_missing_image(tmp_path, comparison)
         write_report(tmp_path / "none.html", [])
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
-def test_report_renders_in_headless_chromium(tmp_path, comparison):
+def test_report_renders_in_headless_chromium(tmp_path, comparison, chromium):
     path = write_report(tmp_path / "report.html", [comparison])
     shot = tmp_path / "shot.png"
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
             [
-                "chromium",
+                chromium,
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",
