@@ -177,6 +177,12 @@ def score_command(
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per image and classifier here.")
     ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Bootstrap resamples of the intervals (0: off).")
+    ] = 1000,
+    bootstrap_seed: Annotated[
+        int, typer.Option("--bootstrap-seed", "--seed", help="Seed of the bootstrap resamples.")
+    ] = 0,
 ) -> None:
     """Score how spurious a set of images is for a class, per classifier and across them."""
     from spurcli import score
@@ -189,6 +195,8 @@ def score_command(
         real=real,
         weights=score.parse_weights(weights or []),
         options=score.ScoreOptions(batch_size, device, strict, workers, image_size),
+        bootstrap=bootstrap,
+        bootstrap_seed=bootstrap_seed,
     )
     if not console.is_main_process():
         return  # every process holds the gathered result; only the first one reports it
@@ -346,6 +354,16 @@ def compare_command(
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it.")
     ] = False,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Bootstrap resamples of the intervals (0: off).")
+    ] = 1000,
+    bootstrap_seed: Annotated[
+        int, typer.Option("--bootstrap-seed", "--seed", help="Seed of the bootstrap resamples.")
+    ] = 0,
+    paired: Annotated[
+        str,
+        typer.Option("--paired", help="auto, yes or no: are image i of A and of B a pair?"),
+    ] = "auto",
 ) -> None:
     """Compare two image sets: scores side by side, feature-space similarity, HTML report."""
     from spurcli.compare import CompareConfig, compare
@@ -361,6 +379,9 @@ def compare_command(
         device=device,
         strict=strict,
         report_images=report_images,
+        bootstrap=bootstrap,
+        bootstrap_seed=bootstrap_seed,
+        paired=paired,
     )
     result = compare(dir_a, dir_b, config, labels=(label_a, label_b))
     if not console.is_main_process():

@@ -102,23 +102,39 @@ class Consensus:
     all: float  # fraction of images every classifier puts in the class ("consistently spurious")
     any: float  # fraction of images at least one classifier puts in the class
     histogram: list[int]  # histogram[c]: number of images put in the class by exactly c classifiers
+    all_ci: list[float] | None = None  # 95% Wilson score intervals of `all` and `any`
+    any_ci: list[float] | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"all": self.all, "any": self.any, "histogram": list(self.histogram)}
+        return {
+            "all": self.all,
+            "all_ci": self.all_ci,
+            "any": self.any,
+            "any_ci": self.any_ci,
+            "histogram": list(self.histogram),
+        }
+
+
+def consensus_hits(hits: np.ndarray) -> dict[str, np.ndarray]:
+    """``hits[c, i]`` (see `consensus`) -> per image: ``{"all": .., "any": ..}`` booleans."""
+    hits = np.asarray(hits, dtype=bool)
+    if hits.ndim != 2 or hits.shape[0] == 0 or hits.shape[1] == 0:
+        raise ValueError(f"hits must be (classifiers, images) with both > 0, got {hits.shape}")
+    return {"all": hits.all(axis=0), "any": hits.any(axis=0)}
 
 
 def consensus(hits: np.ndarray) -> Consensus:
     """``hits[c, i]``: classifier c's top-1 for image i is the target class."""
-    hits = np.asarray(hits, dtype=bool)
-    if hits.ndim != 2 or hits.shape[0] == 0 or hits.shape[1] == 0:
-        raise ValueError(f"hits must be (classifiers, images) with both > 0, got {hits.shape}")
-    count = hits.sum(axis=0)
-    n = hits.shape[0]
+    per_image = consensus_hits(hits)
+    count = np.asarray(hits, dtype=bool).sum(axis=0)
+    n = len(hits)
     histogram = np.bincount(count, minlength=n + 1)
     return Consensus(
-        all=float(np.mean(count == n)),
-        any=float(np.mean(count > 0)),
+        all=float(np.mean(per_image["all"])),
+        any=float(np.mean(per_image["any"])),
         histogram=[int(h) for h in histogram],
+        all_ci=rate_interval(per_image["all"]),
+        any_ci=rate_interval(per_image["any"]),
     )
 
 
@@ -318,3 +334,28 @@ def _paired_difference(
     lower = p1 - p2 - np.sqrt(max(0.0, low_a**2 + high_b**2 - 2 * phi * low_a * high_b))
     upper = p1 - p2 + np.sqrt(max(0.0, low_b**2 + high_a**2 - 2 * phi * low_b * high_a))
     return [float(lower), float(upper)], p_value
+
+
+def matched_average_precision(
+    positives: np.ndarray, negatives: np.ndarray, size: int, *, subsamples: int, seed: int = 0
+) -> float:
+    """Average precision of ``positives`` against ``size`` of the ``negatives``: the mean over
+    ``subsamples`` seeded subsamples drawn without replacement (all of them if ``size`` is
+    their number).
+
+    AP falls as negatives are added (precision is diluted), so two sets of scored images are
+    comparable by AP only at one size: `compare` brings the larger set down to the smaller's.
+    """
+    negatives = np.ravel(negatives)
+    if not 1 <= size <= negatives.size:
+        raise ValueError(f"size must be 1..{negatives.size}, got {size}")
+    if size == negatives.size:
+        return average_precision_of_sets(positives, negatives)
+    if subsamples < 1:
+        raise ValueError(f"subsamples must be at least 1, got {subsamples}")
+    rng = np.random.default_rng(seed)
+    values = [
+        average_precision_of_sets(positives, rng.choice(negatives, size, replace=False))
+        for _ in range(subsamples)
+    ]
+    return float(np.mean(values))

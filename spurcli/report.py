@@ -5,11 +5,13 @@
     result = compare("generated/", "refs/", config)
     write_report("report.html", [result], title="hummingbird: red flower")
 
-What it holds, per comparison (A vs B): the score metrics side by side, a bar chart of the
-spurious rate per classifier, the similarity numbers per feature extractor with a histogram of
-each A image's nearest-neighbour cosine to B, the closest A/B pairs (the memorisation check), and
-the two image grids side by side with every image's top-1 label per classifier (in red where it
-is the target class: a spurious hit). A `run` adds a summary table on top.
+What it holds, per comparison (A vs B): the score metrics side by side with their 95% intervals
+and the differences A - B (interval, p-value; a difference is coloured only when its interval
+excludes 0, see docs/statistics.md), a bar chart of the spurious rate per classifier, the
+similarity numbers per feature extractor with a histogram of each A image's nearest-neighbour
+cosine to B, the closest A/B pairs (the memorisation check), and the two image grids side by
+side with every image's top-1 label per classifier (in red where it is the target class: a
+spurious hit). A `run` adds a summary table on top.
 
 Self-contained: thumbnails are JPEGs embedded as base64 data URIs, plots are inline SVG drawn by
 matplotlib (text left as text, no embedded fonts), the CSS is inline, and there is no script:
@@ -40,6 +42,7 @@ h1 { font-size: 26px; margin: 8px 0 4px; }
 h2 { font-size: 21px; margin: 40px 0 8px; padding-top: 16px; border-top: 2px solid #d0d7de; }
 h3 { font-size: 16px; margin: 24px 0 8px; }
 .meta, .note { color: #57606a; font-size: 13px; }
+.ci { color: #57606a; font-size: 11px; display: block; white-space: nowrap; }
 .note { margin: 4px 0 12px; }
 table { border-collapse: collapse; background: #fff; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #d0d7de; padding: 4px 10px; text-align: right; }
@@ -79,6 +82,9 @@ def write_report(
     """Write the report; ``comparisons`` are `CompareResult`s or their `report_data()` dicts.
 
     ``summary`` (from `spurcli run`): ``{"columns": [...], "rows": [[...], ...], "caption": str}``.
+    A cell of a column named "Δ ..." or "+..." is a number (shown, never coloured) or a
+    `spurcli.metrics.rate_difference` dict (shown with its interval, coloured when that
+    excludes 0).
     """
     from spurcli.fileio import write_text
 
@@ -131,15 +137,84 @@ DIRECTION = {
 }
 
 
-def _delta_cell(value: float | None, metric: str | None = None) -> str:
-    """A difference, red where the first set is the more spurious one, green where less."""
+def _ci(ci: Sequence[float] | None, signed: bool = False) -> str:
+    if ci is None:
+        return ""
+    form = "+.3f" if signed else ".3f"
+    return f'<span class="ci">[{ci[0]:{form}}, {ci[1]:{form}}]</span>'
+
+
+def _delta_cell(value: float | dict[str, Any] | None, metric: str | None = None) -> str:
+    """A difference: a plain number, or a `rate_difference`-shaped dict with its interval.
+
+    Coloured only when the interval excludes 0 (red where the first set is the more spurious
+    one, green where less); a number without an interval is never coloured.
+    """
+    from spurcli.compare import excludes_zero, fmt_p
+
     if value is None:
         return "<td>&ndash;</td>"
+    diff = value if isinstance(value, dict) else {"delta": value, "delta_ci": None}
+    delta = diff["delta"]
+    if delta is None:
+        return "<td>&ndash;</td>"
     direction = DIRECTION.get(metric or "spurious_rate", 0)
-    sign = direction * (int(value > 5e-4) - int(value < -5e-4))  # |Δ| < 0.0005 shows as 0.000
+    sign = direction * (int(delta > 0) - int(delta < 0)) if excludes_zero(diff) else 0
     css = {1: "pos", -1: "neg"}.get(sign, "")
-    text = f"{value:+.3f}" if abs(value) >= 5e-4 else "0.000"
-    return f'<td class="{css}">{text}</td>'
+    text = f"{delta:+.3f}" if abs(delta) >= 5e-4 else "0.000"  # |Δ| < 0.0005 shows as 0.000
+    extra = _ci(diff.get("delta_ci"), signed=True)
+    if diff.get("subsamples"):
+        extra += f'<span class="ci">n={diff["matched_size"]} matched</span>'
+    title = ""
+    if diff.get("test"):
+        title = (
+            f' title="{_e(diff["test"])} p = {_e(fmt_p(diff["p_value"]))}; {_e(diff["interval"])}"'
+        )
+    elif diff.get("interval"):
+        title = f' title="{_e(diff["interval"])}"'
+    if diff.get("p_value") is not None:
+        extra += f'<span class="ci">p = {_e(fmt_p(diff["p_value"]))}</span>'
+    return f'<td class="{css}"{title}>{text}{extra}</td>'
+
+
+def _rate(consensus: dict[str, Any], key: str) -> str:
+    ci = consensus.get(f"{key}_ci")
+    text = f"{consensus[key]:.3f}"
+    return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _differences_note(diffs: dict[str, Any], la: str, lb: str) -> str:
+    """The consensus differences, the pairing and the methods, as a sentence (HTML)."""
+    from spurcli.compare import fmt_difference, fmt_p
+
+    if not diffs:
+        return ""
+    pairing, consensus = diffs["pairing"], diffs["consensus"]
+    rates = consensus["all"]
+    text = (
+        f" {_e(la)} &minus; {_e(lb)}: all {_e(fmt_difference(rates))} "
+        f"(p = {_e(fmt_p(rates['p_value']))}), any {_e(fmt_difference(consensus['any']))} "
+        f"(p = {_e(fmt_p(consensus['any']['p_value']))}). "
+        + (
+            f"Paired by {_e(pairing['rule'])}. "
+            if pairing["paired"]
+            else f"{_e(pairing['rule'])}. "
+        )
+        + f"Rates: {_e(rates['test'])} test, {_e(rates['interval'])} interval; other metrics: "
+        "percentile bootstrap."
+    )
+    matched = [
+        d["average_precision"]
+        for d in diffs.get("classifiers", {}).values()
+        if d.get("average_precision", {}).get("subsamples")
+    ]
+    if matched:
+        text += (
+            f" average_precision Δ at the smaller set's size (n={matched[0]['matched_size']}, "
+            f"mean of {matched[0]['subsamples']} subsamples of the larger set; roc_auc is the "
+            "size-free comparison)."
+        )
+    return text
 
 
 def _summary(summary: dict[str, Any]) -> str:
@@ -186,14 +261,21 @@ def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
     )
     sub = "".join(f"<th>{_e(la)}</th><th>{_e(lb)}</th><th>Δ</th>" for _ in names)
     rows = []
+    diffs = (data.get("differences") or {}).get("classifiers", {})
     for m in METRICS:
         pairs = [(a["classifiers"][n].get(m), b["classifiers"][n].get(m)) for n in names]
         if all(va is None and vb is None for va, vb in pairs):
             continue  # e.g. roc_auc without real images
         cells = [f'<td class="name">{_e(m)}</td>']
-        for va, vb in pairs:
-            delta = None if va is None or vb is None else va - vb
-            cells.append(f"<td>{_num(va)}</td><td>{_num(vb)}</td>{_delta_cell(delta, m)}")
+        for n, (va, vb) in zip(names, pairs, strict=True):
+            diff = diffs.get(n, {}).get(m)
+            if diff is None:  # no test of this difference (e.g. real_accuracy: the same images)
+                diff = None if va is None or vb is None else va - vb
+            ci_a, ci_b = a["classifiers"][n].get(f"{m}_ci"), b["classifiers"][n].get(f"{m}_ci")
+            cells.append(
+                f"<td>{_num(va)}{_ci(ci_a)}</td><td>{_num(vb)}{_ci(ci_b)}</td>"
+                f"{_delta_cell(diff, m)}"
+            )
         rows.append(f"<tr>{''.join(cells)}</tr>")
     ca, cb = a["consensus"], b["consensus"]
     out.append("<h3>Scores</h3>")
@@ -203,9 +285,11 @@ def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
     )
     out.append(
         f'<p class="note">consensus (every classifier says the target): {_e(la)} '
-        f"{ca['all']:.3f}, {_e(lb)} {cb['all']:.3f}; any classifier: {_e(la)} {ca['any']:.3f}, "
-        f"{_e(lb)} {cb['any']:.3f}. Δ = {_e(la)} &minus; {_e(lb)}, red where {_e(la)} is the more "
-        "spurious set."
+        f"{_rate(ca, 'all')}, {_e(lb)} {_rate(cb, 'all')}; any classifier: {_e(la)} "
+        f"{_rate(ca, 'any')}, {_e(lb)} {_rate(cb, 'any')}."
+        + _differences_note(data.get("differences") or {}, la, lb)
+        + f" Δ = {_e(la)} &minus; {_e(lb)}; red where {_e(la)} is the more spurious set, green "
+        "where less, only when the 95% interval of Δ excludes 0. [lo, hi]: 95% intervals."
         + (
             " Classifiers with weights 'random' are untrained: their numbers say nothing about "
             "a real model."
@@ -353,18 +437,35 @@ def _rate_plot(a: dict[str, Any], b: dict[str, Any], la: str, lb: str) -> str:
     names = list(a["classifiers"])
     va = [a["classifiers"][n]["spurious_rate"] for n in names]
     vb = [b["classifiers"][n]["spurious_rate"] for n in names]
+
+    def whiskers(scores: dict[str, Any], values: list[float]) -> np.ndarray | None:
+        cis = [scores["classifiers"][n].get("spurious_rate_ci") for n in names]
+        if any(ci is None for ci in cis):
+            return None
+        return np.array(
+            [
+                [v - lo for v, (lo, _) in zip(values, cis, strict=True)],
+                [hi - v for v, (_, hi) in zip(values, cis, strict=True)],
+            ]
+        )
+
     fig, ax = _figure()
     x = np.arange(len(names))
     width = 0.38
-    bars_a = ax.bar(x - width / 2, va, width, label=la, color="#cf222e")
-    bars_b = ax.bar(x + width / 2, vb, width, label=lb, color="#0969da")
+    style = {"capsize": 3, "error_kw": {"elinewidth": 1, "ecolor": "#1f2328"}}
+    bars_a = ax.bar(
+        x - width / 2, va, width, label=la, color="#cf222e", yerr=whiskers(a, va), **style
+    )
+    bars_b = ax.bar(
+        x + width / 2, vb, width, label=lb, color="#0969da", yerr=whiskers(b, vb), **style
+    )
     for bars in (bars_a, bars_b):
         ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     ax.set_xticks(
         x, names, rotation=15 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center"
     )
     ax.set_ylim(0, 1.1)
-    ax.set_ylabel("spurious rate (top-1 = target)")
+    ax.set_ylabel("spurious rate (top-1 = target), 95% Wilson")
     ax.set_title(f"spurious rate per classifier: {la} vs {lb}", fontsize=10)
     ax.legend(fontsize=8, loc="upper right", frameon=False)
     ax.spines[["top", "right"]].set_visible(False)

@@ -428,29 +428,69 @@ def score_items(
 # Metrics and results
 
 
-def _metrics(spurious: PerImage, real: PerImage | None, c: int, k: int) -> dict[str, float | None]:
-    """The issue's seven numbers for classifier row ``c`` and target class ``k``."""
+def _metrics(
+    spurious: PerImage,
+    real: PerImage | None,
+    c: int,
+    k: int,
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The issue's seven numbers for classifier row ``c`` and target class ``k``, each followed
+    by its 95% interval ``<metric>_ci``: Wilson for the rates, a percentile bootstrap of
+    ``bootstrap`` seeded resamples for the others (None with 0; see docs/statistics.md)."""
     probs = spurious.target_prob[c]
-    out: dict[str, float | None] = {
-        "spurious_rate": float(np.mean(spurious.top1[c] == k)),
-        "top5_rate": float(np.mean(spurious.target_rank[c] <= 5)),
+    hits, top5 = spurious.top1[c] == k, spurious.target_rank[c] <= 5
+
+    def resampled(samples: list[np.ndarray], statistic: Any) -> list[float] | None:
+        return metrics.bootstrap_interval(samples, statistic, resamples=bootstrap, seed=seed)
+
+    out: dict[str, Any] = {
+        "spurious_rate": float(np.mean(hits)),
+        "spurious_rate_ci": metrics.rate_interval(hits),
+        "top5_rate": float(np.mean(top5)),
+        "top5_rate_ci": metrics.rate_interval(top5),
         "mean_target_prob": float(np.mean(probs)),
+        "mean_target_prob_ci": resampled([probs], np.mean),
         "median_target_prob": float(np.median(probs)),
+        "median_target_prob_ci": resampled([probs], np.median),
         "roc_auc": None,
+        "roc_auc_ci": None,
         "average_precision": None,
+        "average_precision_ci": None,
         "real_accuracy": None,
+        "real_accuracy_ci": None,
     }
     if real is not None:
-        y_true = np.r_[np.ones(len(real.images)), np.zeros(len(spurious.images))]
-        y_score = np.r_[real.target_prob[c], probs]
-        out["roc_auc"] = metrics.roc_auc(y_true, y_score)
-        out["average_precision"] = metrics.average_precision(y_true, y_score)
+        # Real and scored images resampled each within itself: a stratified bootstrap.
+        samples = [real.target_prob[c], probs]
+        out["roc_auc"] = metrics.roc_auc_of_sets(*samples)
+        out["roc_auc_ci"] = resampled(samples, metrics.roc_auc_of_sets)
+        out["average_precision"] = metrics.average_precision_of_sets(*samples)
+        out["average_precision_ci"] = resampled(samples, metrics.average_precision_of_sets)
         out["real_accuracy"] = float(np.mean(real.top1[c] == k))
+        out["real_accuracy_ci"] = metrics.rate_interval(real.top1[c] == k)
     return out
 
 
-def fmt_metric(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def uncertainty_json(bootstrap: int, seed: int) -> dict[str, Any]:
+    """How the ``_ci`` intervals of a score JSON were made (and how to make them again)."""
+    return {
+        "confidence": metrics.CONFIDENCE,
+        "rates": "Wilson score",
+        "bootstrap": {
+            "method": "percentile; real and scored images resampled independently",
+            "resamples": bootstrap,
+            "seed": seed,
+        },
+    }
+
+
+def fmt_metric(value: float | None, ci: Sequence[float] | None = None) -> str:
+    """``0.250``, or with its interval ``0.250 [0.102, 0.495]``; ``-`` for no value."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if ci is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _add_columns(table: Any, numbers: Sequence[str]) -> None:
@@ -459,6 +499,14 @@ def _add_columns(table: Any, numbers: Sequence[str]) -> None:
     table.add_column("weights", overflow="fold", max_width=48)
     for name in numbers:
         table.add_column(name, justify="right", overflow="fold", min_width=5)
+
+
+BOOTSTRAP = 1000  # default resamples of the bootstrap intervals
+
+
+def check_bootstrap(resamples: int) -> None:
+    if resamples < 0:
+        raise UsageError(f"--bootstrap must be 0 (no bootstrap intervals) or more, got {resamples}")
 
 
 RANDOM_NOTE = "* random weights: these numbers describe an untrained model, not the classifier"
@@ -492,6 +540,7 @@ class ScoreResult(_Rows):
     # extractor -> (n_images, D) float32 features of S, rows as `spurious.images`
     # (`score_folders(..., extractors=...)`; empty otherwise)
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    uncertainty: dict[str, Any] = field(default_factory=lambda: uncertainty_json(0, 0))
 
     @property
     def n_images(self) -> int:
@@ -510,6 +559,7 @@ class ScoreResult(_Rows):
                 m.name: {"weights": m.weights, **self.scores[m.name]} for m in self.models
             },
             "consensus": self.consensus.to_json(),
+            "uncertainty": self.uncertainty,
         }
 
     def table(self) -> Any:
@@ -520,11 +570,22 @@ class ScoreResult(_Rows):
         _add_columns(table, METRICS)
         for m in self.models:
             label = f"{m.name}*" if m.is_random else m.name
-            table.add_row(label, m.weights, *(fmt_metric(self.scores[m.name][k]) for k in METRICS))
+            row = self.scores[m.name]
+            table.add_row(
+                label, m.weights, *(fmt_metric(row[k], row.get(f"{k}_ci")) for k in METRICS)
+            )
         c = self.consensus
+        resamples = self.uncertainty["bootstrap"]["resamples"]
         lines = [
-            f"consensus over {len(self.models)} classifiers: all {c.all:.3f}, any {c.any:.3f}, "
+            f"consensus over {len(self.models)} classifiers: all "
+            f"{fmt_metric(c.all, c.all_ci)}, any {fmt_metric(c.any, c.any_ci)}, "
             f"histogram {c.histogram} (images put in the class by 0..{len(self.models)})",
+            "[lo, hi]: 95% intervals (rates: Wilson; others: percentile bootstrap, "
+            + (
+                f"{resamples} resamples, seed {self.uncertainty['bootstrap']['seed']})"
+                if resamples
+                else "off)"
+            ),
             f"{self.n_images} images"
             + (f", {self.n_real} real" if self.n_real is not None else ", no --real")
             + (f", {len(self.skipped)} skipped (unreadable)" if self.skipped else ""),
@@ -547,15 +608,25 @@ def score_images(
     strict: bool = False,
     num_workers: int | None = None,
     image_size: int = ScoreOptions.image_size,
+    bootstrap: int = BOOTSTRAP,
+    bootstrap_seed: int = 0,
 ) -> ScoreResult:
     """Score the images below ``images_dir`` for ImageNet class ``target`` (index or name).
 
     ``classifiers``: names (loaded here, with ``weights``) or models from `load_classifiers`.
     ``real_dir``: real images of the class, the positives of ROC-AUC / average precision.
+    ``bootstrap``: resamples of the bootstrap intervals (0: none), drawn from ``bootstrap_seed``.
     """
     options = ScoreOptions(batch_size, device, strict, num_workers, image_size)
     return score_folders(
-        [images_dir], target, classifiers, options, real_dir=real_dir, weights=weights
+        [images_dir],
+        target,
+        classifiers,
+        options,
+        real_dir=real_dir,
+        weights=weights,
+        bootstrap=bootstrap,
+        bootstrap_seed=bootstrap_seed,
     )[0]
 
 
@@ -568,12 +639,15 @@ def score_folders(
     real_dir: str | os.PathLike[str] | None = None,
     weights: dict[str, str] | None = None,
     extractors: Sequence[LoadedModel] = (),
+    bootstrap: int = BOOTSTRAP,
+    bootstrap_seed: int = 0,
 ) -> list[ScoreResult]:
     """`score_images` of each folder, in one pass: every file (the real images too) is decoded
     and scored once, and ``extractors`` (loaded models) take their features of each folder's
     images from the same batches (`ScoreResult.features`)."""
     options = options or ScoreOptions()
     options.check()
+    check_bootstrap(bootstrap)
     k = imagenet.resolve_class(target)
     roots = [Path(folder) for folder in folders]
     items = [
@@ -599,7 +673,10 @@ def score_folders(
             raise SpurcliError(f"no readable images in {root} ({len(skipped)} unreadable)")
         if real_set is not None and not real_set.images:
             raise SpurcliError(f"no readable images in --real {r_root}")
-        scores = {m.name: _metrics(spurious, real_set, c, k.index) for c, m in enumerate(models)}
+        scores = {
+            m.name: _metrics(spurious, real_set, c, k.index, bootstrap, bootstrap_seed)
+            for c, m in enumerate(models)
+        }
         result = ScoreResult(
             target=k,
             models=list(models),
@@ -609,6 +686,7 @@ def score_folders(
             real=real_set,
             skipped=skipped,
             features={name: values[ours] for name, values in found.features.items()},
+            uncertainty=uncertainty_json(bootstrap, bootstrap_seed),
         )
         results.append(result)
     return results
@@ -782,10 +860,13 @@ def score(
     real: str | os.PathLike[str] | None = None,
     weights: dict[str, str] | None = None,
     options: ScoreOptions | None = None,
+    bootstrap: int = BOOTSTRAP,
+    bootstrap_seed: int = 0,
 ) -> ScoreResult | SpuriousImageNetResult:
     """`spurcli score`: `score_images` (``layout="folder"``: ``target`` required, ``real``
     optional) or `score_spurious_imagenet` (``"spurious-imagenet"``: ``real`` is the ImageNet val
-    root, the target is per folder)."""
+    root, the target is per folder; its per-class figures carry Wilson intervals only, so
+    ``bootstrap`` applies to the folder layout)."""
     options = options or ScoreOptions()
     kwargs = {"weights": weights, **vars(options)}
     if layout == "spurious-imagenet":
@@ -797,5 +878,13 @@ def score(
     if layout == "folder":
         if target is None:
             raise UsageError("--target CLASS is required (an ImageNet index or name)")
-        return score_images(images_dir, target, classifiers, real_dir=real, **kwargs)
+        return score_images(
+            images_dir,
+            target,
+            classifiers,
+            real_dir=real,
+            bootstrap=bootstrap,
+            bootstrap_seed=bootstrap_seed,
+            **kwargs,
+        )
     raise UsageError(f"unknown --layout '{layout}'; use 'folder' or 'spurious-imagenet'")

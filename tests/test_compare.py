@@ -19,6 +19,7 @@ from spurcli.compare import (
     nearest_neighbours,
     similarity,
 )
+from spurcli.metrics import rate_difference
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
@@ -97,9 +98,18 @@ def test_compare_scores_and_similarity(tmp_path, fake_plugin):
     config = CompareConfig(target="hummingbird", classifiers=["fake"], extractors=["fake"])
     result = compare(a, b, config, labels=("generated", "references"))
     data = result.to_json()
-    assert set(data) == {"a", "b", "similarity"}
+    assert set(data) == {"a", "b", "differences", "similarity"}
     assert data["a"]["classifiers"]["fake"]["spurious_rate"] == 1.0
     assert data["b"]["classifiers"]["fake"]["spurious_rate"] == 0.25
+    # Other file names and no sample records: independent sets, Fisher's exact test on
+    # [[4, 0], [1, 3]]: two-sided p = P(4 hits in A) + P(1) = (5 + 5) / C(8, 4).
+    diff = data["differences"]
+    assert diff["pairing"]["paired"] is False
+    rate = diff["classifiers"]["fake"]["spurious_rate"]
+    assert rate["delta"] == 0.75 and rate["p_value"] == pytest.approx(10 / 70)
+    assert (rate["test"], rate["interval"]) == ("Fisher exact", "Newcombe hybrid score")
+    assert rate == rate_difference([1, 1, 1, 1], [1, 0, 0, 0], paired=False)
+    assert diff["consensus"]["all"] == rate  # one classifier: the consensus is its rate
     assert (data["a"]["n_images"], data["b"]["n_images"]) == (4, 4)
     sim = data["similarity"]["fake"]
     assert set(sim) >= {"mean_cosine", "frechet", "nn_cosine_mean", "nn_cosine_max"}

@@ -11,6 +11,7 @@ from spurcli.metrics import (
     average_precision_of_sets,
     bootstrap_interval,
     consensus,
+    matched_average_precision,
     midranks,
     rate_difference,
     rate_interval,
@@ -86,7 +87,15 @@ def test_consensus():
     assert c.all == pytest.approx(1 / 5)
     assert c.any == pytest.approx(4 / 5)
     assert c.histogram == [1, 2, 1, 1]
-    assert c.to_json() == {"all": c.all, "any": c.any, "histogram": [1, 2, 1, 1]}
+    assert c.all_ci == wilson_interval(1, 5)
+    assert c.any_ci == wilson_interval(4, 5)
+    assert c.to_json() == {
+        "all": c.all,
+        "all_ci": c.all_ci,
+        "any": c.any,
+        "any_ci": c.any_ci,
+        "histogram": [1, 2, 1, 1],
+    }
 
 
 def test_target_rank_ties_follow_argmax():
@@ -252,3 +261,23 @@ def test_rate_difference_bad_input():
         rate_difference([1, 0], [1, 0, 1], paired=True)
     with pytest.raises(ValueError, match="at least one"):
         rate_difference([], [1], paired=False)
+
+
+def test_matched_average_precision_removes_the_size_effect():
+    # One score distribution for every scored set: only the set sizes differ.
+    rng = np.random.default_rng(11)
+    real = rng.normal(1.0, 1.0, 60)
+    small, medium, large = (rng.normal(0.0, 1.0, n) for n in (60, 240, 960))
+    raw = [average_precision_of_sets(real, s) for s in (small, medium, large)]
+    matched = [
+        matched_average_precision(real, s, small.size, subsamples=200, seed=0)
+        for s in (small, medium, large)
+    ]
+    assert raw[1] - raw[2] > 0.1  # raw AP falls as scored images are added...
+    assert abs(matched[1] - matched[2]) < 0.02  # ...matched AP does not depend on the size
+    assert matched[0] == raw[0]  # already at the size: the plain AP
+    assert matched_average_precision(real, large, 60, subsamples=20, seed=3) == (
+        matched_average_precision(real, large, 60, subsamples=20, seed=3)
+    )
+    with pytest.raises(ValueError):
+        matched_average_precision(real, small, 61, subsamples=10)

@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from spurcli import plugins
 from spurcli import score as score_module
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.metrics import wilson_interval
 from spurcli.plugins import get_plugins
 from spurcli.score import load_classifiers, score_images, score_spurious_imagenet
 
@@ -78,7 +79,46 @@ def test_every_metric_has_its_hand_computed_value(folders):
     assert out["classifiers"]["det-g"]["spurious_rate"] == pytest.approx(2 / 5)
     assert out["classifiers"]["det-b"]["real_accuracy"] == pytest.approx(1 / 3)
     # Images put in 94 by: 3, 1, 0, 1, 0 classifiers.
-    assert out["consensus"] == {"all": 0.2, "any": 0.6, "histogram": [2, 2, 0, 1]}
+    consensus = out["consensus"]
+    assert {k: consensus[k] for k in ("all", "any", "histogram")} == {
+        "all": 0.2,
+        "any": 0.6,
+        "histogram": [2, 2, 0, 1],
+    }
+    # Every rate's 95% interval is its Wilson score interval.
+    assert det_r["spurious_rate_ci"] == wilson_interval(1, 5)
+    assert det_r["top5_rate_ci"] == wilson_interval(3, 5)
+    assert det_r["real_accuracy_ci"] == wilson_interval(2, 3)
+    assert consensus["all_ci"] == wilson_interval(1, 5)
+    assert consensus["any_ci"] == wilson_interval(3, 5)
+
+
+def test_bootstrap_intervals_are_seeded_and_recorded(folders):
+    first = _score(folders, bootstrap=200, bootstrap_seed=5).to_json()
+    again = _score(folders, bootstrap=200, bootstrap_seed=5).to_json()
+    other = _score(folders, bootstrap=200, bootstrap_seed=6).to_json()
+    assert first == again
+    assert first["uncertainty"]["bootstrap"] == {
+        "method": "percentile; real and scored images resampled independently",
+        "resamples": 200,
+        "seed": 5,
+    }
+    assert first["uncertainty"]["rates"] == "Wilson score"
+    keys = ("mean_target_prob", "median_target_prob", "roc_auc", "average_precision")
+    for name, entry in first["classifiers"].items():
+        for key in keys:
+            lo, hi = entry[f"{key}_ci"]
+            assert lo <= entry[key] <= hi, (name, key)
+    assert any(
+        first["classifiers"][n][f"{k}_ci"] != other["classifiers"][n][f"{k}_ci"]
+        for n in DET
+        for k in keys
+    )
+    off = _score(folders, bootstrap=0).to_json()
+    for entry in off["classifiers"].values():
+        assert all(entry[f"{key}_ci"] is None for key in keys)
+        assert entry["spurious_rate_ci"] is not None  # Wilson needs no resampling
+    assert off["uncertainty"]["bootstrap"]["resamples"] == 0
 
 
 def test_auc_and_ap_agree_with_sklearn(folders):
@@ -92,8 +132,7 @@ def test_auc_and_ap_agree_with_sklearn(folders):
 
 
 def test_json_shape_is_exactly_the_issues(folders):
-    metric_keys = {
-        "weights",
+    metrics = (
         "spurious_rate",
         "top5_rate",
         "mean_target_prob",
@@ -101,10 +140,11 @@ def test_json_shape_is_exactly_the_issues(folders):
         "roc_auc",
         "average_precision",
         "real_accuracy",
-    }
+    )
+    metric_keys = {"weights", *metrics, *(f"{m}_ci" for m in metrics)}
     s, _ = folders
     out = score_images(s, 94, ["det-r", "det-g"], device="cpu", num_workers=0).to_json()
-    assert set(out) == {"target", "n_images", "n_real", "classifiers", "consensus"}
+    assert set(out) == {"target", "n_images", "n_real", "classifiers", "consensus", "uncertainty"}
     assert out["target"] == {"index": 94, "name": "hummingbird"}
     assert out["n_images"] == 5 and out["n_real"] is None
     assert list(out["classifiers"]) == ["det-r", "det-g"]
@@ -114,7 +154,8 @@ def test_json_shape_is_exactly_the_issues(folders):
         assert entry["roc_auc"] is None
         assert entry["average_precision"] is None
         assert entry["real_accuracy"] is None
-    assert set(out["consensus"]) == {"all", "any", "histogram"}
+        assert entry["roc_auc_ci"] is entry["real_accuracy_ci"] is None  # null beside null
+    assert set(out["consensus"]) == {"all", "all_ci", "any", "any_ci", "histogram"}
     json.dumps(out)  # plain JSON types only
 
 
@@ -326,13 +367,24 @@ def test_cli_score(folders, tmp_path, monkeypatch, capsys):
     assert code in (0, None), err
     for metric in ("spurious_rate", "median_target_prob", "average_precision", "real_accuracy"):
         assert metric in out  # the table names the metrics exactly, also when piped
-    assert "consensus over 3 classifiers: all 0.200, any 0.600" in out
+    lo, hi = wilson_interval(1, 5)
+    assert f"consensus over 3 classifiers: all 0.200 [{lo:.3f}, {hi:.3f}], any 0.600" in out
+    assert f"0.200 [{lo:.3f}, {hi:.3f}]" in out  # det-r's spurious rate with its interval
     data = json.loads(js.read_text())
     assert data["classifiers"]["det-r"]["roc_auc"] == pytest.approx(12.5 / 15)
+    assert data["uncertainty"]["bootstrap"]["resamples"] == 1000  # the default
     assert len(cs.read_text().splitlines()) == 1 + 15
-    code, out, _ = _cli(monkeypatch, capsys, *base, "--json", "-")
+    code, out, _ = _cli(
+        monkeypatch, capsys, *base, "--json", "-", "--bootstrap", "50", "--seed", "3"
+    )
     assert code in (0, None)
-    assert json.loads(out)["n_real"] is None
+    data = json.loads(out)
+    assert data["n_real"] is None
+    assert data["uncertainty"]["bootstrap"] == {
+        "method": "percentile; real and scored images resampled independently",
+        "resamples": 50,
+        "seed": 3,
+    }
 
 
 @pytest.mark.parametrize(
@@ -344,6 +396,7 @@ def test_cli_score(folders, tmp_path, monkeypatch, capsys):
         (["-t", "94"], 2, "--classifiers is required"),
         (["-c", "det-r", "-t", "94", "--weights", "det-r"], 2, "NAME=PATH"),
         (["-c", "det-r", "-t", "94", "--layout", "x"], 2, "unknown --layout"),
+        (["-c", "det-r", "-t", "94", "--bootstrap", "-1"], 2, "--bootstrap must be 0"),
         (["-c", "bad-shape", "-t", "94"], 1, "plugin 'score-test'"),
         (["-c", "det-r", "-t", "94", "--strict"], 1, "broken.png"),
     ],
