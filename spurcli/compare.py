@@ -336,8 +336,8 @@ def find_pairs(
     if len(set(keys_a)) < len(keys_a) or len(index_b) < len(keys_b):
         problem = f"two images of one set share a {how}"
     elif set(keys_a) != set(index_b):
-        unmatched = len(set(keys_a) ^ set(index_b))
-        problem = f"{unmatched} images have no partner by {how}"
+        lonely_a, lonely_b = len(set(keys_a) - set(index_b)), len(set(index_b) - set(keys_a))
+        problem = f"{lonely_a} images of A and {lonely_b} of B have no partner by {how}"
     if problem is None:
         return Pairing(np.array([index_b[key] for key in keys_a], np.int64), how, mode)
     if mode == "yes":
@@ -635,6 +635,7 @@ def compare(
     from spurcli.score import (
         ScoreOptions,
         check_bootstrap,
+        find_items,
         load_classifiers,
         parse_weights,
         score_folders,
@@ -650,6 +651,9 @@ def compare(
     check_bootstrap(config.bootstrap)
     if config.paired not in PAIRED:
         raise UsageError(f"--paired must be one of {', '.join(PAIRED)}, got '{config.paired}'")
+    if config.paired == "yes":  # sets that cannot pair: say so before loading any model
+        names = [[i.name for i in find_items(Path(d), 0, real=False)] for d in (dir_a, dir_b)]
+        find_pairs(dir_a, names[0], dir_b, names[1], "yes")
     models = load_classifiers(config.classifiers, parse_weights(config.weights))
     extractor_weights = parse_weights(config.extractor_weights, "--extractor-weights")
     extractors = load_extractors(config.extractors, extractor_weights)

@@ -168,16 +168,16 @@ def target_prob(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 CONFIDENCE = 0.95  # the level of every interval spurcli reports
 PAIRED_TEST = "McNemar exact"  # binomial test on the discordant pairs
-PAIRED_INTERVAL = "Newcombe hybrid score, paired"  # Newcombe (1998b) method 10
+PAIRED_INTERVAL = "Newcombe hybrid score, paired"  # Newcombe 1998, Stat Med 17:2635, method 10
 INDEPENDENT_TEST = "Fisher exact"
-INDEPENDENT_INTERVAL = "Newcombe hybrid score"  # Newcombe (1998a) method 10
+INDEPENDENT_INTERVAL = "Newcombe hybrid score"  # Newcombe 1998, Stat Med 17:873, method 10
 
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> list[float]:
     """The Wilson score interval of a proportion ``successes / n`` (no continuity correction).
 
     Unlike the Wald interval it stays inside [0, 1] and keeps its coverage near 0 and 1, which
-    is where spurious rates of a few dozen images live (Newcombe 1998, method 3).
+    is where spurious rates of a few dozen images live (Newcombe 1998, Stat Med 17:857, method 3).
     """
     from scipy.stats import binomtest
 
@@ -254,9 +254,10 @@ def rate_difference(
     ``hits_a[i]``: image i of set A counts (e.g. its top-1 is the target class). With
     ``paired=True`` image i of A and image i of B are a pair (same seed and prompt, so the same
     starting noise; equal lengths required): the exact McNemar test (a two-sided binomial test
-    of the discordant pairs against 1/2) and Newcombe's paired hybrid score interval (1998b,
-    method 10). Otherwise the two sets are independent samples: Fisher's exact test and
-    Newcombe's hybrid score interval (1998a, method 10). Returns::
+    of the discordant pairs against 1/2) and Newcombe's paired hybrid score interval (Stat Med
+    1998, 17:2635, method 10). Otherwise the two sets are independent samples: Fisher's exact
+    test and Newcombe's hybrid score interval (Stat Med 1998, 17:873, method 10). The test and
+    the interval are separate methods and can disagree near the boundary. Returns::
 
         {"delta": rate_a - rate_b, "delta_ci": [lo, hi], "p_value": two-sided p,
          "test": name of the test, "interval": name of the interval method,

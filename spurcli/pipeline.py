@@ -649,6 +649,7 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
         "classifiers": cfg.classifiers,
         "weights": cfg.weights,
         "real": cfg.real,
+        "bootstrap": [cfg.bootstrap, cfg.bootstrap_seed],  # the intervals in the score JSON
     }
     names = _all_sets(exp)
     real = [cfg.real] if cfg.real else []
@@ -663,6 +664,8 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
             ScoreOptions(batch_size=cfg.batch_size, device=cfg.device, strict=cfg.strict),
             real_dir=cfg.real,
             weights=parse_weights(cfg.weights),
+            bootstrap=cfg.bootstrap,
+            bootstrap_seed=cfg.bootstrap_seed,
         )
         if main:
             from spurcli.fileio import write_json

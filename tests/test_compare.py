@@ -19,6 +19,7 @@ from spurcli.compare import (
     nearest_neighbours,
     similarity,
 )
+from spurcli.errors import SpurcliError
 from spurcli.metrics import rate_difference
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
@@ -196,3 +197,105 @@ def test_an_extractor_listed_twice_is_a_usage_error():
 
     with pytest.raises(UsageError, match="extractors listed twice: template-linear"):
         load_extractors(["template-linear", "template-linear"])
+
+
+def _sample_set(root, prompt: str, red: list[int], base_seed: int = 0, manifest: bool = False):
+    """Images laid out and recorded as `spurcli sample` writes them: image i of the prompt has
+    the seed derived from (base_seed, i); red ones are hummingbirds to the fake classifier."""
+    from PIL import Image
+
+    from spurcli.sample import derive_seed, save_image, slugify, write_manifest
+
+    records = {}
+    for i, is_red in enumerate(red):
+        file = f"{slugify(prompt)}/{i:06d}.png"
+        record = {
+            "file": file,
+            "prompt": prompt,
+            "index": i,
+            "seed": derive_seed(base_seed, i),
+            "negative_prompt": "",
+            "steps": 1,
+            "guidance": 1.0,
+            "scheduler": "ddim",
+            "model": "tiny",
+        }
+        colour = (220, 20, 30) if is_red else (40, 160, 60)
+        save_image(root / file, Image.new("RGB", (32, 32), colour), record)
+        records[file] = record
+    if manifest:
+        write_manifest(root, records)
+    return root
+
+
+def test_tuned_and_untuned_samples_pair_by_seed_and_prompt(tmp_path, fake_plugin):
+    # The tuned prompt has the identifier, the baseline's not: the pairs are still found.
+    a = _sample_set(tmp_path / "a", "a photo of sks flower", [1, 1, 1, 1, 0, 0], manifest=True)
+    b = _sample_set(tmp_path / "b", "a photo of flower", [1, 0, 0, 0, 1, 0])
+    config = CompareConfig(target=94, classifiers=["fake"], extractors=[], bootstrap=100)
+    diff = compare(a, b, config).differences
+    assert diff["pairing"] == {"paired": True, "mode": "auto", "rule": "seed and prompt"}
+    rate = diff["classifiers"]["fake"]["spurious_rate"]
+    # Discordant pairs: 3 for A (images 1-3), 1 for B (image 4): p = 2 * (4 + 1) / 2**4.
+    assert rate["test"] == "McNemar exact" and rate["interval"] == "Newcombe hybrid score, paired"
+    assert rate["delta"] == pytest.approx(2 / 6) and rate["p_value"] == pytest.approx(10 / 16)
+    mean_p = diff["classifiers"]["fake"]["mean_target_prob"]
+    assert mean_p["interval"] == "percentile bootstrap, pairs resampled"
+    assert mean_p["delta_ci"][0] <= mean_p["delta"] <= mean_p["delta_ci"][1]
+    # --paired no: the same sets as independent samples.
+    config.paired = "no"
+    rate = compare(a, b, config).differences["classifiers"]["fake"]["spurious_rate"]
+    assert rate["test"] == "Fisher exact"
+
+
+def test_other_seeds_do_not_pair(tmp_path, fake_plugin):
+    a = _sample_set(tmp_path / "a", "a photo of flower", [1, 1, 0])
+    b = _sample_set(tmp_path / "b", "a photo of flower", [1, 0, 0], base_seed=1)
+    config = CompareConfig(target=94, classifiers=["fake"], extractors=[], bootstrap=0)
+    diff = compare(a, b, config).differences
+    assert diff["pairing"]["paired"] is False
+    assert "3 images of A and 3 of B have no partner by seed and prompt" in diff["pairing"]["rule"]
+    assert diff["classifiers"]["fake"]["mean_target_prob"]["delta_ci"] is None  # --bootstrap 0
+    config.paired = "yes"
+    with pytest.raises(SpurcliError, match="--paired yes, but the sets do not pair"):
+        compare(a, b, config)
+
+
+def test_files_without_records_pair_by_name(tmp_path, fake_plugin):
+    a, _ = make_sets(tmp_path)
+    same = shutil.copytree(a, tmp_path / "again")
+    config = CompareConfig(target=94, classifiers=["fake"], extractors=[], bootstrap=50)
+    diff = compare(a, same, config).differences
+    assert diff["pairing"]["rule"] == "file name" and diff["pairing"]["paired"]
+    rate = diff["classifiers"]["fake"]["spurious_rate"]
+    assert (rate["delta"], rate["p_value"]) == (0.0, 1.0)  # no discordant pair
+
+
+def test_average_precision_is_compared_at_matched_sizes(tmp_path, fake_plugin):
+    a, b = make_sets(tmp_path)
+    (b / "other0.png").unlink()  # B: 3 images, A: 4
+    real = shutil.copytree(a, tmp_path / "real")
+    config = CompareConfig(target=94, classifiers=["fake"], extractors=[], real=real)
+    result = compare(a, b, config)
+    ap = result.differences["classifiers"]["fake"]["average_precision"]
+    assert (ap["matched_size"], ap["subsamples"]) == (3, 200)
+    assert ap["delta_ci"] is None  # unequal sets: no interval, so never coloured
+    auc = result.differences["classifiers"]["fake"]["roc_auc"]
+    assert auc["interval"].startswith("percentile bootstrap, sets resampled independently")
+    text = "\n".join(str(t.caption) for t in result.tables())
+    assert "n=3, mean of 200 subsamples" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--paired", "maybe"], 2, "--paired must be one of auto, yes, no"),
+        (["--paired", "yes"], 1, "--paired yes, but the sets do not pair"),
+        (["--bootstrap", "-5"], 2, "--bootstrap must be 0"),
+    ],
+)
+def test_compare_statistics_options(tmp_path, cli_main, fake_plugin, extra, code, message):
+    a, b = make_sets(tmp_path)
+    got, _, err = cli_main("compare", str(a), str(b), "-t", "94", "-c", "fake", "-e", "", *extra)
+    assert got == code and message in err
+    assert len(err.strip().splitlines()) == 1

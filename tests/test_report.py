@@ -112,3 +112,34 @@ def test_report_renders_in_headless_chromium(tmp_path, comparison, chromium):
     with Image.open(shot) as image:
         colours = image.convert("RGB").resize((140, 120)).getcolors(maxcolors=100_000)
     assert colours is not None and len(colours) > 50  # a rendered page, not a blank one
+
+
+def test_a_difference_is_coloured_only_when_its_interval_excludes_zero():
+    from spurcli.report import _delta_cell
+
+    def css(cell: str) -> str:
+        return re.search(r'class="([^"]*)"', cell).group(1)
+
+    above = {"delta": 0.4, "delta_ci": [0.1, 0.6], "p_value": 0.01, "test": "t", "interval": "i"}
+    across = {**above, "delta_ci": [-0.1, 0.6], "p_value": 0.2}
+    below = {**above, "delta": -0.4, "delta_ci": [-0.6, -0.1]}
+    assert css(_delta_cell(above, "spurious_rate")) == "pos"  # A more spurious
+    assert css(_delta_cell(below, "spurious_rate")) == "neg"
+    assert css(_delta_cell(above, "roc_auc")) == "neg"  # higher AUC: A less spurious
+    assert css(_delta_cell(across, "spurious_rate")) == ""  # the interval holds 0
+    assert css(_delta_cell(0.4, "spurious_rate")) == ""  # no interval: never coloured
+    unmatched_ap = {**above, "delta_ci": None, "matched_size": 3, "subsamples": 200}
+    assert css(_delta_cell(unmatched_ap, "average_precision")) == ""
+    assert "[+0.100, +0.600]" in _delta_cell(above) and "p = 0.01" in _delta_cell(above)
+
+
+def test_report_shows_intervals_and_colours_by_them(tmp_path, comparison):
+    text = write_report(tmp_path / "r.html", [comparison]).read_text(encoding="utf-8")
+    rate = comparison.differences["classifiers"]["fake"]["spurious_rate"]
+    lo, hi = rate["delta_ci"]
+    assert lo > 0  # 4/4 vs 1/4: Newcombe's interval excludes 0 (Fisher's p = 0.14 does not)
+    assert '<td class="pos" title="Fisher exact p = 0.143; Newcombe hybrid score">+0.750' in text
+    assert f"[{lo:+.3f}, {hi:+.3f}]" in text
+    ci = comparison.a["classifiers"]["fake"]["spurious_rate_ci"]
+    assert f'<span class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</span>' in text
+    assert "only when the 95% interval of Δ excludes 0" in text
