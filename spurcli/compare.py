@@ -526,7 +526,7 @@ class CompareResult:
         """Rich tables: the score metrics side by side, then the similarity numbers."""
         from rich.table import Table
 
-        from spurcli.score import METRICS, RANDOM_NOTE, fmt_metric
+        from spurcli.score import METRICS, RANDOM_NOTE, fmt_metric, plain
 
         target = self.a["target"]
         la, lb = self.label_a, self.label_b
@@ -552,9 +552,9 @@ class CompareResult:
                 scores.add_row(
                     label if i == 0 else "",
                     metric,
-                    fmt_metric(va, a.get(f"{metric}_ci")),
-                    fmt_metric(vb, b.get(f"{metric}_ci")),
-                    delta_text,
+                    plain(fmt_metric(va, a.get(f"{metric}_ci"))),
+                    plain(fmt_metric(vb, b.get(f"{metric}_ci"))),
+                    plain(delta_text),
                     p_text,
                 )
             scores.add_section()
@@ -594,9 +594,9 @@ class CompareResult:
                     f"(n={matched[0]['matched_size']}, mean of {matched[0]['subsamples']} "
                     "subsamples of the larger set); roc_auc is the size-free comparison"
                 )
-        scores.caption = "\n".join(lines)
         if any(a["weights"] == "random" for a in self.a["classifiers"].values()):
-            scores.caption += "\n" + RANDOM_NOTE
+            lines.append(RANDOM_NOTE)
+        scores.caption = plain("\n".join(lines))
         out = [scores]
         if self.similarity:
             sims = Table(title=f"similarity of {la} to {lb} in feature spaces")

@@ -486,11 +486,19 @@ def uncertainty_json(bootstrap: int, seed: int) -> dict[str, Any]:
     }
 
 
-def fmt_metric(value: float | None, ci: Sequence[float] | None = None) -> str:
-    """``0.250``, or with its interval ``0.250 [0.102, 0.495]``; ``-`` for no value."""
+def fmt_metric(value: float | None, ci: Sequence[float] | None = None, sep: str = " ") -> str:
+    """``0.250``, or with its interval ``0.250 [0.102, 0.495]`` (``sep`` between them); ``-``
+    for no value. In a rich table pass it through `plain`: brackets would be read as markup."""
     if value is None:
         return "-"
-    return f"{value:.3f}" if ci is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"{value:.3f}" if ci is None else f"{value:.3f}{sep}[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def plain(text: str) -> Any:
+    """A rich Text that is never markup: "[0.102, 0.495]" and "[lo, hi]" show as they are."""
+    from rich.text import Text
+
+    return Text(text)
 
 
 def _add_columns(table: Any, numbers: Sequence[str]) -> None:
@@ -571,9 +579,9 @@ class ScoreResult(_Rows):
         for m in self.models:
             label = f"{m.name}*" if m.is_random else m.name
             row = self.scores[m.name]
-            table.add_row(
-                label, m.weights, *(fmt_metric(row[k], row.get(f"{k}_ci")) for k in METRICS)
-            )
+            # The interval on a second line: seven one-line cells would not fit a terminal.
+            cells = [plain(fmt_metric(row[k], row.get(f"{k}_ci"), "\n")) for k in METRICS]
+            table.add_row(label, m.weights, *cells)
         c = self.consensus
         resamples = self.uncertainty["bootstrap"]["resamples"]
         lines = [
@@ -592,7 +600,7 @@ class ScoreResult(_Rows):
         ]
         if any(m.is_random for m in self.models):
             lines.append(RANDOM_NOTE)
-        table.caption = "\n".join(lines)
+        table.caption = plain("\n".join(lines))
         return table
 
 

@@ -369,7 +369,8 @@ def test_cli_score(folders, tmp_path, monkeypatch, capsys):
         assert metric in out  # the table names the metrics exactly, also when piped
     lo, hi = wilson_interval(1, 5)
     assert f"consensus over 3 classifiers: all 0.200 [{lo:.3f}, {hi:.3f}], any 0.600" in out
-    assert f"0.200 [{lo:.3f}, {hi:.3f}]" in out  # det-r's spurious rate with its interval
+    assert f"[{lo:.3f}, {hi:.3f}]" in out  # det-r's spurious rate's interval, under it
+    assert "[lo, hi]: 95% intervals" in out  # shown as text, not taken for rich markup
     data = json.loads(js.read_text())
     assert data["classifiers"]["det-r"]["roc_auc"] == pytest.approx(12.5 / 15)
     assert data["uncertainty"]["bootstrap"]["resamples"] == 1000  # the default
