@@ -82,9 +82,9 @@ def write_report(
     """Write the report; ``comparisons`` are `CompareResult`s or their `report_data()` dicts.
 
     ``summary`` (from `spurcli run`): ``{"columns": [...], "rows": [[...], ...], "caption": str}``.
-    A cell of a column named "Δ ..." or "+..." is a number (shown, never coloured) or a
-    `spurcli.metrics.rate_difference` dict (shown with its interval, coloured when that
-    excludes 0).
+    A cell is a pre-formatted ``{"text", "css"}`` dict, a `spurcli.metrics.rate_difference`
+    dict (shown with its interval, coloured only when that excludes 0), or a number (in a
+    column named "Δ ..." or "+...": a difference without an interval, never coloured).
     """
     from spurcli.fileio import write_text
 
@@ -226,9 +226,9 @@ def _summary(summary: dict[str, Any]) -> str:
     for row in summary["rows"]:
         cells = [f'<td class="name">{_e(row[0])}</td>']
         for column, value in zip(summary["columns"][1:], row[1:], strict=True):
-            if isinstance(value, dict):  # pre-formatted {"text", "css"} (spurcli.summary)
+            if isinstance(value, dict) and "text" in value:  # pre-formatted (spurcli.summary)
                 cells.append(f'<td class="{_e(value["css"])}">{_e(value["text"])}</td>')
-            elif str(column).startswith(("Δ", "+")):
+            elif isinstance(value, dict) or str(column).startswith(("Δ", "+")):
                 cells.append(_delta_cell(value))
             else:
                 cells.append(f"<td>{_num(value)}</td>")

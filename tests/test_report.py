@@ -143,3 +143,15 @@ def test_report_shows_intervals_and_colours_by_them(tmp_path, comparison):
     ci = comparison.a["classifiers"]["fake"]["spurious_rate_ci"]
     assert f'<span class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</span>' in text
     assert "only when the 95% interval of Δ excludes 0" in text
+
+
+def test_summary_cells_a_difference_dict_or_a_preformatted_one(tmp_path, comparison):
+    from spurcli.metrics import rate_difference
+
+    diff = rate_difference([1, 1, 1, 1], [0, 0, 0, 0], paired=False)  # excludes 0
+    summary = {
+        "columns": ["classifier", "Δ a - b", "text"],
+        "rows": [["fake", diff, {"text": "0.5 [x]", "css": "neg"}]],
+    }
+    text = write_report(tmp_path / "s.html", [comparison], summary=summary).read_text("utf-8")
+    assert '<td class="pos" title="Fisher exact' in text and '<td class="neg">0.5 [x]</td>' in text
