@@ -640,6 +640,10 @@ def _score_paths(exp: Experiment, name: str) -> tuple[Path, Path]:
     return exp.out / "scores" / f"{name}.json", exp.out / "scores" / f"{name}.csv"
 
 
+def _real_rows_path(exp: Experiment) -> Path:
+    return exp.out / "scores" / "real-images.csv"
+
+
 def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
     from spurcli.score import ScoreOptions, parse_weights, score_folders
 
@@ -675,6 +679,8 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
                 result.write_csv(csv_path)
                 write_json(json_path, result.to_json())
                 write_stamp(json_path, stamp)
+            if results[0].real is not None:  # the positives of every ROC-AUC/AP difference
+                results[0].real.write_csv(_real_rows_path(exp))
     for name in names:
         if name in stale:
             stages.ran(f"score:{name}", why[name])  # type: ignore[arg-type]
@@ -750,15 +756,45 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass
+class SavedScores:
+    """A set's per-image numbers read back from its score CSV, shaped as `compare.differences`
+    takes a `ScoreResult` (the real images' from ``scores/real-images.csv``, when scored)."""
+
+    target: Any  # ImageNetClass
+    spurious: Any  # PerImage
+    real: Any  # PerImage or None
+
+
+def saved_scores(exp: Experiment, name: str) -> SavedScores:
+    from spurcli import imagenet
+    from spurcli.score import PerImage
+
+    target = imagenet.resolve_class(exp.run.target)  # type: ignore[arg-type]
+    rows = read_rows(_score_paths(exp, name)[1])
+    real_path = _real_rows_path(exp)
+    real = read_rows(real_path) if exp.compare.real and real_path.is_file() else None
+    return SavedScores(
+        target,
+        PerImage.from_rows(rows, target.index),
+        None if real is None else PerImage.from_rows(real, target.index),
+    )
+
+
 def run_comparisons(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.compare import CompareResult, Features, similarity
+    from spurcli.compare import CompareResult, Features, differences, find_pairs, similarity
     from spurcli.fileio import write_json
 
     for a, b in exp.comparisons():
         out = _compare_path(exp, a, b)
         inputs = [*_score_paths(exp, a), *_score_paths(exp, b)]
         inputs += [_feature_path(exp, s, e) for s in (a, b) for e in exp.compare.extractors]
-        why = staleness([out], inputs, {"extractors": exp.compare.extractors})
+        inputs += [_real_rows_path(exp)] if exp.compare.real else []
+        stamp = {
+            "extractors": exp.compare.extractors,
+            "bootstrap": [exp.compare.bootstrap, exp.compare.bootstrap_seed],
+        }
+        why = staleness([out], inputs, stamp)
         if not stages.check(f"compare:{a}-vs-{b}", why):
             continue
         sims = {
@@ -767,6 +803,12 @@ def run_comparisons(exp: Experiment, stages: Stages, main: bool) -> None:
             )
             for e in exp.compare.extractors
         }
+        scored = [saved_scores(exp, name) for name in (a, b)]
+        pairing = find_pairs(
+            exp.set_dir(a), scored[0].spurious.images, exp.set_dir(b), scored[1].spurious.images
+        )
+        cfg = exp.compare
+        diffs = differences(*scored, pairing, resamples=cfg.bootstrap, seed=cfg.bootstrap_seed)
         result = CompareResult(
             a=json.loads(_score_paths(exp, a)[0].read_text(encoding="utf-8")),
             b=json.loads(_score_paths(exp, b)[0].read_text(encoding="utf-8")),
@@ -777,10 +819,11 @@ def run_comparisons(exp: Experiment, stages: Stages, main: bool) -> None:
             dir_b=str(exp.set_dir(b).resolve()),  # from another working directory
             label_a=LABELS[a],
             label_b=LABELS[b],
+            differences=diffs,
         )
         if main:
             write_json(out, result.report_data())
-            write_stamp(out, {"extractors": exp.compare.extractors})
+            write_stamp(out, stamp)
         stages.ran(f"compare:{a}-vs-{b}", why)  # type: ignore[arg-type]
 
 

@@ -280,6 +280,28 @@ class PerImage:
             self.target_rank[:, mask],
         )
 
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]], target: int) -> PerImage:
+        """The inverse of `iter_rows` (e.g. a saved score CSV, rows typed), every image scored
+        for ``target``; classifiers and images in the order they first appear."""
+        classifiers = list(dict.fromkeys(r["classifier"] for r in rows))
+        images = list(dict.fromkeys(r["image"] for r in rows))
+        at = {(r["classifier"], r["image"]): r for r in rows}
+        if len(at) != len(classifiers) * len(images):
+            raise SpurcliError("score rows do not hold every classifier for every image")
+
+        def column(key: str, dtype: Any) -> np.ndarray:
+            return np.array([[at[c, i][key] for i in images] for c in classifiers], dtype)
+
+        return cls(
+            classifiers,
+            images,
+            np.full(len(images), target, np.int64),
+            column("top1_index", np.int64),
+            column("target_prob", np.float64),
+            column("target_rank", np.int64),
+        )
+
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         names = imagenet.class_names()
         for i, image in enumerate(self.images):

@@ -13,8 +13,9 @@ The differences (`spurcli.metrics.rate_difference`):
 - SFSL vs the untuned baseline, DreamBooth-only vs the baseline, and SFSL vs DreamBooth-only
   (SFSL's own contribution) are *paired*: image i of each set was sampled from the same seed and
   the same prompt (without [V] for the baseline), so the exact McNemar test applies. The pairs
-  are matched by (prompt position, image index) from each set's manifest; a set whose images do
-  not pair one to one falls back to the unpaired test, and the summary says so.
+  are matched by `spurcli.compare.find_pairs` (seed and prompt from each image's sample record,
+  the tuned identifier ignored), as `spurcli compare` matches them; sets that do not pair one to
+  one fall back to the unpaired test, and the summary's notes say so.
 - Generated vs references is *unpaired* (Fisher's exact test); the references judged against are
   the held-out ones unless none could be held out (then the summary says so).
 
@@ -26,14 +27,11 @@ unless the config says ``exclude_circular = false``; ``excluded_from_consensus``
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import numpy as np
 
 from spurcli import metrics
-
-PAIRED_BY_SEED = "paired: same seed and prompt, image by image"
 
 
 def _differences(exp: Any) -> list[tuple[str, str, bool]]:
@@ -53,60 +51,14 @@ def _differences(exp: Any) -> list[tuple[str, str, bool]]:
     return pairs
 
 
-def _pair_keys(exp: Any, name: str) -> dict[str, tuple[int, int]] | None:
-    """image file -> (prompt position, image index) of a sample set, from its manifest."""
-    from spurcli.sample import MANIFEST, read_manifest
-
-    sets = exp.sample_sets()
-    if name not in sets:
-        return None
-    arm, templates = sets[name]
-    prompts = [t.replace("[V]", exp.run.identifier) if arm else t for t in templates]
-    position = {_normal(p): i for i, p in enumerate(prompts)}
-    folder = exp.set_dir(name)
-    if not (folder / MANIFEST).is_file():
-        return None
-    keys = {}
-    for file, record in read_manifest(folder).items():
-        prompt = _normal(record.get("prompt", ""))
-        if prompt not in position or "index" not in record:
-            return None
-        keys[file] = (position[prompt], int(record["index"]))
-    return keys
-
-
-def _normal(prompt: str) -> str:
-    return re.sub(r"\s+", " ", prompt).strip()
-
-
-def _hits(rows: list[dict[str, Any]], classifier: str, target: int) -> dict[str, bool]:
-    return {r["image"]: r["top1_index"] == target for r in rows if r["classifier"] == classifier}
-
-
-def _aligned(
-    hits_a: dict[str, bool], hits_b: dict[str, bool], keys_a: Any, keys_b: Any
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The two sets' hits in pair order, or None when they do not pair one to one."""
-    if keys_a is None or keys_b is None or set(hits_a) != set(keys_a) or set(hits_b) != set(keys_b):
-        return None
-    by_key_b = {key: file for file, key in keys_b.items()}
-    if sorted(keys_a.values()) != sorted(by_key_b):
-        return None
-    order = sorted(keys_a, key=keys_a.get)
-    return (
-        np.array([hits_a[f] for f in order]),
-        np.array([hits_b[by_key_b[keys_a[f]]] for f in order]),
-    )
-
-
 def summarize(exp: Any) -> dict[str, Any]:
     """The run's answer, from the score files of every set (see the module docstring)."""
-    from spurcli.pipeline import REFERENCES, _all_sets, _score_paths, read_rows
+    from spurcli.compare import find_pairs
+    from spurcli.pipeline import REFERENCES, _all_sets, _score_paths, saved_scores
 
     names = _all_sets(exp)
     scores = {n: json.loads(_score_paths(exp, n)[0].read_text(encoding="utf-8")) for n in names}
-    rows = {n: read_rows(_score_paths(exp, n)[1]) for n in names}
-    keys = {n: _pair_keys(exp, n) for n in names}
+    saved = {n: saved_scores(exp, n) for n in names}
     target = scores[names[0]]["target"]
     k = target["index"]
     circular = exp.circular()
@@ -121,58 +73,49 @@ def summarize(exp: Any) -> dict[str, Any]:
             "against the images they were trained on."
         )
     unpaired: set[str] = set()
+    pairings: dict[str, Any] = {}
+    for a, b, paired in _differences(exp):
+        pairing = find_pairs(
+            exp.set_dir(a),
+            saved[a].spurious.images,
+            exp.set_dir(b),
+            saved[b].spurious.images,
+            "auto" if paired else "no",
+        )
+        pairings[f"{a}-vs-{b}"] = pairing
+        if paired and not pairing.paired:
+            unpaired.add(f"{a}-vs-{b} ({pairing.rule})")
 
-    def difference(hits: dict[str, dict[str, bool]], a: str, b: str, paired: bool) -> dict:
-        aligned = _aligned(hits[a], hits[b], keys[a], keys[b]) if paired else None
-        if paired and aligned is None:
-            unpaired.add(f"{a}-vs-{b}")
-        if aligned is not None:
-            result = metrics.rate_difference(*aligned, paired=True)
-            return {**result, "pairing": PAIRED_BY_SEED}
-        result = metrics.rate_difference(list(hits[a].values()), list(hits[b].values()), False)
-        return {**result, "pairing": "unpaired"}
+    def difference(hits: dict[str, np.ndarray], a: str, b: str) -> dict[str, Any]:
+        pairing = pairings[f"{a}-vs-{b}"]
+        hits_b = hits[b] if pairing.partner is None else hits[b][pairing.partner]
+        result = metrics.rate_difference(hits[a], hits_b, paired=pairing.paired)
+        return {**result, "pairing": pairing.rule if pairing.paired else "unpaired"}
 
     per_classifier: dict[str, Any] = {}
-    all_hits: dict[str, dict[str, dict[str, bool]]] = {}
-    for clf in exp.compare.classifiers:
-        hits = {n: _hits(rows[n], clf, k) for n in names}
-        all_hits[clf] = hits
-        entry: dict[str, Any] = {
+    hits_of: dict[str, dict[str, np.ndarray]] = {}  # classifier -> set -> per-image hits
+    for c, clf in enumerate(exp.compare.classifiers):
+        hits = {n: saved[n].spurious.top1[c] == k for n in names}
+        hits_of[clf] = hits
+        per_classifier[clf] = {
             "weights": scores[names[0]]["classifiers"][clf]["weights"],
             "circular": clf in circular,
             "spurious_rate": {n: scores[n]["classifiers"][clf]["spurious_rate"] for n in names},
-            "spurious_rate_ci": {n: metrics.rate_interval(list(hits[n].values())) for n in names},
+            "spurious_rate_ci": {n: metrics.rate_interval(hits[n]) for n in names},
             "mean_target_prob": {
                 n: scores[n]["classifiers"][clf]["mean_target_prob"] for n in names
             },
-            "differences": {
-                f"{a}-vs-{b}": difference(hits, a, b, paired) for a, b, paired in _differences(exp)
-            },
+            "differences": {f"{a}-vs-{b}": difference(hits, a, b) for a, b, _ in _differences(exp)},
         }
-        per_classifier[clf] = entry
-
-    consensus_hits = (
-        {
-            n: {
-                image: all(all_hits[c][n][image] for c in consensus_members)
-                for image in all_hits[consensus_members[0]][n]
-            }
-            for n in names
+    consensus: dict[str, Any] = {"classifiers": consensus_members, "all": {}, "all_ci": {}}
+    consensus["differences"] = {}
+    if consensus_members:
+        every = {n: np.all([hits_of[c][n] for c in consensus_members], axis=0) for n in names}
+        consensus["all"] = {n: float(np.mean(h)) for n, h in every.items()}
+        consensus["all_ci"] = {n: metrics.rate_interval(h) for n, h in every.items()}
+        consensus["differences"] = {
+            f"{a}-vs-{b}": difference(every, a, b) for a, b, _ in _differences(exp)
         }
-        if consensus_members
-        else {}
-    )
-    consensus: dict[str, Any] = {
-        "classifiers": consensus_members,
-        "all": {n: float(np.mean(list(h.values()))) for n, h in consensus_hits.items()},
-        "all_ci": {n: metrics.rate_interval(list(h.values())) for n, h in consensus_hits.items()},
-        "differences": {
-            f"{a}-vs-{b}": difference(consensus_hits, a, b, paired)
-            for a, b, paired in _differences(exp)
-        }
-        if consensus_hits
-        else {},
-    }
     excluded = {
         c: "also the SFSL extractor (same model and weights): the images were optimised "
         "against it, so its verdict is not independent evidence"

@@ -258,6 +258,13 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     )
     assert tuned["prompt"] == "a photo of sks flower"
     assert tuned["seed"] == json.loads(manifest[0])["seed"]  # paired noise
+    saved = json.loads((out / "compare" / "generated-vs-baseline.json").read_text())
+    assert saved["differences"]["pairing"]["paired"] is True
+    assert saved["differences"]["classifiers"]["template-linear"]["spurious_rate"]["test"] == (
+        "McNemar exact"
+    )
+    to_refs = json.loads((out / "compare" / "generated-vs-references.json").read_text())
+    assert to_refs["differences"]["pairing"]["paired"] is False
     report = result.report.read_text()
     assert report.count("<h2") == 1 + 8  # summary + eight comparisons
     assert "DreamBooth only" in report and "held-out references" in report

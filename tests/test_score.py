@@ -481,3 +481,22 @@ def test_two_processes_equal_one(tmp_path):
     assert two["n_images"] == one["n_images"] == 11
     assert two == one
     assert two_csv == one_csv
+
+
+def test_per_image_numbers_read_back_from_their_rows():
+    from spurcli.score import PerImage
+
+    per_image = PerImage(
+        ["a", "b"],
+        ["x.png", "y/z.png", "w.png"],
+        np.full(3, 94),
+        np.array([[94, 1, 94], [2, 94, 3]]),
+        np.array([[0.5, 0.1, 0.7], [0.2, 0.6, 0.05]]),
+        np.array([[1, 4, 1], [3, 1, 9]]),
+    )
+    back = PerImage.from_rows(list(per_image.iter_rows()), 94)
+    assert back.classifiers == per_image.classifiers and back.images == per_image.images
+    for key in ("target", "top1", "target_prob", "target_rank"):
+        assert np.array_equal(getattr(back, key), getattr(per_image, key))
+    with pytest.raises(SpurcliError, match="every classifier for every image"):
+        PerImage.from_rows(list(per_image.iter_rows())[:-1], 94)
