@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -125,6 +126,7 @@ class FinetuneConfig:
 
     def check(self) -> None:
         """Every option that can be checked without loading anything; one-line errors."""
+        check_finite(self)
         for name in ("instance_dir", "class_noun", "target", "output_dir"):
             if getattr(self, name) in (None, ""):
                 raise UsageError(
@@ -151,6 +153,9 @@ class FinetuneConfig:
             "prior_weight",
             "max_grad_norm",
             "weight_decay",
+            "sfsl_weight",
+            "class_guidance",
+            "validation_guidance",
         ]:
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
@@ -190,6 +195,19 @@ class FinetuneConfig:
             raise UsageError(
                 f"--resume: no checkpoint folder {self.resume} (or use --resume latest)"
             )
+
+
+def check_finite(config: Any) -> None:
+    """Every number of a config is finite: ``inf`` and ``nan`` (TOML and --set accept both, and
+    Typer parses ``--lr inf``) pass every sign check (``nan < 0`` is false), then poison the
+    weights or the images. Runs first in each command's ``check``."""
+    for fld in dataclasses.fields(config):
+        value = getattr(config, fld.name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise UsageError(
+                    f"--{fld.name.replace('_', '-')} must be a finite number, not {item}"
+                )
 
 
 def load_config(

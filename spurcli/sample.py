@@ -288,8 +288,10 @@ def reconcile(out: Path) -> dict[str, dict[str, Any]]:
 
 def check_config(config: SampleConfig) -> None:
     """Everything that can be checked before loading a model."""
+    from spurcli.config import check_finite
     from spurcli.diffusion import SCHEDULERS
 
+    check_finite(config)
     if not config.prompts:
         raise UsageError("no prompt: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if config.n <= 0:
@@ -298,6 +300,8 @@ def check_config(config: SampleConfig) -> None:
         raise UsageError(f"--steps must be positive, not {config.steps}")
     if config.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, not {config.batch_size}")
+    if config.guidance < 0:
+        raise UsageError(f"--guidance must not be negative, not {config.guidance}")
     if config.scheduler is not None and config.scheduler.lower() not in SCHEDULERS:
         raise UsageError(
             f"unknown scheduler '{config.scheduler}'; choose from {', '.join(SCHEDULERS)}"
@@ -357,6 +361,7 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
         resolve_model,
         set_attention_slicing,
     )
+    from spurcli.finite import check_model_finite
     from spurcli.parallel import Processes
 
     started = time.perf_counter()
@@ -380,6 +385,8 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
             pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})  # keeps its own
             pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(procs.device)
+    parts = {"UNet": pipe.unet, "text encoder": pipe.text_encoder, "VAE": pipe.vae}
+    check_model_finite(parts, ref.location if ref is not None else str(config.model))
     if config.attention_slicing is not None:
         set_attention_slicing(pipe, config.attention_slicing)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor

@@ -55,9 +55,10 @@ from spurcli.checkpoints import (
     Interrupted,
     Run,
     StopFlag,
+    check_weights_finite,
     checkpoint_dir,
     finished_run,
-    latest_checkpoint,
+    last_good_checkpoint,
     load_checkpoint,
     resume_point,
     save_checkpoint,
@@ -256,7 +257,7 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
 
     step = 0
     if checkpoint is not None:
-        step = load_checkpoint(run, checkpoint)
+        step = load_checkpoint(run, checkpoint, skip_bad=cfg.resume == "latest")
         log.info("resumed from %s (step %d)", checkpoint, step)
     if main:
         truncate_log(out / LOG_FILE, step)
@@ -304,13 +305,14 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
                     f"loss became non-finite at step {step + 1} "
                     f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); stopped without "
                     "updating the weights; last good checkpoint: "
-                    f"{latest_checkpoint(out) or 'none'}. "
+                    f"{last_good_checkpoint(out) or 'none'}. "
                     "Try a lower --lr, --mixed-precision bf16 or no, or another --sfsl-distance"
                 )
             if cfg.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = lr_scheduler.get_last_lr()[0]
             optimizer.step()
+            check_weights_finite(params, step + 1, out, lr)
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
