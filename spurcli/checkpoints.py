@@ -36,7 +36,7 @@ import torch
 from spurcli import console
 from spurcli.config import FinetuneConfig, to_dict
 from spurcli.diffusion import RUN_FILE
-from spurcli.errors import SpurcliError, UsageError
+from spurcli.errors import Signalled, SpurcliError, UsageError
 from spurcli.fileio import atomic_dir, write_json, write_text
 from spurcli.finite import all_finite
 
@@ -108,11 +108,15 @@ def finished_run(out: Path) -> dict[str, Any] | None:
     return None
 
 
+def is_run(out: Path) -> bool:
+    """``out`` holds (part of) a finetune run."""
+    return any((out / name).exists() for name in (RUN_FILE, LOG_FILE, CHECKPOINTS))
+
+
 def resume_point(cfg: FinetuneConfig, out: Path) -> Path | None:
     """The checkpoint to resume from; refuses to write into another run without --resume."""
-    is_run = any((out / name).exists() for name in (RUN_FILE, LOG_FILE, CHECKPOINTS))
     if cfg.resume is None:
-        if is_run:
+        if is_run(out):
             raise UsageError(
                 f"{out} already holds a spurcli finetune run; continue it with --resume latest "
                 "or choose another --output-dir"
@@ -296,10 +300,10 @@ def _read_checkpoint(run: Run, path: Path) -> dict[str, Any]:
         file = path / f"{name}.safetensors"
         try:
             saved = load_file(file)
-        except Exception as exc:  # safetensors raises its own SafetensorError on a bad file
+        except Exception:  # safetensors' own SafetensorError, or OSError
             raise BadCheckpoint(
-                f"{file} is missing, truncated or not a safetensors file ({_one_line(exc)}); "
-                "resume from another checkpoint or delete this one"
+                f"{file} is missing, truncated or not a safetensors file; resume from another "
+                "checkpoint or delete this one"
             ) from None
         wrong = _mismatch(saved, accelerator.unwrap_model(model).state_dict())
         if wrong:
@@ -412,7 +416,7 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise Signalled("SIGINT")  # no checkpoint of this step: the previous one stands
         self.requested = True
         console.stderr.print(
             "[yellow]stopping: saving a checkpoint after this step (Ctrl-C again to abort)[/]"

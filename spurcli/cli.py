@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from spurcli import __version__, console
-from spurcli.errors import SpurcliError
+from spurcli.errors import Signalled, SpurcliError
 
 app = typer.Typer(
     name="spurcli",
@@ -187,6 +187,7 @@ def score_command(
     """Score how spurious a set of images is for a class, per classifier and across them."""
     from spurcli import score
 
+    _check_outputs({"--json": None if json_out == "-" else json_out, "--csv": csv_out})
     result = score.score(
         images_dir,
         [n.strip() for n in classifiers.split(",") if n.strip()],
@@ -210,6 +211,15 @@ def score_command(
         _print_json(result.to_json())
     else:
         _print_wide(result.table())
+
+
+def _check_outputs(paths: dict[str, str | Path | None]) -> None:
+    """Result files are probed before the work: a bad path must not cost the results."""
+    from spurcli.fileio import check_output_file
+
+    for option, path in paths.items():
+        if path is not None and console.is_main_process():
+            check_output_file(path, option)
 
 
 def _print_wide(renderable: object) -> None:
@@ -368,6 +378,7 @@ def compare_command(
     """Compare two image sets: scores side by side, feature-space similarity, HTML report."""
     from spurcli.compare import CompareConfig, compare
 
+    _check_outputs({"--json": None if json_out == "-" else json_out, "--report": report})
     config = CompareConfig(
         target=target,
         classifiers=[n.strip() for n in classifiers.split(",") if n.strip()],
@@ -632,7 +643,7 @@ def finetune_command(
     options = {k: v for k, v in locals().items() if k not in ("config", "sets")}  # before imports
     from spurcli.config import FinetuneConfig, load_config
     from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR
-    from spurcli.pipeline import finetune_config, is_run_config
+    from spurcli.pipeline import TABLES, finetune_config, is_run_config
     from spurcli.train import finetune
 
     if not options["validation_prompt"]:
@@ -641,7 +652,12 @@ def finetune_command(
         cfg = finetune_config(config, sets or (), options)  # as `spurcli run` trains it
     else:
         cfg = load_config(
-            FinetuneConfig, config, section="finetune", sets=sets or (), overrides=options
+            FinetuneConfig,
+            config,
+            section="finetune",
+            sets=sets or (),
+            overrides=options,
+            tables=TABLES,  # a misspelled [finetun] is an error here too
         )
     out = finetune(cfg)
     if console.is_main_process():
@@ -660,6 +676,7 @@ def main() -> None:
     Typer runs in standalone mode, so it prints its own usage errors (exit 2) and handles
     --help, --version and ``typer.Exit(code)``; everything else that escapes a command is ours.
     """
+    previous = _sigterm_interrupts()
     try:
         from spurcli.plugins import get_plugins
 
@@ -668,11 +685,36 @@ def main() -> None:
         app()
     except SpurcliError as exc:
         _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except (KeyboardInterrupt, Signalled):
+        _fail("interrupted; finished results are kept: run the same command to continue", 130)
+    except OSError as exc:  # a full disk, a read-only or vanished path, something in the way
+        from spurcli.errors import describe_os_error
+
+        _fail(describe_os_error(exc), 1)
     except Exception as exc:
         text = " ".join(str(exc).split())  # a bug's message may span lines; keep one
         _fail(f"{type(exc).__name__}: {text} (run with -v for the traceback)", 1)
+    finally:
+        import signal
+
+        for signum, handler in previous.items():  # main() may run inside another program
+            signal.signal(signum, handler)
+
+
+def _sigterm_interrupts() -> dict[int, object]:
+    """Ctrl-C and SIGTERM (kill, a batch system's time limit) end every command with one line
+    and exit 130, temporaries removed by the unwinding ``finally`` blocks. Without this SIGTERM
+    kills Python silently and Typer turns Ctrl-C into a silent exit 130. The training loop
+    installs its own handler while it runs (checkpoint, then stop)."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Signalled(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _fail(message: str, code: int) -> None:

@@ -93,6 +93,13 @@ class CompareConfig:
     bootstrap_seed: int = 0  # their seed (recorded in the JSON)
     paired: Literal["auto", "yes", "no"] = "auto"  # image i of A and of B a pair? (see above)
 
+    def check(self) -> None:
+        """The settings that can be checked before loading anything."""
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.report_images < 0:
+            raise UsageError(f"--report-images must not be negative, not {self.report_images}")
+
 
 @dataclass
 class Features:
@@ -643,6 +650,7 @@ def compare(
 
     if config.target is None:
         raise UsageError("--target CLASS is required (an ImageNet index or name)")
+    config.check()
     imagenet.resolve_class(config.target)  # "did you mean" before anything slow
     for folder in (dir_a, dir_b):
         find_images(folder)  # missing or empty set: one line now, not after loading models

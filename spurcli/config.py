@@ -42,7 +42,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -217,14 +217,28 @@ def load_config(
     section: str | None = None,
     sets: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
+    tables: Sequence[str] | None = None,
 ) -> T:
-    """``cls`` filled from defaults < the TOML file < ``sets`` ("key=value") < ``overrides``."""
+    """``cls`` filled from defaults < the TOML file < ``sets`` ("key=value") < ``overrides``.
+
+    ``tables``: the tables the file may have (a misspelled ``[finetun]`` is an error, not a
+    table silently left to another command); None: any.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         data = read_toml(path)
+        for name in [k for k, v in data.items() if isinstance(v, dict)]:
+            if tables is not None and name not in tables:
+                close = difflib.get_close_matches(name, list(tables), n=1)
+                hint = f"; did you mean [{close[0]}]?" if close else ""
+                raise UsageError(
+                    f"{path}: unknown table [{name}]{hint} (tables: "
+                    + ", ".join(f"[{t}]" for t in tables)
+                    + ")"
+                )
         where = f"{path} [{section}]" if section and isinstance(data.get(section), dict) else path
         for key, value in _select(data, section, fields, path).items():
             name = _field_name(key, fields, where)

@@ -242,7 +242,7 @@ def append_manifest(out: Path, records: Sequence[dict[str, Any]]) -> None:
     if not records:
         return
     data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
-    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     try:
         os.write(fd, data)
     finally:
@@ -314,16 +314,6 @@ def check_config(config: SampleConfig) -> None:
             raise UsageError(f"--{name} must be a positive multiple of 8, not {value}")
 
 
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise SpurcliError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
-
-
 def model_label(ref: Any) -> str:
     """How the manifest names the model: 'tiny', a hub id, or an absolute folder."""
     if ref.kind in ("tiny", "hub"):
@@ -353,22 +343,39 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
 
     ``pipe``: an already loaded pipeline to use (moved to the device and dtype; its scheduler is
     left alone); ``model_ref``: the `ModelRef` it came from (for the identifier and the manifest).
+    The first process owns and locks the output folder while it samples (`output_folder`).
     """
+    from spurcli.console import is_main_process
+    from spurcli.diffusion import resolve_model
+    from spurcli.fileio import output_folder
+
+    started = time.perf_counter()
+    check_config(config)
+    out = Path(config.out)
+    if model_ref is None and pipe is None:  # a bad model name: an error before any folder exists
+        model_ref = resolve_model(config.model)
+    with output_folder(out, "sample", recognise=is_sample_folder, enabled=is_main_process()):
+        return _sample(config, out, pipe, model_ref, started)
+
+
+def is_sample_folder(out: Path) -> bool:
+    """``out`` holds spurcli samples (made before folders had a marker)."""
+    return (out / MANIFEST).is_file()
+
+
+def _sample(
+    config: SampleConfig, out: Path, pipe: Any, model_ref: Any, started: float
+) -> SampleResult:
     from spurcli.console import progress_bar
     from spurcli.diffusion import (
         load_pipeline,
         make_scheduler,
-        resolve_model,
         set_attention_slicing,
     )
     from spurcli.finite import check_model_finite
     from spurcli.parallel import Processes
 
-    started = time.perf_counter()
-    check_config(config)
-    out = Path(config.out)
-    check_writable(out)
-    ref = model_ref or (resolve_model(config.model) if pipe is None else None)
+    ref = model_ref
     tuned = ref is not None and ref.kind == "run"
     identifier = config.identifier or (ref.identifier if ref is not None else None)
     prompts = final_prompts(config, identifier, tuned)

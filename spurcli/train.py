@@ -58,6 +58,7 @@ from spurcli.checkpoints import (
     check_weights_finite,
     checkpoint_dir,
     finished_run,
+    is_run,
     last_good_checkpoint,
     load_checkpoint,
     resume_point,
@@ -73,8 +74,8 @@ from spurcli.diffusion import (
     quiet_library_progress_bars,
     set_training_attention_slicing,
 )
-from spurcli.errors import SpurcliError
-from spurcli.fileio import atomic_dir, write_json
+from spurcli.errors import SpurcliError, UsageError
+from spurcli.fileio import atomic_dir, is_inside, output_folder, write_json
 from spurcli.images import find_images, read_folder, read_image, sha256_file, write_png
 from spurcli.losses import SFSL, step_losses
 
@@ -89,9 +90,20 @@ LOSS_KEYS = ("loss", "loss_instance", "loss_prior", "loss_sfsl")
 
 def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = None) -> Path:
     """Fine-tune ``config.model`` on the reference images; returns the run folder."""
-    cfg = config
-    cfg.check()
-    out = Path(cfg.output_dir)  # type: ignore[arg-type]
+    config.check()
+    out = Path(config.output_dir)  # type: ignore[arg-type]
+    for refs in (config.instance_dir, config.class_dir):
+        if refs is not None and Path(refs).is_dir() and is_inside(out, refs):
+            raise UsageError(
+                f"--output-dir {out} is inside the image folder {refs}: the run would train on "
+                "its own outputs; choose a folder outside it"
+            )
+    # The first process owns and locks the folder (the others write only what it tells them).
+    with output_folder(out, "finetune", recognise=is_run, enabled=console.is_main_process()):
+        return _finetune(config, out, on_step)
+
+
+def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | None) -> Path:
     started = time.time()
     accelerator = _accelerator(cfg)
     main = accelerator.is_main_process

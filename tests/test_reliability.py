@@ -1,4 +1,4 @@
-"""Nothing stale, nothing lost, nothing overwritten: the guarantees of docs/reliability.md, by class.
+"""Nothing stale, nothing lost, nothing overwritten: docs/reliability.md's guarantees, by class.
 
 - non-finite numbers: settings, weights after every update, checkpoints, sampled models
 - output folders: one writer at a time (two real processes), owned, no symlinks, temporaries
@@ -140,3 +140,277 @@ def test_sample_refuses_a_model_with_nan_weights(spurcli, tmp_path):
     assert code == 1 and len(err) == 1, err
     assert "UNet weights contain NaN" in err[0]
     assert not list((tmp_path / "s").rglob("*.png"))  # no black images
+
+
+# ------------------------------------------------------------------------------------------------
+# output folders: one writer, owned, no symlinks, no leftovers
+
+SAMPLE = ["sample", "tiny", "-p", "a red flower", "--steps", "2", "--height", "32", "--width", "32"]
+
+
+def _holder_pid(folder: Path) -> int | None:
+    from spurcli.fileio import FOLDER_FILE
+
+    try:
+        return json.loads((folder / FOLDER_FILE).read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(spurcli, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from _finetune_helpers import SUBPROCESS_ENV, spurcli_command
+
+    out = tmp_path / "s"
+    slow = [*SAMPLE, "-n", "400", "-b", "1", "--steps", "20", "--out", str(out)]
+    first = subprocess.Popen(
+        spurcli_command("-q", *slow), env=SUBPROCESS_ENV, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        while _holder_pid(out) != first.pid or not list(out.rglob("*.png")):
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()
+            time.sleep(0.2)
+        second = subprocess.run(
+            spurcli_command("-q", *SAMPLE, "-n", "1", "--out", str(out)),
+            env=SUBPROCESS_ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 1, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"in use by another spurcli sample (pid {first.pid}" in lines[0]
+        first.send_signal(signal.SIGTERM)  # ends like Ctrl-C: one line, exit 130
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 130, err
+        assert err.strip().splitlines() == [
+            "error: interrupted; finished results are kept: run the same command to continue"
+        ]
+    finally:
+        first.kill()
+    assert not list(out.rglob(".tmp-*"))  # the interrupted write cleaned up after itself
+    code, _, err = spurcli(*SAMPLE, "-n", "1", "--steps", "20", "--out", out)  # lock released
+    assert code == 0, err
+
+
+def test_a_folder_of_the_users_own_files_is_never_written(spurcli, tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    code, _, err = spurcli(*SAMPLE, "-n", "1", "--out", mine)
+    assert code == 2 and len(err) == 1 and "is not empty (thesis.tex)" in err[0], err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]  # not even a marker left
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    code, _, err = spurcli(*SAMPLE, "-n", "1", "--out", tmp_path / "home")
+    assert code == 2 and "refusing to write into" in err[0], err
+    code, _, err = spurcli(*SAMPLE, "-n", "1", "--out", "/")
+    assert code == 2 and "refusing to write into" in err[0], err
+
+
+def test_a_result_of_another_kind_is_refused(spurcli, refs, tmp_path):
+    from spurcli.fileio import output_folder
+
+    with output_folder(tmp_path / "run", "finetune"):
+        pass
+    code, _, err = spurcli(*SAMPLE, "-n", "1", "--out", tmp_path / "run")
+    assert code == 2 and "holds a spurcli finetune result, not a sample one" in err[0], err
+
+
+def test_old_results_without_a_marker_are_still_theirs(tmp_path):
+    from spurcli.fileio import FOLDER_FILE, output_folder
+    from spurcli.sample import MANIFEST, is_sample_folder
+
+    (tmp_path / MANIFEST).write_text("")
+    with output_folder(tmp_path, "sample", recognise=is_sample_folder):
+        pass
+    assert json.loads((tmp_path / FOLDER_FILE).read_text())["kind"] == "sample"
+
+
+@pytest.mark.parametrize("link", ["a-red-flower", "manifest.jsonl", "a-red-flower/000000.png"])
+def test_a_symlink_inside_an_output_folder_is_refused(spurcli, tmp_path, link):
+    out, elsewhere = tmp_path / "s", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, _, err = spurcli(*SAMPLE, "-n", "1", "--out", out)
+    assert code == 0, err
+    target = out / link
+    if target.is_dir():
+        import shutil
+
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    target.symlink_to(elsewhere if "." not in link else elsewhere / "x")
+    code, _, err = spurcli(*SAMPLE, "-n", "2", "--out", out)
+    assert code == 1 and len(err) == 1 and "is a symbolic link inside the output folder" in err[0]
+    assert list(elsewhere.iterdir()) == []  # nothing written (or deleted) through the link
+
+
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next_run(spurcli, tmp_path):
+    out = tmp_path / "s"
+    code, _, err = spurcli(*SAMPLE, "-n", "1", "--out", out)
+    assert code == 0, err
+    (out / ".tmp-manifest.jsonl.0123456789ab").write_text("half")
+    (out / ".old-pipeline.xyz" / "pipeline" / "unet").mkdir(parents=True)
+    (out / "a-red-flower" / ".tmp-000001.png.0123456789ab").write_bytes(b"half")
+    code, _, err = spurcli(*SAMPLE, "-n", "1", "--out", out)
+    assert code == 0, err
+    assert not [p for p in out.rglob("*") if p.name.startswith((".tmp-", ".old-"))]
+
+
+def test_finetune_output_inside_the_references_is_refused(spurcli, tmp_path):
+    refs = make_refs(tmp_path / "refs", n=1)
+    code, _, err = spurcli(
+        "finetune", "--model", "tiny", "--instance-dir", refs, "--class-noun", "flower",
+        "--target", "94", "--output-dir", refs / "run",
+    )  # fmt: skip
+    assert code == 2 and len(err) == 1 and "would train on its own outputs" in err[0], err
+    assert not (refs / "run").exists()
+
+
+def test_weight_files_keep_the_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    from safetensors.torch import save_file
+
+    from spurcli.fileio import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "ckpt") as tmp:
+            save_file({"w": torch.zeros(2)}, tmp / "unet.safetensors")
+            torch.save({"a": 1}, tmp / "optimizer.pt")
+    finally:
+        os.umask(old)
+    for name in ("unet.safetensors", "optimizer.pt"):
+        assert stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o755
+
+
+def test_result_paths_are_checked_before_the_work(spurcli, tmp_path, fake_plugin):
+    (tmp_path / "file").write_text("")
+    images = make_refs(tmp_path / "images", n=1)
+    for option, path, message in [
+        ("--json", tmp_path / "file" / "x.json", "File exists; something is in the way"),
+        ("--csv", tmp_path, "is a folder; give a file name"),
+    ]:
+        code, _, err = spurcli("score", images, "-t", "94", "-c", "fake", option, path)
+        assert code in (1, 2) and len(err) == 1 and message in err[0], err
+    assert fake_plugin.calls == []  # refused before any classifier was loaded
+
+
+# ------------------------------------------------------------------------------------------------
+# errors that name the file and what to do
+
+
+@pytest.fixture
+def checkpointed(refs, tmp_path):
+    """A 2-step run with checkpoints step-1 and step-2 (and a finished pipeline)."""
+    from spurcli.train import finetune
+
+    out = tmp_path / "run"
+    finetune(dreambooth(refs, out, steps=2, checkpoint_every=1, keep_checkpoints=0))
+    return out
+
+
+class Payload:
+    """Unpickling this runs a command: what a poisoned checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_broken_and_poisoned_checkpoints_are_one_line_and_never_run(refs, checkpointed, tmp_path):
+    import pickle
+
+    from safetensors.torch import save_file
+
+    from spurcli.train import finetune
+
+    step2 = checkpointed / "checkpoints" / "step-2"
+    marker = tmp_path / "payload-ran"
+    cfg = dreambooth(refs, checkpointed, steps=3, checkpoint_every=1, keep_checkpoints=0)
+    cases = {
+        "optimizer.pt": (lambda f: f.write_bytes(pickle.dumps(Payload(marker))), "pickled Python"),
+        "unet.safetensors": (lambda f: f.write_bytes(f.read_bytes()[:1000]), "truncated"),
+        "text_encoder.safetensors": (
+            lambda f: save_file({"w": torch.zeros(2)}, f),
+            "holds the weights of another model",
+        ),
+        "state.json": (lambda f: f.write_text("{"), "not a spurcli checkpoint record"),
+    }
+    for name, (damage, message) in cases.items():
+        backup = (step2 / name).read_bytes()
+        damage(step2 / name)
+        with pytest.raises(SpurcliError) as info:
+            finetune(dataclasses.replace(cfg, resume=str(step2)))
+        text = str(info.value)
+        assert str(step2 / name) in text and message in text, text
+        assert "\n" not in text and "weights_only" not in text and "Error" not in text
+        (step2 / name).write_bytes(backup)
+    assert not marker.exists()  # the pickled payload never ran
+
+
+def test_resume_latest_skips_a_checkpoint_that_does_not_load(refs, checkpointed, caplog):
+    from spurcli.train import finetune
+
+    step2 = checkpointed / "checkpoints" / "step-2" / "unet.safetensors"
+    step2.write_bytes(step2.read_bytes()[:500])  # a save killed half-way (an old version's)
+    cfg = dreambooth(refs, checkpointed, steps=3, checkpoint_every=1, keep_checkpoints=0)
+    finetune(dataclasses.replace(cfg, resume="latest"))
+    assert "skipping checkpoint" in caplog.text and str(step2) in caplog.text
+    log = [
+        json.loads(line)["step"] for line in (checkpointed / "log.jsonl").read_text().splitlines()
+    ]
+    assert log == [1, 2, 3]  # resumed from step-1: step 2 was redone
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(spurcli, tmp_path, monkeypatch):
+    import errno
+
+    from PIL import Image
+
+    real = Image.Image.save
+    calls = []
+
+    def full(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) > 1:  # the first image fits, the disk is full at the second
+            real(self, fp, *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+        return real(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    out = tmp_path / "s"
+    code, _, err = spurcli(*SAMPLE, "-n", "2", "-b", "1", "--out", out)
+    assert code == 1 and len(err) == 1, err
+    assert "No space left on device; the disk is full: free some space" in err[0]
+    assert [p.name for p in out.rglob("*.png")] == ["000000.png"]  # no half-written second
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_a_misspelled_table_is_an_error_for_finetune_too(spurcli, tmp_path):
+    (tmp_path / "exp.toml").write_text("[finetun]\nsteps = 1\n")
+    code, _, err = spurcli("finetune", tmp_path / "exp.toml")
+    assert code == 2 and len(err) == 1
+    assert "unknown table [finetun]; did you mean [finetune]" in err[0]
+
+
+def test_run_checks_every_table_before_the_first_stage(spurcli, refs, tmp_path, fake_plugin):
+    (tmp_path / "exp.toml").write_text(
+        f'out = "{tmp_path / "exp"}"\nmodel = "tiny"\ntarget = 94\nclass_noun = "flower"\n'
+        f'instance_dir = "{refs}"\n[sample]\nn = 0\n[compare]\nclassifiers = ["fake"]\n'
+    )
+    code, _, err = spurcli("run", tmp_path / "exp.toml")
+    assert code == 2 and len(err) == 1 and "-n must be a positive number" in err[0], err
+    assert not (tmp_path / "exp").exists()  # nothing ran, not even the fine-tuning
