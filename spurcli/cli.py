@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from spurcli import __version__, console
 from spurcli.errors import Signalled, SpurcliError
+from spurcli.text import rich_text, terminal
 
 app = typer.Typer(
     name="spurcli",
@@ -313,9 +314,11 @@ def sample_command(
         _print_json(result.to_json())
         return
     console.stdout.print(
-        f"{len(result.files)} images in {result.out} ({result.generated} generated, "
-        f"{result.skipped} already there; {result.images_per_second:.2f} images/s); "
-        f"prompts: {'; '.join(result.prompts)}",
+        terminal(
+            f"{len(result.files)} images in {result.out} ({result.generated} generated, "
+            f"{result.skipped} already there; {result.images_per_second:.2f} images/s); "
+            f"prompts: {'; '.join(result.prompts)}"
+        ),
         markup=False,
         highlight=False,
     )
@@ -453,7 +456,9 @@ def run_command(
     from rich.table import Table
 
     table_data = summary_table(result.summary)
-    table = Table(title=f"spurcli run: {escape(str(result.out))}", caption=table_data["caption"])
+    table = Table(
+        title=rich_text(f"spurcli run: {result.out}"), caption=rich_text(table_data["caption"])
+    )
     for i, column in enumerate(table_data["columns"]):
         table.add_column(escape(column), justify="left" if i == 0 else "right", overflow="fold")
     style = {"pos": "red", "neg": "green", "": ""}
@@ -462,10 +467,10 @@ def run_command(
             f"[{style[c['css']]}]{escape(c['text'])}[/]" if c["css"] else escape(c["text"])
             for c in row[1:]
         ]
-        table.add_row(escape(str(row[0])), *cells)
+        table.add_row(rich_text(row[0]), *cells)
     _print_wide(table)
     for note in result.summary["notes"]:
-        console.stdout.print(note, markup=False, highlight=False)
+        console.stdout.print(terminal(note), markup=False, highlight=False)
     ran = [
         f"{name} ({result.reasons.get(name, 'ran')})"
         for name, state in result.stages.items()
@@ -475,7 +480,7 @@ def run_command(
     if ran:
         console.stdout.print("ran: " + "; ".join(ran), markup=False, highlight=False)
     console.stdout.print(
-        f"report: {result.report}"
+        terminal(f"report: {result.report}")
         + (f" ({len(skipped)} stages were up to date)" if skipped else ""),
         markup=False,
         highlight=False,
@@ -664,7 +669,9 @@ def finetune_command(
         run = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
         losses = ", ".join(f"{k} {v:.4f}" for k, v in run.get("final_losses", {}).items())
         console.stdout.print(
-            f"{out}: {run['steps_done']} steps; {losses}; pipeline in {out / RUN_PIPELINE_DIR}",
+            terminal(
+                f"{out}: {run['steps_done']} steps; {losses}; pipeline in {out / RUN_PIPELINE_DIR}"
+            ),
             markup=False,
             highlight=False,
         )
@@ -723,6 +730,6 @@ def _fail(message: str, code: int) -> None:
     # escape: messages quote user input and file names, which rich would read as markup;
     # soft_wrap: one line however long, so that scripts can grep it.
     console.stderr.print(
-        f"[red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
+        f"[red]error:[/] {rich_text(message)}", markup=True, highlight=False, soft_wrap=True
     )
     sys.exit(code)

@@ -766,7 +766,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     """The per-image rows of a score CSV, typed as `ScoreResult.rows` are."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    from spurcli.text import csv_value
+
     for row in rows:
+        for key in ("image", "classifier", "top1_name"):
+            row[key] = csv_value(row[key])
         row["top1_index"] = int(row["top1_index"])
         row["target_prob"] = float(row["target_prob"])
         row["target_rank"] = int(row["target_rank"])

@@ -414,3 +414,119 @@ def test_run_checks_every_table_before_the_first_stage(spurcli, refs, tmp_path, 
     code, _, err = spurcli("run", tmp_path / "exp.toml")
     assert code == 2 and len(err) == 1 and "-n must be a positive number" in err[0], err
     assert not (tmp_path / "exp").exists()  # nothing ran, not even the fine-tuning
+
+
+# ------------------------------------------------------------------------------------------------
+# text from users is data, never markup
+
+HOSTILE_A = '<img src=x onerror="document.title=1">[red]A[/] $\\frac{1}{$ \x1b[2J'
+HOSTILE_B = '\u202eevil.exe\u202c =HYPERLINK("http://x") $x$'
+
+
+@pytest.fixture
+def hostile(tmp_path, fake_plugin):
+    """A comparison whose labels and file names carry markup of every sink."""
+    from _compare_helpers import RED, solid
+
+    from spurcli.compare import CompareConfig, compare
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    solid(a / "=cmd|' calc'!A1.png", RED[0], (32, 32))
+    solid(a / "+[bold]x[/bold].png", RED[1], (32, 32))
+    solid(b / "\u05e9\u05dc\u05d5\u05dd.png", RED[2], (32, 32))
+    config = CompareConfig(target=94, classifiers=["fake"], extractors=["fake"])
+    return compare(a, b, config, labels=(HOSTILE_A, HOSTILE_B))
+
+
+def test_hostile_labels_reach_rich_tables_as_typed(hostile):
+    from rich.console import Console
+
+    out = Console(record=True, width=400, color_system=None)
+    for table in hostile.tables():
+        out.print(table)
+    text = out.export_text()
+    assert "[red]A[/]" in text  # printed, not interpreted
+    assert "\x1b" not in text and "\\x1b[2J" in text  # shown, not obeyed
+    assert "\u202e" not in text and "\\u202e" in text
+
+
+def test_csv_cells_never_start_a_formula_and_read_back_exactly(hostile, tmp_path):
+    import csv
+
+    from spurcli.pipeline import read_rows
+    from spurcli.score import score_folders
+
+    path = tmp_path / "rows.csv"
+
+    (result,) = score_folders([tmp_path / "a"], 94, ["fake"])
+    result.write_csv(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        cells = [cell for row in csv.reader(f) for cell in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")]
+    images = {row["image"] for row in read_rows(path)}
+    assert images == {"=cmd|' calc'!A1.png", "+[bold]x[/bold].png"}
+
+
+def test_a_log_line_shows_control_characters_instead_of_obeying_them(capsys):
+    import logging
+
+    from spurcli import console
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = []
+    try:
+        console.configure()
+        logging.getLogger("spurcli.test").warning("prompt %s", "a\x1b]0;owned\x07b")
+    finally:
+        root.handlers = saved
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b]0;owned\\x07b" in err
+
+
+def _chromium() -> str | None:
+    import os
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("CI"):
+        pytest.fail("CI must have chromium (apt-get install -y chromium)")
+    return found
+
+
+def test_hostile_labels_in_the_report_rendered_by_chromium(hostile, tmp_path):
+    import subprocess
+    import tempfile
+
+    from spurcli.report import write_report
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("needs chromium (apt-get install -y chromium)")
+    path = write_report(tmp_path / "report.html", [hostile], title=HOSTILE_A)
+    html = path.read_text(encoding="utf-8")
+    assert "<bdi>&lt;img src=x" in html  # escaped and direction-isolated
+    assert "\\frac" in html and "$x$" in html  # matplotlib drew the dollars as text
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--dump-dom", path.as_uri()],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+    # The browser's own parse of the page: the label is text, not an element with a handler.
+    from html.parser import HTMLParser
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.found = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found.append((tag, dict(attrs)))
+
+    parser = Tags()
+    parser.feed(dom)
+    assert not [attrs for _, attrs in parser.found if "onerror" in attrs]
+    assert "&lt;img src=x onerror=" in dom and "<title>1</title>" not in dom
+    assert "\\x1b[2J" in dom and "\x1b" not in dom  # shown, not a raw escape
