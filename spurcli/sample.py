@@ -17,11 +17,12 @@ Reproducibility, and why the code looks the way it does:
   (not from the prompt: prompts sharing an index share the noise, which pairs a tuned model's
   images with the baseline's). The seed is recorded, so plain diffusers re-creates the image with
   ``torch.Generator().manual_seed(seed)``.
-- Every UNet/VAE call has the same shape (the last batch is filled up by repeating an image that
-  is then not saved), and each prompt is encoded alone, once. Kernels give a row the same result
-  whatever the other rows hold, but not whatever the batch *size*; so with a given --batch-size
-  image i is bit-identical for any number of processes, shard, or resume point. Another
-  --batch-size changes floating-point summation order and can move a few 8-bit pixels by one.
+- Every UNet/VAE call has the same shape, min(--batch-size, images requested) (the last batch is
+  filled up by repeating an image that is then not saved), and each prompt is encoded alone,
+  once. Kernels give a row the same result whatever the other rows hold, but not whatever the
+  batch *size*; so with a given --batch-size image i is bit-identical for any number of
+  processes, shard, or resume point. Another --batch-size changes floating-point summation
+  order and can move a few 8-bit pixels by one.
 - A PNG is written to a temporary name and renamed, so it either exists complete or not at all;
   an existing file is a finished image and is skipped on the next run. Its manifest line is
   appended after; a kill between the two is repaired on the next run from the PNG's own chunk.
@@ -190,7 +191,9 @@ def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, s
     """prompt -> folder name; a slug already used by another prompt gets a hash suffix.
 
     ``taken`` maps existing folders to the prompt they hold (from the manifest), so a re-run
-    finds the same folders and two prompts never share one.
+    finds the same folders. Two prompts never share one by construction: a candidate name is
+    checked against every name assigned so far (and the hashed name gets a counter in the
+    unlikely case that it is taken too), not just made unlikely to collide.
     """
     used = dict(taken)
     folders: dict[str, str] = {}
@@ -201,7 +204,11 @@ def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, s
             continue
         slug = slugify(prompt)
         if slug in used or any(slugify(p) == slug for p in prompts if p != prompt):
-            slug = f"{slug}-{hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
+            base = f"{slug}-{hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
+            slug, counter = base, 1
+            while slug in used:
+                counter += 1
+                slug = f"{base}-{counter}"
         used[slug] = prompt
         folders[prompt] = slug
     return folders
@@ -428,7 +435,10 @@ def _sample(
             todo.append(job)
     mine = procs.shard(todo)
     embeddings = PromptCache(pipe, config.guidance, settings["negative_prompt"])
-    batches = [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+    # A request smaller than --batch-size runs at its own size: 1 image is 1 row, not 4 (the
+    # size is fixed by the request, so resumes and shards still see the same shapes).
+    size = min(config.batch_size, len(jobs))
+    batches = [mine[i : i + size] for i in range(0, len(mine), size)]
     if todo and procs.is_main:
         log.info(
             "sampling %d images (%d already there) in %s on %d process(es)",
@@ -439,7 +449,7 @@ def _sample(
         )
     with progress_bar("sampling", total=len(mine)) as bar:
         for batch in batches:
-            images = generate(pipe, batch, config.batch_size, embeddings, settings)
+            images = generate(pipe, batch, size, embeddings, settings)
             new = []
             for job, image in zip(batch, images, strict=True):
                 record = {**settings, "file": job.file, "prompt": job.prompt, "index": job.index}

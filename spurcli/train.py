@@ -429,7 +429,24 @@ def _versions() -> dict[str, str]:
 def generate_class_images(
     pipe: Any, cfg: FinetuneConfig, prompt: str, folder: Path, accelerator: Any
 ) -> dict[str, Any]:
-    """Generate the missing prior images into ``folder``, sharded over processes; reuse the rest."""
+    """Generate the missing prior images into ``folder``, sharded over processes; reuse the rest.
+
+    Reused are images made with this model, prompt and size (their PNG text says so) and images
+    spurcli did not make (the user's own class photos); a class-NNNNN.png of another model,
+    prompt or size is deleted and made again, so that a changed run never trains on stale priors.
+    """
+    if accelerator.is_main_process and folder.is_dir():
+        stale = [p for p in folder.glob("class-*.png") if _stale_prior(p, prompt, cfg)]
+        if stale:
+            log.warning(
+                "%d prior images in %s were made with another model, prompt or size: "
+                "regenerating them",
+                len(stale),
+                folder,
+            )
+        for path in stale:
+            path.unlink()
+    accelerator.wait_for_everyone()
     existing = find_images(folder) if folder.is_dir() and any(folder.iterdir()) else []
     missing = max(0, cfg.num_class_images - len(existing))
     taken = {p.name for p in existing}
@@ -459,6 +476,21 @@ def generate_class_images(
         "generated": missing,
         "seeds": "seed * 1000000 + index (in each class-NNNNN.png's text chunk)",
     }
+
+
+def _stale_prior(path: Path, prompt: str, cfg: FinetuneConfig) -> bool:
+    """A prior image spurcli made (its PNG text has our keys) with other settings than now."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            text, size = dict(getattr(img, "text", {})), img.size
+    except OSError:
+        return False  # unreadable: left for the reader to report
+    if not {"prompt", "model", "seed"} <= set(text):
+        return False  # not one of ours: the user's own class image
+    same = text["prompt"] == prompt and text["model"] == str(cfg.model)
+    return not (same and size == (cfg.resolution, cfg.resolution))
 
 
 @torch.no_grad()

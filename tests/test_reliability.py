@@ -530,3 +530,56 @@ def test_hostile_labels_in_the_report_rendered_by_chromium(hostile, tmp_path):
     assert not [attrs for _, attrs in parser.found if "onerror" in attrs]
     assert "&lt;img src=x onerror=" in dom and "<title>1</title>" not in dom
     assert "\\x1b[2J" in dom and "\x1b" not in dom  # shown, not a raw escape
+
+
+# ------------------------------------------------------------------------------------------------
+# the rest: unique prompt folders, no padding of small jobs, stale prior images
+
+
+def test_prompt_folders_are_unique_by_construction():
+    import hashlib
+
+    from spurcli.sample import prompt_folders
+
+    hashed = f"a-b-{hashlib.sha1(b'a b').hexdigest()[:8]}"
+    prompts = [hashed, "a b", "a-b", "A B", "a  b"]  # the first is literally the second's hash
+    taken = {"a-b-2": "an old prompt"}
+    folders = prompt_folders(prompts, taken)
+    assert len(set(folders.values())) == len(prompts)
+    assert not set(folders.values()) & set(taken)
+    assert prompt_folders(prompts, {v: k for k, v in folders.items()}) == folders  # stable
+
+
+def test_a_one_image_job_is_not_padded_to_the_batch_size(tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    from spurcli.sample import SampleConfig, sample
+
+    rows = []
+    real = StableDiffusionPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        rows.append(kwargs["prompt_embeds"].shape[0])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", spy)
+    config = SampleConfig(prompts=["x"], n=1, out=tmp_path, steps=1, batch_size=8, height=32,
+                          width=32)  # fmt: skip
+    sample(config)
+    assert rows == [1]
+
+
+def test_prior_images_of_another_prompt_are_regenerated(refs, tmp_path, caplog):
+    from PIL import Image
+
+    from spurcli.train import finetune
+
+    class_dir = tmp_path / "priors"
+    base = dreambooth(refs, tmp_path / "one", steps=1, prior_weight=1.0, num_class_images=1,
+                      class_dir=class_dir)  # fmt: skip
+    finetune(base)
+    prior = class_dir / "class-00000.png"
+    assert Image.open(prior).text["prompt"] == "a photo of flower"
+    finetune(dataclasses.replace(base, output_dir=tmp_path / "two", class_noun="tree"))
+    assert "regenerating them" in caplog.text
+    assert Image.open(prior).text["prompt"] == "a photo of tree"
