@@ -583,3 +583,13 @@ def test_prior_images_of_another_prompt_are_regenerated(refs, tmp_path, caplog):
     finetune(dataclasses.replace(base, output_dir=tmp_path / "two", class_noun="tree"))
     assert "regenerating them" in caplog.text
     assert Image.open(prior).text["prompt"] == "a photo of tree"
+
+
+def test_a_pipeline_folder_of_pickled_bin_files_is_refused(spurcli, tmp_path):
+    from spurcli.diffusion import build_tiny_pipeline
+
+    build_tiny_pipeline().save_pretrained(tmp_path / "model", safe_serialization=False)
+    code, _, err = spurcli("sample", tmp_path / "model", "-p", "x", "--out", tmp_path / "s")
+    assert code == 1 and len(err) == 1, err
+    assert "model.bin is a pickled weights file, which spurcli never loads" in err[0]
+    assert not list((tmp_path / "s").rglob("*.png"))
