@@ -593,3 +593,26 @@ def test_a_pipeline_folder_of_pickled_bin_files_is_refused(spurcli, tmp_path):
     assert code == 1 and len(err) == 1, err
     assert "model.bin is a pickled weights file, which spurcli never loads" in err[0]
     assert not list((tmp_path / "s").rglob("*.png"))
+
+
+def test_negative_counts_are_refused(spurcli, tmp_path, fake_plugin):
+    from _compare_helpers import make_sets
+
+    a, b = make_sets(tmp_path)
+    code, _, err = spurcli("compare", a, b, "-t", "94", "-c", "fake", "--report-images", "-1")
+    assert code == 2 and len(err) == 1 and "--report-images must not be negative" in err[0], err
+    assert fake_plugin.calls == []
+
+
+def test_the_manifest_counts_exactly_the_images_on_disk(spurcli, tmp_path):
+    out = tmp_path / "s"
+    code, _, err = spurcli(*SAMPLE, "-n", "3", "--out", out)
+    assert code == 0, err
+    (out / "a-red-flower" / "000001.png").unlink()  # deleted by hand
+    manifest = out / "manifest.jsonl"
+    manifest.write_text(manifest.read_text() + manifest.read_text().splitlines()[0] + "\n")
+    code, _, err = spurcli(*SAMPLE, "-n", "2", "--out", out)
+    assert code == 0, err
+    records = [json.loads(line)["file"] for line in manifest.read_text().splitlines()]
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert sorted(records) == on_disk == [f"a-red-flower/00000{i}.png" for i in range(3)]
