@@ -135,6 +135,12 @@ def check_output_file(path: str | os.PathLike[str], option: str) -> None:
         raise SpurcliError(f"{option}: {describe_os_error(exc)}") from None
 
 
+def _ours(name: str) -> bool:
+    """Files spurcli leaves in any folder it writes: the marker, temporaries, `run`'s stamps."""
+    is_stamp = name.startswith(".") and name.endswith(".stamp.json")
+    return name == FOLDER_FILE or name.startswith(LEFTOVERS) or is_stamp
+
+
 def _owner(fd: int) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(os.pread(fd, 1 << 16, 0).decode("utf-8") or "{}")
@@ -216,7 +222,7 @@ def output_folder(
                 f"{path} holds a spurcli {owner['kind']} result, not a {kind} one; choose "
                 "another folder"
             )
-        others = [p.name for p in path.iterdir() if p.name != FOLDER_FILE]
+        others = [p.name for p in path.iterdir() if not _ours(p.name)]
         if "kind" not in owner and others and not recognise(path):
             if created:
                 marker.unlink(missing_ok=True)
