@@ -36,8 +36,9 @@ import torch
 from spurcli import console
 from spurcli.config import FinetuneConfig, to_dict
 from spurcli.diffusion import RUN_FILE
-from spurcli.errors import SpurcliError, UsageError
+from spurcli.errors import Signalled, SpurcliError, UsageError
 from spurcli.fileio import atomic_dir, write_json, write_text
+from spurcli.finite import all_finite
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,15 @@ def finished_run(out: Path) -> dict[str, Any] | None:
     return None
 
 
+def is_run(out: Path) -> bool:
+    """``out`` holds (part of) a finetune run."""
+    return any((out / name).exists() for name in (RUN_FILE, LOG_FILE, CHECKPOINTS))
+
+
 def resume_point(cfg: FinetuneConfig, out: Path) -> Path | None:
     """The checkpoint to resume from; refuses to write into another run without --resume."""
-    is_run = any((out / name).exists() for name in (RUN_FILE, LOG_FILE, CHECKPOINTS))
     if cfg.resume is None:
-        if is_run:
+        if is_run(out):
             raise UsageError(
                 f"{out} already holds a spurcli finetune run; continue it with --resume latest "
                 "or choose another --output-dir"
@@ -185,11 +190,18 @@ def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
     rng_states = gather_object([_rng_state()])  # every process's RNG, collected on all
     if accelerator.is_main_process:
         target = checkpoint_dir(out, step)
+        models = {"unet": _state_dict(accelerator, run.unet)}
+        if cfg.train_text_encoder:
+            models["text_encoder"] = _state_dict(accelerator, run.text_encoder)
+        for name, weights in models.items():  # never a checkpoint to resume into NaN
+            if not all_finite(weights.values()):
+                raise SpurcliError(
+                    f"not saving {target}: the {name} weights are not finite; last good "
+                    f"checkpoint: {last_good_checkpoint(out) or 'none'}"
+                )
         with atomic_dir(target) as tmp:
-            save_file(_state_dict(accelerator, run.unet), tmp / "unet.safetensors")
-            if cfg.train_text_encoder:
-                te = _state_dict(accelerator, run.text_encoder)
-                save_file(te, tmp / "text_encoder.safetensors")
+            for name, weights in models.items():
+                save_file(weights, tmp / f"{name}.safetensors")
             torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(run.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
             if accelerator.scaler is not None:
@@ -211,12 +223,150 @@ def _state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def load_checkpoint(run: Run, path: Path) -> int:
-    """Restore everything ``save_checkpoint`` wrote; returns the step it was taken at."""
+class BadCheckpoint(SpurcliError):
+    """A checkpoint that cannot be resumed from; the message names the file and what to do."""
+
+
+def last_good_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint whose weights load and are all finite (for error messages)."""
     from safetensors.torch import load_file
 
+    for _, path in reversed(list_checkpoints(out)):
+        try:
+            files = sorted(path.glob("*.safetensors"))
+            if files and all(all_finite(load_file(f).values()) for f in files):
+                return path
+        except Exception:  # unreadable: not a good checkpoint, whatever the reason
+            continue
+    return None
+
+
+def check_weights_finite(params: list[Any], step: int, out: Path, lr: float) -> None:
+    """After an optimizer step: stop before a non-finite weight is logged, saved or sampled."""
+    if not all_finite(params):
+        raise SpurcliError(
+            f"the weights became non-finite in the update of step {step} (lr {lr:.3g}); "
+            f"nothing of this step was saved; last good checkpoint: "
+            f"{last_good_checkpoint(out) or 'none'}. Try a lower --lr or --max-grad-norm, "
+            "or --mixed-precision bf16 or no"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def _mismatch(saved: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> str | None:
+    """What makes a saved state dict not fit a model (None: it fits)."""
+    missing = sorted(set(model) - set(saved))
+    extra = sorted(set(saved) - set(model))
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} instead of {tuple(v.shape)}"
+        for k, v in model.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+    if shapes:
+        problems.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+    return "; ".join(problems) or None
+
+
+def _read_checkpoint(run: Run, path: Path) -> dict[str, Any]:
+    """Everything of a checkpoint, read and checked before any of it touches the run."""
+    from safetensors.torch import load_file
+
+    from spurcli.weights import _load_failure
+
     cfg, accelerator = run.cfg, run.accelerator
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    record = path / "state.json"
+    try:
+        state = json.loads(record.read_text(encoding="utf-8"))
+        int(state["step"]), dict(state["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadCheckpoint(
+            f"{record} is missing or not a spurcli checkpoint record ({_one_line(exc)}); "
+            "resume from another checkpoint or delete this one"
+        ) from None
+    models = {"unet": run.unet}
+    if cfg.train_text_encoder:
+        models["text_encoder"] = run.text_encoder
+    weights = {}
+    for name, model in models.items():
+        file = path / f"{name}.safetensors"
+        try:
+            saved = load_file(file)
+        except Exception:  # safetensors' own SafetensorError, or OSError
+            raise BadCheckpoint(
+                f"{file} is missing, truncated or not a safetensors file; resume from another "
+                "checkpoint or delete this one"
+            ) from None
+        wrong = _mismatch(saved, accelerator.unwrap_model(model).state_dict())
+        if wrong:
+            raise BadCheckpoint(
+                f"{file} holds the weights of another model ({wrong}); resume with the "
+                "--model it was trained from, or start a new --output-dir"
+            )
+        if not all_finite(saved.values()):
+            raise BadCheckpoint(
+                f"{file} holds NaN or infinite weights; resume from an earlier checkpoint"
+            )
+        weights[name] = saved
+    others = {}
+    names = ["optimizer", "lr_scheduler", "scaler", f"rng-{accelerator.process_index}"]
+    for name in names:
+        file = path / f"{name}.pt"
+        if not file.is_file():
+            continue
+        try:
+            others[name] = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise BadCheckpoint(
+                f"{file} cannot be read ({_load_failure(exc)}); resume from another checkpoint "
+                "or delete this one"
+            ) from None
+    saved_groups = others.get("optimizer", {}).get("param_groups", [])
+    groups = run.optimizer.state_dict()["param_groups"]
+    if "optimizer" in others and [len(g["params"]) for g in saved_groups] != [
+        len(g["params"]) for g in groups
+    ]:
+        raise BadCheckpoint(
+            f"{path / 'optimizer.pt'} is the optimizer of another run (other parameter groups; "
+            "--train-text-encoder changed?); resume with the options it was saved with"
+        )
+    return {"state": state, "weights": weights, **others}
+
+
+def load_checkpoint(run: Run, path: Path, *, skip_bad: bool = False) -> int:
+    """Restore everything ``save_checkpoint`` wrote; returns the step it was taken at.
+
+    Nothing is changed unless the whole checkpoint reads and fits (a `BadCheckpoint` naming the
+    file otherwise). ``skip_bad`` (``--resume latest``): a checkpoint that does not load is
+    reported and the next older one tried; none left means starting from step 0.
+    """
+    candidates = [path]
+    if skip_bad:
+        candidates += [p for _, p in reversed(list_checkpoints(run.out)) if p != path]
+    for candidate in candidates:
+        try:
+            loaded = _read_checkpoint(run, candidate)
+        except BadCheckpoint as exc:
+            if not skip_bad:
+                raise
+            log.warning("skipping checkpoint %s: %s", candidate, exc)
+            continue
+        _apply_checkpoint(run, loaded)
+        return int(loaded["state"]["step"])
+    log.warning("no checkpoint in %s loads: starting from step 0", run.out)
+    return 0
+
+
+def _apply_checkpoint(run: Run, loaded: dict[str, Any]) -> None:
+    cfg, accelerator, state = run.cfg, run.accelerator, loaded["state"]
     changed = sorted(
         k
         for k, v in to_dict(cfg).items()
@@ -227,24 +377,21 @@ def load_checkpoint(run: Run, path: Path) -> int:
             "resuming with changed options (%s): the result will differ from an uninterrupted run",
             ", ".join(changed),
         )
-    try:
-        accelerator.unwrap_model(run.unet).load_state_dict(load_file(path / "unet.safetensors"))
-        if cfg.train_text_encoder:
-            te = load_file(path / "text_encoder.safetensors")
-            accelerator.unwrap_model(run.text_encoder).load_state_dict(te)
-        for name, target in (
-            ("optimizer", run.optimizer),
-            ("lr_scheduler", run.lr_scheduler),
-            ("scaler", accelerator.scaler),
-        ):
-            if target is not None and (path / f"{name}.pt").is_file():
-                target.load_state_dict(torch.load(path / f"{name}.pt", weights_only=True))
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        raise SpurcliError(f"cannot resume from {path}: {exc}") from exc
-    rng = path / f"rng-{accelerator.process_index}.pt"
-    if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=True))
-    return int(state["step"])
+    accelerator.unwrap_model(run.unet).load_state_dict(loaded["weights"]["unet"])
+    if "text_encoder" in loaded["weights"]:
+        accelerator.unwrap_model(run.text_encoder).load_state_dict(
+            loaded["weights"]["text_encoder"]
+        )
+    for name, target in (
+        ("optimizer", run.optimizer),
+        ("lr_scheduler", run.lr_scheduler),
+        ("scaler", accelerator.scaler),
+    ):
+        if target is not None and name in loaded:
+            target.load_state_dict(loaded[name])
+    rng = loaded.get(f"rng-{accelerator.process_index}")
+    if rng is not None:
+        _set_rng_state(rng)
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -269,7 +416,7 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise Signalled("SIGINT")  # no checkpoint of this step: the previous one stands
         self.requested = True
         console.stderr.print(
             "[yellow]stopping: saving a checkpoint after this step (Ctrl-C again to abort)[/]"

@@ -16,7 +16,8 @@ import typer
 from rich.markup import escape
 
 from spurcli import __version__, console
-from spurcli.errors import SpurcliError
+from spurcli.errors import Signalled, SpurcliError
+from spurcli.text import rich_text, terminal
 
 app = typer.Typer(
     name="spurcli",
@@ -187,6 +188,7 @@ def score_command(
     """Score how spurious a set of images is for a class, per classifier and across them."""
     from spurcli import score
 
+    _check_outputs({"--json": None if json_out == "-" else json_out, "--csv": csv_out})
     result = score.score(
         images_dir,
         [n.strip() for n in classifiers.split(",") if n.strip()],
@@ -210,6 +212,15 @@ def score_command(
         _print_json(result.to_json())
     else:
         _print_wide(result.table())
+
+
+def _check_outputs(paths: dict[str, str | Path | None]) -> None:
+    """Result files are probed before the work: a bad path must not cost the results."""
+    from spurcli.fileio import check_output_file
+
+    for option, path in paths.items():
+        if path is not None and console.is_main_process():
+            check_output_file(path, option)
 
 
 def _print_wide(renderable: object) -> None:
@@ -303,9 +314,11 @@ def sample_command(
         _print_json(result.to_json())
         return
     console.stdout.print(
-        f"{len(result.files)} images in {result.out} ({result.generated} generated, "
-        f"{result.skipped} already there; {result.images_per_second:.2f} images/s); "
-        f"prompts: {'; '.join(result.prompts)}",
+        terminal(
+            f"{len(result.files)} images in {result.out} ({result.generated} generated, "
+            f"{result.skipped} already there; {result.images_per_second:.2f} images/s); "
+            f"prompts: {'; '.join(result.prompts)}"
+        ),
         markup=False,
         highlight=False,
     )
@@ -368,6 +381,7 @@ def compare_command(
     """Compare two image sets: scores side by side, feature-space similarity, HTML report."""
     from spurcli.compare import CompareConfig, compare
 
+    _check_outputs({"--json": None if json_out == "-" else json_out, "--report": report})
     config = CompareConfig(
         target=target,
         classifiers=[n.strip() for n in classifiers.split(",") if n.strip()],
@@ -442,7 +456,9 @@ def run_command(
     from rich.table import Table
 
     table_data = summary_table(result.summary)
-    table = Table(title=f"spurcli run: {escape(str(result.out))}", caption=table_data["caption"])
+    table = Table(
+        title=rich_text(f"spurcli run: {result.out}"), caption=rich_text(table_data["caption"])
+    )
     for i, column in enumerate(table_data["columns"]):
         table.add_column(escape(column), justify="left" if i == 0 else "right", overflow="fold")
     style = {"pos": "red", "neg": "green", "": ""}
@@ -451,10 +467,10 @@ def run_command(
             f"[{style[c['css']]}]{escape(c['text'])}[/]" if c["css"] else escape(c["text"])
             for c in row[1:]
         ]
-        table.add_row(escape(str(row[0])), *cells)
+        table.add_row(rich_text(row[0]), *cells)
     _print_wide(table)
     for note in result.summary["notes"]:
-        console.stdout.print(note, markup=False, highlight=False)
+        console.stdout.print(terminal(note), markup=False, highlight=False)
     ran = [
         f"{name} ({result.reasons.get(name, 'ran')})"
         for name, state in result.stages.items()
@@ -464,7 +480,7 @@ def run_command(
     if ran:
         console.stdout.print("ran: " + "; ".join(ran), markup=False, highlight=False)
     console.stdout.print(
-        f"report: {result.report}"
+        terminal(f"report: {result.report}")
         + (f" ({len(skipped)} stages were up to date)" if skipped else ""),
         markup=False,
         highlight=False,
@@ -632,7 +648,7 @@ def finetune_command(
     options = {k: v for k, v in locals().items() if k not in ("config", "sets")}  # before imports
     from spurcli.config import FinetuneConfig, load_config
     from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR
-    from spurcli.pipeline import finetune_config, is_run_config
+    from spurcli.pipeline import TABLES, finetune_config, is_run_config
     from spurcli.train import finetune
 
     if not options["validation_prompt"]:
@@ -641,14 +657,21 @@ def finetune_command(
         cfg = finetune_config(config, sets or (), options)  # as `spurcli run` trains it
     else:
         cfg = load_config(
-            FinetuneConfig, config, section="finetune", sets=sets or (), overrides=options
+            FinetuneConfig,
+            config,
+            section="finetune",
+            sets=sets or (),
+            overrides=options,
+            tables=TABLES,  # a misspelled [finetun] is an error here too
         )
     out = finetune(cfg)
     if console.is_main_process():
         run = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
         losses = ", ".join(f"{k} {v:.4f}" for k, v in run.get("final_losses", {}).items())
         console.stdout.print(
-            f"{out}: {run['steps_done']} steps; {losses}; pipeline in {out / RUN_PIPELINE_DIR}",
+            terminal(
+                f"{out}: {run['steps_done']} steps; {losses}; pipeline in {out / RUN_PIPELINE_DIR}"
+            ),
             markup=False,
             highlight=False,
         )
@@ -660,6 +683,7 @@ def main() -> None:
     Typer runs in standalone mode, so it prints its own usage errors (exit 2) and handles
     --help, --version and ``typer.Exit(code)``; everything else that escapes a command is ours.
     """
+    previous = _sigterm_interrupts()
     try:
         from spurcli.plugins import get_plugins
 
@@ -668,11 +692,36 @@ def main() -> None:
         app()
     except SpurcliError as exc:
         _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except (KeyboardInterrupt, Signalled):
+        _fail("interrupted; finished results are kept: run the same command to continue", 130)
+    except OSError as exc:  # a full disk, a read-only or vanished path, something in the way
+        from spurcli.errors import describe_os_error
+
+        _fail(describe_os_error(exc), 1)
     except Exception as exc:
         text = " ".join(str(exc).split())  # a bug's message may span lines; keep one
         _fail(f"{type(exc).__name__}: {text} (run with -v for the traceback)", 1)
+    finally:
+        import signal
+
+        for signum, handler in previous.items():  # main() may run inside another program
+            signal.signal(signum, handler)
+
+
+def _sigterm_interrupts() -> dict[int, object]:
+    """Ctrl-C and SIGTERM (kill, a batch system's time limit) end every command with one line
+    and exit 130, temporaries removed by the unwinding ``finally`` blocks. Without this SIGTERM
+    kills Python silently and Typer turns Ctrl-C into a silent exit 130. The training loop
+    installs its own handler while it runs (checkpoint, then stop)."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Signalled(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _fail(message: str, code: int) -> None:
@@ -681,6 +730,6 @@ def _fail(message: str, code: int) -> None:
     # escape: messages quote user input and file names, which rich would read as markup;
     # soft_wrap: one line however long, so that scripts can grep it.
     console.stderr.print(
-        f"[red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
+        f"[red]error:[/] {rich_text(message)}", markup=True, highlight=False, soft_wrap=True
     )
     sys.exit(code)

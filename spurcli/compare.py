@@ -93,6 +93,13 @@ class CompareConfig:
     bootstrap_seed: int = 0  # their seed (recorded in the JSON)
     paired: Literal["auto", "yes", "no"] = "auto"  # image i of A and of B a pair? (see above)
 
+    def check(self) -> None:
+        """The settings that can be checked before loading anything."""
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.report_images < 0:
+            raise UsageError(f"--report-images must not be negative, not {self.report_images}")
+
 
 @dataclass
 class Features:
@@ -527,6 +534,7 @@ class CompareResult:
         from rich.table import Table
 
         from spurcli.score import METRICS, RANDOM_NOTE, fmt_metric, plain
+        from spurcli.text import rich_text, terminal
 
         target = self.a["target"]
         la, lb = self.label_a, self.label_b
@@ -534,13 +542,13 @@ class CompareResult:
         scores = Table(title=f"spurcli compare: target {target['index']} {target['name']}")
         for column in ("classifier", "metric", la, lb, f"{la} - {lb}", "p"):
             scores.add_column(
-                column,
+                rich_text(column),  # the labels are user text, not markup
                 justify="left" if column in ("classifier", "metric") else "right",
                 overflow="fold",
             )
         for name, a in self.a["classifiers"].items():
             b = self.b["classifiers"][name]
-            label = f"{name}*" if a["weights"] == "random" else name
+            label = rich_text(f"{name}*" if a["weights"] == "random" else name)
             for i, metric in enumerate(METRICS):
                 va, vb = a[metric], b[metric]
                 diff = diffs.get(name, {}).get(metric)
@@ -596,10 +604,10 @@ class CompareResult:
                 )
         if any(a["weights"] == "random" for a in self.a["classifiers"].values()):
             lines.append(RANDOM_NOTE)
-        scores.caption = plain("\n".join(lines))
+        scores.caption = plain(terminal("\n".join(lines)))
         out = [scores]
         if self.similarity:
-            sims = Table(title=f"similarity of {la} to {lb} in feature spaces")
+            sims = Table(title=rich_text(f"similarity of {la} to {lb} in feature spaces"))
             for column in ("extractor", "mean_cosine", "Fréchet distance", "nn_cosine_mean"):
                 sims.add_column(column, justify="left" if column == "extractor" else "right")
             sims.add_column("nn_cosine_max", justify="right")
@@ -643,6 +651,7 @@ def compare(
 
     if config.target is None:
         raise UsageError("--target CLASS is required (an ImageNet index or name)")
+    config.check()
     imagenet.resolve_class(config.target)  # "did you mean" before anything slow
     for folder in (dir_a, dir_b):
         find_images(folder)  # missing or empty set: one line now, not after loading models

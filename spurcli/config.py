@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -125,6 +126,7 @@ class FinetuneConfig:
 
     def check(self) -> None:
         """Every option that can be checked without loading anything; one-line errors."""
+        check_finite(self)
         for name in ("instance_dir", "class_noun", "target", "output_dir"):
             if getattr(self, name) in (None, ""):
                 raise UsageError(
@@ -151,6 +153,9 @@ class FinetuneConfig:
             "prior_weight",
             "max_grad_norm",
             "weight_decay",
+            "sfsl_weight",
+            "class_guidance",
+            "validation_guidance",
         ]:
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
@@ -192,6 +197,19 @@ class FinetuneConfig:
             )
 
 
+def check_finite(config: Any) -> None:
+    """Every number of a config is finite: ``inf`` and ``nan`` (TOML and --set accept both, and
+    Typer parses ``--lr inf``) pass every sign check (``nan < 0`` is false), then poison the
+    weights or the images. Runs first in each command's ``check``."""
+    for fld in dataclasses.fields(config):
+        value = getattr(config, fld.name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise UsageError(
+                    f"--{fld.name.replace('_', '-')} must be a finite number, not {item}"
+                )
+
+
 def load_config(
     cls: type[T],
     path: str | os.PathLike[str] | None = None,
@@ -199,14 +217,28 @@ def load_config(
     section: str | None = None,
     sets: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
+    tables: Sequence[str] | None = None,
 ) -> T:
-    """``cls`` filled from defaults < the TOML file < ``sets`` ("key=value") < ``overrides``."""
+    """``cls`` filled from defaults < the TOML file < ``sets`` ("key=value") < ``overrides``.
+
+    ``tables``: the tables the file may have (a misspelled ``[finetun]`` is an error, not a
+    table silently left to another command); None: any.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         data = read_toml(path)
+        for name in [k for k, v in data.items() if isinstance(v, dict)]:
+            if tables is not None and name not in tables:
+                close = difflib.get_close_matches(name, list(tables), n=1)
+                hint = f"; did you mean [{close[0]}]?" if close else ""
+                raise UsageError(
+                    f"{path}: unknown table [{name}]{hint} (tables: "
+                    + ", ".join(f"[{t}]" for t in tables)
+                    + ")"
+                )
         where = f"{path} [{section}]" if section and isinstance(data.get(section), dict) else path
         for key, value in _select(data, section, fields, path).items():
             name = _field_name(key, fields, where)

@@ -58,10 +58,23 @@ def configure(*, verbose: int = 0, quiet: bool = False) -> None:
         else:  # a log file or pipe: one plain line per record, never wrapped at 80 columns
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.addFilter(_plain_text)
         handler._spurcli = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.setLevel(logging.WARNING)  # other libraries' loggers: warnings and errors only
     logging.captureWarnings(True)
+
+
+def _plain_text(record: logging.LogRecord) -> bool:
+    """Log lines quote prompts and file names: their control characters are shown, not obeyed
+    (an escape sequence in a prompt must not clear or retitle the terminal)."""
+    from spurcli.text import terminal
+
+    message = record.getMessage()
+    cleaned = terminal(message)
+    if cleaned != message:
+        record.msg, record.args = cleaned, None
+    return True
 
 
 def progress_enabled() -> bool:

@@ -106,6 +106,8 @@ def load_pipeline(
     else:
         local = ref.kind != "hub"
         quiet_library_progress_bars()
+        if local:
+            _refuse_pickles(Path(ref.location))
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 ref.location,
@@ -113,10 +115,16 @@ def load_pipeline(
                 safety_checker=None,
                 requires_safety_checker=False,
                 local_files_only=local or offline(),
+                # a local folder's weights are safetensors or refused: a pickled .bin can run code
+                use_safetensors=True if local else None,
             )
         except Exception as exc:
             if local:
-                raise SpurcliError(f"cannot load the pipeline in {ref.location}: {exc}") from exc
+                text = " ".join(str(exc).split())[:300]  # diffusers' messages span lines
+                raise SpurcliError(
+                    f"cannot load the pipeline in {ref.location}: {text}; is it a complete "
+                    "diffusers folder (save_pretrained) with safetensors weights?"
+                ) from exc
             raise SpurcliError(
                 f"model '{ref.location}' is not available{' offline' if offline() else ''} "
                 f"({type(exc).__name__}); download it where online (`hf download "
@@ -126,6 +134,19 @@ def load_pipeline(
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # spurcli draws its own progress bars
     return pipe
+
+
+def _refuse_pickles(folder: Path) -> None:
+    """A pipeline part whose weights exist only as pickles (.bin, .pt, .ckpt): one clear line."""
+    for part in sorted(p for p in folder.iterdir() if p.is_dir()):
+        pickles = [p for p in part.iterdir() if p.suffix in (".bin", ".pt", ".ckpt", ".pth")]
+        if pickles and not any(p.suffix == ".safetensors" for p in part.iterdir()):
+            raise SpurcliError(
+                f"{pickles[0]} is a pickled weights file, which spurcli never loads (unpickling "
+                "can run code); convert the pipeline where you trust it: "
+                "StableDiffusionPipeline.from_pretrained(...).save_pretrained(DIR, "
+                "safe_serialization=True)"
+            )
 
 
 def quiet_library_progress_bars() -> None:

@@ -57,6 +57,7 @@ from typing import Any
 from spurcli.config import MAYBE_PATH, FinetuneConfig, load_config, read_toml, to_dict
 from spurcli.diffusion import DEFAULT_MODEL
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.fileio import output_folder
 
 log = logging.getLogger(__name__)
 
@@ -466,21 +467,43 @@ def run(
         plugins.extractors().resolve(name)
     for arm in exp.arms().values():
         arm.check()
-    exp.out.mkdir(parents=True, exist_ok=True)
+    check_tables(exp)
     stages = Stages()
     main = console.is_main_process()
 
-    run_references(exp, stages, main)
-    for arm in exp.arms():
-        run_finetune(exp, arm, stages, retrain=retrain)
-    run_sampling(exp, stages)
-    run_scoring(exp, stages, main)
-    run_features(exp, stages, main)
-    run_comparisons(exp, stages, main)
-    report, summary = run_report(exp, stages, main)
+    with output_folder(exp.out, "run", recognise=_is_run_folder, enabled=main):
+        run_references(exp, stages, main)
+        for arm in exp.arms():
+            run_finetune(exp, arm, stages, retrain=retrain)
+        run_sampling(exp, stages)
+        run_scoring(exp, stages, main)
+        run_features(exp, stages, main)
+        run_comparisons(exp, stages, main)
+        report, summary = run_report(exp, stages, main)
     return RunResult(
         out=exp.out, report=report, summary=summary, stages=stages.done, reasons=stages.reasons
     )
+
+
+def check_tables(exp: Experiment) -> None:
+    """The [sample] and [compare] settings too, before the first stage starts (not hours later,
+    at their turn); an experiment folder inside the references is refused."""
+    from spurcli.fileio import is_inside
+    from spurcli.sample import check_config
+
+    check_config(exp.sample)
+    exp.compare.check()
+    if is_inside(exp.out, exp.run.instance_dir):  # type: ignore[arg-type]
+        raise UsageError(
+            f"{exp.path}: out {exp.out} is inside instance_dir {exp.run.instance_dir}: the run "
+            "would train on and score its own outputs; choose a folder outside it"
+        )
+
+
+def _is_run_folder(out: Path) -> bool:
+    """``out`` holds a run's results (made before folders had a marker)."""
+    names = ("references", "finetune", "samples", "scores", "summary.json", "report.html")
+    return any((out / name).exists() for name in names)
 
 
 def run_references(exp: Experiment, stages: Stages, main: bool) -> None:
@@ -749,7 +772,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     """The per-image rows of a score CSV, typed as `ScoreResult.rows` are."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    from spurcli.text import csv_value
+
     for row in rows:
+        for key in ("image", "classifier", "top1_name"):
+            row[key] = csv_value(row[key])
         row["top1_index"] = int(row["top1_index"])
         row["target_prob"] = float(row["target_prob"])
         row["target_rank"] = int(row["target_rank"])

@@ -22,7 +22,6 @@ are scored; the heading says how many are shown).
 from __future__ import annotations
 
 import base64
-import html
 import io
 import os
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from spurcli import __version__
+from spurcli.text import html_attribute, html_text, mathtext
 
 THUMB = 128  # thumbnail side in pixels (the centre square, as the classifiers see it)
 TOP_PAIRS = 6  # nearest-neighbour pairs shown per extractor
@@ -98,12 +98,12 @@ def write_report(
         f"<title>{_e(title)}</title>",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<style>{CSS}</style></head><body><main>",
-        f"<h1>{_e(title)}</h1>",
+        f"<h1>{_h(title)}</h1>",
         f'<p class="meta">target class {target["index"]} <b>{_e(target["name"])}</b> · '
         f"made by spurcli {__version__} · red labels: the classifier's top-1 is the target "
         "(the image fools it)</p>",
     ]
-    parts += [f'<p class="note">{_e(n)}</p>' for n in notes]
+    parts += [f'<p class="note">{_h(n)}</p>' for n in notes]
     if summary:
         parts.append(_summary(summary))
     for i, data in enumerate(datas):
@@ -115,7 +115,12 @@ def write_report(
 
 
 def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    return html_attribute(text)
+
+
+def _h(text: Any) -> str:
+    """User text (labels, titles, file names) as element content: escaped and bidi-isolated."""
+    return html_text(text)
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -192,7 +197,7 @@ def _differences_note(diffs: dict[str, Any], la: str, lb: str) -> str:
     pairing, consensus = diffs["pairing"], diffs["consensus"]
     rates = consensus["all"]
     text = (
-        f" {_e(la)} &minus; {_e(lb)}: all {_e(fmt_difference(rates))} "
+        f" {_h(la)} &minus; {_h(lb)}: all {_e(fmt_difference(rates))} "
         f"(p = {_e(fmt_p(rates['p_value']))}), any {_e(fmt_difference(consensus['any']))} "
         f"(p = {_e(fmt_p(consensus['any']['p_value']))}). "
         + (
@@ -246,9 +251,9 @@ def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
     la, lb = data["labels"]["a"], data["labels"]["b"]
     a, b = data["a"], data["b"]
     out = [
-        f'<h2 id="cmp{number}">{_e(la)} vs {_e(lb)}</h2>',
-        f'<p class="meta">{_e(la)}: {a["n_images"]} images in <code>{_e(data["dirs"]["a"])}'
-        f"</code> · {_e(lb)}: {b['n_images']} images in <code>{_e(data['dirs']['b'])}</code>"
+        f'<h2 id="cmp{number}">{_h(la)} vs {_h(lb)}</h2>',
+        f'<p class="meta">{_h(la)}: {a["n_images"]} images in <code>{_e(data["dirs"]["a"])}'
+        f"</code> · {_h(lb)}: {b['n_images']} images in <code>{_e(data['dirs']['b'])}</code>"
         + (f" · real images: {a['n_real']}" if a.get("n_real") else "")
         + "</p>",
     ]
@@ -259,7 +264,7 @@ def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
         "</span></th>"
         for n in names
     )
-    sub = "".join(f"<th>{_e(la)}</th><th>{_e(lb)}</th><th>Δ</th>" for _ in names)
+    sub = "".join(f"<th>{_h(la)}</th><th>{_h(lb)}</th><th>Δ</th>" for _ in names)
     rows = []
     diffs = (data.get("differences") or {}).get("classifiers", {})
     for m in METRICS:
@@ -284,11 +289,11 @@ def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
         f"<tr>{sub}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
     out.append(
-        f'<p class="note">consensus (every classifier says the target): {_e(la)} '
-        f"{_rate(ca, 'all')}, {_e(lb)} {_rate(cb, 'all')}; any classifier: {_e(la)} "
-        f"{_rate(ca, 'any')}, {_e(lb)} {_rate(cb, 'any')}."
+        f'<p class="note">consensus (every classifier says the target): {_h(la)} '
+        f"{_rate(ca, 'all')}, {_h(lb)} {_rate(cb, 'all')}; any classifier: {_h(la)} "
+        f"{_rate(ca, 'any')}, {_h(lb)} {_rate(cb, 'any')}."
         + _differences_note(data.get("differences") or {}, la, lb)
-        + f" Δ = {_e(la)} &minus; {_e(lb)}; red where {_e(la)} is the more spurious set, green "
+        + f" Δ = {_h(la)} &minus; {_h(lb)}; red where {_h(la)} is the more spurious set, green "
         "where less, only when the 95% interval of Δ excludes 0. [lo, hi]: 95% intervals."
         + (
             " Classifiers with weights 'random' are untrained: their numbers say nothing about "
@@ -302,7 +307,7 @@ def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
     # Similarity.
     sims = data.get("similarity") or {}
     if sims:
-        out.append(f"<h3>Similarity of {_e(la)} to {_e(lb)} in feature spaces</h3>")
+        out.append(f"<h3>Similarity of {_h(la)} to {_h(lb)} in feature spaces</h3>")
         srows = []
         notes = []
         for name, s in sims.items():
@@ -321,8 +326,8 @@ def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
             f"<tbody>{''.join(srows)}</tbody></table>"
         )
         out.append(
-            f'<p class="note">mean_cosine: mean over all ({_e(la)}, {_e(lb)}) pairs; '
-            f"nn_cosine: each {_e(la)} image's cosine to its nearest {_e(lb)} image (near 1: a "
+            f'<p class="note">mean_cosine: mean over all ({_h(la)}, {_h(lb)}) pairs; '
+            f"nn_cosine: each {_h(la)} image's cosine to its nearest {_h(lb)} image (near 1: a "
             "copy). " + " ".join(_e(n) for n in notes) + "</p>"
         )
     out.append(f'<div class="plots">{"".join(plots)}</div>')
@@ -359,7 +364,7 @@ def _grid(data: dict[str, Any], key: str, label: str, target: int, max_images: i
     for image in shown:
         parent, _, name = image.rpartition("/")
         if parent != folder and parent:  # a heading per sub-folder (per prompt, for samples)
-            cells.append(f'<div class="group">{_e(parent)}/</div>')
+            cells.append(f'<div class="group">{_h(parent)}/</div>')
         folder = parent
         lines = "".join(
             f'<div class="{"hit" if hit else ""}">{_e(c)}: {_e(top1)}</div>'
@@ -367,7 +372,7 @@ def _grid(data: dict[str, Any], key: str, label: str, target: int, max_images: i
         )
         cells.append(
             f'<div class="cell"><img alt="{_e(image)}" src="{thumbnail(root / image)}">'
-            f'<div class="file" title="{_e(image)}">{_e(name)}</div>{lines}</div>'
+            f'<div class="file" title="{_e(image)}">{_h(name)}</div>{lines}</div>'
         )
     count = f"{len(shown)} of {len(images)} shown" if len(shown) < len(images) else f"{len(images)}"
     return (
@@ -382,12 +387,12 @@ def _pairs(sim: dict[str, Any], name: str, data: dict[str, Any], la: str, lb: st
     cells = [
         f'<div class="pair"><img alt="" src="{thumbnail(ra / n["image"], 88)}"> '
         f'<img alt="" src="{thumbnail(rb / n["neighbour"], 88)}">'
-        f'<div class="files">cos {n["cosine"]:.3f}<br>{_e(n["image"])} → {_e(n["neighbour"])}'
+        f'<div class="files">cos {n["cosine"]:.3f}<br>{_h(n["image"])} → {_h(n["neighbour"])}'
         "</div></div>"
         for n in nearest
     ]
     return (
-        f"<h3>Closest pairs in {_e(name)} space ({_e(la)} image, its nearest {_e(lb)} image)</h3>"
+        f"<h3>Closest pairs in {_e(name)} space ({_h(la)} image, its nearest {_h(lb)} image)</h3>"
         f'<div class="pairs">{"".join(cells)}</div>'
     )
 
@@ -450,6 +455,7 @@ def _rate_plot(a: dict[str, Any], b: dict[str, Any], la: str, lb: str) -> str:
         )
 
     fig, ax = _figure()
+    la, lb = mathtext(la), mathtext(lb)  # "$" in a label is a dollar, not math
     x = np.arange(len(names))
     width = 0.38
     style = {"capsize": 3, "error_kw": {"elinewidth": 1, "ecolor": "#1f2328"}}
@@ -461,9 +467,9 @@ def _rate_plot(a: dict[str, Any], b: dict[str, Any], la: str, lb: str) -> str:
     )
     for bars in (bars_a, bars_b):
         ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
-    ax.set_xticks(
-        x, names, rotation=15 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center"
-    )
+    many = len(names) > 3
+    ticks = [mathtext(n) for n in names]
+    ax.set_xticks(x, ticks, rotation=15 if many else 0, ha="right" if many else "center")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("spurious rate (top-1 = target), 95% Wilson")
     ax.set_title(f"spurious rate per classifier: {la} vs {lb}", fontsize=10)
@@ -476,6 +482,7 @@ def _nn_plot(sim: dict[str, Any], name: str, la: str, lb: str) -> str:
     import numpy as np
 
     values = np.array([n["cosine"] for n in sim["nearest"]])
+    la, lb, name = mathtext(la), mathtext(lb), mathtext(name)  # "$" is text, not math
     fig, ax = _figure()
     low = min(float(values.min()), 0.0)
     ax.hist(values, bins=20, range=(low, 1.0), color="#8250df", edgecolor="white")

@@ -17,11 +17,12 @@ Reproducibility, and why the code looks the way it does:
   (not from the prompt: prompts sharing an index share the noise, which pairs a tuned model's
   images with the baseline's). The seed is recorded, so plain diffusers re-creates the image with
   ``torch.Generator().manual_seed(seed)``.
-- Every UNet/VAE call has the same shape (the last batch is filled up by repeating an image that
-  is then not saved), and each prompt is encoded alone, once. Kernels give a row the same result
-  whatever the other rows hold, but not whatever the batch *size*; so with a given --batch-size
-  image i is bit-identical for any number of processes, shard, or resume point. Another
-  --batch-size changes floating-point summation order and can move a few 8-bit pixels by one.
+- Every UNet/VAE call has the same shape, min(--batch-size, images requested) (the last batch is
+  filled up by repeating an image that is then not saved), and each prompt is encoded alone,
+  once. Kernels give a row the same result whatever the other rows hold, but not whatever the
+  batch *size*; so with a given --batch-size image i is bit-identical for any number of
+  processes, shard, or resume point. Another --batch-size changes floating-point summation
+  order and can move a few 8-bit pixels by one.
 - A PNG is written to a temporary name and renamed, so it either exists complete or not at all;
   an existing file is a finished image and is skipped on the next run. Its manifest line is
   appended after; a kill between the two is repaired on the next run from the PNG's own chunk.
@@ -190,7 +191,9 @@ def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, s
     """prompt -> folder name; a slug already used by another prompt gets a hash suffix.
 
     ``taken`` maps existing folders to the prompt they hold (from the manifest), so a re-run
-    finds the same folders and two prompts never share one.
+    finds the same folders. Two prompts never share one by construction: a candidate name is
+    checked against every name assigned so far (and the hashed name gets a counter in the
+    unlikely case that it is taken too), not just made unlikely to collide.
     """
     used = dict(taken)
     folders: dict[str, str] = {}
@@ -201,7 +204,11 @@ def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, s
             continue
         slug = slugify(prompt)
         if slug in used or any(slugify(p) == slug for p in prompts if p != prompt):
-            slug = f"{slug}-{hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
+            base = f"{slug}-{hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
+            slug, counter = base, 1
+            while slug in used:
+                counter += 1
+                slug = f"{base}-{counter}"
         used[slug] = prompt
         folders[prompt] = slug
     return folders
@@ -242,7 +249,7 @@ def append_manifest(out: Path, records: Sequence[dict[str, Any]]) -> None:
     if not records:
         return
     data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
-    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     try:
         os.write(fd, data)
     finally:
@@ -288,8 +295,10 @@ def reconcile(out: Path) -> dict[str, dict[str, Any]]:
 
 def check_config(config: SampleConfig) -> None:
     """Everything that can be checked before loading a model."""
+    from spurcli.config import check_finite
     from spurcli.diffusion import SCHEDULERS
 
+    check_finite(config)
     if not config.prompts:
         raise UsageError("no prompt: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if config.n <= 0:
@@ -298,6 +307,8 @@ def check_config(config: SampleConfig) -> None:
         raise UsageError(f"--steps must be positive, not {config.steps}")
     if config.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, not {config.batch_size}")
+    if config.guidance < 0:
+        raise UsageError(f"--guidance must not be negative, not {config.guidance}")
     if config.scheduler is not None and config.scheduler.lower() not in SCHEDULERS:
         raise UsageError(
             f"unknown scheduler '{config.scheduler}'; choose from {', '.join(SCHEDULERS)}"
@@ -308,16 +319,6 @@ def check_config(config: SampleConfig) -> None:
         value = getattr(config, name)
         if value is not None and (value <= 0 or value % 8):
             raise UsageError(f"--{name} must be a positive multiple of 8, not {value}")
-
-
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise SpurcliError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
 
 
 def model_label(ref: Any) -> str:
@@ -349,21 +350,39 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
 
     ``pipe``: an already loaded pipeline to use (moved to the device and dtype; its scheduler is
     left alone); ``model_ref``: the `ModelRef` it came from (for the identifier and the manifest).
+    The first process owns and locks the output folder while it samples (`output_folder`).
     """
-    from spurcli.console import progress_bar
-    from spurcli.diffusion import (
-        load_pipeline,
-        make_scheduler,
-        resolve_model,
-        set_attention_slicing,
-    )
-    from spurcli.parallel import Processes
+    from spurcli.console import is_main_process
+    from spurcli.diffusion import resolve_model
+    from spurcli.fileio import output_folder
 
     started = time.perf_counter()
     check_config(config)
     out = Path(config.out)
-    check_writable(out)
-    ref = model_ref or (resolve_model(config.model) if pipe is None else None)
+    if model_ref is None and pipe is None:  # a bad model name: an error before any folder exists
+        model_ref = resolve_model(config.model)
+    with output_folder(out, "sample", recognise=is_sample_folder, enabled=is_main_process()):
+        return _sample(config, out, pipe, model_ref, started)
+
+
+def is_sample_folder(out: Path) -> bool:
+    """``out`` holds spurcli samples (made before folders had a marker)."""
+    return (out / MANIFEST).is_file()
+
+
+def _sample(
+    config: SampleConfig, out: Path, pipe: Any, model_ref: Any, started: float
+) -> SampleResult:
+    from spurcli.console import progress_bar
+    from spurcli.diffusion import (
+        load_pipeline,
+        make_scheduler,
+        set_attention_slicing,
+    )
+    from spurcli.finite import check_model_finite
+    from spurcli.parallel import Processes
+
+    ref = model_ref
     tuned = ref is not None and ref.kind == "run"
     identifier = config.identifier or (ref.identifier if ref is not None else None)
     prompts = final_prompts(config, identifier, tuned)
@@ -380,6 +399,8 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
             pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})  # keeps its own
             pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(procs.device)
+    parts = {"UNet": pipe.unet, "text encoder": pipe.text_encoder, "VAE": pipe.vae}
+    check_model_finite(parts, ref.location if ref is not None else str(config.model))
     if config.attention_slicing is not None:
         set_attention_slicing(pipe, config.attention_slicing)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -414,7 +435,10 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
             todo.append(job)
     mine = procs.shard(todo)
     embeddings = PromptCache(pipe, config.guidance, settings["negative_prompt"])
-    batches = [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+    # A request smaller than --batch-size runs at its own size: 1 image is 1 row, not 4 (the
+    # size is fixed by the request, so resumes and shards still see the same shapes).
+    size = min(config.batch_size, len(jobs))
+    batches = [mine[i : i + size] for i in range(0, len(mine), size)]
     if todo and procs.is_main:
         log.info(
             "sampling %d images (%d already there) in %s on %d process(es)",
@@ -425,7 +449,7 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
         )
     with progress_bar("sampling", total=len(mine)) as bar:
         for batch in batches:
-            images = generate(pipe, batch, config.batch_size, embeddings, settings)
+            images = generate(pipe, batch, size, embeddings, settings)
             new = []
             for job, image in zip(batch, images, strict=True):
                 record = {**settings, "file": job.file, "prompt": job.prompt, "index": job.index}

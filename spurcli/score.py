@@ -66,6 +66,7 @@ from spurcli.fileio import atomic_path
 from spurcli.images import ImageReadError, find_images, read_image
 from spurcli.parallel import Processes
 from spurcli.plugins import LoadedModel
+from spurcli.text import csv_cell, rich_text
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,8 @@ class PerImage:
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
-            writer.writerows(self.iter_rows())
+            for row in self.iter_rows():  # names are data: "=cmd|..." must not run in Excel
+                writer.writerow({k: csv_cell(v) for k, v in row.items()})
 
 
 @dataclass
@@ -599,11 +601,11 @@ class ScoreResult(_Rows):
         table = Table(title=f"spurcli score: target {self.target.index} {self.target.name}")
         _add_columns(table, METRICS)
         for m in self.models:
-            label = f"{m.name}*" if m.is_random else m.name
+            label = rich_text(f"{m.name}*" if m.is_random else m.name)
             row = self.scores[m.name]
             # The interval on a second line: seven one-line cells would not fit a terminal.
             cells = [plain(fmt_metric(row[k], row.get(f"{k}_ci"), "\n")) for k in METRICS]
-            table.add_row(label, m.weights, *cells)
+            table.add_row(label, rich_text(m.weights), *cells)
         c = self.consensus
         resamples = self.uncertainty["bootstrap"]["resamples"]
         lines = [

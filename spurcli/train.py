@@ -55,9 +55,11 @@ from spurcli.checkpoints import (
     Interrupted,
     Run,
     StopFlag,
+    check_weights_finite,
     checkpoint_dir,
     finished_run,
-    latest_checkpoint,
+    is_run,
+    last_good_checkpoint,
     load_checkpoint,
     resume_point,
     save_checkpoint,
@@ -72,8 +74,8 @@ from spurcli.diffusion import (
     quiet_library_progress_bars,
     set_training_attention_slicing,
 )
-from spurcli.errors import SpurcliError
-from spurcli.fileio import atomic_dir, write_json
+from spurcli.errors import SpurcliError, UsageError
+from spurcli.fileio import atomic_dir, is_inside, output_folder, write_json
 from spurcli.images import find_images, read_folder, read_image, sha256_file, write_png
 from spurcli.losses import SFSL, step_losses
 
@@ -88,9 +90,20 @@ LOSS_KEYS = ("loss", "loss_instance", "loss_prior", "loss_sfsl")
 
 def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = None) -> Path:
     """Fine-tune ``config.model`` on the reference images; returns the run folder."""
-    cfg = config
-    cfg.check()
-    out = Path(cfg.output_dir)  # type: ignore[arg-type]
+    config.check()
+    out = Path(config.output_dir)  # type: ignore[arg-type]
+    for refs in (config.instance_dir, config.class_dir):
+        if refs is not None and Path(refs).is_dir() and is_inside(out, refs):
+            raise UsageError(
+                f"--output-dir {out} is inside the image folder {refs}: the run would train on "
+                "its own outputs; choose a folder outside it"
+            )
+    # The first process owns and locks the folder (the others write only what it tells them).
+    with output_folder(out, "finetune", recognise=is_run, enabled=console.is_main_process()):
+        return _finetune(config, out, on_step)
+
+
+def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | None) -> Path:
     started = time.time()
     accelerator = _accelerator(cfg)
     main = accelerator.is_main_process
@@ -256,7 +269,7 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
 
     step = 0
     if checkpoint is not None:
-        step = load_checkpoint(run, checkpoint)
+        step = load_checkpoint(run, checkpoint, skip_bad=cfg.resume == "latest")
         log.info("resumed from %s (step %d)", checkpoint, step)
     if main:
         truncate_log(out / LOG_FILE, step)
@@ -304,13 +317,14 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
                     f"loss became non-finite at step {step + 1} "
                     f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); stopped without "
                     "updating the weights; last good checkpoint: "
-                    f"{latest_checkpoint(out) or 'none'}. "
+                    f"{last_good_checkpoint(out) or 'none'}. "
                     "Try a lower --lr, --mixed-precision bf16 or no, or another --sfsl-distance"
                 )
             if cfg.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = lr_scheduler.get_last_lr()[0]
             optimizer.step()
+            check_weights_finite(params, step + 1, out, lr)
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -415,7 +429,24 @@ def _versions() -> dict[str, str]:
 def generate_class_images(
     pipe: Any, cfg: FinetuneConfig, prompt: str, folder: Path, accelerator: Any
 ) -> dict[str, Any]:
-    """Generate the missing prior images into ``folder``, sharded over processes; reuse the rest."""
+    """Generate the missing prior images into ``folder``, sharded over processes; reuse the rest.
+
+    Reused are images made with this model, prompt and size (their PNG text says so) and images
+    spurcli did not make (the user's own class photos); a class-NNNNN.png of another model,
+    prompt or size is deleted and made again, so that a changed run never trains on stale priors.
+    """
+    if accelerator.is_main_process and folder.is_dir():
+        stale = [p for p in folder.glob("class-*.png") if _stale_prior(p, prompt, cfg)]
+        if stale:
+            log.warning(
+                "%d prior images in %s were made with another model, prompt or size: "
+                "regenerating them",
+                len(stale),
+                folder,
+            )
+        for path in stale:
+            path.unlink()
+    accelerator.wait_for_everyone()
     existing = find_images(folder) if folder.is_dir() and any(folder.iterdir()) else []
     missing = max(0, cfg.num_class_images - len(existing))
     taken = {p.name for p in existing}
@@ -445,6 +476,21 @@ def generate_class_images(
         "generated": missing,
         "seeds": "seed * 1000000 + index (in each class-NNNNN.png's text chunk)",
     }
+
+
+def _stale_prior(path: Path, prompt: str, cfg: FinetuneConfig) -> bool:
+    """A prior image spurcli made (its PNG text has our keys) with other settings than now."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            text, size = dict(getattr(img, "text", {})), img.size
+    except OSError:
+        return False  # unreadable: left for the reader to report
+    if not {"prompt", "model", "seed"} <= set(text):
+        return False  # not one of ours: the user's own class image
+    same = text["prompt"] == prompt and text["model"] == str(cfg.model)
+    return not (same and size == (cfg.resolution, cfg.resolution))
 
 
 @torch.no_grad()

@@ -63,6 +63,8 @@ def _load_failure(exc: Exception) -> str:
     refused = re.search(r"GLOBAL ([\w.]+)", text)
     if refused:
         return f"it contains the pickled Python object {refused.group(1)}, which is refused"
+    if "Weights only load failed" in text:  # an operand or object the safe unpickler refuses
+        return "it holds pickled Python code or objects, which are refused"
     if isinstance(exc, KeyError | EOFError) or "magic number" in text or "zip archive" in text:
         return "not a PyTorch checkpoint, or a truncated one"
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -180,7 +180,11 @@ def test_bad_names_fail_before_any_work(tmp_path, monkeypatch, capsys):
 
 
 def snapshot(out: Path) -> dict[str, float]:
-    return {p.relative_to(out).as_posix(): p.stat().st_mtime for p in out.rglob("*") if p.is_file()}
+    """Every result file's mtime (not the folders' lock files: each run records its holder)."""
+    from spurcli.fileio import FOLDER_FILE
+
+    files = [p for p in out.rglob("*") if p.is_file() and p.name != FOLDER_FILE]
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime for p in files}
 
 
 @pytest.mark.slow

@@ -207,7 +207,7 @@ def test_bad_model_and_output(cli_main, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     code, _, err = cli_main("sample", "tiny", "-p", "x", "--out", str(blocker))
-    assert code == 1 and "cannot write to output folder" in err
+    assert code == 2 and f"the output folder {blocker} is a file" in err
     code, _, err = cli_main("sample", "tiny", "--out", str(tmp_path / "o"))
     assert code == 2 and "no prompt" in err
     empty = tmp_path / "prompts.txt"
@@ -220,6 +220,9 @@ def test_existing_foreign_png_is_refused(tmp_path, tiny_pipe):
     out = tmp_path / "s"
     (out / slugify(PROMPTS[0])).mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(out / slugify(PROMPTS[0]) / "000000.png")
+    with pytest.raises(SpurcliError, match="not a spurcli sample folder"):  # the folder guard
+        sample(config(out, n=1), pipe=tiny_pipe)
+    (out / "manifest.jsonl").write_text("")  # a sample folder, but the PNG is not one of ours
     with pytest.raises(SpurcliError, match="is not a spurcli sample"):
         sample(config(out, n=1), pipe=tiny_pipe)
 
