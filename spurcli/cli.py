@@ -236,6 +236,9 @@ def sample_command(
     prompts_file: Annotated[
         Path | None, typer.Option("--prompts-file", help="One prompt per line (# comments).")
     ] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Hub model's branch, tag or commit.")
+    ] = None,
     n: Annotated[int, typer.Option("-n", "--n", help="Images per prompt.")] = 4,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("samples"),
     seed: Annotated[int, typer.Option("--seed", help="Base seed (image i: derived from it).")] = 0,
@@ -279,6 +282,7 @@ def sample_command(
     prompts = list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
     config = SampleConfig(
         model=model,
+        revision=revision,
         prompts=prompts,
         n=n,
         out=out,
@@ -412,6 +416,10 @@ def run_command(
         list[str] | None,
         typer.Option("--set", help="key=value or table.key=value, e.g. finetune.steps=10."),
     ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option("--revision", help="Base hub model's branch, tag or commit (--set revision)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     retrain: Annotated[
         bool,
@@ -425,7 +433,8 @@ def run_command(
     from spurcli.pipeline import run
     from spurcli.summary import summary_table
 
-    result = run(config, sets=sets or (), retrain=retrain)
+    pins = [f"revision={revision}"] if revision is not None else []
+    result = run(config, sets=[*(sets or ()), *pins], retrain=retrain)
     if not console.is_main_process():
         return
     if as_json:
@@ -489,6 +498,9 @@ def finetune_command(
     ] = None,
     model: Annotated[
         str | None, _opt("--model", help="Hub id, diffusers folder or 'tiny'.")
+    ] = None,
+    revision: Annotated[
+        str | None, _opt("--revision", help="Hub model's branch, tag or commit (default main).")
     ] = None,
     instance_dir: Annotated[
         Path | None, _opt("--instance-dir", help="Reference images (required).")

@@ -10,7 +10,9 @@
 
 Layout: ``OUT/<prompt-slug>/000123.png`` (the parameters in PNG text chunks, the whole record as
 JSON in the ``spurcli`` chunk) and ``OUT/manifest.jsonl``, one line per image (``file``, ``prompt``,
-``seed``, ``steps``, ``guidance``, ``scheduler``, ``model``, ...), sorted by file.
+``seed``, ``steps``, ``guidance``, ``scheduler``, ``model``, and ``model_id``: the exact weights,
+e.g. the hub commit or the folder's content hash, see `spurcli.diffusion.model_identity`), sorted
+by file.
 
 Reproducibility, and why the code looks the way it does:
 - Image i of a prompt starts from the noise of its own seed, derived from ``--seed`` and i alone
@@ -69,6 +71,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 @dataclass
 class SampleConfig:
     model: str = field(default="tiny", metadata=MAYBE_PATH)  # run folder, diffusers folder, hub id
+    revision: str | None = None  # hub model: branch, tag or commit (None: main)
     prompts: list[str] = field(default_factory=list)  # `[V]` becomes the run's identifier
     n: int = 4  # images per prompt
     out: Path = Path("samples")  # output folder
@@ -106,6 +109,7 @@ class SampleResult:
     skipped: int  # already there
     seconds: float
     identifier: str | None
+    model_id: dict[str, Any] | None = None  # the exact weights (`model_identity`)
 
     @property
     def images_per_second(self) -> float:
@@ -121,6 +125,7 @@ class SampleResult:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 3),
             "identifier": self.identifier,
+            "model_id": self.model_id,
         }
 
 
@@ -354,6 +359,7 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
     from spurcli.diffusion import (
         load_pipeline,
         make_scheduler,
+        model_identity,
         resolve_model,
         set_attention_slicing,
     )
@@ -363,7 +369,7 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
     check_config(config)
     out = Path(config.out)
     check_writable(out)
-    ref = model_ref or (resolve_model(config.model) if pipe is None else None)
+    ref = model_ref or (resolve_model(config.model, config.revision) if pipe is None else None)
     tuned = ref is not None and ref.kind == "run"
     identifier = config.identifier or (ref.identifier if ref is not None else None)
     prompts = final_prompts(config, identifier, tuned)
@@ -392,6 +398,8 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
         "height": config.height or native,
         "width": config.width or native,
         "dtype": str(dtype).removeprefix("torch."),
+        # Recorded, not compared: a finished image made from other weights is not detected.
+        "model_id": model_identity(ref) if ref is not None else None,
     }
 
     # Rank 0 repairs the manifest; then every process reads the same state from disk.
@@ -447,6 +455,7 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
         skipped=len(jobs) - len(todo),
         seconds=time.perf_counter() - started,
         identifier=identifier,
+        model_id=settings["model_id"],
     )
 
 

@@ -101,7 +101,7 @@ def _aligned(
 
 def summarize(exp: Any) -> dict[str, Any]:
     """The run's answer, from the score files of every set (see the module docstring)."""
-    from spurcli.pipeline import REFERENCES, _all_sets, _score_paths, read_rows
+    from spurcli.pipeline import REFERENCES, _all_sets, _score_paths, model_identities, read_rows
 
     names = _all_sets(exp)
     scores = {n: json.loads(_score_paths(exp, n)[0].read_text(encoding="utf-8")) for n in names}
@@ -139,6 +139,7 @@ def summarize(exp: Any) -> dict[str, Any]:
         all_hits[clf] = hits
         entry: dict[str, Any] = {
             "weights": scores[names[0]]["classifiers"][clf]["weights"],
+            "weights_id": scores[names[0]]["classifiers"][clf].get("weights_id"),
             "circular": clf in circular,
             "spurious_rate": {n: scores[n]["classifiers"][clf]["spurious_rate"] for n in names},
             "spurious_rate_ci": {n: metrics.rate_interval(list(hits[n].values())) for n in names},
@@ -199,6 +200,7 @@ def summarize(exp: Any) -> dict[str, Any]:
             arm: {"output_dir": str(cfg.output_dir), "sfsl_weight": cfg.sfsl_weight}
             for arm, cfg in exp.arms().items()
         },
+        "models": model_identities(exp),  # the exact weights (docs/reproducibility.md)
         "classifiers": per_classifier,
         "consensus": consensus,
         "excluded_from_consensus": excluded,

@@ -132,7 +132,13 @@ def test_auc_and_ap_agree_with_sklearn(folders):
 
 
 def test_json_shape_is_exactly_the_issues(folders):
+<<<<<<< HEAD
     metrics = (
+=======
+    metric_keys = {
+        "weights",
+        "weights_id",
+>>>>>>> 183ce26 (Record the exact weights of every model: weights_id, --revision)
         "spurious_rate",
         "top5_rate",
         "mean_target_prob",
