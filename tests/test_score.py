@@ -132,13 +132,7 @@ def test_auc_and_ap_agree_with_sklearn(folders):
 
 
 def test_json_shape_is_exactly_the_issues(folders):
-<<<<<<< HEAD
     metrics = (
-=======
-    metric_keys = {
-        "weights",
-        "weights_id",
->>>>>>> 183ce26 (Record the exact weights of every model: weights_id, --revision)
         "spurious_rate",
         "top5_rate",
         "mean_target_prob",
@@ -147,7 +141,7 @@ def test_json_shape_is_exactly_the_issues(folders):
         "average_precision",
         "real_accuracy",
     )
-    metric_keys = {"weights", *metrics, *(f"{m}_ci" for m in metrics)}
+    metric_keys = {"weights", "weights_id", *metrics, *(f"{m}_ci" for m in metrics)}
     s, _ = folders
     out = score_images(s, 94, ["det-r", "det-g"], device="cpu", num_workers=0).to_json()
     assert set(out) == {"target", "n_images", "n_real", "classifiers", "consensus", "uncertainty"}
