@@ -247,6 +247,9 @@ def sample_command(
     prompts_file: Annotated[
         Path | None, typer.Option("--prompts-file", help="One prompt per line (# comments).")
     ] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Hub model's branch, tag or commit.")
+    ] = None,
     n: Annotated[int, typer.Option("-n", "--n", help="Images per prompt.")] = 4,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("samples"),
     seed: Annotated[int, typer.Option("--seed", help="Base seed (image i: derived from it).")] = 0,
@@ -290,6 +293,7 @@ def sample_command(
     prompts = list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
     config = SampleConfig(
         model=model,
+        revision=revision,
         prompts=prompts,
         n=n,
         out=out,
@@ -426,6 +430,10 @@ def run_command(
         list[str] | None,
         typer.Option("--set", help="key=value or table.key=value, e.g. finetune.steps=10."),
     ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option("--revision", help="Base hub model's branch, tag or commit (--set revision)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     retrain: Annotated[
         bool,
@@ -439,7 +447,8 @@ def run_command(
     from spurcli.pipeline import run
     from spurcli.summary import summary_table
 
-    result = run(config, sets=sets or (), retrain=retrain)
+    pins = [f"revision={revision}"] if revision is not None else []
+    result = run(config, sets=[*(sets or ()), *pins], retrain=retrain)
     if not console.is_main_process():
         return
     if as_json:
@@ -505,6 +514,9 @@ def finetune_command(
     ] = None,
     model: Annotated[
         str | None, _opt("--model", help="Hub id, diffusers folder or 'tiny'.")
+    ] = None,
+    revision: Annotated[
+        str | None, _opt("--revision", help="Hub model's branch, tag or commit (default main).")
     ] = None,
     instance_dir: Annotated[
         Path | None, _opt("--instance-dir", help="Reference images (required).")

@@ -488,6 +488,7 @@ class CompareResult:
     label_b: str = "B"
     skipped: list[str] = field(default_factory=list)
     differences: dict[str, Any] = field(default_factory=dict)  # `differences()`; {}: not made
+    extractors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> weights, _id
 
     def to_json(self) -> dict[str, Any]:
         """The documented JSON: scores of both sets, their differences and the similarity per
@@ -500,6 +501,7 @@ class CompareResult:
                 name: {k: v for k, v in sim.items() if k != "nearest"}
                 for name, sim in self.similarity.items()
             },
+            "extractors": self.extractors,
         }
 
     def report_data(self) -> dict[str, Any]:
@@ -527,6 +529,7 @@ class CompareResult:
             label_b=data["labels"]["b"],
             skipped=data.get("skipped", []),
             differences=data.get("differences") or {},
+            extractors=data.get("extractors", {}),
         )
 
     def tables(self) -> list[Any]:
@@ -698,4 +701,5 @@ def compare(
         label_b=labels[1],
         skipped=[*scored[0].skipped, *scored[1].skipped],
         differences=diffs,
+        extractors={e.name: {"weights": e.weights, "weights_id": e.weights_id} for e in extractors},
     )

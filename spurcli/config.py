@@ -67,6 +67,7 @@ class FinetuneConfig:
 
     # --- what to learn -------------------------------------------------------------------------
     model: str = field(default=DEFAULT_MODEL, metadata=MAYBE_PATH)  # hub id, local folder, "tiny"
+    revision: str | None = None  # hub model: branch, tag or commit (None: main); recorded as commit
     instance_dir: Path | None = None  # the reference images of the spurious feature (required)
     class_noun: str | None = None  # what the references show, e.g. "flower" (required)
     target: int | str | None = None  # the ImageNet class they fool classifiers into (required)

@@ -4,6 +4,8 @@
     pipe = load_pipeline("tiny")                      # random tiny SD from config, offline, ~0.1 s
     pipe = load_pipeline("runs/hummingbird")          # a `spurcli finetune` output folder
     pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler="dpm")
+    ref = resolve_model("stable-diffusion-v1-5/stable-diffusion-v1-5", revision="<commit>")
+    model_identity(ref)   # {"source": "hub", "repo": ..., "revision": <the resolved commit>}
     image = pipe("a photo of sks flower", num_inference_steps=4, height=64, width=64).images[0]
 
 `tiny` has the structure of Stable Diffusion 1.x (VAE with 8x downsampling and 4 latent channels,
@@ -21,12 +23,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.weights import offline
+from spurcli.weights import cached_commit, folder_identity, offline
 
 TINY = "tiny"
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -51,6 +53,7 @@ class ModelRef:
     kind: str  # "tiny", "run" (a finetune output), "local" (a diffusers folder) or "hub"
     location: str  # "tiny", a folder path, or a hub id
     run: dict[str, Any] | None = None  # the run's spurcli-run.json, for kind == "run"
+    revision: str | None = None  # hub models only: a branch, tag or commit (None: main)
 
     @property
     def identifier(self) -> str | None:
@@ -58,8 +61,22 @@ class ModelRef:
         return (self.run or {}).get("identifier")
 
 
-def resolve_model(model: str | os.PathLike[str]) -> ModelRef:
-    """Classify ``model`` without loading any weights."""
+def resolve_model(model: str | os.PathLike[str], revision: str | None = None) -> ModelRef:
+    """Classify ``model`` without loading any weights; ``revision`` pins a hub model."""
+    ref = _resolve_model(model)
+    if revision is None:
+        return ref
+    if ref.kind != "hub":
+        kinds = {"tiny": "the built-in tiny model", "run": "a finetune run"}
+        what = kinds.get(ref.kind, "a local folder")
+        raise UsageError(
+            f"--revision pins a hub model, but '{os.fspath(model)}' is {what}: its exact "
+            "weights are recorded by content hash instead; drop --revision"
+        )
+    return replace(ref, revision=revision)
+
+
+def _resolve_model(model: str | os.PathLike[str]) -> ModelRef:
     text = os.fspath(model)
     if text == TINY:
         return ModelRef(TINY, TINY)
@@ -104,7 +121,12 @@ def load_pipeline(
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
     else:
+        from huggingface_hub import constants
+
         local = ref.kind != "hub"
+        revision = ref.revision
+        if not local and offline():  # an unknown revision is one clear line, before loading
+            revision = cached_commit(ref.location, ref.revision)
         quiet_library_progress_bars()
         if local:
             _refuse_pickles(Path(ref.location))
@@ -117,6 +139,8 @@ def load_pipeline(
                 local_files_only=local or offline(),
                 # a local folder's weights are safetensors or refused: a pickled .bin can run code
                 use_safetensors=True if local else None,
+                revision=None if local else revision,
+                cache_dir=None if local else constants.HF_HUB_CACHE,  # where model_identity looks
             )
         except Exception as exc:
             if local:
@@ -126,7 +150,9 @@ def load_pipeline(
                     "diffusers folder (save_pretrained) with safetensors weights?"
                 ) from exc
             raise SpurcliError(
-                f"model '{ref.location}' is not available{' offline' if offline() else ''} "
+                f"model '{ref.location}'"
+                + (f" at revision '{ref.revision}'" if ref.revision else "")
+                + f" is not available{' offline' if offline() else ''} "
                 f"({type(exc).__name__}); download it where online (`hf download "
                 f"{ref.location}`) or pass a local diffusers folder, or use --model tiny"
             ) from exc
@@ -147,6 +173,37 @@ def _refuse_pickles(folder: Path) -> None:
                 "StableDiffusionPipeline.from_pretrained(...).save_pretrained(DIR, "
                 "safe_serialization=True)"
             )
+
+
+def model_identity(ref: ModelRef) -> dict[str, Any]:
+    """Which weights ``ref`` names, exactly (JSON-ready; recorded in run cards and manifests).
+
+    hub: the repo and the commit its revision resolves to in the local cache (after
+    `load_pipeline` fetched it); a folder or a finetune run: its path and a hash of its weight
+    files (a run adds the base model its card records); tiny: how it is built.
+    """
+    if ref.kind == TINY:
+        recipe = "spurcli.diffusion.build_tiny_pipeline"  # drawn from fixed seeds: no files
+        return {"source": TINY, "recipe": recipe, "seed": 0, "spurcli": _spurcli_version()}
+    if ref.kind == "hub":
+        identity = {"source": "hub", "repo": ref.location}
+        identity["revision"] = cached_commit(ref.location, ref.revision)
+        if ref.revision and ref.revision != identity["revision"]:
+            identity["requested"] = ref.revision
+        return identity
+    identity = folder_identity(ref.location)
+    if ref.kind == "run":
+        identity.update(source="run", base=(ref.run or {}).get("model_id"))
+    return identity
+
+
+def _spurcli_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("spurcli")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def quiet_library_progress_bars() -> None:

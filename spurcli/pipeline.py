@@ -83,6 +83,7 @@ class RunConfig:
 
     out: Path | None = None  # the experiment folder (required)
     model: str = field(default=DEFAULT_MODEL, metadata=MAYBE_PATH)  # the base model
+    revision: str | None = None  # the base hub model's branch, tag or commit (None: main)
     target: int | str | None = None  # the ImageNet class the feature fools classifiers into
     class_noun: str | None = None  # what the references show ("flower")
     instance_dir: Path | None = None  # the reference images (the spurious feature)
@@ -278,6 +279,7 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
         raise UsageError(f"{path}: train_references must be 0 (all) or more")
     shared = {
         "model": run.model,
+        "revision": run.revision,
         "target": run.target,
         "class_noun": run.class_noun,
         "instance_dir": run.out / "references" / "train",  # type: ignore[operator]
@@ -597,8 +599,32 @@ def _sample_config(exp: Experiment, name: str) -> Any:
 
     arm, prompts = exp.sample_sets()[name]
     model = exp.arms()[arm].output_dir if arm else exp.run.model
+    revision = None if arm else base_revision(exp)  # an arm's run is identified by its hashes
     config: SampleConfig = replace(exp.sample, model=str(model), prompts=prompts)
-    return replace(config, out=exp.set_dir(name), recontext=False)
+    return replace(config, out=exp.set_dir(name), recontext=False, revision=revision)
+
+
+def base_revision(exp: Experiment) -> str | None:
+    """The base model's revision for the baseline: as pinned, else the commit the SFSL arm was
+    fine-tuned from (its run card), so that the baseline and the arms share one base model even
+    if the hub's main moved since."""
+    from spurcli.diffusion import RUN_FILE
+
+    if exp.run.revision:
+        return exp.run.revision
+    card = _read_json(Path(exp.finetune_dir) / RUN_FILE) or {}
+    started = card.get("model_id") or {}
+    if card.get("model") == exp.run.model and started.get("source") == "hub":
+        return started.get("revision")
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None if it is missing or unreadable (or from an older spurcli)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _model_stamp(exp: Experiment, arm: str | None) -> Any:
@@ -606,8 +632,9 @@ def _model_stamp(exp: Experiment, arm: str | None) -> Any:
     (its config, steps and finishing time: a retrained arm is another model)."""
     from spurcli.diffusion import RUN_FILE
 
-    if arm is None:
-        return exp.run.model
+    if arm is None:  # a pinned revision is part of the model: another commit, other images
+        revision = base_revision(exp)
+        return exp.run.model if revision is None else {"model": exp.run.model, "revision": revision}
     info_path = Path(exp.arms()[arm].output_dir) / RUN_FILE  # type: ignore[arg-type]
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     return {k: info.get(k) for k in ("config", "steps_done", "seconds", "references")}
@@ -627,7 +654,7 @@ def run_sampling(exp: Experiment, stages: Stages) -> None:
     pipes: dict[str | None, Any] = {}
     for name, (arm, prompts) in exp.sample_sets().items():
         config = _sample_config(exp, name)
-        ref = resolve_model(config.model)
+        ref = resolve_model(config.model, config.revision)
         manifest = Path(config.out) / MANIFEST
         stamp = {
             "model": _model_stamp(exp, arm),
@@ -716,8 +743,37 @@ def _feature_path(exp: Experiment, name: str, extractor: str) -> Path:
     return exp.out / "features" / name / f"{_slug(extractor)}.npz"
 
 
+def _weights_path(exp: Experiment, name: str, extractor: str) -> Path:
+    """Next to the features: which weights made them (compare JSON and the summary show it)."""
+    return _feature_path(exp, name, extractor).with_suffix(".weights.json")
+
+
+def _weights_entry(model: Any) -> dict[str, Any]:
+    return {"weights": model.weights, "weights_id": model.weights_id}
+
+
+def model_identities(exp: Experiment) -> dict[str, Any]:
+    """The exact weights behind a run's numbers (for the summary): the base model the arms were
+    fine-tuned from, each arm's pipeline (content hashes) and SFSL extractor, the extractors."""
+    from spurcli.diffusion import RUN_FILE, model_identity, resolve_model
+
+    arms = {}
+    base = None
+    for arm, cfg in exp.arms().items():
+        card = _read_json(Path(cfg.output_dir) / RUN_FILE) or {}  # type: ignore[arg-type]
+        base = base or card.get("model_id")
+        arms[arm] = {
+            "model_id": model_identity(resolve_model(cfg.output_dir)),  # type: ignore[arg-type]
+            "sfsl_extractor": (card.get("extractor") or {}).get("weights_id"),
+        }
+    first = exp.comparisons()[0][0]  # a set every extractor saw
+    extractors = {e: _read_json(_weights_path(exp, first, e)) for e in exp.compare.extractors}
+    return {"base": base, "arms": arms, "extractors": extractors}
+
+
 def run_features(exp: Experiment, stages: Stages, main: bool) -> None:
     from spurcli.compare import extract_features, load_extractors
+    from spurcli.fileio import write_json
     from spurcli.score import parse_weights
 
     cfg = exp.compare
@@ -759,6 +815,7 @@ def run_features(exp: Experiment, stages: Stages, main: bool) -> None:
         if main:
             _feature_path(exp, name, extractor).parent.mkdir(parents=True, exist_ok=True)
             features.save(_feature_path(exp, name, extractor))
+            write_json(_weights_path(exp, name, extractor), _weights_entry(loaded[extractor]))
             write_stamp(_feature_path(exp, name, extractor), stamp(extractor))
         stages.ran(f"features:{name}:{extractor}", why[(name, extractor)])  # type: ignore[arg-type]
     _barrier(cfg.device)
@@ -847,6 +904,7 @@ def run_comparisons(exp: Experiment, stages: Stages, main: bool) -> None:
             label_a=LABELS[a],
             label_b=LABELS[b],
             differences=diffs,
+            extractors={e: _read_json(_weights_path(exp, a, e)) for e in exp.compare.extractors},
         )
         if main:
             write_json(out, result.report_data())

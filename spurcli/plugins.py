@@ -4,6 +4,7 @@
     plugins.classifiers().names("resnet*")          # wildcard listing, like timm.list_models
     model = plugins.classifiers().load("resnet", weights="random")
     model.module(images)                            # (B,1000) logits; model.weights says "random"
+    model.weights_id                                # {"source": "random"}; a file: path + sha256
 
 Every model family, the built-in ones included, arrives through the entry-point group ``spurcli``
 exactly as a third party's would. Entry points are loaded one at a time, so a plugin that fails
@@ -26,6 +27,7 @@ from typing import Any
 import pluggy
 
 from spurcli import hookspecs
+from spurcli import weights as weights_module
 from spurcli.errors import SpurcliError, UsageError
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ class LoadedModel:
     module: Any  # torch.nn.Module
     weights: str  # "random", a path, or the plugin's default source
     plugin: str
+    # Which weights exactly (JSON-ready, see `spurcli.weights.identify`): {"source": "hub",
+    # "repo", "revision": <commit>, "file"}, {"source": "file", "path", "sha256"}, "random", ...
+    weights_id: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_random(self) -> bool:
@@ -110,14 +115,18 @@ class Registry:
         if weights is not None and weights != "random" and not os.path.exists(weights):
             raise SpurcliError(f"weights file for {self.kind} '{name}' not found: {weights}")
         args = (weights,) if variant is None else (weights, variant)
-        module = entry.factory(*args)
+        with weights_module.recording() as recorded:  # what hub_file/record saw, for weights_id
+            module = entry.factory(*args)
         if module is None or not callable(module):
             raise SpurcliError(
                 f"plugin '{entry.plugin}' returned {type(module).__name__} for {self.kind} "
                 f"'{name}', not a torch.nn.Module"
             )
         label = (entry.default_weights or "default") if weights is None else weights
-        return LoadedModel(name=name, module=module, weights=label, plugin=entry.plugin)
+        identity = weights_module.identify(weights, recorded, entry.default_weights)
+        return LoadedModel(
+            name=name, module=module, weights=label, plugin=entry.plugin, weights_id=identity
+        )
 
     def _unknown_message(self, name: str) -> str:
         candidates = list(self.entries) + list(self.aliases)

@@ -10,7 +10,9 @@
 
 Layout: ``OUT/<prompt-slug>/000123.png`` (the parameters in PNG text chunks, the whole record as
 JSON in the ``spurcli`` chunk) and ``OUT/manifest.jsonl``, one line per image (``file``, ``prompt``,
-``seed``, ``steps``, ``guidance``, ``scheduler``, ``model``, ...), sorted by file.
+``seed``, ``steps``, ``guidance``, ``scheduler``, ``model``, and ``model_id``: the exact weights,
+e.g. the hub commit or the folder's content hash, see `spurcli.diffusion.model_identity`), sorted
+by file.
 
 Reproducibility, and why the code looks the way it does:
 - Image i of a prompt starts from the noise of its own seed, derived from ``--seed`` and i alone
@@ -70,6 +72,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 @dataclass
 class SampleConfig:
     model: str = field(default="tiny", metadata=MAYBE_PATH)  # run folder, diffusers folder, hub id
+    revision: str | None = None  # hub model: branch, tag or commit (None: main)
     prompts: list[str] = field(default_factory=list)  # `[V]` becomes the run's identifier
     n: int = 4  # images per prompt
     out: Path = Path("samples")  # output folder
@@ -107,6 +110,7 @@ class SampleResult:
     skipped: int  # already there
     seconds: float
     identifier: str | None
+    model_id: dict[str, Any] | None = None  # the exact weights (`model_identity`)
 
     @property
     def images_per_second(self) -> float:
@@ -122,6 +126,7 @@ class SampleResult:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 3),
             "identifier": self.identifier,
+            "model_id": self.model_id,
         }
 
 
@@ -360,7 +365,7 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
     check_config(config)
     out = Path(config.out)
     if model_ref is None and pipe is None:  # a bad model name: an error before any folder exists
-        model_ref = resolve_model(config.model)
+        model_ref = resolve_model(config.model, config.revision)
     with output_folder(out, "sample", recognise=is_sample_folder, enabled=is_main_process()):
         return _sample(config, out, pipe, model_ref, started)
 
@@ -377,6 +382,7 @@ def _sample(
     from spurcli.diffusion import (
         load_pipeline,
         make_scheduler,
+        model_identity,
         set_attention_slicing,
     )
     from spurcli.finite import check_model_finite
@@ -413,6 +419,8 @@ def _sample(
         "height": config.height or native,
         "width": config.width or native,
         "dtype": str(dtype).removeprefix("torch."),
+        # Recorded, not compared: a finished image made from other weights is not detected.
+        "model_id": model_identity(ref) if ref is not None else None,
     }
 
     # Rank 0 repairs the manifest; then every process reads the same state from disk.
@@ -471,6 +479,7 @@ def _sample(
         skipped=len(jobs) - len(todo),
         seconds=time.perf_counter() - started,
         identifier=identifier,
+        model_id=settings["model_id"],
     )
 
 

@@ -588,7 +588,8 @@ class ScoreResult(_Rows):
             "n_images": self.n_images,
             "n_real": self.n_real,
             "classifiers": {
-                m.name: {"weights": m.weights, **self.scores[m.name]} for m in self.models
+                m.name: {"weights": m.weights, "weights_id": m.weights_id, **self.scores[m.name]}
+                for m in self.models
             },
             "consensus": self.consensus.to_json(),
             "uncertainty": self.uncertainty,
@@ -782,6 +783,7 @@ class SpuriousImageNetResult(_Rows):
             "classifiers": {
                 m.name: {
                     "weights": m.weights,
+                    "weights_id": m.weights_id,
                     **self.means(m.name),
                     "per_class": {str(k): v for k, v in self.per_class[m.name].items()},
                 }

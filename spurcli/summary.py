@@ -54,7 +54,13 @@ def _differences(exp: Any) -> list[tuple[str, str, bool]]:
 def summarize(exp: Any) -> dict[str, Any]:
     """The run's answer, from the score files of every set (see the module docstring)."""
     from spurcli.compare import find_pairs
-    from spurcli.pipeline import REFERENCES, _all_sets, _score_paths, saved_scores
+    from spurcli.pipeline import (
+        REFERENCES,
+        _all_sets,
+        _score_paths,
+        model_identities,
+        saved_scores,
+    )
 
     names = _all_sets(exp)
     scores = {n: json.loads(_score_paths(exp, n)[0].read_text(encoding="utf-8")) for n in names}
@@ -99,6 +105,7 @@ def summarize(exp: Any) -> dict[str, Any]:
         hits_of[clf] = hits
         per_classifier[clf] = {
             "weights": scores[names[0]]["classifiers"][clf]["weights"],
+            "weights_id": scores[names[0]]["classifiers"][clf].get("weights_id"),
             "circular": clf in circular,
             "spurious_rate": {n: scores[n]["classifiers"][clf]["spurious_rate"] for n in names},
             "spurious_rate_ci": {n: metrics.rate_interval(hits[n]) for n in names},
@@ -142,6 +149,7 @@ def summarize(exp: Any) -> dict[str, Any]:
             arm: {"output_dir": str(cfg.output_dir), "sfsl_weight": cfg.sfsl_weight}
             for arm, cfg in exp.arms().items()
         },
+        "models": model_identities(exp),  # the exact weights (docs/reproducibility.md)
         "classifiers": per_classifier,
         "consensus": consensus,
         "excluded_from_consensus": excluded,

@@ -18,7 +18,9 @@ optimizer step (tests use it to interrupt a run at a known step).
 
 The run folder:
 
-    OUT/spurcli-run.json        config, prompts, class, reference hashes, versions, final losses
+    OUT/spurcli-run.json        config, prompts, class, reference hashes, versions, final losses,
+                                the base model's and the extractor's exact weights (model_id,
+                                extractor.weights_id; docs/reproducibility.md)
     OUT/log.jsonl               per step: step, loss, loss_instance, loss_prior, loss_sfsl, lr
     OUT/pipeline/               StableDiffusionPipeline.save_pretrained (plain diffusers loads it)
     OUT/validation/step-N/*.png validation images every --validate-every steps and at the end
@@ -132,7 +134,9 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
         return out
 
     # --- models: the base pipeline, the extractor (before writing anything: they may fail) ----
-    pipe = load_pipeline(cfg.model)
+    base = base_model(cfg, out)
+    pipe = load_pipeline(base)
+    model_id = base_identity(base, out, cfg) if main or base.kind == "hub" else None
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     from diffusers import DDPMScheduler
 
@@ -146,6 +150,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
         extractor_info = {
             "name": loaded.name,
             "weights": loaded.weights,
+            "weights_id": loaded.weights_id,
             "plugin": loaded.plugin,
             "dim": getattr(loaded.module, "dim", None),
         }
@@ -165,6 +170,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
         "instance_prompt": instance_prompt,
         "class_prompt": class_prompt,
         "model": cfg.model,
+        "model_id": model_id,
         "seed": cfg.seed,
         "config": to_dict(cfg),
         "references": [{"file": os.fspath(p), "sha256": sha256_file(p)} for p, _ in references],
@@ -411,6 +417,45 @@ def _optimizer(cfg: FinetuneConfig, groups: list[dict[str, Any]]) -> Any:
             "--use-8bit-adam needs bitsandbytes: pip install 'spurcli[8bit]' (CUDA GPUs)"
         ) from None
     return bnb.optim.AdamW8bit(groups, **kwargs)
+
+
+def base_model(cfg: FinetuneConfig, out: Path) -> Any:
+    """The `ModelRef` to fine-tune: ``cfg.model`` at ``cfg.revision``; a resumed run that did not
+    pin one stays on the hub commit it started from, even if the hub's main moved since (a
+    preempted cluster job resumed a day later must not mix two base models)."""
+    from spurcli.diffusion import resolve_model
+
+    started = _started_commit(cfg, out)
+    return resolve_model(cfg.model, revision=cfg.revision or started)
+
+
+def base_identity(base: Any, out: Path, cfg: FinetuneConfig) -> dict[str, Any]:
+    """`model_identity` of the loaded base model; a resumed run must be on its first commit."""
+    from spurcli.diffusion import model_identity
+
+    identity = model_identity(base)
+    started = _started_commit(cfg, out)
+    if started and identity.get("revision") != started:
+        raise SpurcliError(
+            f"{out} was started from {cfg.model} at commit {started}, but --revision "
+            f"{cfg.revision} is commit {identity.get('revision')}; resume with --revision "
+            f"{started} (or no --revision), or fine-tune into a new --output-dir"
+        )
+    return identity
+
+
+def _started_commit(cfg: FinetuneConfig, out: Path) -> str | None:
+    """The hub commit the run in ``out`` recorded for ``cfg.model``, when resuming it."""
+    if not cfg.resume:
+        return None
+    try:
+        card = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    recorded = card.get("model_id") or {}
+    if card.get("model") != cfg.model or recorded.get("source") != "hub":
+        return None
+    return recorded.get("revision")
 
 
 def _versions() -> dict[str, str]:

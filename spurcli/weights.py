@@ -12,18 +12,40 @@
 
 Only safe formats are read: safetensors, or `torch.load(weights_only=True)` (pickled code in a
 checkpoint is refused, never run).
+
+Every result names the exact weights (``weights_id`` in score/compare JSON and run cards): core
+records a local file's path and sha256 and marks ``random`` itself, and `hub_file` records the
+repo, file and resolved snapshot commit of what it returns, so the plugin above gets both for
+free. A plugin that obtains weights another way says what it used with `record`:
+
+    from spurcli.weights import file_identity, hub_snapshot, record
+    record(hub_snapshot("me/my-models"))             # a library downloaded from that repo
+    record(file_identity(path, package="my-pkg"))    # a file shipped inside a package
+
+    file_identity("w.safetensors")   # {"source": "file", "path": ..., "bytes": ..., "sha256": ...}
+
+File hashes are cached in ``$SPURCLI_CACHE/sha256.json`` (default ``~/.cache/spurcli``), keyed by
+(path, size, mtime), so scoring again does not re-read gigabytes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
+import importlib.metadata
+import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from spurcli.errors import SpurcliError
 
 RANDOM = "random"
+HASH_CACHE = "sha256.json"  # in cache_dir(): path -> size, mtime_ns, sha256
+COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a full git commit hash, as the hub cache names snapshots
 
 
 def is_random(weights: str | os.PathLike[str] | None) -> bool:
@@ -92,15 +114,16 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def hub_file(repo_id: str, filename: str, *, model: str) -> str:
+def hub_file(repo_id: str, filename: str, *, model: str, revision: str | None = None) -> str:
     """Path of ``filename`` from the Hugging Face hub repo ``repo_id`` (downloaded or cached).
 
-    Offline and not cached: one clear error naming the file and how to pass it instead.
+    Records the repo, file and resolved commit (see `record`). Offline and not cached: one clear
+    error naming the file and how to pass it instead.
     """
     from huggingface_hub import hf_hub_download
 
     try:
-        return hf_hub_download(repo_id, filename)
+        path = hf_hub_download(repo_id, filename, revision=revision)
     except Exception as exc:
         raise SpurcliError(
             f"weights for '{model}' are not available{' offline' if offline() else ''}: need "
@@ -108,7 +131,193 @@ def hub_file(repo_id: str, filename: str, *, model: str) -> str:
             f"online (`hf download {repo_id} {filename}`) and pass the local file as the "
             f"weights of '{model}' (e.g. --weights {model}=PATH), or use random weights"
         ) from exc
+    record(
+        {
+            "source": "hub",
+            "repo": repo_id,
+            "revision": snapshot_commit(path) or revision or "main",
+            "file": filename,
+        }
+    )
+    return path
 
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+# --- which weights: identities recorded in every result ---------------------------------------
+
+_recorded: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
+    "spurcli_weights_recorded", default=None
+)
+
+
+def record(identity: dict[str, Any]) -> None:
+    """Say which weights the model being built uses (no-op outside `recording`).
+
+    ``identity`` is JSON-ready, with a ``source`` key: what `file_identity` or `hub_snapshot`
+    return, or your own (e.g. ``{"source": "url", "url": ..., "sha256": ...}``).
+    """
+    found = _recorded.get()
+    if found is not None and identity not in found:
+        found.append(dict(identity))
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[dict[str, Any]]]:
+    """Collect the identities `record` receives inside the block (core wraps each factory)."""
+    found: list[dict[str, Any]] = []
+    token = _recorded.set(found)
+    try:
+        yield found
+    finally:
+        _recorded.reset(token)
+
+
+def identify(
+    weights: str | None, recorded: list[dict[str, Any]], default: str | None = None
+) -> dict[str, Any]:
+    """The ``weights_id`` of a model built with ``weights`` while ``recorded`` was collected.
+
+    A local file given by the user is its own identity (path + sha256); ``random`` says so; the
+    plugin's default source is what the plugin recorded, or, if it recorded nothing, an honest
+    ``{"source": "unrecorded"}`` with the plugin's description of its default.
+    """
+    if is_random(weights):
+        return {"source": RANDOM}
+    if weights is not None:
+        return file_identity(weights)
+    if len(recorded) == 1:
+        return recorded[0]
+    if recorded:
+        return {"source": "several", "parts": list(recorded)}
+    return {"source": "unrecorded", "default": default}
+
+
+def file_identity(path: str | os.PathLike[str], *, package: str | None = None) -> dict[str, Any]:
+    """``{"source": "file", "path", "bytes", "sha256"}`` of a local weights file.
+
+    ``package``: the file ships inside that installed distribution; its version is recorded too.
+    """
+    resolved = Path(path).expanduser().absolute()
+    identity: dict[str, Any] = {
+        "source": "file",
+        "path": os.fspath(resolved),
+        "bytes": resolved.stat().st_size,
+        "sha256": sha256_cached(resolved),
+    }
+    if package is not None:
+        identity.update(source="package", package=package, version=_version(package))
+    return identity
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def snapshot_commit(path: str | os.PathLike[str]) -> str | None:
+    """The commit of a path inside a hub cache snapshot (``.../snapshots/<commit>/...``)."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts[:-1]):
+        if part == "snapshots" and COMMIT.match(parts[i + 1]):
+            return parts[i + 1]
+    return None
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> dict[str, Any]:
+    """``{"source": "hub", "repo", "revision": <commit>}`` of a repo in the local hub cache.
+
+    For weights a library downloaded itself (timm's ``hf-hub:``, diffusers): the commit the
+    cache resolves ``revision`` (default main) to. Raises `SpurcliError` if it is not cached.
+    """
+    return {"source": "hub", "repo": repo_id, "revision": cached_commit(repo_id, revision)}
+
+
+def cached_commit(repo_id: str, revision: str | None = None) -> str:
+    """The commit ``revision`` (a branch, tag or commit; default main) of ``repo_id`` resolves to
+    in the local hub cache, read the way huggingface_hub writes it (``refs/<name>`` holds the
+    commit, ``snapshots/<commit>/`` the files). One clear error if it is not there."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    wanted = revision or "main"
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    ref = folder / "refs" / wanted
+    commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else wanted
+    if COMMIT.match(commit) and (folder / "snapshots" / commit).is_dir():
+        return commit
+    snapshots = folder / "snapshots"
+    cached = sorted(p.name for p in snapshots.iterdir()) if snapshots.is_dir() else []
+    refs = sorted(
+        f"{p.relative_to(folder / 'refs')}={p.read_text(encoding='utf-8').strip()[:12]}"
+        for p in (folder / "refs").rglob("*")
+        if p.is_file()
+    )
+    have = (
+        f"cached: {', '.join(refs) or 'no refs'}; snapshots {', '.join(c[:12] for c in cached)}"
+        if cached
+        else "nothing of it is cached"
+    )
+    raise SpurcliError(
+        f"revision '{wanted}' of {repo_id} is not in the local Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}; {have}){'; it cannot be fetched offline' if offline() else ''}"
+    )
+
+
+def cache_dir() -> Path:
+    """spurcli's own cache (hashes, the CLIP zero-shot heads): ``$SPURCLI_CACHE`` or ~/.cache."""
+    return Path(os.environ.get("SPURCLI_CACHE") or Path.home() / ".cache" / "spurcli")
+
+
+def sha256_cached(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, remembered by (absolute path, size, mtime) across processes."""
+    from spurcli.images import sha256_file
+
+    resolved = Path(path).expanduser().resolve()
+    stat = resolved.stat()
+    key = os.fspath(resolved)
+    store = cache_dir() / HASH_CACHE
+    cache = _read_hash_cache(store)
+    entry = cache.get(key)
+    if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        return str(entry["sha256"])
+    digest = sha256_file(resolved)
+    cache = _read_hash_cache(store)  # another process may have added entries meanwhile
+    cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    with contextlib.suppress(OSError):  # a read-only home only costs a re-hash next time
+        from spurcli.fileio import write_json
+
+        write_json(store, cache)
+    return digest
+
+
+def _read_hash_cache(store: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def folder_identity(
+    folder: str | os.PathLike[str], patterns: tuple[str, ...] = ("*.safetensors", "*.bin")
+) -> dict[str, Any]:
+    """Path and content hash of the weight files below ``folder`` (a diffusers pipeline).
+
+    ``sha256`` hashes the sorted "relative path  file sha256" lines (like ``sha256sum``'s
+    output), so it changes when any weight file does; ``files`` lists each file's hash.
+    """
+    root = Path(folder).expanduser().absolute()
+    files = sorted({p for pattern in patterns for p in root.rglob(pattern) if p.is_file()})
+    hashes = {p.relative_to(root).as_posix(): sha256_cached(p) for p in files}
+    listing = "".join(f"{digest}  {name}\n" for name, digest in hashes.items())
+    return {
+        "source": "folder",
+        "path": os.fspath(root),
+        "sha256": hashlib.sha256(listing.encode()).hexdigest(),
+        "files": hashes,
+    }

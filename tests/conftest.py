@@ -17,9 +17,11 @@ from spurcli import console, plugins
 
 
 @pytest.fixture(autouse=True)
-def _offline_and_fresh_plugins(monkeypatch):
+def _offline_and_fresh_plugins(monkeypatch, tmp_path_factory):
     """Offline hub, a fresh plugin singleton, and default console state for every test."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # spurcli's cache (file hashes, CLIP heads) inside the test session's folder, not in ~/.cache
+    monkeypatch.setenv("SPURCLI_CACHE", str(tmp_path_factory.getbasetemp() / "spurcli-cache"))
     saved_console = dict(console._state)
     plugins.reset_plugins()
     yield

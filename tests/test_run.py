@@ -269,6 +269,19 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     )
     to_refs = json.loads((out / "compare" / "generated-vs-references.json").read_text())
     assert to_refs["differences"]["pairing"]["paired"] is False
+    # the exact weights: base model, fine-tuned pipeline (content hash), every model's identity
+    models = summary["models"]
+    arm = models["arms"]["generated"]
+    assert models["base"]["source"] == "tiny" and arm["sfsl_extractor"] == {"source": "random"}
+    assert arm["model_id"]["source"] == "run" and arm["model_id"]["base"] == models["base"]
+    assert "unet/diffusion_pytorch_model.safetensors" in arm["model_id"]["files"]
+    dreambooth = models["arms"]["dreambooth"]
+    assert dreambooth["sfsl_extractor"] is None  # sfsl_weight 0: no extractor
+    assert dreambooth["model_id"]["sha256"] != arm["model_id"]["sha256"]
+    assert models["extractors"]["template-linear"]["weights_id"] == {"source": "random"}
+    assert clf["weights_id"] == {"source": "random"}
+    assert tuned["model_id"] == arm["model_id"]
+    assert json.loads(manifest[0])["model_id"] == models["base"]
     report = result.report.read_text()
     assert report.count("<h2") == 1 + 8  # summary + eight comparisons
     assert "DreamBooth only" in report and "held-out references" in report

@@ -141,7 +141,7 @@ def test_json_shape_is_exactly_the_issues(folders):
         "average_precision",
         "real_accuracy",
     )
-    metric_keys = {"weights", *metrics, *(f"{m}_ci" for m in metrics)}
+    metric_keys = {"weights", "weights_id", *metrics, *(f"{m}_ci" for m in metrics)}
     s, _ = folders
     out = score_images(s, 94, ["det-r", "det-g"], device="cpu", num_workers=0).to_json()
     assert set(out) == {"target", "n_images", "n_real", "classifiers", "consensus", "uncertainty"}

