@@ -9,6 +9,7 @@
 A checkpoint folder (written into a temporary folder and renamed: never half a checkpoint):
 
     unet.safetensors, text_encoder.safetensors (when trained)   the trainable weights, fp32
+                                                               (LoRA: the adapters alone)
     optimizer.pt, lr_scheduler.pt, scaler.pt (fp16 only)       torch.load(weights_only=True)
     rng-R.pt                                                   process R's global RNG states
     state.json                                                 step, losses, config, world size
@@ -56,6 +57,8 @@ RESUME_FREE = {
     "validation_guidance",
     "output_dir",
     "class_batch_size",
+    "report_to",
+    "log_grad_norms_every",
 }
 
 
@@ -186,9 +189,9 @@ def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
     if accelerator.is_main_process:
         target = checkpoint_dir(out, step)
         with atomic_dir(target) as tmp:
-            save_file(_state_dict(accelerator, run.unet), tmp / "unet.safetensors")
+            save_file(_state_dict(run, run.unet), tmp / "unet.safetensors")
             if cfg.train_text_encoder:
-                te = _state_dict(accelerator, run.text_encoder)
+                te = _state_dict(run, run.text_encoder)
                 save_file(te, tmp / "text_encoder.safetensors")
             torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(run.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
@@ -206,9 +209,24 @@ def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
     accelerator.wait_for_everyone()
 
 
-def _state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
-    state = accelerator.unwrap_model(model).state_dict()
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+def _state_dict(run: Run, model: Any) -> dict[str, torch.Tensor]:
+    """The trained tensors: every weight, or (LoRA) the adapters alone."""
+    model = run.accelerator.unwrap_model(model)
+    if run.cfg.lora_rank:
+        from spurcli.lora import adapter_state
+
+        return adapter_state(model)
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def _load_state_dict(run: Run, model: Any, state: dict[str, torch.Tensor]) -> None:
+    model = run.accelerator.unwrap_model(model)
+    if run.cfg.lora_rank:
+        from spurcli.lora import load_adapter_state
+
+        load_adapter_state(model, state)
+    else:
+        model.load_state_dict(state)
 
 
 def load_checkpoint(run: Run, path: Path) -> int:
@@ -228,10 +246,9 @@ def load_checkpoint(run: Run, path: Path) -> int:
             ", ".join(changed),
         )
     try:
-        accelerator.unwrap_model(run.unet).load_state_dict(load_file(path / "unet.safetensors"))
+        _load_state_dict(run, run.unet, load_file(path / "unet.safetensors"))
         if cfg.train_text_encoder:
-            te = load_file(path / "text_encoder.safetensors")
-            accelerator.unwrap_model(run.text_encoder).load_state_dict(te)
+            _load_state_dict(run, run.text_encoder, load_file(path / "text_encoder.safetensors"))
         for name, target in (
             ("optimizer", run.optimizer),
             ("lr_scheduler", run.lr_scheduler),
