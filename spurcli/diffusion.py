@@ -399,17 +399,18 @@ TAESD_RANDOM = "random"
 def load_taesd(source: str, vae: Any = None, seed: int = 0) -> Any:
     """diffusers' `AutoencoderTiny` (taesd) from a hub id, a local folder, or ``random``.
 
-    ``random``: taesd's structure with weights from a fixed seed, its width matched to ``vae``
-    (64 channels, taesd's own, for SD's VAE; narrower for the tiny model's): for tests and
-    benchmarks, where only the cost matters. Latents go in as the UNet sees them (taesd's
-    scaling factor is 1), images come out in [-1, 1], as from the VAE.
+    ``random``: taesd's structure with weights from a fixed seed, as wide as half the narrowest
+    block of ``vae`` (64 channels for SD's VAE: taesd's own; 8 for the tiny model's), so that
+    taesd costs the same fraction of the VAE decoder as for SD: for tests and benchmarks.
+    Latents go in as the UNet sees them (taesd's scaling factor is 1), images come out in
+    [-1, 1], as from the VAE.
     """
     import torch
     from diffusers import AutoencoderTiny
 
     if source == TAESD_RANDOM:
         latent_channels = vae.config.latent_channels if vae is not None else 4
-        width = min(64, vae.config.block_out_channels[-1]) if vae is not None else 64
+        width = max(8, min(64, vae.config.block_out_channels[0] // 2)) if vae is not None else 64
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return AutoencoderTiny(

@@ -248,7 +248,7 @@ def test_taesd_decoder_for_sfsl(refs, class_dir, tmp_path):
 def test_load_taesd_from_a_folder_and_offline_hub(tmp_path):
     vae = build_tiny_pipeline().vae
     model = load_taesd("random", vae)
-    assert model.config.latent_channels == 4 and model.config.decoder_block_out_channels[0] == 32
+    assert model.config.latent_channels == 4 and model.config.decoder_block_out_channels[0] == 8
     model.save_pretrained(tmp_path / "taesd")
     again = load_taesd(str(tmp_path / "taesd"))
     a, b = model.state_dict(), again.state_dict()
