@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
-def test_gpu_check_tiny_writes_every_row(tmp_path, capsys):
+def test_gpu_check_tiny_writes_every_row(tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", module)  # dataclasses look their module up
     spec.loader.exec_module(module)
     out = tmp_path / "check.json"
     result = module.main(["--tiny", "--json", str(out)])
