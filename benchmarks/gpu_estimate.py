@@ -1,6 +1,8 @@
 """A paper estimate of `spurcli finetune` on a GPU at 512 px: memory and time per step.
 
-    python benchmarks/gpu_estimate.py          # ~20 s on a CPU, no GPU, no download, no weights
+    python benchmarks/gpu_estimate.py          # ~30 s on a CPU, no GPU, no download, no weights
+
+Full fine-tuning first, then LoRA r=8 (`--lora-rank 8`) and taesd (`--sfsl-decoder taesd`).
 
 Nothing here runs on a GPU. The models are built with SD 1.x's shapes on PyTorch's "meta" device
 (shapes without data), then:
@@ -208,6 +210,108 @@ def main() -> None:
         times = " | ".join(f"{flops / (peak * UTILISATION) * 1000:.0f} ms" for peak, _ in
                            CARDS.values())  # fmt: skip
         print(f"| {name} | {flops / 1e12:.2f} | {flops / off:.2f}x | {times} |")
+    lora_and_taesd(rows, count, context, vae_gc)
+
+
+def lora_and_taesd(full: dict, count: dict, context: float, vae_gc: float, rank: int = 8) -> None:
+    """The LoRA (`--lora-rank 8`) and taesd (`--sfsl-decoder taesd`) rows, measured the same way.
+
+    LoRA: the UNet and text encoder frozen in fp16 (as `spurcli.lora` keeps them), adapters on
+    diffusers' LoRA script's targets; a frozen layer's backward computes only the input gradient,
+    so the backward pass is cheaper, and it saves fewer activations. taesd's decoder is one
+    checkpointed segment (its recomputation holds all of it again), so its activations count in
+    full with or without checkpointing.
+    """
+    from diffusers import AutoencoderTiny
+    from peft import LoraConfig
+
+    from spurcli.lora import TEXT_TARGETS, UNET_TARGETS
+
+    unet, vae, text, resnet = models()
+
+    def lora(targets):
+        return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                          target_modules=targets)  # fmt: skip
+
+    with torch.device("meta"):
+        for model in (unet, text, vae, resnet):
+            model.requires_grad_(False)
+        unet.add_adapter(lora(UNET_TARGETS))
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(lora(TEXT_TARGETS), text)
+        taesd = AutoencoderTiny().requires_grad_(False)  # taesd's own configuration
+    adapters = sum(p.numel() for m in (unet, text) for p in m.parameters() if p.requires_grad)
+    meta = {"device": "meta"}
+    rows = {}
+    ids = torch.zeros(2, 77, dtype=torch.long, **meta)
+    states = torch.randn(2, 77, 768, **meta)
+    x, t = torch.randn(2, 4, 64, 64, **meta), torch.tensor([1, 2], **meta)
+    rows["text encoder, LoRA"] = measure(lambda: text(ids)[0], list(text.parameters()))
+    rows["UNet, LoRA"] = measure(lambda: unet(x, t, states).sample, list(unet.parameters()))
+    for px in (512, 256):
+        z = torch.randn(1, 4, px // 8, px // 8, requires_grad=True, **meta)
+        rows[f"taesd decoder at {px} px"] = measure(
+            lambda z=z: taesd.decode(z).sample, list(taesd.parameters())
+        )
+    unet.enable_gradient_checkpointing()
+    unet.train()
+    _, _, unet_gc = measure(lambda: unet(x, t, states).sample, list(unet.parameters()))
+
+    print(f"\nLoRA r={rank} and taesd (adapters: {adapters / 1e6:.2f}M parameters; taesd decoder "
+          f"{sum(p.numel() for p in taesd.decoder.parameters()) / 1e6:.1f}M)")  # fmt: skip
+    print("\n| part | forward TFLOP | backward TFLOP | saved activations, fp16 GB |")
+    print("| --- | --- | --- | --- |")
+    for name, (f, b, sv) in rows.items():
+        print(f"| {name} | {f / 1e12:.3f} | {b / 1e12:.3f} | {sv / 2 / GB:.2f} |")
+    print(f"| UNet, LoRA, gradient checkpointing | (+1 forward) | | {unet_gc / 2 / GB:.2f} |")
+
+    # Peak memory: LoRA r=8, fp16, 512 px, batch 1 + 1 prior, text encoder trained.
+    frozen = (count["unet"] + count["text"] + count["vae"] + count["resnet"]) * 2  # all fp16
+    static = adapters * (4 + 4 + 8)  # fp32 adapters, their gradients, AdamW's moments
+    resnet_acts = full["ResNet-50 at 224 px (SFSL)"][2] / 2
+    text_acts = rows["text encoder, LoRA"][2] / 2
+    print("\nPeak memory, LoRA, 512 px, fp16 autocast, text encoder trained (GB; frozen base in "
+          "fp16):")  # fmt: skip
+    print("\n| configuration | frozen weights | adapters+grads+AdamW | activations | **peak** |")
+    print("| --- | --- | --- | --- | --- |")
+    for gc in (False, True):
+        u = unet_gc / 2 if gc else rows["UNet, LoRA"][2] / 2
+        for decoder in ("none", "vae", "taesd"):
+            if decoder == "none":
+                dec = 0.0
+            elif decoder == "vae":
+                dec = (vae_gc if gc else full["VAE decoder at 512 px (SFSL)"][2]) / 2 + resnet_acts
+            else:
+                dec = rows["taesd decoder at 512 px"][2] / 2 + resnet_acts
+            acts = u + text_acts + dec
+            peak = frozen + static + acts + context
+            label = f"LoRA, SFSL {'off' if decoder == 'none' else decoder}" + (
+                ", checkpointing" if gc else "")  # fmt: skip
+            print(f"| {label} | {frozen / GB:.2f} | {static / GB:.3f} | {acts / GB:.1f} | "
+                  f"**{peak / GB:.1f}** |")  # fmt: skip
+    print(f"(with {context / GB:.0f} GB for the CUDA context and allocator slack)")
+
+    # FLOPs: SFSL's extra cost with each decoder, full fine-tuning and LoRA.
+    extractor = sum(full["ResNet-50 at 224 px (SFSL)"][:2])
+    decoders = {
+        "vae": sum(full["VAE decoder at 512 px (SFSL)"][:2]),
+        "vae, decode-size 256": sum(full["VAE decoder at 256 px (SFSL)"][:2]),
+        "taesd": sum(rows["taesd decoder at 512 px"][:2]),
+    }
+    bases = {
+        "full": sum(full["text encoder (2 prompts)"][:2])
+        + sum(full["UNet, batch 2 (instance + prior)"][:2]),
+        f"LoRA r={rank}": sum(rows["text encoder, LoRA"][:2]) + sum(rows["UNet, LoRA"][:2]),
+    }
+    print("\nSFSL's cost by decoder (FLOPs per step, 512 px, no checkpointing):")
+    print("\n| weights | SFSL decoder | TFLOP/step | vs SFSL off |")
+    print("| --- | --- | --- | --- |")
+    for name, base in bases.items():
+        print(f"| {name} | (SFSL off) | {base / 1e12:.2f} | 1.00x |")
+        for decoder, flops in decoders.items():
+            total = base + flops + extractor
+            print(f"| {name} | {decoder} | {total / 1e12:.2f} | {total / base:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 A checkpoint folder (written into a temporary folder and renamed: never half a checkpoint):
 
     unet.safetensors, text_encoder.safetensors (when trained)   the trainable weights, fp32
+                                                               (LoRA: the adapters alone)
     optimizer.pt, lr_scheduler.pt, scaler.pt (fp16 only)       torch.load(weights_only=True)
     rng-R.pt                                                   process R's global RNG states
     state.json                                                 step, losses, config, world size
@@ -57,6 +58,8 @@ RESUME_FREE = {
     "validation_guidance",
     "output_dir",
     "class_batch_size",
+    "report_to",
+    "log_grad_norms_every",
 }
 
 
@@ -190,9 +193,9 @@ def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
     rng_states = gather_object([_rng_state()])  # every process's RNG, collected on all
     if accelerator.is_main_process:
         target = checkpoint_dir(out, step)
-        models = {"unet": _state_dict(accelerator, run.unet)}
+        models = {"unet": _state_dict(run, run.unet)}
         if cfg.train_text_encoder:
-            models["text_encoder"] = _state_dict(accelerator, run.text_encoder)
+            models["text_encoder"] = _state_dict(run, run.text_encoder)
         for name, weights in models.items():  # never a checkpoint to resume into NaN
             if not all_finite(weights.values()):
                 raise SpurcliError(
@@ -218,9 +221,24 @@ def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
     accelerator.wait_for_everyone()
 
 
-def _state_dict(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
-    state = accelerator.unwrap_model(model).state_dict()
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+def _state_dict(run: Run, model: Any) -> dict[str, torch.Tensor]:
+    """The trained tensors: every weight, or (LoRA) the adapters alone."""
+    model = run.accelerator.unwrap_model(model)
+    if run.cfg.lora_rank:
+        from spurcli.lora import adapter_state
+
+        return adapter_state(model)
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def _load_state_dict(run: Run, model: Any, state: dict[str, torch.Tensor]) -> None:
+    model = run.accelerator.unwrap_model(model)
+    if run.cfg.lora_rank:
+        from spurcli.lora import load_adapter_state
+
+        load_adapter_state(model, state)
+    else:
+        model.load_state_dict(state)
 
 
 class BadCheckpoint(SpurcliError):
@@ -305,7 +323,13 @@ def _read_checkpoint(run: Run, path: Path) -> dict[str, Any]:
                 f"{file} is missing, truncated or not a safetensors file; resume from another "
                 "checkpoint or delete this one"
             ) from None
-        wrong = _mismatch(saved, accelerator.unwrap_model(model).state_dict())
+        own = accelerator.unwrap_model(model)
+        if cfg.lora_rank:  # a LoRA checkpoint holds the adapters alone
+            from spurcli.lora import adapter_state
+
+            wrong = _mismatch(saved, adapter_state(own))
+        else:
+            wrong = _mismatch(saved, own.state_dict())
         if wrong:
             raise BadCheckpoint(
                 f"{file} holds the weights of another model ({wrong}); resume with the "
@@ -377,11 +401,9 @@ def _apply_checkpoint(run: Run, loaded: dict[str, Any]) -> None:
             "resuming with changed options (%s): the result will differ from an uninterrupted run",
             ", ".join(changed),
         )
-    accelerator.unwrap_model(run.unet).load_state_dict(loaded["weights"]["unet"])
+    _load_state_dict(run, run.unet, loaded["weights"]["unet"])
     if "text_encoder" in loaded["weights"]:
-        accelerator.unwrap_model(run.text_encoder).load_state_dict(
-            loaded["weights"]["text_encoder"]
-        )
+        _load_state_dict(run, run.text_encoder, loaded["weights"]["text_encoder"])
     for name, target in (
         ("optimizer", run.optimizer),
         ("lr_scheduler", run.lr_scheduler),

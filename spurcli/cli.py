@@ -615,6 +615,26 @@ def finetune_command(
     sfsl_decode_size: Annotated[
         int | None, _opt("--sfsl-decode-size", help="Decode x0 at N px (default: full size).")
     ] = None,
+    sfsl_decoder: Annotated[
+        str | None, _opt("--sfsl-decoder", help="vae or taesd (cheaper; default vae).")
+    ] = None,
+    sfsl_taesd: Annotated[
+        str | None,
+        _opt("--sfsl-taesd", help="taesd: hub id, folder or random (default madebyollin/taesd)."),
+    ] = None,
+    lora_rank: Annotated[
+        int | None, _opt("--lora-rank", help="LoRA adapters of rank R, 0: full weights (default).")
+    ] = None,
+    lora_alpha: Annotated[
+        float | None, _opt("--lora-alpha", help="LoRA scale alpha / rank (default: alpha = rank).")
+    ] = None,
+    lora_dropout: Annotated[
+        float | None, _opt("--lora-dropout", help="On the adapters' input (default 0).")
+    ] = None,
+    lora_targets: Annotated[
+        list[str] | None,
+        _opt("--lora-targets", help="UNet modules, repeatable (default: attention projections)."),
+    ] = None,
     mixed_precision: Annotated[
         str | None, _opt("--mixed-precision", help="no, fp16 or bf16 (default no).")
     ] = None,
@@ -651,6 +671,13 @@ def finetune_command(
     validation_guidance: Annotated[
         float | None, _opt("--validation-guidance", help="Guidance (default 7.5).")
     ] = None,
+    report_to: Annotated[
+        str | None, _opt("--report-to", help="tensorboard, wandb or none (default none).")
+    ] = None,
+    log_grad_norms_every: Annotated[
+        int | None,
+        _opt("--log-grad-norms-every", help="Per-term gradient norms, 0: off (default 50)."),
+    ] = None,
     sets: Annotated[
         list[str] | None,
         typer.Option("--set", help="key=value for any config key (repeatable)."),
@@ -663,8 +690,9 @@ def finetune_command(
     from spurcli.pipeline import TABLES, finetune_config, is_run_config
     from spurcli.train import finetune
 
-    if not options["validation_prompt"]:
-        options["validation_prompt"] = None  # not given: keep the file's or the default
+    for name in ("validation_prompt", "lora_targets"):
+        if not options[name]:
+            options[name] = None  # not given: keep the file's or the default
     if config is not None and config.is_file() and is_run_config(config):
         cfg = finetune_config(config, sets or (), options)  # as `spurcli run` trains it
     else:
@@ -680,10 +708,13 @@ def finetune_command(
     if console.is_main_process():
         run = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
         losses = ", ".join(f"{k} {v:.4f}" for k, v in run.get("final_losses", {}).items())
+        result = (
+            f"LoRA adapters in {out / 'lora'}"
+            if run.get("lora")
+            else f"pipeline in {out / RUN_PIPELINE_DIR}"
+        )
         console.stdout.print(
-            terminal(
-                f"{out}: {run['steps_done']} steps; {losses}; pipeline in {out / RUN_PIPELINE_DIR}"
-            ),
+            terminal(f"{out}: {run['steps_done']} steps; {losses}; {result}"),
             markup=False,
             highlight=False,
         )

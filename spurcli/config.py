@@ -111,6 +111,20 @@ class FinetuneConfig:
     # Decode x0_hat at this size (latent resized first): None decodes at full resolution, as
     # the method describes; 256 cuts the VAE-decoder part of SFSL (the bulk of its cost) by 4x.
     sfsl_decode_size: int | None = None
+    # The decoder of x0_hat for SFSL: the model's own VAE (fidelity, the method), or taesd
+    # (diffusers' AutoencoderTiny: a few % of the VAE decoder's cost; the gradient then flows
+    # through another decoder). docs/finetune-scale.md compares them.
+    sfsl_decoder: Literal["vae", "taesd"] = "vae"
+    # taesd's weights: a hub id (madebyollin/taesd is SD 1.x's), a local folder, or "random"
+    # (taesd's structure, width matched to the model's VAE: for tests and benchmarks)
+    sfsl_taesd: str = field(default="madebyollin/taesd", metadata=MAYBE_PATH)
+    # --- LoRA (peft): low-rank adapters instead of the full weights (docs/finetune-scale.md) --
+    lora_rank: int = 0  # 0: train the full weights, as the paper does; R > 0: adapters of rank R
+    lora_alpha: float | None = None  # the adapters' scale is alpha / rank; None: = rank
+    lora_dropout: float = 0.0  # dropout on the adapters' input (diffusers' LoRA script: 0)
+    # UNet modules that get adapters (peft target_modules); empty: its attention projections,
+    # as diffusers' LoRA script. A trained text encoder gets them on q/k/v/out_proj.
+    lora_targets: list[str] = field(default_factory=list)
     # --- speed and memory ----------------------------------------------------------------------
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # trainable weights stay fp32
     gradient_checkpointing: bool = False  # UNet, text encoder and (with SFSL) the VAE decoder
@@ -124,6 +138,13 @@ class FinetuneConfig:
     num_validation_images: int = 4  # images per validation prompt
     validation_steps: int = 25  # sampler steps per validation image
     validation_guidance: float = 7.5  # classifier-free guidance for validation images
+    # --- monitoring ----------------------------------------------------------------------------
+    # accelerate's trackers: every loss term, lr, gradient norms, validation images
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    # Every N steps, log.jsonl gets the gradient norm each loss term (instance, prior, SFSL,
+    # weighted as in the loss) puts on the trained weights: 3 extra backward passes on those
+    # steps, on the first micro-batch; the update is unchanged. 0: off.
+    log_grad_norms_every: int = 50
 
     def check(self) -> None:
         """Every option that can be checked without loading anything; one-line errors."""
@@ -157,6 +178,9 @@ class FinetuneConfig:
             "sfsl_weight",
             "class_guidance",
             "validation_guidance",
+            "lora_rank",
+            "lora_dropout",
+            "log_grad_norms_every",
         ]:
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
@@ -176,6 +200,18 @@ class FinetuneConfig:
             self.sfsl_decode_size < 8 or self.sfsl_decode_size % 8
         ):
             raise UsageError("--sfsl-decode-size must be a positive multiple of 8")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise UsageError("--lora-alpha must be positive")
+        if self.lora_dropout >= 1:
+            raise UsageError("--lora-dropout must be below 1")
+        if self.lora_rank and find_spec("peft") is None:
+            raise SpurcliError("--lora-rank needs peft: pip install peft")
+        if self.report_to == "tensorboard" and find_spec("tensorboard") is None:
+            raise SpurcliError(
+                "--report-to tensorboard needs tensorboard: pip install 'spurcli[tensorboard]'"
+            )
+        if self.report_to == "wandb" and find_spec("wandb") is None:
+            raise SpurcliError("--report-to wandb needs wandb: pip install wandb")
         from diffusers.optimization import SchedulerType
 
         names = [s.value for s in SchedulerType if s.value != "piecewise_constant"]

@@ -3,6 +3,7 @@
     from spurcli.diffusion import load_pipeline, resolve_model
     pipe = load_pipeline("tiny")                      # random tiny SD from config, offline, ~0.1 s
     pipe = load_pipeline("runs/hummingbird")          # a `spurcli finetune` output folder
+    pipe = load_pipeline("runs/lora")                 # a LoRA run: base model + adapters, fused
     pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler="dpm")
     ref = resolve_model("stable-diffusion-v1-5/stable-diffusion-v1-5", revision="<commit>")
     model_identity(ref)   # {"source": "hub", "repo": ..., "revision": <the resolved commit>}
@@ -51,7 +52,7 @@ class ModelRef:
     """Where a model comes from, as resolved from what the user typed."""
 
     kind: str  # "tiny", "run" (a finetune output), "local" (a diffusers folder) or "hub"
-    location: str  # "tiny", a folder path, or a hub id
+    location: str  # "tiny", a folder path (a run's pipeline/ or lora/), or a hub id
     run: dict[str, Any] | None = None  # the run's spurcli-run.json, for kind == "run"
     revision: str | None = None  # hub models only: a branch, tag or commit (None: main)
 
@@ -85,6 +86,8 @@ def _resolve_model(model: str | os.PathLike[str]) -> ModelRef:
         if (path / RUN_FILE).is_file():
             run = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
             pipeline_dir = path / RUN_PIPELINE_DIR
+            if run.get("lora") and (path / run["lora"]["weights"]).is_file():
+                return ModelRef("run", str(path / Path(run["lora"]["weights"]).parent), run)
             if not (pipeline_dir / "model_index.json").is_file():
                 raise SpurcliError(
                     f"{path} is a spurcli run without a finished pipeline ({pipeline_dir} is "
@@ -116,7 +119,11 @@ def load_pipeline(
 
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     dtype = dtype or torch.float32
-    if ref.kind == TINY:
+    if ref.kind == "run" and (ref.run or {}).get("lora"):
+        from spurcli.lora import load_lora_pipeline  # the base model + the run's adapters
+
+        pipe = load_lora_pipeline(ref.location, ref.run, dtype=dtype)  # type: ignore[arg-type]
+    elif ref.kind == TINY:
         pipe = build_tiny_pipeline()
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
@@ -213,6 +220,21 @@ def quiet_library_progress_bars() -> None:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+
+
+def cast_frozen(module: Any, dtype: Any) -> Any:
+    """``module.to(dtype)`` without diffusers' "keep in float32" hint (it is about loading)."""
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    if dtype == torch.float32 and all(p.dtype == dtype for p in module.parameters()):
+        return module
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return module.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def make_scheduler(name: str, config: Any) -> Any:
@@ -447,3 +469,44 @@ def _bytes_to_unicode() -> dict[int, str]:
             table[b] = chr(256 + extra)
             extra += 1
     return dict(sorted(table.items()))
+
+
+TAESD_RANDOM = "random"
+
+
+def load_taesd(source: str, vae: Any = None, seed: int = 0) -> Any:
+    """diffusers' `AutoencoderTiny` (taesd) from a hub id, a local folder, or ``random``.
+
+    ``random``: taesd's structure with weights from a fixed seed, as wide as half the narrowest
+    block of ``vae`` (64 channels for SD's VAE: taesd's own; 8 for the tiny model's), so that
+    taesd costs the same fraction of the VAE decoder as for SD: for tests and benchmarks.
+    Latents go in as the UNet sees them (taesd's scaling factor is 1), images come out in
+    [-1, 1], as from the VAE.
+    """
+    import torch
+    from diffusers import AutoencoderTiny
+
+    if source == TAESD_RANDOM:
+        latent_channels = vae.config.latent_channels if vae is not None else 4
+        width = max(8, min(64, vae.config.block_out_channels[0] // 2)) if vae is not None else 64
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return AutoencoderTiny(
+                encoder_block_out_channels=(width,) * 4,
+                decoder_block_out_channels=(width,) * 4,
+                latent_channels=latent_channels,
+            ).eval()
+    local = Path(source).expanduser().is_dir()
+    quiet_library_progress_bars()
+    try:
+        return AutoencoderTiny.from_pretrained(
+            source, local_files_only=local or offline(), dtype=torch.float32
+        ).eval()
+    except Exception as exc:
+        if local:
+            raise SpurcliError(f"--sfsl-taesd {source}: cannot load taesd: {exc}") from exc
+        raise SpurcliError(
+            f"--sfsl-taesd {source} is not available{' offline' if offline() else ''} "
+            f"({type(exc).__name__}); download it where online (`hf download {source}`), pass "
+            "a local folder, or use --sfsl-decoder vae"
+        ) from exc

@@ -25,7 +25,8 @@ Everything here is a pure function of tensors and modules, so each piece can be 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ class SFSL:
     distance: str = "cosine"  # cosine (1 - cos) | l2 (mean squared difference over D)
     max_timestep: int | None = None  # apply only to samples with t <= this (None: all)
     decode_size: int | None = None  # decode x0_hat at this many pixels (None: full size)
+    decoder: Any = None  # decodes x0_hat (e.g. taesd); None: the VAE given to step_losses
 
 
 @dataclass
@@ -55,6 +57,9 @@ class Losses:
     instance: torch.Tensor
     prior: torch.Tensor
     sfsl: torch.Tensor
+    # The weighted terms with their graphs (instance, prior, sfsl; a term not computed is
+    # absent), for per-term gradient norms (`term_grad_norms`).
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _expand(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -173,7 +178,7 @@ def sfsl_loss(
         # (at 512 px its forward + backward costs as much as the UNet's), so shrink the latent.
         side = sfsl.decode_size // 8
         x0_latents = F.interpolate(x0_latents, size=(side, side), mode="bilinear", antialias=True)
-    images = decode_to_unit(vae, x0_latents)
+    images = decode_to_unit(sfsl.decoder or vae, x0_latents)
     dtype = next((p.dtype for p in sfsl.extractor.parameters()), images.dtype)
     f = sfsl.extractor(images.to(dtype)).float()
     ref = reference_for(f, sfsl.reference.to(f.device), ref_index, sfsl.target, sfsl.distance)
@@ -202,11 +207,13 @@ def step_losses(
     pred, target = model_pred.float(), target.float()
     loss_instance = F.mse_loss(pred[:n_instance], target[:n_instance])
     total = loss_instance
+    terms = {"instance": loss_instance}
     zero = loss_instance.new_zeros(())
     loss_prior = zero
     if n_instance < latents.shape[0]:
         loss_prior = F.mse_loss(pred[n_instance:], target[n_instance:])
-        total = total + prior_weight * loss_prior
+        terms["prior"] = prior_weight * loss_prior
+        total = total + terms["prior"]
     loss_sfsl = zero
     if sfsl is not None and sfsl.weight != 0:
         x0 = predicted_x0(
@@ -217,5 +224,34 @@ def step_losses(
             prediction_type,
         )
         loss_sfsl = sfsl_loss(sfsl, vae, x0, timesteps[:n_instance], ref_index)
-        total = total + sfsl.weight * loss_sfsl
-    return Losses(total, loss_instance.detach(), loss_prior.detach(), loss_sfsl.detach())
+        terms["sfsl"] = sfsl.weight * loss_sfsl
+        total = total + terms["sfsl"]
+    detached = (loss_instance.detach(), loss_prior.detach(), loss_sfsl.detach())
+    return Losses(total, *detached, terms=terms)
+
+
+def term_grad_norms(
+    terms: Mapping[str, torch.Tensor],
+    params: Iterable[torch.Tensor],
+    names: Iterable[str] = ("instance", "prior", "sfsl"),
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """The L2 norm of each term's gradient on ``params``, in the order of ``names`` (0 for a term
+    that is absent or does not depend on them).
+
+    Computed with `torch.autograd.grad` on the retained graph: ``.grad`` is not touched and no
+    random number is drawn, so the step's own backward pass and update are unchanged. ``scale``
+    multiplies each term first and divides the norm after (fp16's loss scale, against underflow).
+    """
+    params = list(params)
+    norms = []
+    for name in names:
+        term = terms.get(name)
+        if term is None or not term.requires_grad:
+            norms.append(torch.zeros((), device=params[0].device))
+            continue
+        grads = torch.autograd.grad(term * scale, params, retain_graph=True, allow_unused=True)
+        found = [g.float().norm() for g in grads if g is not None]
+        norm = torch.stack(found).norm() if found else torch.zeros((), device=params[0].device)
+        norms.append(norm.to(params[0].device) / scale)
+    return torch.stack(norms)

@@ -21,10 +21,17 @@ The run folder:
     OUT/spurcli-run.json        config, prompts, class, reference hashes, versions, final losses,
                                 the base model's and the extractor's exact weights (model_id,
                                 extractor.weights_id; docs/reproducibility.md)
-    OUT/log.jsonl               per step: step, loss, loss_instance, loss_prior, loss_sfsl, lr
+    OUT/log.jsonl               per step: step, loss, loss_instance, loss_prior, loss_sfsl, lr;
+                                every --log-grad-norms-every steps also grad_norm_instance,
+                                grad_norm_prior, grad_norm_sfsl (each weighted term's gradient
+                                norm on the trained weights) and grad_norm (all, before clipping)
     OUT/pipeline/               StableDiffusionPipeline.save_pretrained (plain diffusers loads it)
+    OUT/lora/                   instead of pipeline/ with --lora-rank: the adapters in diffusers'
+                                LoRA format (pipe.load_lora_weights(OUT/lora)); see spurcli.lora
+    OUT/tensorboard/            with --report-to tensorboard (spurcli.tracking)
     OUT/validation/step-N/*.png validation images every --validate-every steps and at the end
-    OUT/checkpoints/step-N/     model, optimizer, lr scheduler, grad scaler, RNG states, step
+    OUT/checkpoints/step-N/     model (LoRA: adapters only), optimizer, lr scheduler, grad
+                                scaler, RNG states, step
     OUT/class-images/           prior images (unless --class-dir), reused by later runs
 
 Reproducibility: everything random in a step (which images, crops, noise, timesteps, the VAE
@@ -51,7 +58,7 @@ from typing import Any
 
 import torch
 
-from spurcli import console
+from spurcli import console, lora, tracking
 from spurcli.checkpoints import (
     LOG_FILE,
     Interrupted,
@@ -72,18 +79,21 @@ from spurcli.data import Batch, Data, LatentCache
 from spurcli.diffusion import (
     RUN_FILE,
     RUN_PIPELINE_DIR,
+    cast_frozen,
     load_pipeline,
+    load_taesd,
     quiet_library_progress_bars,
     set_training_attention_slicing,
 )
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.fileio import atomic_dir, is_inside, output_folder, write_json
 from spurcli.images import find_images, read_folder, read_image, sha256_file, write_png
-from spurcli.losses import SFSL, step_losses
+from spurcli.losses import SFSL, step_losses, term_grad_norms
 
 log = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "loss_instance", "loss_prior", "loss_sfsl")
+GRAD_NORM_TERMS = ("instance", "prior", "sfsl")  # log.jsonl: grad_norm_<term> every N steps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,10 +189,13 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
         "world_size": accelerator.num_processes,
         "steps_done": 0,
     }
+    if cfg.lora_rank:
+        run_info["lora"] = lora.run_card(cfg)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if finished is None:  # a finished run keeps its record until the new one is done
             write_json(out / RUN_FILE, run_info)
+    tracking.start(accelerator, cfg)
 
     # --- prior images: generated once with the frozen base model, then reused -----------------
     class_dir = Path(cfg.class_dir) if cfg.class_dir else out / "class-images"
@@ -206,15 +219,24 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
     train_vae.to(device).eval()
     if train_vae is not vae:
         vae.to("cpu")  # the fp32 original is only needed again for saving the pipeline
-    unet.requires_grad_(True).train()
-    text_encoder.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
+    if cfg.lora_rank:  # frozen base weights in the compute dtype, fp32 adapters (spurcli.lora)
+        lora.add_adapters(unet, text_encoder, cfg, weight_dtype)
+    else:
+        unet.requires_grad_(True)
+        text_encoder.requires_grad_(cfg.train_text_encoder)
+    unet.train()
+    text_encoder.train(cfg.train_text_encoder)
+    sfsl_decoder = None  # None: SFSL decodes with train_vae
+    if use_sfsl and cfg.sfsl_decoder == "taesd":
+        sfsl_decoder = load_taesd(cfg.sfsl_taesd, vae).requires_grad_(False)
+        cast_frozen(sfsl_decoder, weight_dtype).to(device)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:  # transformers 5 renamed it; 4.x has the old name only
             enable = getattr(text_encoder, "activation_checkpointing_enable", None)
             (enable or text_encoder.gradient_checkpointing_enable)()
-        if use_sfsl:
-            train_vae.enable_gradient_checkpointing()  # its decoder is in the SFSL graph
+        if use_sfsl:  # the SFSL decoder is in the graph
+            (sfsl_decoder or train_vae).enable_gradient_checkpointing()
 
     # --- data: images resized once, latents encoded once per (image, crop) --------------------
     data = Data(
@@ -238,6 +260,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
             cfg.sfsl_distance,
             cfg.sfsl_max_timestep,
             cfg.sfsl_decode_size,
+            sfsl_decoder,
         )
     ids = tokenizer(
         [instance_prompt, class_prompt],
@@ -252,11 +275,10 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
             frozen_text = text_encoder(ids)[0]
 
     # --- optimizer, lr schedule, accelerate ---------------------------------------------------
-    groups = [{"params": list(unet.parameters()), "lr": cfg.lr}]
+    groups = [{"params": _trained_params(unet), "lr": cfg.lr}]
     if cfg.train_text_encoder:
-        groups.append(
-            {"params": list(text_encoder.parameters()), "lr": cfg.text_encoder_lr or cfg.lr}
-        )
+        te_lr = cfg.text_encoder_lr or cfg.lr
+        groups.append({"params": _trained_params(text_encoder), "lr": te_lr})
     optimizer = _optimizer(cfg, groups)
     from diffusers.optimization import get_scheduler
 
@@ -291,6 +313,8 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
         bar.advance(step)
         while step < cfg.steps:
             sums = torch.zeros(len(LOSS_KEYS), device=device)
+            every = cfg.log_grad_norms_every
+            term_norms = None
             for micro in range(cfg.grad_accum):
                 batch = data.batch(step * cfg.grad_accum + micro)
                 latents = encoder.latents(batch)
@@ -313,6 +337,10 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
                             sfsl=sfsl,
                             ref_index=batch.instance_index.to(device),
                         )
+                    if every and (step + 1) % every == 0 and micro == 0:
+                        scaler = accelerator.scaler  # fp16: scaled, against underflow
+                        scale = scaler.get_scale() if scaler is not None else 1.0
+                        term_norms = term_grad_norms(losses.terms, params, GRAD_NORM_TERMS, scale)
                     accelerator.backward(losses.total / cfg.grad_accum)
                 terms = [losses.total.detach(), losses.instance, losses.prior, losses.sfsl]
                 sums += torch.stack([t.float() for t in terms]) / cfg.grad_accum
@@ -326,8 +354,14 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
                     f"{last_good_checkpoint(out) or 'none'}. "
                     "Try a lower --lr, --mixed-precision bf16 or no, or another --sfsl-distance"
                 )
+            norms: dict[str, float] = {}
+            if term_norms is not None:  # the mean over processes, as for the losses
+                mean = accelerator.reduce(term_norms, reduction="mean").tolist()
+                norms = {f"grad_norm_{k}": v for k, v in zip(GRAD_NORM_TERMS, mean, strict=True)}
             if cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                total_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                if norms:  # the whole gradient's norm, before clipping
+                    norms["grad_norm"] = float(total_norm)
             lr = lr_scheduler.get_last_lr()[0]
             optimizer.step()
             check_weights_finite(params, step + 1, out, lr)
@@ -337,7 +371,8 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
             last = values
             if main:
                 with open(out / LOG_FILE, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": step, **values, "lr": lr}) + "\n")
+                    f.write(json.dumps({"step": step, **values, "lr": lr, **norms}) + "\n")
+            accelerator.log({**values, "lr": lr, **norms}, step=step)
             bar.advance()
             bar.update(info=f"loss {values['loss']:.4f}")
             if on_step is not None:
@@ -361,8 +396,13 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
         pipe.unet = accelerator.unwrap_model(unet)
         pipe.text_encoder = accelerator.unwrap_model(text_encoder)
         quiet_library_progress_bars()  # transformers' "Writing model shards" bar is noise here
-        with atomic_dir(out / RUN_PIPELINE_DIR) as tmp:
-            pipe.save_pretrained(tmp, safe_serialization=True)
+        if cfg.lora_rank:  # the adapters alone, in diffusers' LoRA format
+            with atomic_dir(out / lora.LORA_DIR) as tmp:
+                te = pipe.text_encoder if cfg.train_text_encoder else None
+                lora.save_lora(tmp, pipe.unet, te)
+        else:
+            with atomic_dir(out / RUN_PIPELINE_DIR) as tmp:
+                pipe.save_pretrained(tmp, safe_serialization=True)
         run_info.update(
             status="finished",
             steps_done=step,
@@ -372,7 +412,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
         )
         write_json(out / RUN_FILE, run_info)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    accelerator.end_training()  # closes the tracker
     return out
 
 
@@ -396,9 +436,16 @@ def _accelerator(cfg: FinetuneConfig) -> Any:
         # Without CUDA, accelerate joins a torchrun/launch group (gloo) only when told cpu=True;
         # otherwise N launched processes would each train alone into the same folder.
         cpu = not torch.cuda.is_available()
-        return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
+        return Accelerator(
+            mixed_precision=cfg.mixed_precision, cpu=cpu, **tracking.accelerator_kwargs(cfg)
+        )
     except (ValueError, RuntimeError) as exc:
         raise SpurcliError(f"--mixed-precision {cfg.mixed_precision}: {exc}") from exc
+
+
+def _trained_params(model: Any) -> list[torch.nn.Parameter]:
+    """What the optimizer updates: every weight, or (LoRA) only the adapters."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _optimizer(cfg: FinetuneConfig, groups: list[dict[str, Any]]) -> Any:
@@ -592,14 +639,13 @@ def validate(run: Run, pipe: Any, vae: Any, instance_prompt: str, step: int) -> 
             latents = generate(val, prompt, seeds, steps, guidance, cfg.resolution, accelerator,
                                output_type="latent")  # fmt: skip
             with accelerator.autocast():
-                images = decode_to_unit(vae, latents)
+                images = [to_pil(image) for image in decode_to_unit(vae, latents)]
             for i, (seed, image) in enumerate(zip(seeds, images, strict=True)):
                 meta = {"prompt": prompt, "seed": seed, "step": step}
                 write_png(
-                    run.out / "validation" / f"step-{step}" / f"{p:02d}-{i:02d}.png",
-                    to_pil(image),
-                    meta,
+                    run.out / "validation" / f"step-{step}" / f"{p:02d}-{i:02d}.png", image, meta
                 )
+            tracking.log_images(accelerator, f"validation/{p:02d}", images, step)
         unet.train(was_training[0])
         text_encoder.train(was_training[1])
     accelerator.wait_for_everyone()

@@ -415,7 +415,7 @@ BAD_INPUTS = {
     "hub model offline": (
         lambda t: ["--model", "nobody/no-such-model"],
         1,
-        "not available offline",
+        "cannot be fetched offline",
     ),
     "missing option": (lambda t: ["--class-noun", ""], 2, "--class-noun is required"),
     "bad choice": (lambda t: ["--sfsl-target", "pared"], 2, "did you mean paired"),
