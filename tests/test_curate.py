@@ -261,3 +261,24 @@ def test_config_checks(tmp_path):
         check_config(_config(), tmp_path, tmp_path / "out")
     with pytest.raises(UsageError, match="cannot be combined"):
         check_config(_config(detectors=["none", "fake"]), tmp_path / "a", tmp_path / "b")
+
+
+def test_curate_with_the_builtin_owlv2_on_random_weights(fake_plugin, folders, tmp_path, cli_main):
+    pytest.importorskip("spurcli_owlv2")
+    images, _ = folders
+    code, stdout, err = cli_main(
+        *("curate", str(images), "--target", "94", "--out", str(tmp_path / "d"), "-c", "fake"),
+        *("--detector-weights", "owlv2=random", "--json", "-"),
+    )
+    assert code == 0, err
+    sheet = json.loads(stdout)
+    assert sheet["models"]["detectors"][0] == {
+        "name": "owlv2",
+        "weights": "random",
+        "plugin": "spurcli-owlv2",
+        "random": True,
+    }
+    assert "random weights" in (tmp_path / "d" / "datasheet.md").read_text()
+    rows = [json.loads(x) for x in (tmp_path / "d" / "verdicts.jsonl").read_text().splitlines()]
+    readable = [r for r in rows if "unreadable" not in r["reasons"]]
+    assert len(readable) == 5 and all(0 <= r["presence"]["owlv2"] <= 1 for r in readable)
