@@ -431,8 +431,16 @@ def _settings(
             if have_refs
             else "not applied (no --references)",
         },
-        "unreadable": {"files": [message for _, message in skipped]},
-        "over-limit": {"limit": config.limit},
+        "unreadable": {
+            "files": [message for _, message in skipped],
+            "rule": "rejected when the file does not decode",
+        },
+        "over-limit": {
+            "limit": config.limit,
+            "rule": f"at most {config.limit} images kept (file order)"
+            if config.limit
+            else "no limit",
+        },
     }
     return {
         "target": {"index": k.index, "wnid": k.wnid, "name": k.name},
@@ -666,12 +674,7 @@ def datasheet_markdown(sheet: dict[str, Any]) -> str:
     lines += ["", "## Filters", "", "| reason | rule | images | only this reason |"]
     lines.append("|---|---|---|---|")
     for reason in REASONS:
-        rule = sheet["filters"][reason].get("rule", "")
-        if reason == "unreadable":
-            rule = "the file does not decode"
-        if reason == "over-limit":
-            limit = sheet["filters"][reason]["limit"]
-            rule = f"at most {limit} images kept (file order)" if limit else "no --limit"
+        rule = sheet["filters"][reason]["rule"]
         lines.append(f"| {reason} | {rule} | {c[reason]} | {sheet['removed_only_by'][reason]} |")
     queries = sheet["filters"]["object-present"]["queries"]
     if queries:

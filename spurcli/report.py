@@ -453,13 +453,14 @@ def _verdict_grid(verdicts: Sequence[dict[str, Any]], root: Path) -> str:
         lines += [f"<div>{_e(n)}: presence {p:.2f}</div>" for n, p in v["presence"].items()]
         if v.get("similarity") is not None:
             lines.append(f"<div>nearest ref cos {v['similarity']:.3f}</div>")
-        if v.get("message"):
-            lines.append(f"<div>{_e(v['message'])}</div>")
+        if v.get("message"):  # "path: reason"; the cell already names the file
+            lines.append(f"<div>{_e(v['message'].rpartition(': ')[2])}</div>")
         if v["reasons"]:
             lines.append(f'<div class="hit">{_e(", ".join(v["reasons"]))}</div>')
         cells.append(
             f'<div class="cell"><img alt="{_e(v["file"])}" src="{thumbnail(root / v["file"])}">'
-            f'<div class="file" title="{_e(v["file"])}">{_e(v["file"])}</div>{"".join(lines)}'
+            f'<div class="file" title="{_e(v["file"])}">{_e(v["file"].rpartition("/")[2])}</div>'
+            f"{''.join(lines)}"
             "</div>"
         )
     return f'<div class="grid">{"".join(cells)}</div>'
