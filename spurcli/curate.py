@@ -100,20 +100,14 @@ class CurateConfig:
 # ---------------------------------------------------------------------------------- the numbers
 
 
-def rate_interval(k: int, n: int) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion k/n (scipy's binomtest)."""
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def spurious_rate(fooled: Sequence[bool]) -> dict[str, Any]:
     """``{"k", "n", "rate", "ci95"}`` of a classifier on a set (rate None for an empty set)."""
+    from spurcli.metrics import wilson_interval
+
     k, n = int(sum(fooled)), len(fooled)
     if n == 0:
         return {"k": 0, "n": 0, "rate": None, "ci95": None}
-    return {"k": k, "n": n, "rate": k / n, "ci95": list(rate_interval(k, n))}
+    return {"k": k, "n": n, "rate": k / n, "ci95": wilson_interval(k, n)}
 
 
 @dataclass

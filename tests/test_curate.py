@@ -22,8 +22,9 @@ import pytest
 from PIL import Image
 
 from spurcli import plugins
-from spurcli.curate import CurateConfig, curate, rate_interval
+from spurcli.curate import CurateConfig, curate
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.metrics import wilson_interval
 
 COLOURS = {
     "red": (255, 0, 0),
@@ -104,7 +105,7 @@ def test_verdicts_counts_and_files_follow_in_closed_form(fake_plugin, folders, t
     sheet = json.loads((out / "datasheet.json").read_text())
     held_out = sheet["evaluation"]["fake:1"]["kept"]
     assert (held_out["k"], held_out["n"], held_out["rate"]) == (0, 1, 0.0)
-    assert held_out["ci95"] == pytest.approx(list(rate_interval(0, 1)))
+    assert held_out["ci95"] == pytest.approx(wilson_interval(0, 1))
     assert sheet["selection"]["fake"]["kept"]["rate"] == 1.0
     assert "biased by construction" in sheet["selection"]["fake"]["note"]
     md = (out / "datasheet.md").read_text()
@@ -112,15 +113,6 @@ def test_verdicts_counts_and_files_follow_in_closed_form(fake_plugin, folders, t
     assert "No image was checked" not in md
     assert "broken.png" in md  # unreadable files are named
     assert sorted(p.name for p in images.iterdir()) == sorted(EXPECTED)  # input untouched
-
-
-def test_wilson_interval_matches_the_closed_form():
-    for k, n in ((0, 1), (3, 10), (10, 10), (17, 40)):
-        z = 1.959963984540054
-        p = k / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-        assert rate_interval(k, n) == pytest.approx((centre - half, centre + half), abs=1e-9)
 
 
 def test_no_detector_says_so_first_and_min_fooled_counts_selection_votes(
@@ -282,3 +274,35 @@ def test_curate_with_the_builtin_owlv2_on_random_weights(fake_plugin, folders, t
     rows = [json.loads(x) for x in (tmp_path / "d" / "verdicts.jsonl").read_text().splitlines()]
     readable = [r for r in rows if "unreadable" not in r["reasons"]]
     assert len(readable) == 5 and all(0 <= r["presence"]["owlv2"] <= 1 for r in readable)
+
+
+def test_run_stage_curates_the_sfsl_set_once(fake_plugin, tmp_path):
+    from spurcli import pipeline
+
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        'out = "out"\nmodel = "tiny"\ntarget = 94\nclass_noun = "flower"\ninstance_dir = "refs"\n'
+        '[compare]\nclassifiers = ["fake"]\n'
+        '[curate]\nclassifiers = ["fake"]\ndetectors = ["fake"]\nextractor = "fake"\n'
+        "max_similarity = 0.99\n"
+    )
+    exp = pipeline.load_experiment(config)
+    assert exp.curate.references == tmp_path / "out" / "references" / "train"
+    assert exp.curate.target == 94 and exp.curate.overwrite
+    for name, colour in COLOURS.items():
+        _image(exp.set_dir("generated") / f"{name}.png", colour)
+    _image(exp.curate.references / "ref.png", COLOURS["copy"])
+    stages = pipeline.Stages()
+    pipeline.run_curate(exp, stages, True)
+    assert stages.done == {"curate": "ran"}
+    data = json.loads((tmp_path / "out" / "curated.json").read_text())
+    assert [v["file"] for v in data["kept"]] == ["red.png"]
+    assert set(data["rejected"]) == {"object-present", "not-fooling", "near-copy"}
+    pipeline.run_curate(exp, stages, True)
+    assert stages.done == {"curate": "skipped"}
+    exp.curate.max_presence = 1.0  # a changed setting redoes the stage
+    pipeline.run_curate(exp, stages, True)
+    assert stages.done == {"curate": "ran"} and "max_presence" in stages.reasons["curate"]
+    no_table = tmp_path / "plain.toml"
+    no_table.write_text(config.read_text().split("[curate]")[0])
+    assert pipeline.load_experiment(no_table).curate is None  # off unless present
