@@ -61,7 +61,7 @@ def _print_json(data: object) -> None:
 def plugins_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List installed plugins and the classifiers and feature extractors each registers."""
+    """List installed plugins and the classifiers, feature extractors, detectors each registers."""
     from spurcli.plugins import get_plugins
 
     plugins = get_plugins()
@@ -75,6 +75,7 @@ def plugins_command(
                         "version": p.version,
                         "classifiers": p.classifiers,
                         "extractors": p.extractors,
+                        "detectors": p.detectors,
                     }
                     for p in infos
                 ],
@@ -85,14 +86,15 @@ def plugins_command(
     from rich.table import Table
 
     table = Table(title="spurcli plugins")
-    for column in ("plugin", "version", "classifiers", "feature extractors"):
+    for column in ("plugin", "version", "classifiers", "feature extractors", "detectors"):
         table.add_column(column)
     for p in infos:
-        cells = (p.name, p.version or "", ", ".join(p.classifiers), ", ".join(p.extractors))
+        names = (p.classifiers, p.extractors, p.detectors)
+        cells = (p.name, p.version or "", *map(", ".join, names))
         table.add_row(*map(escape, cells))  # names come from third-party code: not markup
     # Failed plugins were already warned about (once, on stderr) when they were loaded.
     for name, why in plugins.failed.items():
-        table.add_row(escape(name), "[red]failed[/]", escape(why), "")
+        table.add_row(escape(name), "[red]failed[/]", escape(why), "", "")
     console.stdout.print(table)
 
 
@@ -419,6 +421,131 @@ def compare_command(
     else:
         for table in result.tables():
             _print_wide(table)
+
+
+@app.command("curate")
+def curate_command(
+    images_dir: Annotated[Path, typer.Argument(help="Generated images (recursive); unchanged.")],
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="ImageNet class: index or name.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The dataset folder to write (new).")
+    ] = None,
+    classifiers: Annotated[
+        str, typer.Option("--classifiers", "-c", help="Selection classifiers, comma-separated.")
+    ] = "resnet,vit,clip",
+    min_fooled: Annotated[
+        int, typer.Option("--min-fooled", help="Keep if at least K of them say the target.")
+    ] = 1,
+    weights: Annotated[
+        list[str] | None,
+        typer.Option("--weights", help="Classifier NAME=PATH or NAME=random; repeatable."),
+    ] = None,
+    detectors: Annotated[
+        str, typer.Option("--detectors", "-d", help="Comma-separated detectors, or 'none'.")
+    ] = "owlv2",
+    detector_weights: Annotated[
+        list[str] | None,
+        typer.Option("--detector-weights", help="Detector NAME=PATH or NAME=random; repeatable."),
+    ] = None,
+    max_presence: Annotated[
+        float, typer.Option("--max-presence", help="Reject above this presence score.")
+    ] = 0.5,
+    object_prompt: Annotated[
+        list[str] | None,
+        typer.Option("--object-prompt", help="Another text naming the object; repeatable."),
+    ] = None,
+    feature: Annotated[
+        str | None,
+        typer.Option(
+            "--feature", help="The spurious feature's text (default: Spurious ImageNet's)."
+        ),
+    ] = None,
+    references: Annotated[
+        Path | None, typer.Option("--references", help="Reject near-copies of these images.")
+    ] = None,
+    extractor: Annotated[
+        str, typer.Option("--extractor", help="Feature space of the near-copy check.")
+    ] = "robust-resnet50",
+    extractor_weights: Annotated[
+        str | None, typer.Option("--extractor-weights", help="File, or 'random'.")
+    ] = None,
+    max_similarity: Annotated[
+        float, typer.Option("--max-similarity", help="Reject at or above this cosine.")
+    ] = 0.95,
+    evaluate_with: Annotated[
+        str, typer.Option("--evaluate-with", help="Held-out classifiers, comma-separated.")
+    ] = "",
+    limit: Annotated[int | None, typer.Option("--limit", help="Keep at most N images.")] = None,
+    link: Annotated[
+        bool, typer.Option("--link/--copy", help="Symlink the kept files instead of copying.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Unreadable image or nothing kept: an error.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write the HTML report here.")
+    ] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the datasheet JSON here ('-': stdout).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 32,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
+    ] = None,
+) -> None:
+    """Filter generated images into a publishable test set with a datasheet (see docs/curate.md)."""
+    from spurcli.curate import CurateConfig, curate
+
+    def names(text: str) -> list[str]:
+        return [n.strip() for n in text.split(",") if n.strip()]
+
+    if out is None:
+        raise typer.BadParameter("--out DATASET_DIR is required", param_hint="--out")
+    config = CurateConfig(
+        target=target,
+        classifiers=names(classifiers),
+        weights=list(weights or []),
+        min_fooled=min_fooled,
+        detectors=names(detectors),
+        detector_weights=list(detector_weights or []),
+        max_presence=max_presence,
+        object_prompts=list(object_prompt or []),
+        feature=feature,
+        references=references,
+        extractor=extractor,
+        extractor_weights=extractor_weights,
+        max_similarity=max_similarity,
+        evaluate_with=names(evaluate_with),
+        limit=limit,
+        mode="link" if link else "copy",
+        overwrite=overwrite,
+        strict=strict,
+        batch_size=batch_size,
+        device=device,
+    )
+    result = curate(images_dir, out, config)
+    if not console.is_main_process():
+        return
+    if json_out is not None and json_out != "-":
+        from spurcli.fileio import write_json
+
+        write_json(json_out, result.to_json())
+    if report is not None:
+        from spurcli.report import write_report
+
+        write_report(report, [], curations=[result], title=f"spurcli curate: {out}")
+        console.log.info("report: %s", report)
+    if json_out == "-":
+        _print_json(result.to_json())
+    else:
+        _print_wide(result.table())
+    if not result.kept:
+        console.stderr.print(f"warning: {result.empty_message()}", markup=False, highlight=False)
 
 
 @app.command("run")

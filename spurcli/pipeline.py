@@ -22,6 +22,9 @@ Stages, each writing into the experiment folder ``out`` (top-level key of the co
     score      out/scores/<set>.json + .csv                `spurcli.score.score_folders`
     features   out/features/<set>/<extractor>.npz          `spurcli.compare.extract_features`
     compare    out/compare/<a>-vs-<b>.json                 `spurcli.compare.similarity`
+    curate     out/curated/ + out/curated.json             `spurcli.curate.curate` of the SFSL
+               set, only with a ``[curate]`` table (near-copies judged against the training
+               references unless the table names ``references``)
     report     out/report.html, out/summary.json           `spurcli.report.write_report`
 
 A stage is up to date when its outputs exist, are newer than its inputs (make's rule) and were
@@ -61,7 +64,7 @@ from spurcli.fileio import output_folder
 
 log = logging.getLogger(__name__)
 
-TABLES = ("finetune", "sample", "compare")
+TABLES = ("finetune", "sample", "compare", "curate")
 REFERENCES = "references"  # the held-out references (all of them when none could be held out)
 TRAIN_REFERENCES = "references-train"  # the references the arms were trained on
 SFSL_ARM, DREAMBOOTH_ARM = "generated", "dreambooth"
@@ -112,6 +115,7 @@ class Experiment:
     sample: Any  # SampleConfig (prompts, n, steps, ... ; model and out are set per set)
     compare: Any  # CompareConfig
     path: Path
+    curate: Any = None  # CurateConfig from the [curate] table; None: no curate stage
 
     @cached_property
     def split(self) -> ReferenceSplit:
@@ -323,7 +327,17 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
     compare = replace(compare, real=_norm(compare.real))
     if not compare.classifiers:
         raise UsageError(f'{path}: [compare] classifiers is required, e.g. ["resnet", "clip"]')
-    return Experiment(run=run, finetune=finetune, sample=sample, compare=compare, path=path)
+    curate = None
+    if "curate" in data:
+        from spurcli.curate import CurateConfig
+
+        curate = section(CurateConfig, "curate")
+        # The stage owns out/curated/; the references default to those trained on.
+        refs = _norm(curate.references) or run.out / "references" / "train"  # type: ignore[operator]
+        curate = replace(curate, references=refs, overwrite=True)
+    return Experiment(
+        run=run, finetune=finetune, sample=sample, compare=compare, path=path, curate=curate
+    )
 
 
 def is_run_config(path: str | os.PathLike[str]) -> bool:
@@ -481,6 +495,7 @@ def run(
         run_scoring(exp, stages, main)
         run_features(exp, stages, main)
         run_comparisons(exp, stages, main)
+        run_curate(exp, stages, main)
         report, summary = run_report(exp, stages, main)
     return RunResult(
         out=exp.out, report=report, summary=summary, stages=stages.done, reasons=stages.reasons
@@ -912,6 +927,32 @@ def run_comparisons(exp: Experiment, stages: Stages, main: bool) -> None:
         stages.ran(f"compare:{a}-vs-{b}", why)  # type: ignore[arg-type]
 
 
+def _curate_paths(exp: Experiment) -> tuple[Path, Path]:
+    return exp.out / "curated", exp.out / "curated.json"
+
+
+def run_curate(exp: Experiment, stages: Stages, main: bool) -> None:
+    """`spurcli curate` of the SFSL arm's images into out/curated/ (with a [curate] table)."""
+    if exp.curate is None:
+        return
+    from dataclasses import asdict
+
+    from spurcli.curate import curate
+    from spurcli.fileio import write_json
+
+    folder, data = _curate_paths(exp)
+    stamp = asdict(exp.curate)
+    inputs = [exp.set_dir(SFSL_ARM), Path(exp.curate.references)]
+    if not stages.check("curate", staleness([data, folder], inputs, stamp)):
+        return
+    result = curate(exp.set_dir(SFSL_ARM), folder, exp.curate)
+    if main:
+        write_json(data, result.report_data(exp.curate.report_images))
+        write_stamp(data, stamp)
+    stages.ran("curate", stages.reasons.get("curate", "not made yet"))
+    _barrier(exp.curate.device)
+
+
 def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[str, Any]]:
     from spurcli.fileio import write_json
     from spurcli.report import write_report
@@ -920,6 +961,8 @@ def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[
     report, summary_path = exp.out / "report.html", exp.out / "summary.json"
     comparisons = [_compare_path(exp, a, b) for a, b in exp.comparisons()]
     inputs = comparisons + [_score_paths(exp, s)[0] for s in _all_sets(exp)]
+    curated = [_curate_paths(exp)[1]] if exp.curate is not None else []
+    inputs += curated
     summary = summarize(exp)
     stamp = {
         "title": exp.run.title,
@@ -952,6 +995,7 @@ def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[
             summary=summary_table(summary),
             notes=notes,
             max_images=exp.compare.report_images,
+            curations=[json.loads(p.read_text(encoding="utf-8")) for p in curated],
         )
         write_stamp(report, stamp)
     stages.ran("report", stages.reasons.get("report", "not made yet"))

@@ -1,4 +1,4 @@
-"""Plugin loading and the two model registries (classifiers, feature extractors).
+"""Plugin loading and the model registries (classifiers, feature extractors, detectors).
 
     from spurcli import plugins
     plugins.classifiers().names("resnet*")          # wildcard listing, like timm.list_models
@@ -146,6 +146,7 @@ class PluginInfo:
     version: str | None
     classifiers: list[str] = field(default_factory=list)
     extractors: list[str] = field(default_factory=list)
+    detectors: list[str] = field(default_factory=list)
 
 
 class Plugins:
@@ -163,6 +164,7 @@ class Plugins:
         self.versions: dict[str, str | None] = {}
         self._classifiers: Registry | None = None
         self._extractors: Registry | None = None
+        self._detectors: Registry | None = None
 
     def load_entry_points(self, only: Iterable[str] | None = None) -> None:
         """Import and register the ``spurcli`` entry points, one at a time.
@@ -213,11 +215,11 @@ class Plugins:
         if problem:
             self.pm.unregister(name=name)
             raise SpurcliError(f"plugin '{name}' {problem}")
-        self._classifiers = self._extractors = None
+        self._classifiers = self._extractors = self._detectors = None
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
-        self._classifiers = self._extractors = None
+        self._classifiers = self._extractors = self._detectors = None
 
     def _validate(self, name: str | None) -> str | None:
         """Why the plugin just registered as ``name`` is unusable (pm.check_pending), or None."""
@@ -295,6 +297,11 @@ class Plugins:
             )
         return self._extractors
 
+    def detectors(self) -> Registry:
+        if self._detectors is None:
+            self._detectors = self._fill("detector", self.pm.hook.register_detectors)
+        return self._detectors
+
     def register_commands(self, app: Any) -> None:
         """Let each plugin add sub-commands to ``app``; one that raises is skipped (warning)."""
         for impl in self.pm.hook.register_commands.get_hookimpls():
@@ -312,6 +319,8 @@ class Plugins:
             by_plugin[entry.plugin].classifiers.append(entry.name)
         for entry in self.extractors().entries.values():
             by_plugin[entry.plugin].extractors.append(entry.name)
+        for entry in self.detectors().entries.values():
+            by_plugin[entry.plugin].detectors.append(entry.name)
         return sorted(by_plugin.values(), key=lambda p: p.name)
 
 
@@ -355,3 +364,7 @@ def classifiers() -> Registry:
 
 def extractors() -> Registry:
     return get_plugins().extractors()
+
+
+def detectors() -> Registry:
+    return get_plugins().detectors()

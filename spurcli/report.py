@@ -11,7 +11,9 @@ excludes 0, see docs/statistics.md), a bar chart of the spurious rate per classi
 similarity numbers per feature extractor with a histogram of each A image's nearest-neighbour
 cosine to B, the closest A/B pairs (the memorisation check), and the two image grids side by
 side with every image's top-1 label per classifier (in red where it is the target class: a
-spurious hit). A `run` adds a summary table on top.
+spurious hit). A `run` adds a summary table on top. A curated set (`spurcli curate`, or `run`'s
+curate stage) adds a section: its counts per reason, the spurious rates of the held-out and of
+the selection classifiers, the kept images and a sample of the rejected ones under each reason.
 
 Self-contained: thumbnails are JPEGs embedded as base64 data URIs, plots are inline SVG drawn by
 matplotlib (text left as text, no embedded fonts), the CSS is inline, and there is no script:
@@ -44,6 +46,7 @@ h3 { font-size: 16px; margin: 24px 0 8px; }
 .meta, .note { color: #57606a; font-size: 13px; }
 .ci { color: #57606a; font-size: 11px; display: block; white-space: nowrap; }
 .note { margin: 4px 0 12px; }
+.warn { background: #fff8c5; border: 1px solid #d4a72c; padding: 8px 12px; font-weight: 600; }
 table { border-collapse: collapse; background: #fff; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #d0d7de; padding: 4px 10px; text-align: right; }
 th { background: #eaeef2; }
@@ -78,8 +81,10 @@ def write_report(
     summary: dict[str, Any] | None = None,
     notes: Sequence[str] = (),
     max_images: int = 48,
+    curations: Sequence[Any] = (),
 ) -> Path:
-    """Write the report; ``comparisons`` are `CompareResult`s or their `report_data()` dicts.
+    """Write the report; ``comparisons`` are `CompareResult`s or their `report_data()` dicts,
+    ``curations`` `CurateResult`s or theirs.
 
     ``summary`` (from `spurcli run`): ``{"columns": [...], "rows": [[...], ...], "caption": str}``.
     A cell is a pre-formatted ``{"text", "css"}`` dict, a `spurcli.metrics.rate_difference`
@@ -89,9 +94,10 @@ def write_report(
     from spurcli.fileio import write_text
 
     datas = [c if isinstance(c, dict) else c.report_data() for c in comparisons]
-    if not datas:
-        raise ValueError("a report needs at least one comparison")
-    target = datas[0]["a"]["target"]
+    curated = [c if isinstance(c, dict) else c.report_data() for c in curations]
+    if not datas and not curated:
+        raise ValueError("a report needs at least one comparison or curated set")
+    target = datas[0]["a"]["target"] if datas else curated[0]["datasheet"]["target"]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -108,6 +114,8 @@ def write_report(
         parts.append(_summary(summary))
     for i, data in enumerate(datas):
         parts.append(_comparison(data, i, max_images))
+    for i, data in enumerate(curated):
+        parts.append(_curation(data, i))
     parts.append("</main></body></html>")
     path = Path(path)
     write_text(path, "\n".join(parts) + "\n")
@@ -379,6 +387,88 @@ def _grid(data: dict[str, Any], key: str, label: str, target: int, max_images: i
         f'<div class="set"><h3>{_e(label)} ({count})</h3>'
         f'<div class="grid">{"".join(cells)}</div></div>'
     )
+
+
+def _rate_cell(r: dict[str, Any]) -> str:
+    if r["rate"] is None:
+        return "<td>&ndash;</td><td>&ndash;</td>"
+    low, high = r["ci95"]
+    return f"<td>{r['rate']:.3f} ({r['k']}/{r['n']})</td><td>{low:.3f}&ndash;{high:.3f}</td>"
+
+
+def _curation(data: dict[str, Any], number: int) -> str:
+    """A curated set: warnings, rates (held-out first), filter counts, kept and rejected images."""
+    from spurcli.curate import REASONS, SELECTION_NOTE, UNCHECKED_NOTE
+
+    sheet, c = data["datasheet"], data["datasheet"]["counts"]
+    out = [
+        f'<h2 id="curate{number}">Curated set: {c["kept"]} of {c["images"]} images kept</h2>',
+        f'<p class="meta">from <code>{_e(data["images_dir"])}</code> into '
+        f"<code>{_e(data['out'])}</code> (datasheet.md there says how it was made)</p>",
+    ]
+    if not sheet["object_checked"]:
+        out.append(f'<p class="warn">{_e(UNCHECKED_NOTE)}</p>')
+    if sheet.get("why_empty"):
+        out.append(f'<p class="warn">No image was kept: {_e(sheet["why_empty"])}.</p>')
+    rows = []
+    for role, group in (("held-out", "evaluation"), ("selection (biased)", "selection")):
+        for name, r in sheet[group].items():
+            rows.append(
+                f'<tr><td class="name">{_e(name)}</td><td class="name">{_e(role)}</td>'
+                f"<td>{_e(r['weights'])}</td>{_rate_cell(r['kept'])}"
+                f"<td>{_num(r['all_readable']['rate'])}</td></tr>"
+            )
+    out.append(
+        "<h3>Spurious rate of the kept set</h3>"
+        '<table><thead><tr><th class="name">classifier</th><th class="name">role</th>'
+        "<th>weights</th><th>kept: rate</th><th>95% CI (Wilson)</th><th>all readable</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f'<p class="note">Selection classifiers: {_e(SELECTION_NOTE)}.'
+        + ("" if sheet["evaluation"] else " No held-out classifier was given (--evaluate-with).")
+        + "</p>"
+    )
+    filters = sheet["filters"]
+    frows = "".join(
+        f'<tr><td class="name">{_e(r)}</td><td class="name">{_e(filters[r].get("rule", ""))}'
+        f"</td><td>{c[r]}</td><td>{sheet['removed_only_by'][r]}</td></tr>"
+        for r in REASONS
+        if r not in ("unreadable", "over-limit") or c[r]
+    )
+    out.append(
+        '<h3>Filters</h3><table><thead><tr><th class="name">reason</th><th class="name">rule'
+        "</th><th>images</th><th>only this reason</th></tr></thead>"
+        f"<tbody>{frows}</tbody></table>"
+    )
+    root = Path(data["images_dir"])
+    out.append(f"<h3>Kept ({len(data['kept'])} of {c['kept']} shown)</h3>")
+    out.append(_verdict_grid(data["kept"], root))
+    for reason, rows_ in data["rejected"].items():
+        out.append(f"<h3>Rejected: {_e(reason)} ({len(rows_)} of {c[reason]} shown)</h3>")
+        out.append(_verdict_grid(rows_, root))
+    return "\n".join(out)
+
+
+def _verdict_grid(verdicts: Sequence[dict[str, Any]], root: Path) -> str:
+    cells = []
+    for v in verdicts:
+        lines = [
+            f'<div class="{"hit" if v["fooled"].get(n) else ""}">{_e(n)}: p {p:.2f}</div>'
+            for n, p in v["target_prob"].items()
+        ]
+        lines += [f"<div>{_e(n)}: presence {p:.2f}</div>" for n, p in v["presence"].items()]
+        if v.get("similarity") is not None:
+            lines.append(f"<div>nearest ref cos {v['similarity']:.3f}</div>")
+        if v.get("message"):  # "path: reason"; the cell already names the file
+            lines.append(f"<div>{_e(v['message'].rpartition(': ')[2])}</div>")
+        if v["reasons"]:
+            lines.append(f'<div class="hit">{_e(", ".join(v["reasons"]))}</div>')
+        cells.append(
+            f'<div class="cell"><img alt="{_e(v["file"])}" src="{thumbnail(root / v["file"])}">'
+            f'<div class="file" title="{_e(v["file"])}">{_e(v["file"].rpartition("/")[2])}</div>'
+            f"{''.join(lines)}"
+            "</div>"
+        )
+    return f'<div class="grid">{"".join(cells)}</div>'
 
 
 def _pairs(sim: dict[str, Any], name: str, data: dict[str, Any], la: str, lb: str) -> str:

@@ -51,7 +51,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,29 +225,40 @@ def _default_workers(n_items: int, batch_size: int, world: int, device: torch.de
     return 1 if cpus >= 4 else 0
 
 
-def _forward(model: LoadedModel, x: torch.Tensor, kind: str, classes: int | None) -> np.ndarray:
+def _forward(
+    model: LoadedModel, x: torch.Tensor, kind: str, classes: int | None, *args: Any
+) -> np.ndarray:
     """``model`` on ``x`` (which the next models see too), its output checked, on the CPU.
 
     A classifier must return (batch, ``classes``) logits, an extractor (``classes`` None) (batch,
-    dim) features; any other output, NaN/inf, or a change to the shared input is a plugin bug,
-    named as such.
+    dim) features, a detector (``kind`` "detector", called with ``args`` = the query) (batch,)
+    presence scores in [0, 1]; any other output, NaN/inf, or a change to the shared input is a
+    plugin bug, named as such.
     """
     where = f"{kind} '{model.name}' (plugin '{model.plugin}')"
     version = x._version
-    out = model.module(x)
+    out = model.module(x, *args)
     if x._version != version:
         raise SpurcliError(
             f"{where} modified its input in place, which would corrupt the other {kind}s' "
             "inputs: a bug in the plugin (copy the tensor before changing it)"
         )
     batch = x.shape[0]
+    detector = kind == "detector"
     expected = f"({batch}, {classes}) ImageNet logits" if classes else f"({batch}, dim) features"
+    if detector:
+        expected = f"({batch},) presence scores in [0, 1]"
     if not isinstance(out, torch.Tensor):
         raise SpurcliError(
             f"{where} returned {type(out).__name__}, not a tensor of {expected}: "
             "a bug in the plugin"
         )
-    if out.ndim != 2 or out.shape[0] != batch or (classes and out.shape[1] != classes):
+    wrong_shape = (
+        out.ndim != 1 or out.shape[0] != batch
+        if detector
+        else out.ndim != 2 or out.shape[0] != batch or (classes and out.shape[1] != classes)
+    )
+    if wrong_shape:
         raise SpurcliError(
             f"{where} returned shape {tuple(out.shape)} for a batch of {batch} images; "
             f"expected {expected}: a bug in the plugin"
@@ -256,6 +267,8 @@ def _forward(model: LoadedModel, x: torch.Tensor, kind: str, classes: int | None
     values = out.detach().to("cpu", torch.float64 if classes else torch.float32).numpy()
     if not np.isfinite(values).all():
         raise SpurcliError(f"{where} returned NaN or infinite values: a bug in the plugin")
+    if detector and ((values < 0) | (values > 1)).any():
+        raise SpurcliError(f"{where} returned scores outside [0, 1]: a bug in the plugin")
     return values
 
 
@@ -335,6 +348,8 @@ class Pass:
     # item order: the rows of `per_image.select(~real)` (the extractors skip the real images).
     features: dict[str, np.ndarray]
     skipped: list[tuple[int, str]]  # (item number, "path: reason") of the unreadable items
+    # detector name -> (M,) float32 presence scores, rows as `features` (not-real items)
+    presence: dict[str, np.ndarray] = field(default_factory=dict)
 
     def column(self, items: Sequence[Item], key: str) -> np.ndarray:
         """An `Item` field of every readable item (e.g. ``"real"``), as an array."""
@@ -347,18 +362,28 @@ def score_items(
     options: ScoreOptions,
     extractors: Sequence[LoadedModel] = (),
     desc: str | None = None,
+    *,
+    detectors: Sequence[LoadedModel] = (),
+    queries: Mapping[int, Any] | None = None,
+    reducers: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> Pass:
-    """Score every item with every classifier and take every extractor's features of the items
-    that are not real, in one pass: each file is decoded once for all of them. Runs sharded when
-    launched as a group.
+    """Score every item with every classifier and take every extractor's features (and every
+    detector's presence scores) of the items that are not real, in one pass: each file is
+    decoded once for all of them. Runs sharded when launched as a group.
+
+    ``queries``: ImageNet index -> the `spurcli.detect.ObjectQuery` detectors get for items of
+    that target. ``reducers``: extractor name -> a function of a batch's (b, D) features whose
+    (b, ...) result is kept instead of them, so memory stays flat in the number of images
+    (e.g. the cosine to the nearest reference image).
     """
+    queries, reducers = dict(queries or {}), dict(reducers or {})
     procs = Processes(options.device)
     mine = procs.shard(range(len(items)))
     if procs.world > 1:
         log.info(
             "process %d of %d scores %d of %d files", procs.rank, procs.world, len(mine), len(items)
         )
-    for model in (*models, *extractors):
+    for model in (*models, *extractors, *detectors):
         model.module.to(procs.device).eval()
     workers = options.num_workers
     if workers is None:
@@ -379,6 +404,7 @@ def score_items(
     done = np.zeros(n_mine, bool)
     mine_index = np.asarray(mine, np.int64)
     features: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in extractors]
+    presence: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in detectors]
     skipped: list[tuple[int, str]] = []
     if desc is None:
         n_real = sum(item.real for item in items)
@@ -396,7 +422,8 @@ def score_items(
         # Made outside inference mode so the tensors keep a version counter (see `_forward`).
         with torch.no_grad():
             x = batch.to(procs.device, non_blocking=True).float().div_(255)
-            x_seen = x if seen.all() or not extractors else x[torch.from_numpy(seen).to(x.device)]
+            some = extractors or detectors
+            x_seen = x if seen.all() or not some else x[torch.from_numpy(seen).to(x.device)]
         with torch.inference_mode():
             t = targets[ids]
             for c, model in enumerate(models):
@@ -406,7 +433,16 @@ def score_items(
                 rank[c, ids] = metrics.target_rank(logits, t)
             for e, extractor in enumerate(extractors if seen.any() else ()):
                 values = _forward(extractor, x_seen, "feature extractor", None)
+                if extractor.name in reducers:
+                    values = reducers[extractor.name](values)
                 features[e].append((mine_index[ids[seen]], values))
+            t_seen = t[seen]
+            for d, detector in enumerate(detectors):
+                for k in np.unique(t_seen):  # one query per class; curate has a single class
+                    rows = t_seen == k
+                    part = x_seen if rows.all() else x_seen[torch.from_numpy(rows).to(x.device)]
+                    values = _forward(detector, part, "detector", None, queries[int(k)])
+                    presence[d].append((mine_index[ids[seen][rows]], values))
         done[ids] = True
 
     # Every process gets every process's numbers; then all of them compute the same metrics.
@@ -418,6 +454,7 @@ def score_items(
                 "prob": prob[:, done],
                 "rank": rank[:, done],
                 "features": features,
+                "presence": presence,
                 "skipped": skipped,
             }
         ]
@@ -436,16 +473,24 @@ def score_items(
         target_prob=np.concatenate([p["prob"] for p in parts], axis=1)[:, order],
         target_rank=np.concatenate([p["rank"] for p in parts], axis=1)[:, order],
     )
-    found = {}
-    for e, extractor in enumerate(extractors):
-        chunks = [chunk for p in parts for chunk in p["features"][e]]
-        if chunks:
-            rows = np.concatenate([i for i, _ in chunks])
-            values = np.concatenate([v for _, v in chunks])
-            found[extractor.name] = values[np.argsort(rows, kind="stable")]
-        else:
-            found[extractor.name] = np.zeros((0, 0), np.float32)
-    return Pass(index, per_image, found, skipped_all)
+    found = {
+        extractor.name: _in_item_order([c for p in parts for c in p["features"][e]], 2)
+        for e, extractor in enumerate(extractors)
+    }
+    scores = {
+        detector.name: _in_item_order([c for p in parts for c in p["presence"][d]], 1)
+        for d, detector in enumerate(detectors)
+    }
+    return Pass(index, per_image, found, skipped_all, scores)
+
+
+def _in_item_order(chunks: list[tuple[np.ndarray, np.ndarray]], ndim: int) -> np.ndarray:
+    """(item numbers, values) chunks of a pass as one array of values in item order."""
+    if not chunks:
+        return np.zeros((0,) * ndim, np.float32)
+    rows = np.concatenate([i for i, _ in chunks])
+    values = np.concatenate([v for _, v in chunks])
+    return values[np.argsort(rows, kind="stable")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -180,14 +180,15 @@ def identify(
 ) -> dict[str, Any]:
     """The ``weights_id`` of a model built with ``weights`` while ``recorded`` was collected.
 
-    A local file given by the user is its own identity (path + sha256); ``random`` says so; the
+    A local file or folder given by the user is its own identity (path + sha256); ``random``
+    says so; the
     plugin's default source is what the plugin recorded, or, if it recorded nothing, an honest
     ``{"source": "unrecorded"}`` with the plugin's description of its default.
     """
     if is_random(weights):
         return {"source": RANDOM}
-    if weights is not None:
-        return file_identity(weights)
+    if weights is not None:  # a local checkpoint file, or a folder (e.g. a transformers model)
+        return folder_identity(weights) if Path(weights).is_dir() else file_identity(weights)
     if len(recorded) == 1:
         return recorded[0]
     if recorded:

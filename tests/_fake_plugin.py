@@ -10,7 +10,9 @@ logit[target] = scale * redness, logit[other] = 0.5 - scale * redness, every oth
 images are "hummingbirds" (94), grey/green/blue ones class 1 (goldfish). ``scale`` is a parameter
 (20 by default) that a weights file can change, to test real loading. Family ``fake:<index>``
 targets <index> instead of 94. Extractor ``fake``: 2x2 average-pooled colours, (B, 12),
-``dim = 12``. Torch is imported inside the factories only, like a real plugin must.
+``dim = 12``. Detector ``fake``: presence = the mean green channel (green images "show the
+object"); every query it is called with is appended to ``plugin.queries``. Torch is imported
+inside the factories only, like a real plugin must.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ OTHER = 1  # goldfish
 
 
 @functools.cache
-def _modules() -> tuple[type, type]:
+def _modules() -> tuple[type, type, type]:
     import torch
     from torch import nn
 
@@ -50,7 +52,16 @@ def _modules() -> tuple[type, type]:
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             return nn.functional.adaptive_avg_pool2d(images.float(), 2).flatten(1)
 
-    return FakeClassifier, FakeExtractor
+    class FakeDetector(nn.Module):
+        def __init__(self, queries: list[Any]) -> None:
+            super().__init__()
+            self.queries = queries
+
+        def forward(self, images: torch.Tensor, query: Any) -> torch.Tensor:
+            self.queries.append(query)
+            return images.float()[:, 1].mean(dim=(1, 2))
+
+    return FakeClassifier, FakeExtractor, FakeDetector
 
 
 class FakePlugin:
@@ -60,6 +71,7 @@ class FakePlugin:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, str | None]] = []  # (name, weights, variant)
+        self.queries: list[Any] = []  # every ObjectQuery the fake detector was called with
 
     @hookimpl
     def register_classifiers(self, register: Any) -> None:
@@ -78,7 +90,7 @@ class FakePlugin:
 
     def make_classifier(self, weights: str | None, variant: str | None = None) -> Any:
         self.calls.append(("fake", weights, variant))
-        classifier_cls, _ = _modules()
+        classifier_cls, _, _ = _modules()
         target = TARGET
         if variant is not None:
             if not variant.isdigit() or int(variant) >= 1000:
@@ -96,5 +108,14 @@ class FakePlugin:
 
     def make_extractor(self, weights: str | None) -> Any:
         self.calls.append(("fake-extractor", weights, None))
-        _, extractor_cls = _modules()
+        _, extractor_cls, _ = _modules()
         return extractor_cls().eval()
+
+    @hookimpl
+    def register_detectors(self, register: Any) -> None:
+        register("fake", self.make_detector, description="test detector: green = object")
+
+    def make_detector(self, weights: str | None) -> Any:
+        self.calls.append(("fake-detector", weights, None))
+        _, _, detector_cls = _modules()
+        return detector_cls(self.queries).eval()

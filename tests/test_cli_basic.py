@@ -173,9 +173,11 @@ def test_plugins_json_and_table_show_the_fake_plugin(spurcli, fake_plugin):
         "version": None,
         "classifiers": ["fake", "fake:*"],
         "extractors": ["fake"],
+        "detectors": ["fake"],
     }
     table = spurcli("plugins")
     assert table.code == 0 and "fake-plugin" in table.out and "fake:*" in table.out
+    assert "detectors" in table.out
 
 
 def test_installed_template_plugin_is_listed():

@@ -268,3 +268,58 @@ def test_bad_names_are_usage_errors():
         extractors().load("open_clip:ViT-B-32/nope")
     with pytest.raises(UsageError, match="needs a pretrained tag"):
         extractors().load("open_clip:ViT-B-32")
+
+
+# --- clip-presence: the zero-shot detector of the class object ---------------------------------
+
+
+def test_presence_detectors_are_registered():
+    from spurcli.plugins import detectors
+
+    entry, _ = detectors().resolve("clip-presence")
+    assert entry.plugin == "spurcli-openclip"
+    assert entry.default_weights == "hub:timm/vit_base_patch32_clip_224.openai"
+    assert "clip-presence:*" in detectors().names("clip*")
+
+
+def test_presence_prompts_come_from_the_class_names_and_feature():
+    from spurcli import imagenet
+    from spurcli.detect import object_query
+
+    query = object_query(imagenet.resolve_class(2), ["a shark fin"], feature="ocean")
+    prompts = spurcli_openclip.presence_prompts(query)
+    n_templates = len(open_clip.OPENAI_IMAGENET_TEMPLATES)
+    assert len(prompts["class"]) == 5 * n_templates  # 4 names (no Latin binomial) + 1 extra
+    assert "a photo of a great white shark." in prompts["class"]
+    assert "a photo of a a shark fin." in prompts["class"]  # extra prompts go in as names
+    assert "a photo of a ocean." in prompts["feature"]
+    assert prompts["neutral"] == ["a photo."]
+    assert (
+        spurcli_openclip.presence_prompts(object_query(imagenet.resolve_class(2)))["feature"] == []
+    )
+
+
+def test_presence_is_the_calibrated_sigmoid_of_cosine_differences(tiny_arch):
+    import torch.nn.functional as F
+
+    from spurcli import imagenet
+    from spurcli.detect import object_query
+    from spurcli.plugins import detectors
+
+    loaded = detectors().load(f"clip-presence:{TINY}", "random")
+    assert loaded.is_random
+    query = object_query(imagenet.resolve_class(94), feature="red flower")
+    images = torch.rand(3, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = loaded.module(images, query)
+        model, tokenizer = tiny_model(), open_clip.get_tokenizer(TINY)
+
+        def side(texts):
+            return F.normalize(model.encode_text(tokenizer(texts), normalize=True).mean(0), dim=-1)
+
+        prompts = spurcli_openclip.presence_prompts(query)
+        c, f, n = (side(prompts[k]) for k in ("class", "feature", "neutral"))
+        image = F.normalize(model.encode_image(loaded.module.preprocess(images)), dim=-1)
+        expected = torch.sigmoid(100 * (image @ c - torch.maximum(image @ f, image @ n)))
+    assert got.shape == (3,) and ((got >= 0) & (got <= 1)).all()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

@@ -12,7 +12,7 @@ import logging
 import pytest
 from _plugin_helpers import make_distribution, make_plugin_module, run_spurcli
 
-from spurcli import hookimpl
+from spurcli import hookimpl, plugins
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.plugins import Plugins, get_plugins
 
@@ -305,6 +305,7 @@ def test_entry_points_good_broken_and_misspelled(tmp_path):
         "version": "2.5",
         "classifiers": ["ep-good"],
         "extractors": ["ep-good-features"],
+        "detectors": [],
     }
     assert "spurcli-plugin-template" in by_name  # installed plugins still load
     assert "ep-broken" not in by_name and "ep-typo" not in by_name
@@ -381,3 +382,26 @@ def test_template_plugin_is_installed_and_works():
         1,
         192,
     )
+
+
+def test_detectors_are_a_registry_like_the_others(fake_plugin):
+    registry = plugins.detectors()
+    assert "fake" in registry.names("fa*")
+    info = {p.name: p for p in plugins.get_plugins().info()}
+    assert info["fake-plugin"].detectors == ["fake"]
+    assert plugins.detectors().load("fake", "random").is_random
+    with pytest.raises(UsageError, match="unknown detector 'fkae'; did you mean fake"):
+        registry.resolve("fkae")
+
+
+def test_a_detector_hook_that_raises_skips_only_that_plugin(fake_plugin):
+    from spurcli import hookimpl
+
+    class Broken:
+        @hookimpl
+        def register_detectors(self, register):
+            raise RuntimeError("no detectors today")
+
+    plugins.get_plugins().register(Broken(), name="broken-detectors")
+    assert plugins.detectors().names() and "fake" in plugins.detectors().names()
+    assert "no detectors today" in plugins.get_plugins().failed["broken-detectors"]

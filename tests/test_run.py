@@ -50,6 +50,15 @@ extractors = ["template-linear"]
 extractor_weights = ["template-linear=random"]
 """
 
+CURATE = """
+[curate]
+classifiers = ["timm:test_resnet"]
+evaluate_with = ["template-linear"]
+weights = ["template-linear=random", "timm:test_resnet=random"]
+detector_weights = ["owlv2=random"]
+extractor = "template-linear"
+extractor_weights = "random"
+"""
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -189,7 +198,8 @@ def snapshot(out: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
-    path = write_config(tmp_path)
+    pytest.importorskip("spurcli_owlv2")
+    path = write_config(tmp_path, CONFIG + CURATE)
     out = tmp_path / "out"
 
     # A crash after the features stage: everything before it is kept...
@@ -218,8 +228,12 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     result = run(path)
     ran = {k for k, v in result.stages.items() if v == "ran"}
     assert ran == {f"compare:{a}-vs-{b}" for a, b in load_experiment(path).comparisons()} | {
-        "report"
+        "curate",
+        "report",
     }
+    sheet = json.loads((out / "curated" / "datasheet.json").read_text())
+    assert sheet["counts"]["images"] == 2 and "template-linear" in sheet["evaluation"]
+    assert sheet["references"][0]["file"] in {r["file"] for r in split["train"]}
     assert result.reasons["compare:generated-vs-baseline"] == "no generated-vs-baseline.json yet"
     assert result.report == out / "report.html" and result.report.is_file()
     summary = json.loads((out / "summary.json").read_text())
@@ -283,7 +297,8 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert tuned["model_id"] == arm["model_id"]
     assert json.loads(manifest[0])["model_id"] == models["base"]
     report = result.report.read_text()
-    assert report.count("<h2") == 1 + 8  # summary + eight comparisons
+    assert report.count("<h2") == 1 + 8 + 1  # summary + eight comparisons + the curated set
+    assert "Curated set:" in report
     assert "DreamBooth only" in report and "held-out references" in report
 
     # Everything up to date: nothing runs, nothing is rewritten.

@@ -1,4 +1,5 @@
-"""spurcli plugin: OpenCLIP models as zero-shot ImageNet classifiers and as image embedders.
+"""spurcli plugin: OpenCLIP models as zero-shot ImageNet classifiers, image embedders, and
+zero-shot detectors of a class object (``clip-presence``, for `spurcli curate`).
 
     spurcli score imgs/ --target 94 --classifiers clip,open_clip:ViT-B-16/laion2b_s34b_b88k
     spurcli compare a/ b/ --target 94 --extractors clip
@@ -21,6 +22,14 @@ it is computed once and cached as safetensors under ``$SPURCLI_CACHE`` (default
 ``~/.cache/spurcli``), keyed by a hash of the architecture, the text tower's weights, the templates
 and the class names: a second load reads it, and any change of weights makes a new one.
 
+As a detector, ``clip-presence`` (ViT-B-32 ``openai``; ``clip-presence:<arch>/<tag>`` for any
+other) answers "is the class object in the image?" zero-shot: the image embedding's cosine to
+the class's prompts (the 80 templates over each of the query's names, averaged), to the spurious
+feature's prompts (the same templates over the feature text) and to a neutral prompt ("a
+photo."); presence = ``sigmoid(100 * (cos_class - max(cos_feature, cos_neutral)))``, so 0.5
+means the class prompt ties with the best alternative (undecided) and the 100 is CLIP's logit
+scale. The text embeddings are computed once per query and kept.
+
 Weights: None = the tag's file from the hub (a clear error offline), a local file (the tag, if
 given, still sets QuickGELU and preprocessing), or ``"random"`` (the tag may be left out).
 """
@@ -40,6 +49,8 @@ from spurcli import hookimpl
 from spurcli.errors import SpurcliError, UsageError
 
 NAME = "clip"
+PRESENCE = "clip-presence"
+NEUTRAL = "a photo."  # the "neither class nor feature" side of clip-presence
 ARCH, TAG = "ViT-B-32", "openai"
 CLIP_HUB = "timm/vit_base_patch32_clip_224.openai"  # where open_clip keeps the `openai` weights
 LOGIT_SCALE = 100.0  # CLIP's learned temperature, fixed as in open_clip's zero-shot evaluation
@@ -79,6 +90,55 @@ def register_feature_extractors(register):
         description="normalised image embeddings of any open_clip model: open_clip:<arch>/<tag>",
         default_weights="hub (the pretrained tag's file)",
     )
+
+
+@hookimpl
+def register_detectors(register):
+    register(
+        PRESENCE,
+        make_clip_presence,
+        description=f"open_clip {ARCH} {TAG} zero-shot: class prompts vs feature and neutral",
+        default_weights=f"hub:{CLIP_HUB}",
+    )
+    register(
+        f"{PRESENCE}:*",
+        make_presence,
+        description=f"{PRESENCE} with any open_clip model: {PRESENCE}:<arch>/<tag>",
+        default_weights="hub (the pretrained tag's file)",
+    )
+
+
+def make_clip_presence(weights: str | None) -> Any:
+    return make_presence(weights, f"{ARCH}/{TAG}", name=PRESENCE)
+
+
+def make_presence(weights: str | None, variant: str, name: str | None = None) -> Any:
+    """open_clip ``<arch>/<tag>`` as a zero-shot presence detector (see the module docstring)."""
+    import open_clip
+    from spurcli_timm import Preprocess
+
+    arch, model, prep = create(variant, weights, name=name or f"{PRESENCE}:{variant}")
+    preprocess = Preprocess(
+        prep["input_size"],
+        prep["mean"],
+        prep["std"],
+        prep["crop_pct"],
+        prep["interpolation"],
+        prep["crop_mode"],
+    )
+    return _nn().Presence(preprocess, model, open_clip.get_tokenizer(arch)).eval()
+
+
+def presence_prompts(query: Any) -> dict[str, list[str]]:
+    """The texts of each side of the `ObjectQuery` comparison: class, feature, neutral."""
+    import open_clip
+
+    templates = [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+    return {
+        "class": [t.format(name) for name in query.names for t in templates],
+        "feature": [t.format(query.feature) for t in templates] if query.feature else [],
+        "neutral": [NEUTRAL],
+    }
 
 
 def make_clip(weights: str | None) -> Any:
@@ -352,4 +412,29 @@ def _nn() -> types.SimpleNamespace:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return LOGIT_SCALE * embed(self.visual, x) @ self.head.T
 
-    return types.SimpleNamespace(Embed=Embed, ZeroShot=ZeroShot)
+    class Presence(nn.Module):
+        """Whole CLIP model: (images, ObjectQuery) -> (B,) presence (module docstring)."""
+
+        def __init__(self, preprocess: nn.Module, model: nn.Module, tokenizer: Any) -> None:
+            super().__init__()
+            self.preprocess, self.model, self.tokenizer = preprocess, model, tokenizer
+            self.texts: dict[Any, torch.Tensor] = {}  # query -> (sides, D) text embeddings
+
+        def side_embeddings(self, query: Any) -> torch.Tensor:
+            """(2 or 3, D): the class's, the feature's (if any) and the neutral embedding."""
+            device = next(self.model.parameters()).device
+            if query not in self.texts:
+                rows = []
+                for texts in presence_prompts(query).values():
+                    if texts:
+                        emb = encode_text(self.model, self.tokenizer(texts).to(device))
+                        rows.append(F.normalize(emb.mean(0), dim=-1))
+                self.texts[query] = torch.stack(rows)
+            return self.texts[query].to(device)
+
+        def forward(self, images: torch.Tensor, query: Any) -> torch.Tensor:
+            sides = self.side_embeddings(query)
+            cos = embed(self.model.visual, self.preprocess(images)) @ sides.T  # (B, sides)
+            return torch.sigmoid(LOGIT_SCALE * (cos[:, 0] - cos[:, 1:].amax(dim=1)))
+
+    return types.SimpleNamespace(Embed=Embed, ZeroShot=ZeroShot, Presence=Presence)

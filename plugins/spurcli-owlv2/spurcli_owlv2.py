@@ -1,0 +1,171 @@
+"""spurcli plugin: OWLv2 open-vocabulary detection, as a detector of the class object.
+
+    spurcli curate samples/ --target hummingbird --out ds/ --detectors owlv2
+    spurcli curate samples/ ... --detector-weights owlv2=/models/owlv2-base-patch16-ensemble
+
+    import torch
+    from spurcli import imagenet
+    from spurcli.detect import object_query
+    from spurcli.plugins import detectors
+    owl = detectors().load("owlv2", weights="random").module      # a tiny random OWLv2
+    owl(torch.rand(2, 3, 64, 64), object_query(imagenet.resolve_class(94)))  # (2,) in [0, 1]
+
+Presence = the highest detection score any box gets for any of the class's queries: OWLv2 scores
+every image patch's box against every text query, and ``sigmoid(class logit)`` is the score its
+post-processing thresholds (``Owlv2Processor.post_process_object_detection``). The queries are
+``"a photo of a <name>"`` for each name of the `ObjectQuery` (the ImageNet name, synonyms and any
+``--object-prompt``), OWL-ViT's recommended prompt form; the spurious feature is not used.
+
+Pre-processing runs in torch on the [0, 1] batch spurcli hands over (no PIL round trip, so the
+batch is the one every other model sees): pad to a square with grey 0.5 at the bottom and right,
+as `Owlv2ImageProcessor` does, resize to the model's input size (960 for the base model;
+bilinear, antialiased), normalise with CLIP's mean and std.
+
+Weights: None = the hub's ``google/owlv2-base-patch16-ensemble`` (cached or downloaded; offline and
+not cached, one line saying what to fetch), a local folder holding that model's files
+(``config.json``, weights, tokenizer files), or ``"random"``: a tiny OWLv2 (one layer per tower,
+width 32, 64 px input, byte-level tokenizer) built from an `Owlv2Config`, for tests. Remote code
+is never run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+from typing import Any
+
+from spurcli import hookimpl
+from spurcli.errors import SpurcliError
+
+NAME = "owlv2"
+HUB_MODEL = "google/owlv2-base-patch16-ensemble"
+PROMPT = "a photo of a {}"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PAD_VALUE = 0.5  # Owlv2ImageProcessor pads with grey, at the bottom and right
+
+
+@hookimpl
+def register_detectors(register):
+    register(
+        NAME,
+        make_owlv2,
+        description="OWLv2 open-vocabulary detection (transformers): max box score of the class",
+        default_weights=f"hub:{HUB_MODEL}",
+    )
+
+
+def query_texts(query: Any) -> list[str]:
+    """The text queries OWLv2 gets for an `ObjectQuery`: one per name."""
+    return [PROMPT.format(name) for name in query.names]
+
+
+def make_owlv2(weights: str | None) -> Any:
+    from spurcli.weights import is_random
+
+    if is_random(weights):
+        model, tokenizer = tiny_random()
+    else:
+        model, tokenizer = _pretrained(os.fspath(weights) if weights is not None else HUB_MODEL)
+    return _nn().Presence(model.eval().float(), tokenizer)
+
+
+def tiny_random(seed: int = 0) -> tuple[Any, Any]:
+    """A tiny OWLv2 with seeded random weights and a tokenizer that needs no download."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection
+
+    from spurcli.diffusion import _tiny_tokenizer  # CLIP tokenizer over bytes, built offline
+
+    tokenizer = _tiny_tokenizer()
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    config = Owlv2Config(
+        text_config={
+            **tower,
+            "num_attention_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 16,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={**tower, "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
+        projection_dim=32,
+    )
+    with torch.random.fork_rng(devices=[]):  # the same "random" model in every process
+        torch.manual_seed(seed)
+        model = Owlv2ForObjectDetection(config)
+    return model, tokenizer
+
+
+def _pretrained(source: str) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer, Owlv2ForObjectDetection
+
+    from spurcli.weights import offline
+
+    try:
+        model = Owlv2ForObjectDetection.from_pretrained(source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except OSError as exc:
+        if os.path.isdir(source):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SpurcliError(f"{source} does not hold an OWLv2 model: {first}") from exc
+        raise SpurcliError(
+            f"weights for '{NAME}' are not available{' offline' if offline() else ''}: need the "
+            f"hub model {source} (`hf download {source}` where online), then pass its folder "
+            f"(--detector-weights {NAME}=FOLDER), or use random weights"
+        ) from exc
+    return model, tokenizer
+
+
+@functools.cache
+def _nn() -> types.SimpleNamespace:
+    """The torch module of this plugin, defined on first use (registration imports no torch)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Presence(nn.Module):
+        """OWLv2 + tokenizer: (images (B,3,H,W) in [0, 1], ObjectQuery) -> (B,) presence."""
+
+        def __init__(self, model: nn.Module, tokenizer: Any) -> None:
+            super().__init__()
+            self.model = model
+            self.tokenizer = tokenizer
+            self.size = int(model.config.vision_config.image_size)
+            self.max_tokens = int(model.config.text_config.max_position_embeddings)
+            self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1))
+
+        def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+            x = images.to(self.mean.dtype)
+            h, w = x.shape[-2:]
+            side = max(h, w)
+            if (h, w) != (side, side):  # new tensor: the caller's batch is never touched
+                x = F.pad(x, (0, side - w, 0, side - h), value=PAD_VALUE)
+            if side != self.size:
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+            return (x - self.mean) / self.std
+
+        def forward(self, images: torch.Tensor, query: Any) -> torch.Tensor:
+            texts = query_texts(query)
+            tokens = self.tokenizer(
+                texts,
+                padding="max_length",
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            ).to(images.device)
+            batch = images.shape[0]
+            # OWLv2 takes (batch x queries) token rows: each image's queries, one after another
+            # (the text tower's cost is small next to the 960-pixel image tower).
+            out = self.model(
+                input_ids=tokens["input_ids"].repeat(batch, 1),
+                attention_mask=tokens["attention_mask"].repeat(batch, 1),
+                pixel_values=self.preprocess(images),
+            )
+            # logits: (B, boxes, queries); a box's score for a query is sigmoid(logit)
+            return torch.sigmoid(out.logits.float()).amax(dim=(1, 2))
+
+    return types.SimpleNamespace(Presence=Presence)
