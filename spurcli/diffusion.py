@@ -1,7 +1,8 @@
-"""Loading Stable Diffusion: a hub id, a local diffusers folder, a finetune run, or `tiny`.
+"""Loading Stable Diffusion: a hub id, a local diffusers folder, a finetune run, `tiny` or `mini`.
 
     from spurcli.diffusion import load_pipeline, resolve_model
     pipe = load_pipeline("tiny")                      # random tiny SD from config, offline, ~0.1 s
+    pipe = load_pipeline("mini")                      # the quickstart's trained mini SD (spurcli.mini)
     pipe = load_pipeline("runs/hummingbird")          # a `spurcli finetune` output folder
     pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler="dpm")
     image = pipe("a photo of sks flower", num_inference_steps=4, height=64, width=64).images[0]
@@ -29,6 +30,7 @@ from spurcli.errors import SpurcliError, UsageError
 from spurcli.weights import offline
 
 TINY = "tiny"
+MINI = "mini"  # spurcli.mini: small SD with a trained VAE and base UNet (the quickstart's)
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 RUN_FILE = "spurcli-run.json"  # written by `spurcli finetune` next to its `pipeline/` folder
 RUN_PIPELINE_DIR = "pipeline"
@@ -48,8 +50,8 @@ SCHEDULERS = {
 class ModelRef:
     """Where a model comes from, as resolved from what the user typed."""
 
-    kind: str  # "tiny", "run" (a finetune output), "local" (a diffusers folder) or "hub"
-    location: str  # "tiny", a folder path, or a hub id
+    kind: str  # "tiny", "mini", "run" (a finetune output), "local" (a diffusers folder) or "hub"
+    location: str  # "tiny", "mini", a folder path, or a hub id
     run: dict[str, Any] | None = None  # the run's spurcli-run.json, for kind == "run"
 
     @property
@@ -61,8 +63,8 @@ class ModelRef:
 def resolve_model(model: str | os.PathLike[str]) -> ModelRef:
     """Classify ``model`` without loading any weights."""
     text = os.fspath(model)
-    if text == TINY:
-        return ModelRef(TINY, TINY)
+    if text in (TINY, MINI):
+        return ModelRef(text, text)
     path = Path(text).expanduser()
     if path.is_dir():
         if (path / RUN_FILE).is_file():
@@ -80,7 +82,7 @@ def resolve_model(model: str | os.PathLike[str]) -> ModelRef:
             f"{path} is not a diffusers pipeline folder (no model_index.json) nor a spurcli run"
         )
     if path.exists():
-        raise SpurcliError(f"{path} is a file; a model is a folder, a hub id, or 'tiny'")
+        raise SpurcliError(f"{path} is a file; a model is a folder, a hub id, 'tiny' or 'mini'")
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") != 1
     if looks_like_path:
         raise SpurcliError(f"model folder not found: {text}")
@@ -103,6 +105,10 @@ def load_pipeline(
         pipe = build_tiny_pipeline()
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
+    elif ref.kind == MINI:  # the quickstart's embedded model: spurcli.mini
+        from spurcli.mini import build_mini_pipeline
+
+        pipe = build_mini_pipeline().to(dtype=dtype)
     else:
         local = ref.kind != "hub"
         quiet_library_progress_bars()
