@@ -68,8 +68,10 @@ def main() -> None:
     schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     alphas = schedule.alphas_cumprod
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    images = [img.convert("RGB").resize((size, size)) for _, img in read_folder(args.references)]
-    pixels = torch.stack([torch.tensor(list(img.getdata())).T.reshape(3, size, size) for img in images])
+    images = [img.convert("RGB").resize((size, size)) for _, img in read_folder(args.references)[0]]
+    pixels = torch.stack(
+        [torch.tensor(list(img.getdata())).T.reshape(3, size, size) for img in images]
+    )
     pixels = pixels.float() / 255
     extractor = extractors().load(args.extractor).module.eval().requires_grad_(False)
     with torch.no_grad():
@@ -89,8 +91,9 @@ def main() -> None:
         f"{'t bin':>9} {'|g inst|':>9} {'|g prior|':>9} {'|g sfsl|':>9} {'sfsl/inst':>9} "
         f"{'|dL/dx0|':>9} {'L_sfsl':>7} {'eps fac':>8} {'v fac':>6}"
     )
-    print(f"model {args.model}, {len(images)} references, extractor {args.extractor}, "
-          f"{args.per_bin} timesteps per bin, prediction {schedule.config.prediction_type}")  # fmt: skip
+    kind = schedule.config.prediction_type
+    print(f"model {args.model}, {len(images)} references, extractor {args.extractor}, ")
+    print(f"{args.per_bin} timesteps per bin, prediction {kind}")
     print(header)
     for b in range(args.bins):
         lo, hi = b * width, (b + 1) * width
@@ -112,8 +115,13 @@ def main() -> None:
             (d_x0,) = torch.autograd.grad(loss_x0, x0_leaf)
             loss = sfsl_loss(sfsl, vae, x0, t, torch.tensor([i]))
             rows.append(
-                (grad_norm(inst, params), grad_norm(prior, params), grad_norm(loss, params),
-                 float(d_x0.norm()), float(loss))  # fmt: skip
+                (
+                    grad_norm(inst, params),
+                    grad_norm(prior, params),
+                    grad_norm(loss, params),
+                    float(d_x0.detach().norm()),
+                    float(loss.detach()),
+                )
             )
         mean = [sum(r[k] for r in rows) / len(rows) for k in range(5)]
         a = float(alphas[(lo + hi) // 2])
@@ -121,7 +129,8 @@ def main() -> None:
         v_factor = math.sqrt(1 - a)
         print(
             f"{lo:>4}-{hi - 1:<4} {mean[0]:9.3g} {mean[1]:9.3g} {mean[2]:9.3g} "
-            f"{mean[2] / mean[0]:9.3g} {mean[3]:9.3g} {mean[4]:7.3f} {eps_factor:8.3g} {v_factor:6.3f}"
+            f"{mean[2] / mean[0]:9.3g} {mean[3]:9.3g} {mean[4]:7.3f} "
+            f"{eps_factor:8.3g} {v_factor:6.3f}"
         )
 
 

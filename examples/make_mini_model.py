@@ -1,4 +1,4 @@
-"""Builds the `mini` model's weights (spurcli/data/mini/) from scikit-image's CC0 photos, bit for bit.
+"""Builds `mini`'s weights (spurcli/data/mini/) from scikit-image's CC0 photos, bit for bit.
 
     python examples/make_mini_model.py             # ~15 min on one CPU thread; writes the weights
     python examples/make_mini_model.py --check     # rebuilds in a temp folder, compares SHA-256
@@ -80,7 +80,9 @@ def cosine_lr(optimizer: torch.optim.Optimizer, step: int, steps: int, lr: float
         group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
-def train_vae(images: dict[str, Image.Image], cfg: dict, seed: int) -> tuple[torch.nn.Module, float]:
+def train_vae(
+    images: dict[str, Image.Image], cfg: dict, seed: int
+) -> tuple[torch.nn.Module, float]:
     bank = crop_bank(images, cfg["crops"], cfg["size"], seed)
     torch.manual_seed(seed)
     vae = mini_vae().train()
@@ -101,7 +103,9 @@ def train_vae(images: dict[str, Image.Image], cfg: dict, seed: int) -> tuple[tor
             print(f"vae  step {step:4d}  loss {loss.item():.4f}  {time.time() - started:.0f} s")
     vae.eval()
     with torch.no_grad():
-        means = torch.cat([vae.encode(bank[i : i + 64]).latent_dist.mean for i in range(0, len(bank), 64)])
+        means = torch.cat(
+            [vae.encode(bank[i : i + 64]).latent_dist.mean for i in range(0, len(bank), 64)]
+        )
     return vae, float(1 / means.std())
 
 
@@ -112,10 +116,17 @@ def train_unet(images: dict[str, Image.Image], vae: torch.nn.Module, scale: floa
     bank = crop_bank(kept, cfg["crops"], cfg["size"], seed + 2)
     labels = torch.tensor([i % len(names) for i in range(len(bank))])
     with torch.no_grad():
-        latents = torch.cat([vae.encode(bank[i : i + 32]).latent_dist.mean for i in range(0, len(bank), 32)]) * scale
+        latents = (
+            torch.cat(
+                [vae.encode(bank[i : i + 32]).latent_dist.mean for i in range(0, len(bank), 32)]
+            )
+            * scale
+        )
         tiny = build_tiny_pipeline()
-        ids = tiny.tokenizer([f"a photo of {PHOTOS[n]}" for n in names], padding="max_length",
-                             max_length=tiny.tokenizer.model_max_length, return_tensors="pt").input_ids  # fmt: skip
+        captions = [f"a photo of {PHOTOS[n]}" for n in names]
+        tokens = tiny.tokenizer(captions, padding="max_length", return_tensors="pt",
+                                max_length=tiny.tokenizer.model_max_length)  # fmt: skip
+        ids = tokens.input_ids
         text = tiny.text_encoder(ids)[0]
     from diffusers import DDPMScheduler
 
@@ -157,7 +168,9 @@ def build(out: Path) -> dict:
     info: dict = {"recipe": RECIPE, "photos": PHOTOS, "unet_held_out": list(UNET_HELD_OUT)}
     for name, module in (("vae", vae), ("unet", unet)):
         file = out / f"{name}.safetensors"
-        state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+        state = {
+            k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()
+        }
         save_file(state, file)
         info[name] = {"file": file.name, "sha256": sha256(file)}
     info["vae"]["scaling_factor"] = round(scale, 6)

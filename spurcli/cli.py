@@ -227,7 +227,10 @@ def _print_wide(renderable: object) -> None:
 @app.command("sample")
 def sample_command(
     model: Annotated[
-        str, typer.Argument(help="A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini'.")
+        str,
+        typer.Argument(
+            help="A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini'."
+        ),
     ],
     prompt: Annotated[
         list[str] | None,

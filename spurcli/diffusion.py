@@ -2,7 +2,7 @@
 
     from spurcli.diffusion import load_pipeline, resolve_model
     pipe = load_pipeline("tiny")                      # random tiny SD from config, offline, ~0.1 s
-    pipe = load_pipeline("mini")                      # the quickstart's trained mini SD (spurcli.mini)
+    pipe = load_pipeline("mini")                      # the quickstart's trained SD (spurcli.mini)
     pipe = load_pipeline("runs/hummingbird")          # a `spurcli finetune` output folder
     pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler="dpm")
     image = pipe("a photo of sks flower", num_inference_steps=4, height=64, width=64).images[0]
@@ -108,7 +108,9 @@ def load_pipeline(
     elif ref.kind == MINI:  # the quickstart's embedded model: spurcli.mini
         from spurcli.mini import build_mini_pipeline
 
-        pipe = build_mini_pipeline().to(dtype=dtype)
+        pipe = build_mini_pipeline()
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
     else:
         local = ref.kind != "hub"
         quiet_library_progress_bars()
