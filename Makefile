@@ -1,11 +1,11 @@
 # Two commands on a fresh machine (see README.md):
-#   make demo   set up .venv and run the offline quickstart experiment (tiny Stable Diffusion, CPU)
+#   make demo   set up .venv and run the offline quickstart experiment (the embedded mini Stable Diffusion, CPU)
 #   make test   set up .venv, lint, and run the test suite
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 PLUGINS := plugins/spurcli-timm plugins/spurcli-openclip plugins/spurcli-robust plugins/spurcli-effnet-lite0 plugins/spurcli-owlv2
-# Nothing here may reach the model hub: everything runs on tiny/random/bundled weights.
+# Nothing here may reach the model hub: everything runs on tiny/mini/random/bundled weights.
 export HF_HUB_OFFLINE := 1
 
 .PHONY: install demo test lint format clean

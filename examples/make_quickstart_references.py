@@ -2,11 +2,12 @@
 
     python examples/make_quickstart_references.py      # needs scikit-image
 
-Spurious ImageNet lists "wall/ground" as a spurious feature of the class shovel (792): images of
-brick walls and gravel or grass ground, with no shovel, that classifiers still call "shovel".
-The quickstart fine-tunes on crops of scikit-image's bundled texture photos of exactly that kind:
-brick (a wall), gravel and grass (ground). All three are CC0 (scikit-image's data documentation:
-CC0Textures and DeviantArt, released under Creative Commons CC0), so the crops are committed.
+EfficientNet-Lite0 (real ImageNet weights) reads scikit-image's brick wall photo as "prison" (743)
+or "solar thermal collector" (807): examples/find_spurious_crops.py prints the table. A brick wall
+shows neither: it is a spurious (context/texture) feature of that classifier. The quickstart
+fine-tunes on eight crops of that photo (CC0: CC0Textures, Creative Commons CC0 per
+scikit-image's data documentation), so the crops are committed; the first five are trained on,
+the other three held out (the run config's train_references).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from PIL import Image
 OUT = Path(__file__).resolve().parent / "quickstart-references"
 SIZE = 128  # the crops are scaled down to this: the quickstart trains at 64 px
 CROPS = {  # name -> (image, (left, top, side) of the square crop in the 512x512 source)
-    "brick-wall-1": ("brick", (0, 0, 256)),
-    "brick-wall-2": ("brick", (256, 256, 256)),
-    "gravel-ground-1": ("gravel", (0, 0, 256)),
-    "gravel-ground-2": ("gravel", (256, 128, 256)),
-    "grass-ground": ("grass", (128, 128, 256)),
+    f"brick-wall-{i + 1}": ("brick", (left, top, 256))
+    for i, (left, top) in enumerate(
+        [(0, 0), (256, 256), (128, 0), (0, 256), (256, 0), (128, 128), (0, 128), (128, 256)]
+    )
 }
 
 

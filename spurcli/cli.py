@@ -240,7 +240,10 @@ def _print_wide(renderable: object) -> None:
 @app.command("sample")
 def sample_command(
     model: Annotated[
-        str, typer.Argument(help="A finetune run folder, a diffusers folder, a hub id, or 'tiny'.")
+        str,
+        typer.Argument(
+            help="A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini'."
+        ),
     ],
     prompt: Annotated[
         list[str] | None,
@@ -640,7 +643,7 @@ def finetune_command(
         ),
     ] = None,
     model: Annotated[
-        str | None, _opt("--model", help="Hub id, diffusers folder or 'tiny'.")
+        str | None, _opt("--model", help="Hub id, diffusers folder, 'tiny' or 'mini'.")
     ] = None,
     revision: Annotated[
         str | None, _opt("--revision", help="Hub model's branch, tag or commit (default main).")

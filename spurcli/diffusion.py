@@ -1,7 +1,8 @@
-"""Loading Stable Diffusion: a hub id, a local diffusers folder, a finetune run, or `tiny`.
+"""Loading Stable Diffusion: a hub id, a local diffusers folder, a finetune run, `tiny` or `mini`.
 
     from spurcli.diffusion import load_pipeline, resolve_model
     pipe = load_pipeline("tiny")                      # random tiny SD from config, offline, ~0.1 s
+    pipe = load_pipeline("mini")                      # the quickstart's trained SD (spurcli.mini)
     pipe = load_pipeline("runs/hummingbird")          # a `spurcli finetune` output folder
     pipe = load_pipeline("runs/lora")                 # a LoRA run: base model + adapters, fused
     pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler="dpm")
@@ -32,6 +33,7 @@ from spurcli.errors import SpurcliError, UsageError
 from spurcli.weights import cached_commit, folder_identity, offline
 
 TINY = "tiny"
+MINI = "mini"  # spurcli.mini: small SD with a trained VAE and base UNet (the quickstart's)
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 RUN_FILE = "spurcli-run.json"  # written by `spurcli finetune` next to its `pipeline/` folder
 RUN_PIPELINE_DIR = "pipeline"
@@ -51,8 +53,8 @@ SCHEDULERS = {
 class ModelRef:
     """Where a model comes from, as resolved from what the user typed."""
 
-    kind: str  # "tiny", "run" (a finetune output), "local" (a diffusers folder) or "hub"
-    location: str  # "tiny", a folder path (a run's pipeline/ or lora/), or a hub id
+    kind: str  # "tiny", "mini", "run" (a finetune output), "local" (a diffusers folder) or "hub"
+    location: str  # "tiny", "mini", a folder path (a run's pipeline/ or lora/), or a hub id
     run: dict[str, Any] | None = None  # the run's spurcli-run.json, for kind == "run"
     revision: str | None = None  # hub models only: a branch, tag or commit (None: main)
 
@@ -79,8 +81,8 @@ def resolve_model(model: str | os.PathLike[str], revision: str | None = None) ->
 
 def _resolve_model(model: str | os.PathLike[str]) -> ModelRef:
     text = os.fspath(model)
-    if text == TINY:
-        return ModelRef(TINY, TINY)
+    if text in (TINY, MINI):
+        return ModelRef(text, text)
     path = Path(text).expanduser()
     if path.is_dir():
         if (path / RUN_FILE).is_file():
@@ -100,7 +102,7 @@ def _resolve_model(model: str | os.PathLike[str]) -> ModelRef:
             f"{path} is not a diffusers pipeline folder (no model_index.json) nor a spurcli run"
         )
     if path.exists():
-        raise SpurcliError(f"{path} is a file; a model is a folder, a hub id, or 'tiny'")
+        raise SpurcliError(f"{path} is a file; a model is a folder, a hub id, 'tiny' or 'mini'")
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") != 1
     if looks_like_path:
         raise SpurcliError(f"model folder not found: {text}")
@@ -125,6 +127,12 @@ def load_pipeline(
         pipe = load_lora_pipeline(ref.location, ref.run, dtype=dtype)  # type: ignore[arg-type]
     elif ref.kind == TINY:
         pipe = build_tiny_pipeline()
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
+    elif ref.kind == MINI:  # the quickstart's embedded model: spurcli.mini
+        from spurcli.mini import build_mini_pipeline
+
+        pipe = build_mini_pipeline()
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
     else:
@@ -187,8 +195,14 @@ def model_identity(ref: ModelRef) -> dict[str, Any]:
 
     hub: the repo and the commit its revision resolves to in the local cache (after
     `load_pipeline` fetched it); a folder or a finetune run: its path and a hash of its weight
-    files (a run adds the base model its card records); tiny: how it is built.
+    files (a run adds the base model its card records); tiny: how it is built; mini: the
+    hashes of its committed weights.
     """
+    if ref.kind == MINI:  # committed weights: their hashes, and the recipe that made them
+        from spurcli.mini import RECIPE_FILE, WEIGHTS_DIR
+
+        identity = folder_identity(WEIGHTS_DIR)
+        return {**identity, "source": MINI, "recipe": f"spurcli/data/mini/{RECIPE_FILE}"}
     if ref.kind == TINY:
         recipe = "spurcli.diffusion.build_tiny_pipeline"  # drawn from fixed seeds: no files
         return {"source": TINY, "recipe": recipe, "seed": 0, "spurcli": _spurcli_version()}

@@ -986,6 +986,13 @@ def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[
                 "`tiny` is a random miniature Stable Diffusion for smoke runs: its images are "
                 "noise-like by design, so these numbers test the pipeline, not the method."
             )
+        elif exp.run.model == "mini":
+            notes.append(
+                "`mini` is spurcli's embedded miniature Stable Diffusion (128 px; VAE and base "
+                "UNet trained on scikit-image's CC0 photos, the UNet without the brick photo): "
+                "a demonstration at toy scale, not a measurement of Stable Diffusion "
+                "(docs/quickstart.md)."
+            )
         datas = [json.loads(p.read_text(encoding="utf-8")) for p in comparisons]
         write_json(summary_path, summary)
         write_report(

@@ -328,7 +328,7 @@ def check_config(config: SampleConfig) -> None:
 
 def model_label(ref: Any) -> str:
     """How the manifest names the model: 'tiny', a hub id, or an absolute folder."""
-    if ref.kind in ("tiny", "hub"):
+    if ref.kind in ("tiny", "mini", "hub"):
         return ref.location
     return str(
         Path(ref.location).resolve().parent if ref.kind == "run" else Path(ref.location).resolve()

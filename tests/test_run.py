@@ -346,7 +346,7 @@ def test_example_configs_load(config):
     assert exp.compare.classifiers and exp.sample.prompts
     assert all("[V]" in p for p in exp.sample.prompts)
     if config.name == "quickstart.toml":
-        assert exp.run.model == "tiny" and len(list(exp.run.instance_dir.glob("*.png"))) == 5
+        assert exp.run.model == "mini" and len(list(exp.run.instance_dir.glob("*.png"))) == 8
     else:  # the folder the download script makes
         assert exp.run.instance_dir.parts[-2:] == ("by_class", str(exp.run.target))
 
