@@ -67,6 +67,7 @@ from spurcli.images import ImageReadError, find_images, read_image
 from spurcli.parallel import Processes
 from spurcli.plugins import LoadedModel
 from spurcli.text import csv_cell, rich_text
+from spurcli.weights import weights_option
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ def load_models(
             registry.resolve(name)
         elif name.name in weights:
             raise UsageError(f"'{name.name}' is already loaded; its weights are fixed")
-    return [registry.load(n, weights.get(n)) if isinstance(n, str) else n for n in names]
+    with weights_option(option):
+        return [registry.load(n, weights.get(n)) if isinstance(n, str) else n for n in names]
 
 
 # ---------------------------------------------------------------------------------------------

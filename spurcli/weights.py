@@ -129,7 +129,7 @@ def hub_file(repo_id: str, filename: str, *, model: str, revision: str | None = 
             f"weights for '{model}' are not available{' offline' if offline() else ''}: need "
             f"{filename} from the hub repo {repo_id} ({type(exc).__name__}); download it where "
             f"online (`hf download {repo_id} {filename}`) and pass the local file as the "
-            f"weights of '{model}' (e.g. --weights {model}=PATH), or use random weights"
+            f"weights of '{model}' (e.g. {weights_hint(model)}), or use random weights"
         ) from exc
     record(
         {
@@ -140,6 +140,29 @@ def hub_file(repo_id: str, filename: str, *, model: str, revision: str | None = 
         }
     )
     return path
+
+
+# The command-line option that names a model's weights: `--weights` for classifiers, but
+# `--extractor-weights` or `--detector-weights` when the model is loaded as one of those, so that
+# an error raised deep inside a plugin's factory tells the user the option that actually works.
+_weights_option: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "spurcli_weights_option", default="--weights"
+)
+
+
+@contextlib.contextmanager
+def weights_option(option: str) -> Iterator[None]:
+    """Inside the block, `weights_hint` names ``option`` (core wraps each model load)."""
+    token = _weights_option.set(option)
+    try:
+        yield
+    finally:
+        _weights_option.reset(token)
+
+
+def weights_hint(model: str) -> str:
+    """How to pass a local file as ``model``'s weights: ``--weights NAME=PATH`` or the like."""
+    return f"{_weights_option.get()} {model}=PATH"
 
 
 def offline() -> bool:

@@ -261,6 +261,22 @@ def test_default_weights_offline_name_the_file_and_how_to_pass_it():
     assert "--weights clip=PATH" in message
 
 
+def test_offline_detector_names_the_detector_weights_option():
+    """Loaded as a detector, the hint is the option that curate actually takes."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from spurcli.detect import load_detectors
+
+    repo = "timm/vit_base_patch32_clip_224.openai"
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            pytest.skip("the CLIP weights are in the local hub cache")
+    with pytest.raises(SpurcliError) as err:
+        load_detectors(["clip-presence"])
+    assert "--detector-weights clip-presence=PATH" in str(err.value)
+    assert "--weights clip-presence" not in str(err.value)
+
+
 def test_bad_names_are_usage_errors():
     with pytest.raises(UsageError, match="did you mean ViT-B-32"):
         classifiers().load("open_clip:ViT-B-33/openai")

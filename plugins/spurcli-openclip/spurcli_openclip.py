@@ -242,14 +242,14 @@ def _download(cfg: dict[str, Any], variant: str, name: str) -> str:
         raise SpurcliError(f"open_clip:{variant} has no download source; pass a local file")
     import open_clip
 
-    from spurcli.weights import file_identity, record
+    from spurcli.weights import file_identity, record, weights_hint
 
     try:
         path = open_clip.download_pretrained_from_url(url)
     except Exception as exc:
         raise SpurcliError(
             f"weights for '{name}' are not available: need {url} ({type(exc).__name__}); "
-            f"download it where online and pass the local file (e.g. --weights {name}=PATH)"
+            f"download it where online and pass the local file (e.g. {weights_hint(name)})"
         ) from exc
     record({**file_identity(path), "source": "url", "url": url})
     return path
