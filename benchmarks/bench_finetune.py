@@ -25,7 +25,8 @@ batch 1 + 1 prior, lr 1e-4, SFSL off, on CPU: full weights with and without the 
 LoRA r=4 on the UNet (the LoRA script's default; its text-encoder LoRA needs a peft release
 newer than any published one with transformers 5.2x), and spurcli's LoRA with the text encoder
 (no peer row). Per-step time = (T(N2 steps) - T(N1 steps)) / (N2 - N1) of whole-process wall
-times, so start-up and saving cancel; two rounds over all rows, the best of each.
+times, so start-up and saving cancel (N1 = 10, N2 = 410: a tiny step is ~20 ms, start-up
+varies by ~0.5 s); three rounds over all rows, the best of each.
 """
 
 from __future__ import annotations
@@ -365,7 +366,7 @@ def peer_table(work: Path, base: dict, peer_dir: Path, n1: int, n2: int) -> None
         rows = [r for r in rows if not r[1] or r[1] not in missing]
     per_step: dict[str, list[float]] = {r[0]: [] for r in rows}
     start_up: dict[str, float] = {}
-    for rep in range(2):  # rounds over every row: load from other processes must not land on one
+    for rep in range(3):  # rounds over every row: load from other processes must not land on one
         for i, (name, script, use_lora, text) in enumerate(rows):
             if script is None:
                 make = functools.partial(ours, use_lora=use_lora, text=text)
@@ -379,7 +380,7 @@ def peer_table(work: Path, base: dict, peer_dir: Path, n1: int, n2: int) -> None
     ref = best.get(rows[0][0])
     table(
         f"Peer: same tiny pipeline, {base['resolution']} px, batch 1 + 1 prior, SFSL off, "
-        f"CPU, 1 thread; (T({n2}) - T({n1})) / {n2 - n1} of whole runs, best of 2 rounds",
+        f"CPU, 1 thread; (T({n2}) - T({n1})) / {n2 - n1} of whole runs, best of 3 rounds",
         ["trainer", "ms/step", f"vs {rows[0][0]}", f"s for {n1} steps incl. start-up"],
         [[n, f"{ms:.1f}", f"{ms / ref:.2f}x", f"{start_up[n]:.1f}"] for n, ms in best.items()],
     )
@@ -415,7 +416,7 @@ def main() -> None:
         if args.only in (None, "peer"):
             peer = args.peer.parent if args.peer.suffix == ".py" else args.peer
             if any(peer.glob("train_dreambooth*.py")):
-                n2 = 60 if args.quick else 110
+                n2 = 60 if args.quick else 410
                 peer_table(work, base, peer, 10, n2)
             else:
                 print(
