@@ -27,6 +27,10 @@ newer than any published one with transformers 5.2x), and spurcli's LoRA with th
 (no peer row). Per-step time = (T(N2 steps) - T(N1 steps)) / (N2 - N1) of whole-process wall
 times, so start-up and saving cancel (N1 = 10, N2 = 410: a tiny step is ~20 ms, start-up
 varies by ~0.5 s); three rounds over all rows, the best of each.
+
+Each timed table also gives CPU time per step (user + sys: the child's own time.process_time,
+or the peer process's rusage): on a shared machine it is what other processes' load inflates
+least, so its ratios are the steadier ones.
 """
 
 from __future__ import annotations
@@ -84,10 +88,12 @@ def child(spec: dict) -> dict:
         train_module.load_pipeline = classic
     warmup = spec.pop("warmup")
     times: list[float] = []
+    cpu_times: list[float] = []
     marks: dict[str, int] = {}
 
     def on_step(step: int) -> None:
         times.append(time.perf_counter())
+        cpu_times.append(time.process_time())
         if step == warmup:
             Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
             marks["between"] = _status()["VmRSS"]
@@ -98,6 +104,10 @@ def child(spec: dict) -> dict:
     steps = [b - a for a, b in zip(times[warmup - 1 :], times[warmup:], strict=False)]
     return {
         "step_ms": statistics.median(steps) * 1000,
+        "cpu_ms": statistics.median(
+            b - a for a, b in zip(cpu_times[warmup - 1 :], cpu_times[warmup:], strict=False)
+        )
+        * 1000,
         "step_peak_mb": marks["hwm"] - marks["between"],
         "process_peak_mb": _status()["VmHWM"],
     }
@@ -116,6 +126,13 @@ def run_child(spec: dict, memory: bool = False) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"configuration failed: {spec}\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,18 +253,21 @@ def taesd_table(work: Path, base: dict, steps: int, rounds: int = 3) -> None:
                 "warmup": 3,
             }
             r = run_child(spec)
-            if i not in best or r["step_ms"] < best[i]["step_ms"]:
-                best[i] = r
+            for key in ("step_ms", "cpu_ms"):  # the best of each, separately
+                best.setdefault(i, {})[key] = min(r[key], best.get(i, {}).get(key, r[key]))
     rows = []
     for i, (weights, decoder, _) in enumerate(configs):
-        off = best[0 if weights == "full" else 3]["step_ms"]
-        ms = best[i]["step_ms"]
-        rows.append([weights, decoder, f"{ms:.1f}", f"{ms / off:.2f}x"])
+        off = best[0 if weights == "full" else 3]
+        ms, cpu = best[i]["step_ms"], best[i]["cpu_ms"]
+        rows.append(
+            [weights, decoder, f"{ms:.1f}", f"{ms / off['step_ms']:.2f}x", f"{cpu:.1f}",
+             f"{cpu / off['cpu_ms']:.2f}x"]
+        )  # fmt: skip
     table(
         f"SFSL decoder: tiny SD, {base['resolution']} px, batch 1 + 1 prior, text encoder "
         f"trained, extractor template-linear, CPU, 1 thread (median of {steps - 3} steps, "
         f"best of {rounds} rounds)",
-        ["weights", "SFSL decoder", "ms/step", "vs SFSL off"],
+        ["weights", "SFSL decoder", "ms/step", "vs SFSL off", "CPU ms/step", "vs SFSL off"],
         rows,
     )
 
@@ -352,12 +372,13 @@ def peer_table(work: Path, base: dict, peer_dir: Path, n1: int, n2: int) -> None
         command += ["--train_text_encoder"] if text else []
         return command + (["--rank", "4"] if use_lora else [])
 
-    def wall(command: list[str]) -> float:
-        start = time.perf_counter()
+    def wall(command: list[str]) -> tuple[float, float]:
+        """Wall and CPU seconds (user + sys of the child: what contention inflates least)."""
+        start, cpu = time.perf_counter(), _children_cpu()
         done = subprocess.run(command, env=ENV, capture_output=True, text=True, cwd=work)
         if done.returncode != 0:
             raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
-        return time.perf_counter() - start
+        return time.perf_counter() - start, _children_cpu() - cpu
 
     rows = list(PEER_ROWS)
     missing = sorted({r[1] for r in rows if r[1] and not (peer_dir / r[1]).is_file()})
@@ -365,6 +386,7 @@ def peer_table(work: Path, base: dict, peer_dir: Path, n1: int, n2: int) -> None
         print(f"\n(peer rows skipped: {', '.join(missing)} not in {peer_dir})")
         rows = [r for r in rows if not r[1] or r[1] not in missing]
     per_step: dict[str, list[float]] = {r[0]: [] for r in rows}
+    cpu_step: dict[str, list[float]] = {r[0]: [] for r in rows}
     start_up: dict[str, float] = {}
     for rep in range(3):  # rounds over every row: load from other processes must not land on one
         for i, (name, script, use_lora, text) in enumerate(rows):
@@ -372,17 +394,28 @@ def peer_table(work: Path, base: dict, peer_dir: Path, n1: int, n2: int) -> None
                 make = functools.partial(ours, use_lora=use_lora, text=text)
             else:
                 make = functools.partial(theirs, peer_dir / script, use_lora=use_lora, text=text)
-            t1 = wall(make(n1, work / f"peer-{i}-{rep}-a"))
-            t2 = wall(make(n2, work / f"peer-{i}-{rep}-b"))
+            (t1, c1), (t2, c2) = (wall(make(n, work / f"peer-{i}-{rep}-{n}")) for n in (n1, n2))
             per_step[name].append((t2 - t1) / (n2 - n1) * 1000)
+            cpu_step[name].append((c2 - c1) / (n2 - n1) * 1000)
             start_up[name] = min(start_up.get(name, t1), t1)
     best = {name: min(v) for name, v in per_step.items()}
-    ref = best.get(rows[0][0])
+    cpu = {name: min(v) for name, v in cpu_step.items()}
+    ref, cpu_ref = best[rows[0][0]], cpu[rows[0][0]]
     table(
         f"Peer: same tiny pipeline, {base['resolution']} px, batch 1 + 1 prior, SFSL off, "
         f"CPU, 1 thread; (T({n2}) - T({n1})) / {n2 - n1} of whole runs, best of 3 rounds",
-        ["trainer", "ms/step", f"vs {rows[0][0]}", f"s for {n1} steps incl. start-up"],
-        [[n, f"{ms:.1f}", f"{ms / ref:.2f}x", f"{start_up[n]:.1f}"] for n, ms in best.items()],
+        ["trainer", "ms/step", "vs row 1", "CPU ms/step", "vs row 1", f"s for {n1} steps"],
+        [
+            [
+                n,
+                f"{ms:.1f}",
+                f"{ms / ref:.2f}x",
+                f"{cpu[n]:.1f}",
+                f"{cpu[n] / cpu_ref:.2f}x",
+                f"{start_up[n]:.1f}",
+            ]
+            for n, ms in best.items()
+        ],
     )
 
 
