@@ -574,7 +574,7 @@ def run_command(
     ] = False,
 ) -> None:
     """The whole experiment: finetune, sample, score, compare, report (resumes by stage)."""
-    from spurcli.pipeline import run
+    from spurcli.experiment import run
     from spurcli.summary import summary_table
 
     pins = [f"revision={revision}"] if revision is not None else []
@@ -817,8 +817,8 @@ def finetune_command(
     options = {k: v for k, v in locals().items() if k not in ("config", "sets")}  # before imports
     from spurcli.config import FinetuneConfig, load_config
     from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR
-    from spurcli.pipeline import TABLES, finetune_config, is_run_config
-    from spurcli.train import finetune
+    from spurcli.experiment import TABLES, finetune_config, is_run_config
+    from spurcli.finetune import finetune
 
     for name in ("validation_prompt", "lora_targets"):
         if not options[name]:

@@ -1,7 +1,7 @@
 """The answer of a `spurcli run`: per classifier, how often each set's images are put in the
 target class, with 95% intervals, and whether the differences that matter are real.
 
-    from spurcli.pipeline import load_experiment
+    from spurcli.experiment import load_experiment
     from spurcli.summary import summarize, summary_table
     summary = summarize(load_experiment("examples/quickstart.toml"))   # after the run's scores
     summary["classifiers"]["effnet-lite0"]["differences"]["generated-vs-baseline"]
@@ -36,7 +36,7 @@ from spurcli import metrics
 
 def _differences(exp: Any) -> list[tuple[str, str, bool]]:
     """(set a, set b, paired by construction) for every difference the summary tests."""
-    from spurcli.pipeline import DREAMBOOTH_ARM, REFERENCES, SFSL_ARM
+    from spurcli.experiment import DREAMBOOTH_ARM, REFERENCES, SFSL_ARM
 
     sets = exp.sample_sets()
     pairs = [(arm, "baseline", True) for arm in exp.arms() if "baseline" in sets]
@@ -54,7 +54,7 @@ def _differences(exp: Any) -> list[tuple[str, str, bool]]:
 def summarize(exp: Any) -> dict[str, Any]:
     """The run's answer, from the score files of every set (see the module docstring)."""
     from spurcli.compare import find_pairs
-    from spurcli.pipeline import (
+    from spurcli.experiment import (
         REFERENCES,
         _all_sets,
         _score_paths,
@@ -180,7 +180,7 @@ def _delta(diff: dict[str, Any] | None) -> dict[str, str]:
 
 def summary_table(summary: dict[str, Any]) -> dict[str, Any]:
     """The summary as columns and rows of cells ``{"text", "css"}`` (report and terminal)."""
-    from spurcli.pipeline import LABELS
+    from spurcli.experiment import LABELS
 
     sets = [s for s in summary["n_images"] if not s.endswith("-recontext")]
     first = next(iter(summary["classifiers"].values()))

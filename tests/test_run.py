@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from spurcli import cli, pipeline
+from spurcli import cli, experiment
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.pipeline import load_experiment, run
+from spurcli.experiment import load_experiment, run
 
 CONFIG = """
 out = "out"
@@ -206,7 +206,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "run_comparisons", crash)
+    monkeypatch.setattr(experiment, "run_comparisons", crash)
     with pytest.raises(KeyboardInterrupt):
         run(path)
     monkeypatch.undo()
@@ -244,7 +244,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     )
     assert summary["consensus"]["classifiers"] == ["timm:test_resnet"]
     assert "template-linear" in summary["excluded_from_consensus"]
-    assert set(clf["spurious_rate"]) == {*pipeline.LABELS}
+    assert set(clf["spurious_rate"]) == {*experiment.LABELS}
     rate = clf["spurious_rate"]
     for pair, test in [
         ("generated-vs-baseline", "McNemar exact"),

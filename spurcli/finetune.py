@@ -1,7 +1,7 @@
 """`spurcli finetune`: DreamBooth + prior preservation + SFSL on accelerate, in one file.
 
     from spurcli.config import FinetuneConfig
-    from spurcli.train import finetune
+    from spurcli.finetune import finetune
     cfg = FinetuneConfig(model="tiny", instance_dir=Path("refs"), class_noun="flower",
                          target="hummingbird", output_dir=Path("runs/a"), resolution=64,
                          steps=10, num_class_images=4, extractor="effnet-lite0")

@@ -1,6 +1,6 @@
 """`spurcli run`: the whole experiment for one class from one config file, resumable by stage.
 
-    from spurcli.pipeline import run
+    from spurcli.experiment import run
     result = run("examples/quickstart.toml")      # -> RunResult(out, report, summary, stages)
     result.stages                                 # {"finetune": "ran", "sample:generated": ...}
     result.reasons                                # {"finetune": "settings changed: lr", ...}
@@ -11,7 +11,7 @@ Stages, each writing into the experiment folder ``out`` (top-level key of the co
 
     references out/references/{train,held-out}/     the reference folder split by the seed:
                `train_references` images are trained on, the rest held out for judging
-    finetune   out/finetune/ (or [finetune] output_dir)    `spurcli.train.finetune`, resumed
+    finetune   out/finetune/ (or [finetune] output_dir)    `spurcli.finetune.finetune`, resumed
                out/finetune-dreambooth/: the DreamBooth-only arm, the same settings and seeds
                with sfsl_weight = 0 (`dreambooth_arm`), so SFSL's own effect can be measured
     sample     out/samples/<set>/                          `spurcli.sample.sample`, per image
@@ -318,7 +318,7 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
     )
     sample = section(SampleConfig, "sample")
     if not sample.prompts:
-        from spurcli.train import fill_prompt
+        from spurcli.finetune import fill_prompt
 
         sample = replace(
             sample, prompts=[fill_prompt(finetune.instance_prompt, "[V]", run.class_noun)]
@@ -565,8 +565,8 @@ def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str
 def run_finetune(exp: Experiment, arm: str, stages: Stages, *, retrain: bool = False) -> None:
     from spurcli.checkpoints import STEP_FREE_SCHEDULES
     from spurcli.diffusion import RUN_FILE
+    from spurcli.finetune import finetune
     from spurcli.images import sha256_file
-    from spurcli.train import finetune
 
     cfg = exp.arms()[arm]
     folder = Path(cfg.output_dir)  # type: ignore[arg-type]
