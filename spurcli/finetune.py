@@ -61,8 +61,8 @@ import torch
 from spurcli import console, lora, tracking
 from spurcli.checkpoints import (
     LOG_FILE,
+    Checkpointable,
     Interrupted,
-    Run,
     StopFlag,
     check_weights_finite,
     checkpoint_dir,
@@ -293,7 +293,9 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
     unet_ddp = trained[0]
     text_ddp = trained[1] if cfg.train_text_encoder else None
     params = [p for group in groups for p in group["params"]]
-    run = Run(cfg, out, accelerator, unet_ddp, text_ddp or text_encoder, optimizer, lr_scheduler)
+    run = Checkpointable(
+        cfg, out, accelerator, unet_ddp, text_ddp or text_encoder, optimizer, lr_scheduler
+    )
 
     step = 0
     if checkpoint is not None:
@@ -556,7 +558,9 @@ def generate_class_images(
         for start in range(0, len(mine), cfg.class_batch_size):
             chunk = mine[start : start + cfg.class_batch_size]
             seeds = [cfg.seed * 1_000_000 + idx for idx in chunk]
-            images = generate(pipe, prompt, seeds, steps, guidance, cfg.resolution, accelerator)
+            images = generate_seeded(
+                pipe, prompt, seeds, steps, guidance, cfg.resolution, accelerator
+            )
             for idx, seed, image in zip(chunk, seeds, images, strict=True):
                 meta = {"prompt": prompt, "seed": seed, **settings}
                 write_png(folder / f"class-{idx:05d}.png", image, meta)
@@ -586,8 +590,8 @@ def _stale_prior(path: Path, prompt: str, cfg: FinetuneConfig) -> bool:
 
 
 @torch.no_grad()
-def generate(pipe: Any, prompt: str, seeds: list[int], steps: int, guidance: float, size: int,
-             accelerator: Any, **kwargs: Any) -> Any:  # fmt: skip
+def generate_seeded(pipe: Any, prompt: str, seeds: list[int], steps: int, guidance: float,
+                    size: int, accelerator: Any, **kwargs: Any) -> Any:  # fmt: skip
     """One image per seed (CPU generators: the same noise on any device)."""
     with accelerator.autocast():
         return pipe(
@@ -606,7 +610,7 @@ def generate(pipe: Any, prompt: str, seeds: list[int], steps: int, guidance: flo
 
 
 @torch.no_grad()
-def validate(run: Run, pipe: Any, vae: Any, instance_prompt: str, step: int) -> None:
+def validate(run: Checkpointable, pipe: Any, vae: Any, instance_prompt: str, step: int) -> None:
     """validation/step-N/PP-II.png: each prompt with the same seeds at every step (comparable)."""
     cfg, accelerator = run.cfg, run.accelerator
     if accelerator.is_main_process:
@@ -636,8 +640,8 @@ def validate(run: Run, pipe: Any, vae: Any, instance_prompt: str, step: int) -> 
         steps, guidance = cfg.validation_steps, cfg.validation_guidance
         for p, prompt in enumerate(prompts or [instance_prompt]):
             # latents, decoded here: decode_to_unit casts to the VAE's dtype (fp16 without autocast)
-            latents = generate(val, prompt, seeds, steps, guidance, cfg.resolution, accelerator,
-                               output_type="latent")  # fmt: skip
+            latents = generate_seeded(val, prompt, seeds, steps, guidance, cfg.resolution,
+                                      accelerator, output_type="latent")  # fmt: skip
             with accelerator.autocast():
                 images = [to_pil(image) for image in decode_to_unit(vae, latents)]
             for i, (seed, image) in enumerate(zip(seeds, images, strict=True)):

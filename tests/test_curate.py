@@ -245,14 +245,14 @@ def test_report_shows_kept_and_rejected_per_reason(fake_plugin, folders, tmp_pat
 
 
 def test_config_checks(tmp_path):
-    from spurcli.curate import check_config
+    from spurcli.curate import check_curate_config
 
     with pytest.raises(UsageError, match="--min-fooled"):
-        check_config(_config(min_fooled=2), tmp_path / "a", tmp_path / "b")
+        check_curate_config(_config(min_fooled=2), tmp_path / "a", tmp_path / "b")
     with pytest.raises(UsageError, match="outside the images folder"):
-        check_config(_config(), tmp_path, tmp_path / "out")
+        check_curate_config(_config(), tmp_path, tmp_path / "out")
     with pytest.raises(UsageError, match="cannot be combined"):
-        check_config(_config(detectors=["none", "fake"]), tmp_path / "a", tmp_path / "b")
+        check_curate_config(_config(detectors=["none", "fake"]), tmp_path / "a", tmp_path / "b")
 
 
 def test_curate_with_the_builtin_owlv2_on_random_weights(fake_plugin, folders, tmp_path, cli_main):

@@ -70,7 +70,7 @@ def check(paths: list[Path]) -> list[str]:
     for path in paths:
         try:
             exp = load_experiment(path)
-            imagenet.resolve_class(exp.run.target)
+            imagenet.resolve_class(exp.config.target)
             for name in exp.compare.classifiers:
                 plugins.classifiers().resolve(name)
             for name in exp.compare.extractors:
