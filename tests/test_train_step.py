@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def training_for(cfg: FinetuneConfig) -> Training:
     return prepare_training(cfg, out, accelerator, read_inputs(cfg), models, [], {})
 
 
-def step_config(refs: Path, tmp_path: Path, **changes) -> FinetuneConfig:
+def step_config(refs: Path, tmp_path: Path, **changes: Any) -> FinetuneConfig:
     return fast_config(refs, tmp_path / "run", prior_weight=0.0, sfsl_weight=0.0, **changes)
 
 
