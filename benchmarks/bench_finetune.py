@@ -68,9 +68,9 @@ def child(spec: dict) -> dict:
     import torch
 
     from spurcli import console
-    from spurcli import train as train_module
+    from spurcli import finetune as finetune_module
     from spurcli.config import FinetuneConfig
-    from spurcli.train import finetune
+    from spurcli.finetune import finetune
 
     torch.set_num_threads(1)
     console.configure(quiet=True)
@@ -78,14 +78,14 @@ def child(spec: dict) -> dict:
         # diffusers' pre-torch-2 processor: full attention matrices, what slicing was made for
         from diffusers.models.attention_processor import AttnProcessor
 
-        load = train_module.load_pipeline
+        load = finetune_module.load_pipeline
 
         def classic(*args, **kwargs):
             pipe = load(*args, **kwargs)
             pipe.unet.set_attn_processor(AttnProcessor())
             return pipe
 
-        train_module.load_pipeline = classic
+        finetune_module.load_pipeline = classic
     warmup = spec.pop("warmup")
     times: list[float] = []
     cpu_times: list[float] = []

@@ -574,11 +574,11 @@ def run_command(
     ] = False,
 ) -> None:
     """The whole experiment: finetune, sample, score, compare, report (resumes by stage)."""
-    from spurcli.pipeline import run
+    from spurcli.experiment import run_experiment
     from spurcli.summary import summary_table
 
     pins = [f"revision={revision}"] if revision is not None else []
-    result = run(config, sets=[*(sets or ()), *pins], retrain=retrain)
+    result = run_experiment(config, sets=[*(sets or ()), *pins], retrain=retrain)
     if not console.is_main_process():
         return
     if as_json:
@@ -817,13 +817,13 @@ def finetune_command(
     options = {k: v for k, v in locals().items() if k not in ("config", "sets")}  # before imports
     from spurcli.config import FinetuneConfig, load_config
     from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR
-    from spurcli.pipeline import TABLES, finetune_config, is_run_config
-    from spurcli.train import finetune
+    from spurcli.experiment import TABLES, finetune_config, is_experiment_config
+    from spurcli.finetune import finetune
 
     for name in ("validation_prompt", "lora_targets"):
         if not options[name]:
             options[name] = None  # not given: keep the file's or the default
-    if config is not None and config.is_file() and is_run_config(config):
+    if config is not None and config.is_file() and is_experiment_config(config):
         cfg = finetune_config(config, sets or (), options)  # as `spurcli run` trains it
     else:
         cfg = load_config(

@@ -148,7 +148,7 @@ def decide(
 # ------------------------------------------------------------------------------------- checks
 
 
-def check_config(config: CurateConfig, images_dir: Path, out: Path) -> None:
+def check_curate_config(config: CurateConfig, images_dir: Path, out: Path) -> None:
     """Everything that can be checked before a model loads (one line each)."""
     if config.target is None:
         raise UsageError("--target CLASS is required (an ImageNet index or name)")
@@ -289,7 +289,7 @@ def curate(
     )
 
     images_dir, out = Path(images_dir), Path(out)
-    check_config(config, images_dir, out)
+    check_curate_config(config, images_dir, out)
     k = imagenet.resolve_class(config.target)
     # Every name resolves (or gets its "did you mean") before any model loads.
     for name in (*config.classifiers, *config.evaluate_with):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spurcli.pipeline import load_experiment
+from spurcli.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "examples" / "classes").glob("*.toml"))
@@ -65,7 +65,7 @@ def repository_copy(config: Path, root: Path) -> Path:
     copy = root / "examples" / "classes" / config.name
     copy.parent.mkdir(parents=True)
     shutil.copyfile(config, copy)
-    refs = load_experiment(copy).run.instance_dir
+    refs = load_experiment(copy).config.instance_dir
     refs.mkdir(parents=True)
     photo = skimage.data.coffee()
     for i in range(7):
@@ -84,7 +84,7 @@ def test_class_config_runs_end_to_end(config, tmp_path, cli_main):
     result = json.loads(out)
     exp = load_experiment(copy)
     assert result["references"]["judged_against"] == "held-out"
-    assert len(result["references"]["train"]) == exp.run.train_references == 5
+    assert len(result["references"]["train"]) == exp.config.train_references == 5
     assert set(result["arms"]) == {"generated", "dreambooth"}
     robust = result["classifiers"]["robust-resnet50"]
     assert robust["circular"] is True  # the SFSL extractor is also a victim

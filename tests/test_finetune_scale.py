@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from spurcli.diffusion import build_tiny_pipeline, load_pipeline, load_taesd, resolve_model
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.train import Interrupted, finetune
+from spurcli.finetune import Interrupted, finetune
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
