@@ -9,7 +9,7 @@
 
 The batch holds the instance half first (reference images, "a photo of [V] <noun>") and the class
 half after it (prior images, "a photo of <noun>"), so one UNet call serves both, as in diffusers'
-DreamBooth script. Per DESIGN.md §4:
+DreamBooth script. The loss (docs/architecture.md, "The method"):
 
     L = L_inst + w_prior L_prior + w_sfsl L_sfsl
     L_inst, L_prior  MSE of the UNet's prediction against its target (epsilon, or v) per half

@@ -110,13 +110,15 @@ def test_finetune_reads_a_class_config_as_run_does(tmp_path, cli_main):
     )
 
 
-def test_readme_install_line_is_the_tested_environment():
-    """The paper-reproduction install line names every plugin the test environment installs."""
+def test_install_lines_are_the_tested_environment():
+    """Every install line a user copies (README, the paper guide) names every plugin the test
+    environment installs."""
     makefile = (ROOT / "Makefile").read_text()
     plugins = re.search(r"^PLUGINS := (.*)$", makefile, re.M).group(1).split()  # type: ignore[union-attr]
-    lines = [
-        line for line in (ROOT / "README.md").read_text().splitlines() if "pip install -e ." in line
-    ]
-    assert lines, "README has no 'pip install -e .' line"
-    for line in lines:
-        assert sorted(re.findall(r"plugins/[\w-]+", line)) == sorted(plugins), line
+    for doc in ("README.md", "docs/paper.md"):
+        lines = [
+            line for line in (ROOT / doc).read_text().splitlines() if "pip install -e ." in line
+        ]
+        assert lines, f"{doc} has no 'pip install -e .' line"
+        for line in lines:
+            assert sorted(re.findall(r"plugins/[\w-]+", line)) == sorted(plugins), (doc, line)
