@@ -95,6 +95,9 @@ class ExperimentConfig:
     identifier: str = "sks"  # the token [V] stands for
     seed: int = 0  # shared by finetune and sample unless their tables say otherwise
     title: str | None = None  # report title; default "<target>: <class_noun>"
+    # Lines shown at the top of the report, before the numbers: what the experiment can and
+    # cannot show (a toy model, a known limit), so that a reader of the report alone knows.
+    notes: list[str] = field(default_factory=list)
     recontext: bool = True  # also sample every prompt in the recontextualisation settings
     baseline: bool = True  # also sample the untuned model (prompts without [V])
     # Train on this many references (drawn by the seed) and judge the generated images against
@@ -972,6 +975,7 @@ def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[
     summary = summarize(exp)
     stamp = {
         "title": exp.config.title,
+        "notes": exp.config.notes,
         "report_images": exp.compare.report_images,
         "exclude_circular": exp.config.exclude_circular,
     }
@@ -982,6 +986,7 @@ def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[
             f"spurcli run: {summary['target']['name']} ← {exp.config.class_noun} ({exp.path.name})"
         )
         notes = [
+            *exp.config.notes,
             f"model {exp.config.model}; arms: "
             + ", ".join(f"{LABELS[a]} in {c.output_dir}" for a, c in exp.arms().items())
             + f"; references: {exp.config.instance_dir}; config: {exp.path}",

@@ -326,6 +326,13 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert {k for k, v in fourth.stages.items() if v == "ran"} == {"report"}
     assert "1 of 2 shown" in result.report.read_text()
 
+    # The config's notes head the report as text, and changing them redoes only the report.
+    noted = run_experiment(path, sets=["notes=a <b>toy</b> model: no real finding"])
+    assert {k for k, v in noted.stages.items() if v == "ran"} == {"report"}
+    page = noted.report.read_text()
+    assert "a &lt;b&gt;toy&lt;/b&gt; model: no real finding" in page and "<b>toy</b>" not in page
+    assert page.index("no real finding") < page.index("Summary")
+
     # A changed sampler setting makes the sets again; a changed training setting is refused
     # (a finished arm may have cost GPU hours) until --retrain says to discard it.
     fifth = run_experiment(path, sets=["sample.guidance=3.0"])
