@@ -6,11 +6,14 @@ Heavy modules (torch, diffusers) are imported inside the commands that need them
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import sys
 import traceback
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -626,15 +629,53 @@ def run_command(
     )
 
 
+def _setting(cls: type, name: str, panel: str | None = None) -> Any:
+    """The command-line option of config field ``name``: flags, help and the default shown by
+    ``--help`` all come from the field's `spurcli.config.option` declaration. The default is
+    the real one; `_given` tells a value typed on the command line from a default, so a TOML
+    file still wins over every option not typed."""
+    from spurcli.config import option_flags
+
+    fld = cls.__dataclass_fields__[name]
+    meta = fld.metadata
+    flags = option_flags(fld, _hints(cls)[name])
+    # A list option's default is "none given" (click would otherwise show and return []).
+    default = None if fld.default is dataclasses.MISSING else fld.default
+    text = meta.get("help", "") + (" Required." if meta.get("required") else "")
+    return typer.Option(default, *flags, help=text, rich_help_panel=panel, show_default=True)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _given(ctx: typer.Context, cls: type) -> dict[str, Any]:
+    """The options of config ``cls`` typed on the command line (or set by the environment):
+    the overrides of `spurcli.config.load_config`. click records each value's source."""
+    # By name: Typer >= 0.17 carries its own copy of click, whose ParameterSource is not
+    # click's class.
+    typed = ("COMMANDLINE", "ENVIRONMENT")
+    return {
+        name: value
+        for name, value in ctx.params.items()
+        if name in cls.__dataclass_fields__
+        and getattr(ctx.get_parameter_source(name), "name", None) in typed
+    }
+
+
 _FT = "finetune options (each also a key of CONFIG.toml, _ for -)"
 
 
-def _opt(*names: str, help: str) -> typer.models.OptionInfo:
-    return typer.Option(*names, help=help, rich_help_panel=_FT)
+def _ft(name: str) -> Any:
+    from spurcli.config import FinetuneConfig
+
+    return _setting(FinetuneConfig, name, _FT)
 
 
 @app.command("finetune")
 def finetune_command(
+    ctx: typer.Context,
     config: Annotated[
         Path | None,
         typer.Argument(
@@ -642,187 +683,74 @@ def finetune_command(
             "to it; options given here win."
         ),
     ] = None,
-    model: Annotated[
-        str | None, _opt("--model", help="Hub id, diffusers folder, 'tiny' or 'mini'.")
-    ] = None,
-    revision: Annotated[
-        str | None, _opt("--revision", help="Hub model's branch, tag or commit (default main).")
-    ] = None,
-    instance_dir: Annotated[
-        Path | None, _opt("--instance-dir", help="Reference images (required).")
-    ] = None,
-    class_noun: Annotated[
-        str | None, _opt("--class-noun", help="What they show, e.g. flower (required).")
-    ] = None,
-    target: Annotated[
-        str | None, _opt("--target", help="ImageNet class index or name (required).")
-    ] = None,
-    output_dir: Annotated[
-        Path | None, _opt("--output-dir", "-o", help="Run folder (required; new unless --resume).")
-    ] = None,
-    identifier: Annotated[
-        str | None, _opt("--identifier", help="Rare token (default: sks).")
-    ] = None,
-    instance_prompt: Annotated[
-        str | None, _opt("--instance-prompt", help="(default: a photo of {identifier} {noun})")
-    ] = None,
-    class_prompt: Annotated[
-        str | None, _opt("--class-prompt", help="(default: a photo of {noun})")
-    ] = None,
-    class_dir: Annotated[
-        Path | None, _opt("--class-dir", help="Prior images (default: OUT/class-images).")
-    ] = None,
-    num_class_images: Annotated[
-        int | None, _opt("--num-class-images", help="Prior images wanted (default: 100).")
-    ] = None,
-    class_inference_steps: Annotated[
-        int | None,
-        _opt("--class-inference-steps", help="Sampler steps per prior image (default 50)."),
-    ] = None,
-    class_guidance: Annotated[
-        float | None, _opt("--class-guidance", help="Guidance for prior images (default 7.5).")
-    ] = None,
-    class_batch_size: Annotated[
-        int | None, _opt("--class-batch-size", help="Prior images per call (default 4).")
-    ] = None,
-    resolution: Annotated[int | None, _opt("--resolution", help="Pixels (default 512).")] = None,
-    center_crop: Annotated[
-        bool | None, _opt("--center-crop/--random-crop", help="Crop (default: random).")
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        _opt("--batch-size", help="Instance images per process and micro-step (default 1)."),
-    ] = None,
-    grad_accum: Annotated[
-        int | None, _opt("--grad-accum", help="Micro-steps per step (default 1).")
-    ] = None,
-    steps: Annotated[int | None, _opt("--steps", help="Optimizer steps (default 800).")] = None,
-    lr: Annotated[float | None, _opt("--lr", help="Learning rate (default 2e-6).")] = None,
-    text_encoder_lr: Annotated[
-        float | None, _opt("--text-encoder-lr", help="(default: --lr)")
-    ] = None,
-    lr_scheduler: Annotated[
-        str | None, _opt("--lr-scheduler", help="constant, linear, cosine, ... (default constant).")
-    ] = None,
-    warmup_steps: Annotated[
-        int | None, _opt("--warmup-steps", help="LR warm-up (default 0).")
-    ] = None,
-    max_grad_norm: Annotated[
-        float | None, _opt("--max-grad-norm", help="Gradient clipping, 0: off (default 1.0).")
-    ] = None,
-    weight_decay: Annotated[
-        float | None, _opt("--weight-decay", help="AdamW weight decay (default 0.01).")
-    ] = None,
-    seed: Annotated[int | None, _opt("--seed", help="(default 0)")] = None,
-    train_text_encoder: Annotated[
-        bool | None,
-        _opt("--train-text-encoder/--no-train-text-encoder", help="(default: train it)"),
-    ] = None,
-    prior_weight: Annotated[
-        float | None,
-        _opt("--prior-weight", help="Prior preservation weight, 0: off (default 1.0)."),
-    ] = None,
-    sfsl_weight: Annotated[
-        float | None,
-        _opt("--sfsl-weight", help="Spurious feature similarity weight (default 0.1)."),
-    ] = None,
-    extractor: Annotated[
-        str | None, _opt("--extractor", help="Feature extractor (default robust-resnet50).")
-    ] = None,
-    extractor_weights: Annotated[
-        str | None,
-        _opt("--extractor-weights", help="File, or 'random' (default plugin's default)."),
-    ] = None,
-    sfsl_target: Annotated[
-        str | None, _opt("--sfsl-target", help="paired, mean or nearest (default paired).")
-    ] = None,
-    sfsl_distance: Annotated[
-        str | None, _opt("--sfsl-distance", help="cosine or l2 (default cosine).")
-    ] = None,
-    sfsl_max_timestep: Annotated[
-        int | None, _opt("--sfsl-max-timestep", help="SFSL only where t <= this (default always).")
-    ] = None,
-    sfsl_decode_size: Annotated[
-        int | None, _opt("--sfsl-decode-size", help="Decode x0 at N px (default: full size).")
-    ] = None,
-    sfsl_decoder: Annotated[
-        str | None, _opt("--sfsl-decoder", help="vae or taesd (cheaper; default vae).")
-    ] = None,
-    sfsl_taesd: Annotated[
-        str | None,
-        _opt("--sfsl-taesd", help="taesd: hub id, folder or random (default madebyollin/taesd)."),
-    ] = None,
-    lora_rank: Annotated[
-        int | None, _opt("--lora-rank", help="LoRA adapters of rank R, 0: full weights (default).")
-    ] = None,
-    lora_alpha: Annotated[
-        float | None, _opt("--lora-alpha", help="LoRA scale alpha / rank (default: alpha = rank).")
-    ] = None,
-    lora_dropout: Annotated[
-        float | None, _opt("--lora-dropout", help="On the adapters' input (default 0).")
-    ] = None,
-    lora_targets: Annotated[
-        list[str] | None,
-        _opt("--lora-targets", help="UNet modules, repeatable (default: attention projections)."),
-    ] = None,
-    mixed_precision: Annotated[
-        str | None, _opt("--mixed-precision", help="no, fp16 or bf16 (default no).")
-    ] = None,
-    gradient_checkpointing: Annotated[
-        bool | None,
-        _opt("--gradient-checkpointing/--no-gradient-checkpointing", help="(default: off)"),
-    ] = None,
-    attention_slicing: Annotated[
-        str | None, _opt("--attention-slicing", help="auto, max, N or off (default off).")
-    ] = None,
-    use_8bit_adam: Annotated[
-        bool | None, _opt("--use-8bit-adam/--no-use-8bit-adam", help="bitsandbytes (default off).")
-    ] = None,
-    checkpoint_every: Annotated[
-        int | None, _opt("--checkpoint-every", help="Steps, 0: only on Ctrl-C (default 200).")
-    ] = None,
-    keep_checkpoints: Annotated[
-        int | None, _opt("--keep-checkpoints", help="Newest kept, 0: all (default 2).")
-    ] = None,
-    resume: Annotated[str | None, _opt("--resume", help="'latest' or a checkpoint folder.")] = None,
-    validate_every: Annotated[
-        int | None, _opt("--validate-every", help="Steps, 0: never (default 200).")
-    ] = None,
-    validation_prompt: Annotated[
-        list[str] | None,
-        _opt("--validation-prompt", help="Repeatable (default: the instance prompt)."),
-    ] = None,
-    num_validation_images: Annotated[
-        int | None, _opt("--num-validation-images", help="Per prompt (default 4).")
-    ] = None,
-    validation_steps: Annotated[
-        int | None, _opt("--validation-steps", help="Sampler steps (default 25).")
-    ] = None,
-    validation_guidance: Annotated[
-        float | None, _opt("--validation-guidance", help="Guidance (default 7.5).")
-    ] = None,
-    report_to: Annotated[
-        str | None, _opt("--report-to", help="tensorboard, wandb or none (default none).")
-    ] = None,
-    log_grad_norms_every: Annotated[
-        int | None,
-        _opt("--log-grad-norms-every", help="Per-term gradient norms, 0: off (default 50)."),
-    ] = None,
+    # One line per FinetuneConfig field: help, default and bounds are declared there.
+    model: str = _ft("model"),
+    revision: str | None = _ft("revision"),
+    instance_dir: Path | None = _ft("instance_dir"),
+    class_noun: str | None = _ft("class_noun"),
+    target: str | None = _ft("target"),
+    output_dir: Path | None = _ft("output_dir"),
+    identifier: str = _ft("identifier"),
+    instance_prompt: str = _ft("instance_prompt"),
+    class_prompt: str = _ft("class_prompt"),
+    class_dir: Path | None = _ft("class_dir"),
+    num_class_images: int = _ft("num_class_images"),
+    class_inference_steps: int = _ft("class_inference_steps"),
+    class_guidance: float = _ft("class_guidance"),
+    class_batch_size: int = _ft("class_batch_size"),
+    prior_weight: float = _ft("prior_weight"),
+    resolution: int = _ft("resolution"),
+    center_crop: bool = _ft("center_crop"),
+    batch_size: int = _ft("batch_size"),
+    steps: int = _ft("steps"),
+    grad_accum: int = _ft("grad_accum"),
+    lr: float = _ft("lr"),
+    text_encoder_lr: float | None = _ft("text_encoder_lr"),
+    lr_scheduler: str = _ft("lr_scheduler"),
+    warmup_steps: int = _ft("warmup_steps"),
+    max_grad_norm: float = _ft("max_grad_norm"),
+    weight_decay: float = _ft("weight_decay"),
+    use_8bit_adam: bool = _ft("use_8bit_adam"),
+    seed: int = _ft("seed"),
+    train_text_encoder: bool = _ft("train_text_encoder"),
+    sfsl_weight: float = _ft("sfsl_weight"),
+    extractor: str = _ft("extractor"),
+    extractor_weights: str | None = _ft("extractor_weights"),
+    sfsl_target: str = _ft("sfsl_target"),
+    sfsl_distance: str = _ft("sfsl_distance"),
+    sfsl_max_timestep: int | None = _ft("sfsl_max_timestep"),
+    sfsl_decode_size: int | None = _ft("sfsl_decode_size"),
+    sfsl_decoder: str = _ft("sfsl_decoder"),
+    sfsl_taesd: str = _ft("sfsl_taesd"),
+    lora_rank: int = _ft("lora_rank"),
+    lora_alpha: float | None = _ft("lora_alpha"),
+    lora_dropout: float = _ft("lora_dropout"),
+    lora_targets: list[str] | None = _ft("lora_targets"),
+    mixed_precision: str = _ft("mixed_precision"),
+    gradient_checkpointing: bool = _ft("gradient_checkpointing"),
+    attention_slicing: str = _ft("attention_slicing"),
+    checkpoint_every: int = _ft("checkpoint_every"),
+    keep_checkpoints: int = _ft("keep_checkpoints"),
+    resume: str | None = _ft("resume"),
+    validate_every: int = _ft("validate_every"),
+    validation_prompt: list[str] | None = _ft("validation_prompt"),
+    num_validation_images: int = _ft("num_validation_images"),
+    validation_steps: int = _ft("validation_steps"),
+    validation_guidance: float = _ft("validation_guidance"),
+    report_to: str = _ft("report_to"),
+    log_grad_norms_every: int = _ft("log_grad_norms_every"),
     sets: Annotated[
         list[str] | None,
         typer.Option("--set", help="key=value for any config key (repeatable)."),
     ] = None,
 ) -> None:
     """Fine-tune Stable Diffusion on reference images: DreamBooth + prior preservation + SFSL."""
-    options = {k: v for k, v in locals().items() if k not in ("config", "sets")}  # before imports
     from spurcli.config import FinetuneConfig, load_config
     from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR
     from spurcli.pipeline import TABLES, finetune_config, is_run_config
     from spurcli.train import finetune
 
-    for name in ("validation_prompt", "lora_targets"):
-        if not options[name]:
-            options[name] = None  # not given: keep the file's or the default
+    options = _given(ctx, FinetuneConfig)
     if config is not None and config.is_file() and is_run_config(config):
         cfg = finetune_config(config, sets or (), options)  # as `spurcli run` trains it
     else:

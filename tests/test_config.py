@@ -1,0 +1,106 @@
+"""Settings declared once (`spurcli.config.option`): the CLI options, --help, the bounds check
+and docs/settings.md all derive from the config fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import typer
+
+from spurcli import cli, config
+from spurcli.config import FinetuneConfig, check_fields, option
+from spurcli.errors import SpurcliError, UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ROOT / "docs" / "settings.md"
+
+
+def test_settings_reference_is_up_to_date():
+    assert SETTINGS.read_text(encoding="utf-8") == config.settings_markdown(), (
+        "docs/settings.md is out of date: python -m spurcli.config --write-docs docs/settings.md"
+    )
+
+
+def test_the_documented_command_writes_the_reference(tmp_path):
+    config.main(["--write-docs", str(tmp_path / "settings.md")])
+    assert (tmp_path / "settings.md").read_text(encoding="utf-8") == config.settings_markdown()
+
+
+@dataclass
+class Bounded:
+    count: int = option(1, "A count.", min=1)
+    size: int = option(0, "A size.", min=0)
+    rate: float | None = option(None, "A rate.", above=0)
+    share: float = option(0.0, "A share.", min=0, below=1)
+    name: str | None = option(None, "A name.", required=True)
+    items: list[str] = option([], "Items.")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": None}, "--name is required (or `name` in the config)"),
+        ({"count": 0}, "--count must be at least 1"),
+        ({"size": -1}, "--size must not be negative"),
+        ({"rate": 0.0}, "--rate must be positive"),
+        ({"share": 1.0}, "--share must be below 1"),
+        ({"share": float("nan")}, "--share must be a finite number, not nan"),
+    ],
+)
+def test_declared_bounds_are_checked_with_one_line(changes, message):
+    cfg = dataclasses.replace(Bounded(name="x"), **changes)
+    with pytest.raises(UsageError) as info:
+        check_fields(cfg)
+    assert str(info.value) == message
+
+
+def test_a_field_declaration_holds_default_help_and_its_own_list():
+    a, b = Bounded(), Bounded()
+    a.items.append("x")
+    assert b.items == []  # a list default is copied per config, not shared
+    fld = {f.name: f for f in dataclasses.fields(Bounded)}["count"]
+    assert fld.default == 1 and fld.metadata["help"] == "A count." and fld.metadata["min"] == 1
+    check_fields(Bounded(name="x"))  # the defaults are within bounds
+
+
+def test_finetune_options_take_help_and_default_from_the_fields():
+    command = typer.main.get_command(cli.app).commands["finetune"]  # type: ignore[attr-defined]
+    params = {p.name: p for p in command.params}
+    for fld in dataclasses.fields(FinetuneConfig):
+        param = params[fld.name]
+        assert param.help.startswith(fld.metadata["help"]), fld.name
+        want = None if fld.default is dataclasses.MISSING else fld.default
+        assert param.default == want, fld.name  # what --help shows is the real default
+    assert params["steps"].default == 800 and params["steps"].show_default
+    assert "--random-crop" in params["center_crop"].secondary_opts
+    assert "-o" in params["output_dir"].opts
+
+
+def test_every_finetune_default_passes_its_own_bounds():
+    cfg = FinetuneConfig(
+        instance_dir=Path("r"), class_noun="flower", target=94, output_dir=Path("o")
+    )
+    check_fields(cfg)
+
+
+def test_only_typed_options_override_the_file(cli_main, monkeypatch, tmp_path):
+    """An option typed with its default value still wins over the file; one not typed does not."""
+    seen: list[FinetuneConfig] = []
+
+    def capture(cfg: FinetuneConfig, **_: object) -> Path:
+        seen.append(cfg)
+        raise SpurcliError("stop here")
+
+    monkeypatch.setattr("spurcli.train.finetune", capture)
+    (tmp_path / "exp.toml").write_text(
+        '[finetune]\nsteps = 5\nlr = 1e-4\ncenter_crop = true\nlora_targets = ["to_q"]\n'
+    )
+    code, _, err = cli_main("finetune", str(tmp_path / "exp.toml"), "--steps", "800")
+    assert code == 1 and "stop here" in err
+    cfg = seen[-1]
+    assert (cfg.steps, cfg.lr, cfg.center_crop, cfg.lora_targets) == (800, 1e-4, True, ["to_q"])
+    code, _, _ = cli_main("finetune", str(tmp_path / "exp.toml"), "--random-crop")
+    assert code == 1 and seen[-1].center_crop is False and seen[-1].steps == 5
