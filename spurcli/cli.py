@@ -60,6 +60,41 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2))
 
 
+def _setting(cls: type, name: str, panel: str | None = None) -> Any:
+    """The command-line option of config field ``name``: flags, help and the default shown by
+    ``--help`` all come from the field's `spurcli.config.option` declaration. The default is
+    the real one; `_given` tells a value typed on the command line from a default, so a TOML
+    file still wins over every option not typed."""
+    from spurcli.config import option_flags
+
+    fld = cls.__dataclass_fields__[name]
+    meta = fld.metadata
+    flags = option_flags(fld, _hints(cls)[name])
+    # A list option's default is "none given" (click would otherwise show and return []).
+    default = None if fld.default is dataclasses.MISSING else fld.default
+    text = meta.get("help", "") + (" Required." if meta.get("required") else "")
+    return typer.Option(default, *flags, help=text, rich_help_panel=panel, show_default=True)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _given(ctx: typer.Context, cls: type) -> dict[str, Any]:
+    """The options of config ``cls`` typed on the command line (or set by the environment):
+    the overrides of `spurcli.config.load_config`. click records each value's source."""
+    # By name: Typer >= 0.17 carries its own copy of click, whose ParameterSource is not
+    # click's class.
+    typed = ("COMMANDLINE", "ENVIRONMENT")
+    return {
+        name: value
+        for name, value in ctx.params.items()
+        if name in cls.__dataclass_fields__
+        and getattr(ctx.get_parameter_source(name), "name", None) in typed
+    }
+
+
 @app.command("plugins")
 def plugins_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -240,86 +275,88 @@ def _print_wide(renderable: object) -> None:
     out.print(renderable)
 
 
+def _sm(name: str) -> Any:
+    from spurcli.config import SampleConfig
+
+    return _setting(SampleConfig, name)
+
+
+def _config_gives(path: Path | None, table: str, key: str) -> bool:
+    """The config file sets ``key`` (in ``[table]``, or at top level as `load_config` shares)."""
+    if path is None:
+        return False
+    from spurcli.config import read_toml
+
+    data = read_toml(path)
+    section = data.get(table)
+    keys = {k.replace("-", "_") for k, v in data.items() if not isinstance(v, dict)}
+    if isinstance(section, dict):
+        keys |= {k.replace("-", "_") for k in section}
+    return key in keys
+
+
 @app.command("sample")
 def sample_command(
+    ctx: typer.Context,
     model: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            help="A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini'."
+            help="A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini' "
+            "(or `model` in --config).",
+            show_default=False,
         ),
-    ],
-    prompt: Annotated[
-        list[str] | None,
-        typer.Option("--prompt", "-p", help="Prompt; repeatable. [V]: the run's identifier."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML file: options in a sample table; options given here win."
+        ),
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for any sample setting (repeatable)."),
+    ] = None,
+    # One line per SampleConfig field (model above): help, default and bounds are declared there.
+    prompts: list[str] | None = _sm("prompts"),
     prompts_file: Annotated[
         Path | None, typer.Option("--prompts-file", help="One prompt per line (# comments).")
     ] = None,
-    revision: Annotated[
-        str | None, typer.Option("--revision", help="Hub model's branch, tag or commit.")
-    ] = None,
-    n: Annotated[int, typer.Option("-n", "--n", help="Images per prompt.")] = 4,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("samples"),
-    seed: Annotated[int, typer.Option("--seed", help="Base seed (image i: derived from it).")] = 0,
-    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 50,
-    guidance: Annotated[float, typer.Option("--guidance", help="Guidance scale.")] = 7.5,
-    negative_prompt: Annotated[
-        str | None, typer.Option("--negative-prompt", help="What guidance steers away from.")
-    ] = None,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            "--scheduler", help="ddim, pndm, dpm, euler, euler-a, ddpm (default: model's)."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per call.")] = 4,
-    height: Annotated[
-        int | None, typer.Option("--height", help="Pixels (default: native).")
-    ] = None,
-    width: Annotated[int | None, typer.Option("--width", help="Pixels (default: native).")] = None,
-    recontext: Annotated[
-        bool,
-        typer.Option(
-            "--recontext", help="Also each prompt on the beach, Mount Fuji, garden, market."
-        ),
-    ] = False,
-    identifier: Annotated[
-        str | None, typer.Option("--identifier", help="Token for [V] (default: the run's).")
-    ] = None,
-    attention_slicing: Annotated[
-        str | None, typer.Option("--attention-slicing", help="auto, max, N or off.")
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1.")] = None,
-    dtype: Annotated[
-        str, typer.Option("--dtype", help="auto (fp16 on CUDA), float32, float16, bfloat16.")
-    ] = "auto",
+    revision: str | None = _sm("revision"),
+    n: int = _sm("n"),
+    out: Path = _sm("out"),
+    seed: int = _sm("seed"),
+    steps: int = _sm("steps"),
+    guidance: float = _sm("guidance"),
+    negative_prompt: str | None = _sm("negative_prompt"),
+    scheduler: str | None = _sm("scheduler"),
+    batch_size: int = _sm("batch_size"),
+    height: int | None = _sm("height"),
+    width: int | None = _sm("width"),
+    recontext: bool = _sm("recontext"),
+    identifier: str | None = _sm("identifier"),
+    attention_slicing: str | None = _sm("attention_slicing"),
+    device: str | None = _sm("device"),
+    dtype: str = _sm("dtype"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Generate N images per prompt (resumable, data-parallel under torchrun/accelerate)."""
-    from spurcli.sample import SampleConfig, read_prompts_file, sample
+    from spurcli.config import SampleConfig, load_config
+    from spurcli.errors import UsageError
+    from spurcli.pipeline import TABLES
+    from spurcli.sample import read_prompts_file, sample
 
-    prompts = list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
-    config = SampleConfig(
-        model=model,
-        revision=revision,
-        prompts=prompts,
-        n=n,
-        out=out,
-        seed=seed,
-        steps=steps,
-        guidance=guidance,
-        negative_prompt=negative_prompt,
-        scheduler=scheduler,
-        batch_size=batch_size,
-        height=height,
-        width=width,
-        recontext=recontext,
-        identifier=identifier,
-        attention_slicing=attention_slicing,
-        device=device,
-        dtype=dtype,
+    options = _given(ctx, SampleConfig)
+    if prompts_file is not None:  # the command line's prompts replace the file's
+        options["prompts"] = [*options.get("prompts", ()), *read_prompts_file(prompts_file)]
+    # A misspelled [sampel] is an error; the other tables of a run config are left alone.
+    cfg = load_config(
+        SampleConfig, config, section="sample", sets=sets or (), overrides=options, tables=TABLES
     )
-    result = sample(config)
+    # The field's default ("tiny") serves Python callers; on the command line a model is named.
+    given_sets = {s.partition("=")[0].strip().replace("-", "_") for s in sets or ()}
+    if model is None and "model" not in given_sets and not _config_gives(config, "sample", "model"):
+        raise UsageError("MODEL is required (or `model` in the --config file)")
+    result = sample(cfg)
     if not console.is_main_process():
         return
     if as_json:
@@ -627,41 +664,6 @@ def run_command(
         markup=False,
         highlight=False,
     )
-
-
-def _setting(cls: type, name: str, panel: str | None = None) -> Any:
-    """The command-line option of config field ``name``: flags, help and the default shown by
-    ``--help`` all come from the field's `spurcli.config.option` declaration. The default is
-    the real one; `_given` tells a value typed on the command line from a default, so a TOML
-    file still wins over every option not typed."""
-    from spurcli.config import option_flags
-
-    fld = cls.__dataclass_fields__[name]
-    meta = fld.metadata
-    flags = option_flags(fld, _hints(cls)[name])
-    # A list option's default is "none given" (click would otherwise show and return []).
-    default = None if fld.default is dataclasses.MISSING else fld.default
-    text = meta.get("help", "") + (" Required." if meta.get("required") else "")
-    return typer.Option(default, *flags, help=text, rich_help_panel=panel, show_default=True)
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _given(ctx: typer.Context, cls: type) -> dict[str, Any]:
-    """The options of config ``cls`` typed on the command line (or set by the environment):
-    the overrides of `spurcli.config.load_config`. click records each value's source."""
-    # By name: Typer >= 0.17 carries its own copy of click, whose ParameterSource is not
-    # click's class.
-    typed = ("COMMANDLINE", "ENVIRONMENT")
-    return {
-        name: value
-        for name, value in ctx.params.items()
-        if name in cls.__dataclass_fields__
-        and getattr(ctx.get_parameter_source(name), "name", None) in typed
-    }
 
 
 _FT = "finetune options (each also a key of CONFIG.toml, _ for -)"

@@ -98,7 +98,11 @@ def option(
 
 
 def option_name(fld: dataclasses.Field[Any]) -> str:
-    """The field's command-line name, as errors quote it: ``--output-dir`` for output_dir."""
+    """The field's command-line name, as errors quote it: ``--output-dir`` for output_dir,
+    ``--prompt`` for a field ``prompts`` declared with ``flags=("--prompt", "-p")``."""
+    for flag in fld.metadata.get("flags", ()):
+        if flag.startswith("--"):
+            return flag.split("/")[0]
     return "--" + fld.name.replace("_", "-")
 
 
@@ -127,12 +131,12 @@ def check_fields(config: Any) -> None:
         low, above, below = (fld.metadata.get(k) for k in ("min", "above", "below"))
         if low is not None and value < low:
             bound = "not be negative" if low == 0 else f"be at least {low}"
-            raise UsageError(f"{option_name(fld)} must {bound}")
+            raise UsageError(f"{option_name(fld)} must {bound}, not {value}")
         if above is not None and not value > above:
             bound = "be positive" if above == 0 else f"be above {above}"
-            raise UsageError(f"{option_name(fld)} must {bound}")
+            raise UsageError(f"{option_name(fld)} must {bound}, not {value}")
         if below is not None and not value < below:
-            raise UsageError(f"{option_name(fld)} must be below {below}")
+            raise UsageError(f"{option_name(fld)} must be below {below}, not {value}")
 
 
 @dataclass
@@ -339,6 +343,74 @@ class FinetuneConfig:
             )
 
 
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class SampleConfig:
+    """`spurcli sample`: N images per prompt from a (fine-tuned) Stable Diffusion, resumable."""
+
+    model: str = option(
+        "tiny",
+        "A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini'.",
+        maybe_path=True,
+    )
+    revision: str | None = option(None, "Hub model's branch, tag or commit (none: main).")
+    prompts: list[str] = option(
+        [], "Prompt, repeatable; [V] becomes the run's identifier.", flags=("--prompt", "-p")
+    )
+    n: int = option(4, "Images per prompt.", min=1, flags=("-n", "--n"))
+    out: Path = option(Path("samples"), "Output folder.", flags=("--out", "-o"))
+    # Derived from the seed and i alone, not the prompt: prompts sharing an index share the
+    # noise, which pairs a tuned model's images with the baseline's.
+    seed: int = option(0, "Base seed; image i of every prompt gets a seed derived from it.")
+    steps: int = option(50, "Denoising steps (diffusers' default).", min=1)
+    guidance: float = option(7.5, "Classifier-free guidance scale; <= 1: off.", min=0)
+    negative_prompt: str | None = option(
+        None, "What guidance steers away from (none: the empty prompt)."
+    )
+    scheduler: str | None = option(
+        None, "ddim, pndm, dpm, euler, euler-a, ddpm (none: the model's own)."
+    )
+    batch_size: int = option(
+        4, "Images per UNet call, per process.", min=1, flags=("--batch-size", "-b")
+    )
+    height: int | None = option(None, "Pixels, a multiple of 8 (none: the model's native size).")
+    width: int | None = option(None, "Pixels, a multiple of 8 (none: the model's native size).")
+    recontext: bool = option(
+        False, "Also each prompt on the beach, on Mount Fuji, in a garden, in a market."
+    )
+    identifier: str | None = option(None, "The token [V] stands for (none: the run's own).")
+    attention_slicing: int | str | None = option(
+        None, "auto, max, N or off: less memory, a bit slower (none: the model's default)."
+    )
+    device: str | None = option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = option(
+        "auto", "auto (fp16 on CUDA only), float32, float16 or bfloat16."
+    )
+
+    def check(self) -> None:
+        """Everything that can be checked before loading a model; one-line errors."""
+        from spurcli.diffusion import SCHEDULERS
+
+        check_finite(self)
+        if not self.prompts:
+            raise UsageError("no prompt: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+        if self.n <= 0:  # before check_fields: "-n" is how users spell it
+            raise UsageError(f"-n must be a positive number of images per prompt, not {self.n}")
+        check_fields(self)
+        if self.scheduler is not None and self.scheduler.lower() not in SCHEDULERS:
+            raise UsageError(
+                f"unknown scheduler '{self.scheduler}'; choose from {', '.join(SCHEDULERS)}"
+            )
+        if self.dtype not in DTYPES:  # a SampleConfig built in Python is not coerced
+            raise UsageError(f"unknown dtype '{self.dtype}'; choose from {', '.join(DTYPES)}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 8):
+                raise UsageError(f"--{name} must be a positive multiple of 8, not {value}")
+
+
 def check_finite(config: Any) -> None:
     """Every number of a config is finite: ``inf`` and ``nan`` (TOML and --set accept both, and
     Typer parses ``--lr inf``) pass every sign check (``nan < 0`` is false), then poison the
@@ -536,7 +608,10 @@ def _show(value: Any) -> str:
 # ------------------------------------------------------------------------- the settings reference
 
 # The config classes docs/settings.md documents, in its order: (class, TOML table, command).
-DOCUMENTED = (("FinetuneConfig", "finetune", "spurcli finetune"),)
+DOCUMENTED = (
+    ("FinetuneConfig", "finetune", "spurcli finetune"),
+    ("SampleConfig", "sample", "spurcli sample"),
+)
 
 
 def settings_markdown() -> str:

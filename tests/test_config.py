@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from spurcli import cli, config
-from spurcli.config import FinetuneConfig, check_fields, option
+from spurcli.config import FinetuneConfig, SampleConfig, check_fields, option
 from spurcli.errors import SpurcliError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +43,10 @@ class Bounded:
     ("changes", "message"),
     [
         ({"name": None}, "--name is required (or `name` in the config)"),
-        ({"count": 0}, "--count must be at least 1"),
-        ({"size": -1}, "--size must not be negative"),
-        ({"rate": 0.0}, "--rate must be positive"),
-        ({"share": 1.0}, "--share must be below 1"),
+        ({"count": 0}, "--count must be at least 1, not 0"),
+        ({"size": -1}, "--size must not be negative, not -1"),
+        ({"rate": 0.0}, "--rate must be positive, not 0.0"),
+        ({"share": 1.0}, "--share must be below 1, not 1.0"),
         ({"share": float("nan")}, "--share must be a finite number, not nan"),
     ],
 )
@@ -104,3 +104,67 @@ def test_only_typed_options_override_the_file(cli_main, monkeypatch, tmp_path):
     assert (cfg.steps, cfg.lr, cfg.center_crop, cfg.lora_targets) == (800, 1e-4, True, ["to_q"])
     code, _, _ = cli_main("finetune", str(tmp_path / "exp.toml"), "--random-crop")
     assert code == 1 and seen[-1].center_crop is False and seen[-1].steps == 5
+
+
+# --- sample --config / --set --------------------------------------------------------------------
+
+
+@pytest.fixture
+def sampled(monkeypatch):
+    """The SampleConfigs `spurcli sample` would sample (it stops right there)."""
+    seen: list[SampleConfig] = []
+
+    def capture(cfg: SampleConfig, **_: object) -> None:
+        seen.append(cfg)
+        raise SpurcliError("stop here")
+
+    monkeypatch.setattr("spurcli.sample.sample", capture)
+    return seen
+
+
+def test_every_sample_setting_is_an_option():
+    import inspect
+
+    params = set(inspect.signature(cli.sample_command).parameters)
+    assert {f.name for f in dataclasses.fields(SampleConfig)} <= params
+
+
+def test_sample_reads_a_config_table_and_sets(cli_main, sampled, tmp_path):
+    (tmp_path / "s.toml").write_text(
+        'model = "tiny"\n[sample]\nprompts = ["a red flower"]\nn = 2\nsteps = 3\nout = "imgs"\n'
+        "recontext = true\n"
+    )
+    code, _, err = cli_main(
+        "sample", "--config", str(tmp_path / "s.toml"), "--set", "steps=5", "-n", "1"
+    )
+    assert code == 1 and "stop here" in err
+    cfg = sampled[-1]
+    assert (cfg.model, cfg.prompts, cfg.n, cfg.steps) == ("tiny", ["a red flower"], 1, 5)
+    assert cfg.out == tmp_path / "imgs" and cfg.recontext is True  # relative to the file
+    code, _, _ = cli_main("sample", "mini", "--config", str(tmp_path / "s.toml"), "-p", "x")
+    assert code == 1 and (sampled[-1].model, sampled[-1].prompts) == ("mini", ["x"])
+
+
+def test_sample_without_a_config_is_as_before(cli_main, sampled, tmp_path):
+    code, _, _ = cli_main(
+        "sample", "tiny", "-p", "a", "-p", "b", "--steps", "2", "-o", str(tmp_path)
+    )
+    assert code == 1
+    cfg = sampled[-1]
+    assert (cfg.prompts, cfg.steps, cfg.n, cfg.guidance) == (["a", "b"], 2, 4, 7.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        ("[sample]\nstesp = 3\n", [], "unknown option 'stesp'; did you mean steps"),
+        ("[sampel]\nsteps = 3\n", ["tiny"], "unknown table [sampel]; did you mean [sample]"),
+        ('[sample]\nprompts = ["x"]\n', [], "MODEL is required"),
+        ("[sample]\nn = 'many'\n", ["tiny"], "n: expected an integer"),
+    ],
+)
+def test_bad_sample_configs_are_one_line(cli_main, sampled, tmp_path, text, args, message):
+    (tmp_path / "s.toml").write_text(text)
+    code, _, err = cli_main("sample", *args, "--config", str(tmp_path / "s.toml"))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert sampled == []
