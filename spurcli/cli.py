@@ -177,69 +177,71 @@ def classes_command(
     console.stdout.print(table)
 
 
+def _sc(name: str) -> Any:
+    from spurcli.config import ScoreConfig
+
+    return _setting(ScoreConfig, name)
+
+
+def _names(text: str) -> list[str]:
+    """``"resnet, vit,"`` -> ``["resnet", "vit"]``: a comma-separated option."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 @app.command("score")
 def score_command(
+    ctx: typer.Context,
     images_dir: Annotated[
         Path, typer.Argument(help="Folder of images to score (recursive), or the SIN root.")
     ],
-    target: Annotated[
-        str | None, typer.Option("--target", "-t", help="ImageNet class: index or name.")
-    ] = None,
-    classifiers: Annotated[
-        str, typer.Option("--classifiers", "-c", help="Comma-separated names (spurcli plugins).")
-    ] = "",
-    real: Annotated[
+    config: Annotated[
         Path | None,
-        typer.Option("--real", help="Real images of the class (with --layout: ImageNet val root)."),
+        typer.Option(
+            "--config", help="TOML file: options in a score table; options given here win."
+        ),
     ] = None,
-    weights: Annotated[
+    sets: Annotated[
         list[str] | None,
-        typer.Option("--weights", help="NAME=PATH or NAME=random; repeatable."),
+        typer.Option("--set", help="key=value for any score setting (repeatable)."),
     ] = None,
-    layout: Annotated[
-        str, typer.Option("--layout", help="'folder' or 'spurious-imagenet'.")
-    ] = "folder",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 32,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Decoding processes (default: auto).")
-    ] = None,
-    image_size: Annotated[
-        int, typer.Option("--image-size", help="Side of the centre square fed to classifiers.")
-    ] = 384,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it.")
-    ] = False,
+    # One line per ScoreConfig field: help, default and bounds are declared there.
+    target: str | None = _sc("target"),
+    classifiers: str | None = _sc("classifiers"),  # comma-separated on the command line
+    real: Path | None = _sc("real"),
+    weights: list[str] | None = _sc("weights"),
+    layout: str = _sc("layout"),
+    batch_size: int = _sc("batch_size"),
+    device: str | None = _sc("device"),
+    num_workers: int | None = _sc("num_workers"),
+    image_size: int = _sc("image_size"),
+    strict: bool = _sc("strict"),
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write the numbers as JSON here ('-': stdout).")
     ] = None,
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per image and classifier here.")
     ] = None,
-    bootstrap: Annotated[
-        int, typer.Option("--bootstrap", help="Bootstrap resamples of the intervals (0: off).")
-    ] = 1000,
-    bootstrap_seed: Annotated[
-        int, typer.Option("--bootstrap-seed", "--seed", help="Seed of the bootstrap resamples.")
-    ] = 0,
+    bootstrap: int = _sc("bootstrap"),
+    bootstrap_seed: int = _sc("bootstrap_seed"),
 ) -> None:
     """Score how spurious a set of images is for a class, per classifier and across them."""
     from spurcli import score
+    from spurcli.config import ScoreConfig, load_config
+    from spurcli.pipeline import TABLES
 
-    _check_outputs({"--json": None if json_out == "-" else json_out, "--csv": csv_out})
-    result = score.score(
-        images_dir,
-        [n.strip() for n in classifiers.split(",") if n.strip()],
-        layout=layout,
-        target=target,
-        real=real,
-        weights=score.parse_weights(weights or []),
-        options=score.ScoreOptions(batch_size, device, strict, workers, image_size),
-        bootstrap=bootstrap,
-        bootstrap_seed=bootstrap_seed,
+    options = _given(ctx, ScoreConfig)
+    if "classifiers" in options:
+        options["classifiers"] = _names(options["classifiers"])
+    cfg = load_config(
+        ScoreConfig,
+        config,
+        section="score",
+        sets=sets or (),
+        overrides=options,
+        tables=("score", *TABLES),  # a misspelled [scroe] is an error
     )
+    _check_outputs({"--json": None if json_out == "-" else json_out, "--csv": csv_out})
+    result = score.score(cfg, images_dir)
     if not console.is_main_process():
         return  # every process holds the gathered result; only the first one reports it
     if json_out is not None and json_out != "-":

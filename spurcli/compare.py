@@ -216,10 +216,10 @@ def extract_features(
     and squared exactly as the classifiers see it. Sharded over the processes of a
     torchrun/accelerate group.
     """
-    from spurcli.score import ScoreOptions, find_items, score_items
+    from spurcli.score import ScoreConfig, find_items, score_items
 
-    size = image_size or ScoreOptions.image_size
-    options = ScoreOptions(batch_size=batch_size, device=device, strict=strict, image_size=size)
+    size = image_size or ScoreConfig.image_size
+    options = ScoreConfig(batch_size=batch_size, device=device, strict=strict, image_size=size)
     options.check()
     root = Path(root)
     items = find_items(root, 0, real=False)  # the target class is unused: no classifiers
@@ -644,7 +644,7 @@ def compare(
     from spurcli import imagenet
     from spurcli.images import find_images
     from spurcli.score import (
-        ScoreOptions,
+        ScoreConfig,
         check_bootstrap,
         find_items,
         load_classifiers,
@@ -658,7 +658,7 @@ def compare(
     imagenet.resolve_class(config.target)  # "did you mean" before anything slow
     for folder in (dir_a, dir_b):
         find_images(folder)  # missing or empty set: one line now, not after loading models
-    options = ScoreOptions(batch_size=config.batch_size, device=config.device, strict=config.strict)
+    options = ScoreConfig(batch_size=config.batch_size, device=config.device, strict=config.strict)
     options.check()
     check_bootstrap(config.bootstrap)
     if config.paired not in PAIRED:

@@ -411,6 +411,49 @@ class SampleConfig:
                 raise UsageError(f"--{name} must be a positive multiple of 8, not {value}")
 
 
+@dataclass
+class ScoreConfig:
+    """`spurcli score`: how spurious a set of images is for a class, per classifier and across
+    them. The image-feeding settings (batch size to image size) serve every command that scores:
+    none of them changes the numbers but ``image_size``."""
+
+    target: int | str | None = option(
+        None,
+        "ImageNet class: index or name (none with --layout spurious-imagenet).",
+        flags=("--target", "-t"),
+    )
+    classifiers: list[str] = option(
+        [], "Classifier names (spurcli plugins), comma-separated.", flags=("--classifiers", "-c")
+    )
+    real: Path | None = option(
+        None, "Real images of the class (with --layout spurious-imagenet: the ImageNet val root)."
+    )
+    weights: list[str] = option([], "Classifier NAME=PATH or NAME=random; repeatable.")
+    layout: str = option("folder", "'folder' or 'spurious-imagenet'.")
+    # Lower it if a big classifier runs out of memory.
+    batch_size: int = option(32, "Images per forward pass.", min=1, flags=("--batch-size", "-b"))
+    device: str | None = option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
+    strict: bool = option(False, "Fail on an unreadable image instead of skipping it.")
+    num_workers: int | None = option(
+        None, "Decoding processes (none: by device).", min=0, flags=("--workers",)
+    )
+    image_size: int = option(
+        384, "Side of the central square each image is resized to for the classifiers.", min=8
+    )
+    bootstrap: int = option(1000, "Bootstrap resamples of the intervals; 0: off.", min=0)
+    bootstrap_seed: int = option(
+        0, "Seed of the bootstrap resamples.", flags=("--bootstrap-seed", "--seed")
+    )
+
+    def check(self) -> None:
+        """The settings' bounds (target and classifiers are checked where they are resolved)."""
+        from spurcli.score import check_bootstrap
+
+        check_finite(self)
+        check_bootstrap(self.bootstrap)  # before check_fields: its message says what 0 means
+        check_fields(self)
+
+
 def check_finite(config: Any) -> None:
     """Every number of a config is finite: ``inf`` and ``nan`` (TOML and --set accept both, and
     Typer parses ``--lr inf``) pass every sign check (``nan < 0`` is false), then poison the
@@ -611,6 +654,7 @@ def _show(value: Any) -> str:
 DOCUMENTED = (
     ("FinetuneConfig", "finetune", "spurcli finetune"),
     ("SampleConfig", "sample", "spurcli sample"),
+    ("ScoreConfig", "score", "spurcli score"),
 )
 
 

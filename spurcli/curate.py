@@ -281,7 +281,7 @@ def curate(
     from spurcli.detect import load_detectors, object_query
     from spurcli.images import find_images
     from spurcli.score import (
-        ScoreOptions,
+        ScoreConfig,
         find_items,
         load_classifiers,
         parse_weights,
@@ -301,7 +301,7 @@ def curate(
     items = find_items(images_dir, k.index, real=False)
     if config.references is not None:
         find_images(config.references)  # a missing folder: one line before models load
-    options = ScoreOptions(batch_size=config.batch_size, device=config.device, strict=False)
+    options = ScoreConfig(batch_size=config.batch_size, device=config.device, strict=False)
     options.check()
     names = [*config.classifiers, *config.evaluate_with]
     models = load_classifiers(names, parse_weights(config.weights))

@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from spurcli import cli, config
-from spurcli.config import FinetuneConfig, SampleConfig, check_fields, option
+from spurcli.config import FinetuneConfig, SampleConfig, ScoreConfig, check_fields, option
 from spurcli.errors import SpurcliError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +168,84 @@ def test_bad_sample_configs_are_one_line(cli_main, sampled, tmp_path, text, args
     code, _, err = cli_main("sample", *args, "--config", str(tmp_path / "s.toml"))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert sampled == []
+
+
+# --- score --config / --set ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def scored(monkeypatch):
+    """The ScoreConfigs `spurcli score` would score with (it stops right there)."""
+    seen: list[tuple[ScoreConfig, Path]] = []
+
+    def capture(cfg: ScoreConfig, images_dir: Path) -> None:
+        seen.append((cfg, Path(images_dir)))
+        raise SpurcliError("stop here")
+
+    monkeypatch.setattr("spurcli.score.score", capture)
+    return seen
+
+
+def test_every_score_setting_is_an_option():
+    import inspect
+
+    params = set(inspect.signature(cli.score_command).parameters)
+    assert {f.name for f in dataclasses.fields(ScoreConfig)} <= params
+
+
+def test_score_reads_a_config_table_and_sets(cli_main, scored, tmp_path):
+    (tmp_path / "s.toml").write_text(
+        '[score]\ntarget = "hummingbird"\nclassifiers = ["resnet", "vit"]\nreal = "real"\n'
+        "batch_size = 8\nbootstrap = 0\n"
+    )
+    args = ["score", str(tmp_path), "--config", str(tmp_path / "s.toml")]
+    code, _, err = cli_main(*args, "--set", "image_size=224", "-b", "4")
+    assert code == 1 and "stop here" in err
+    cfg, images = scored[-1]
+    assert images == tmp_path and cfg.target == "hummingbird" and cfg.real == tmp_path / "real"
+    assert (cfg.classifiers, cfg.batch_size, cfg.image_size, cfg.bootstrap) == (
+        ["resnet", "vit"],
+        4,
+        224,
+        0,
+    )
+    code, _, _ = cli_main(*args, "-c", "clip, resnet", "--workers", "0")
+    assert code == 1 and scored[-1][0].classifiers == ["clip", "resnet"]
+    assert scored[-1][0].num_workers == 0
+
+
+def test_score_without_a_config_is_as_before(cli_main, scored, tmp_path):
+    code, _, _ = cli_main("score", str(tmp_path), "-t", "94", "-c", "det-r", "--seed", "3")
+    assert code == 1
+    cfg, _ = scored[-1]
+    assert (cfg.target, cfg.classifiers, cfg.bootstrap_seed, cfg.batch_size) == (
+        "94",
+        ["det-r"],
+        3,
+        32,
+    )
+    assert (cfg.layout, cfg.image_size, cfg.bootstrap, cfg.strict) == ("folder", 384, 1000, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[score]\nclasifiers = ['a']\n", "unknown option 'clasifiers'; did you mean classifiers"),
+        ("[scroe]\ntarget = 94\n", "unknown table [scroe]; did you mean [score]"),
+        ("[score]\nbatch_size = 'big'\n", "batch_size: expected an integer"),
+    ],
+)
+def test_bad_score_configs_are_one_line(cli_main, scored, tmp_path, text, message):
+    (tmp_path / "s.toml").write_text(text)
+    code, _, err = cli_main("score", str(tmp_path), "--config", str(tmp_path / "s.toml"))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert scored == []
+
+
+def test_score_settings_are_checked_in_the_config():
+    with pytest.raises(UsageError, match="--image-size must be at least 8, not 4"):
+        ScoreConfig(image_size=4).check()
+    with pytest.raises(UsageError, match="--workers must not be negative"):
+        ScoreConfig(num_workers=-1).check()
+    with pytest.raises(UsageError, match="--bootstrap must be 0"):
+        ScoreConfig(bootstrap=-1).check()
