@@ -60,6 +60,11 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2))
 
 
+def _names(text: str) -> list[str]:
+    """``"resnet, vit,"`` -> ``["resnet", "vit"]``: a comma-separated option."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _setting(cls: type, name: str, panel: str | None = None) -> Any:
     """The command-line option of config field ``name``: flags, help and the default shown by
     ``--help`` all come from the field's `spurcli.config.option` declaration. The default is
@@ -72,6 +77,8 @@ def _setting(cls: type, name: str, panel: str | None = None) -> Any:
     flags = option_flags(fld, _hints(cls)[name])
     # A list option's default is "none given" (click would otherwise show and return []).
     default = None if fld.default is dataclasses.MISSING else fld.default
+    if meta.get("comma"):  # one comma-separated value; its default as the user would type it
+        default = ",".join(fld.default_factory()) or None  # type: ignore[misc]
     text = meta.get("help", "") + (" Required." if meta.get("required") else "")
     return typer.Option(default, *flags, help=text, rich_help_panel=panel, show_default=True)
 
@@ -87,12 +94,16 @@ def _given(ctx: typer.Context, cls: type) -> dict[str, Any]:
     # By name: Typer >= 0.17 carries its own copy of click, whose ParameterSource is not
     # click's class.
     typed = ("COMMANDLINE", "ENVIRONMENT")
-    return {
+    fields = cls.__dataclass_fields__
+    given = {
         name: value
         for name, value in ctx.params.items()
-        if name in cls.__dataclass_fields__
-        and getattr(ctx.get_parameter_source(name), "name", None) in typed
+        if name in fields and getattr(ctx.get_parameter_source(name), "name", None) in typed
     }
+    for name, value in given.items():
+        if fields[name].metadata.get("comma") and isinstance(value, str):
+            given[name] = _names(value)
+    return given
 
 
 @app.command("plugins")
@@ -183,11 +194,6 @@ def _sc(name: str) -> Any:
     return _setting(ScoreConfig, name)
 
 
-def _names(text: str) -> list[str]:
-    """``"resnet, vit,"`` -> ``["resnet", "vit"]``: a comma-separated option."""
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
 @app.command("score")
 def score_command(
     ctx: typer.Context,
@@ -230,8 +236,6 @@ def score_command(
     from spurcli.pipeline import TABLES
 
     options = _given(ctx, ScoreConfig)
-    if "classifiers" in options:
-        options["classifiers"] = _names(options["classifiers"])
     cfg = load_config(
         ScoreConfig,
         config,
@@ -375,31 +379,36 @@ def sample_command(
     )
 
 
+def _cp(name: str) -> Any:
+    from spurcli.config import CompareConfig
+
+    return _setting(CompareConfig, name)
+
+
 @app.command("compare")
 def compare_command(
+    ctx: typer.Context,
     dir_a: Annotated[Path, typer.Argument(help="First image set (e.g. generated images).")],
     dir_b: Annotated[Path, typer.Argument(help="Second image set (e.g. the references).")],
-    target: Annotated[
-        str | None, typer.Option("--target", "-t", help="ImageNet class: index or name.")
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML file: options in a compare table (a run config's too); options given "
+            "here win.",
+        ),
     ] = None,
-    classifiers: Annotated[
-        str, typer.Option("--classifiers", "-c", help="Comma-separated classifier names.")
-    ] = "",
-    weights: Annotated[
+    sets: Annotated[
         list[str] | None,
-        typer.Option("--weights", help="Classifier NAME=PATH or NAME=random; repeatable."),
+        typer.Option("--set", help="key=value for any compare setting (repeatable)."),
     ] = None,
-    extractors: Annotated[
-        str,
-        typer.Option("--extractors", "-e", help="Comma-separated extractors ('' for none)."),
-    ] = "robust-resnet50",
-    extractor_weights: Annotated[
-        list[str] | None,
-        typer.Option("--extractor-weights", help="Extractor NAME=PATH or NAME=random; repeatable."),
-    ] = None,
-    real: Annotated[
-        Path | None, typer.Option("--real", help="Real images of the class (ROC-AUC, AP).")
-    ] = None,
+    # One line per CompareConfig field: help, default and bounds are declared there.
+    target: str | None = _cp("target"),
+    classifiers: str | None = _cp("classifiers"),  # comma-separated on the command line
+    weights: list[str] | None = _cp("weights"),
+    extractors: str | None = _cp("extractors"),  # comma-separated on the command line
+    extractor_weights: list[str] | None = _cp("extractor_weights"),
+    real: Path | None = _cp("real"),
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the HTML report here.")
     ] = None,
@@ -408,47 +417,29 @@ def compare_command(
     ] = None,
     label_a: Annotated[str, typer.Option("--label-a", help="Name of the first set.")] = "A",
     label_b: Annotated[str, typer.Option("--label-b", help="Name of the second set.")] = "B",
-    report_images: Annotated[
-        int, typer.Option("--report-images", help="Images per set shown in the report.")
-    ] = 48,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 32,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
-    ] = None,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it.")
-    ] = False,
-    bootstrap: Annotated[
-        int, typer.Option("--bootstrap", help="Bootstrap resamples of the intervals (0: off).")
-    ] = 1000,
-    bootstrap_seed: Annotated[
-        int, typer.Option("--bootstrap-seed", "--seed", help="Seed of the bootstrap resamples.")
-    ] = 0,
-    paired: Annotated[
-        str,
-        typer.Option("--paired", help="auto, yes or no: are image i of A and of B a pair?"),
-    ] = "auto",
+    report_images: int = _cp("report_images"),
+    batch_size: int = _cp("batch_size"),
+    device: str | None = _cp("device"),
+    strict: bool = _cp("strict"),
+    bootstrap: int = _cp("bootstrap"),
+    bootstrap_seed: int = _cp("bootstrap_seed"),
+    paired: str = _cp("paired"),
 ) -> None:
     """Compare two image sets: scores side by side, feature-space similarity, HTML report."""
     from spurcli.compare import CompareConfig, compare
+    from spurcli.config import load_config
+    from spurcli.pipeline import TABLES
 
-    _check_outputs({"--json": None if json_out == "-" else json_out, "--report": report})
-    config = CompareConfig(
-        target=target,
-        classifiers=[n.strip() for n in classifiers.split(",") if n.strip()],
-        weights=list(weights or []),
-        extractors=[n.strip() for n in extractors.split(",") if n.strip()],
-        extractor_weights=list(extractor_weights or []),
-        real=real,
-        batch_size=batch_size,
-        device=device,
-        strict=strict,
-        report_images=report_images,
-        bootstrap=bootstrap,
-        bootstrap_seed=bootstrap_seed,
-        paired=paired,
+    cfg = load_config(
+        CompareConfig,
+        config,
+        section="compare",
+        sets=sets or (),
+        overrides=_given(ctx, CompareConfig),
+        tables=TABLES,  # a misspelled [compar] is an error
     )
-    result = compare(dir_a, dir_b, config, labels=(label_a, label_b))
+    _check_outputs({"--json": None if json_out == "-" else json_out, "--report": report})
+    result = compare(dir_a, dir_b, cfg, labels=(label_a, label_b))
     if not console.is_main_process():
         return
     if json_out is not None and json_out != "-":
@@ -459,7 +450,7 @@ def compare_command(
         from spurcli.report import write_report
 
         title = f"spurcli compare: {label_a} vs {label_b}"
-        write_report(report, [result], title=title, max_images=report_images)
+        write_report(report, [result], title=title, max_images=cfg.report_images)
         console.log.info("report: %s", report)
     if json_out == "-":
         _print_json(result.to_json())

@@ -70,6 +70,7 @@ def option(
     required: bool = False,
     maybe_path: bool = False,
     flags: tuple[str, ...] = (),
+    comma: bool = False,
 ) -> Any:
     """A config field declared once: its default, its help and its bounds. The command-line
     option (`spurcli.cli` builds it from the field), the ``--help`` default, the TOML key (the
@@ -81,6 +82,8 @@ def option(
     first, and a config is built before all of its values are known). ``maybe_path``: a hub
     id *or* a folder, ``random`` *or* a file (see `MAYBE_PATH`). ``flags``: extra option names
     (``-o``) or, for a bool, the ``--on/--off`` pair when it is not ``--name/--no-name``.
+    ``comma``: a list given on the command line as one comma-separated value (``-c resnet,vit``;
+    ``''``: none) rather than by repeating the option.
     """
     metadata: dict[str, Any] = {
         "help": help,
@@ -89,6 +92,7 @@ def option(
         "below": below,
         "required": required,
         "flags": flags,
+        "comma": comma,
     }
     if maybe_path:
         metadata.update(MAYBE_PATH)
@@ -423,7 +427,10 @@ class ScoreConfig:
         flags=("--target", "-t"),
     )
     classifiers: list[str] = option(
-        [], "Classifier names (spurcli plugins), comma-separated.", flags=("--classifiers", "-c")
+        [],
+        "Classifier names (spurcli plugins), comma-separated.",
+        flags=("--classifiers", "-c"),
+        comma=True,
     )
     real: Path | None = option(
         None, "Real images of the class (with --layout spurious-imagenet: the ImageNet val root)."
@@ -447,11 +454,59 @@ class ScoreConfig:
 
     def check(self) -> None:
         """The settings' bounds (target and classifiers are checked where they are resolved)."""
-        from spurcli.score import check_bootstrap
-
         check_finite(self)
         check_bootstrap(self.bootstrap)  # before check_fields: its message says what 0 means
         check_fields(self)
+
+
+@dataclass
+class CompareConfig:
+    """`spurcli compare`: two image sets scored side by side, their feature-space similarity and
+    the HTML report; also the ``[compare]`` table of a `spurcli run` config."""
+
+    target: int | str | None = option(
+        None, "ImageNet class: index or name.", flags=("--target", "-t")
+    )
+    classifiers: list[str] = option(
+        [], "Classifier names, comma-separated.", flags=("--classifiers", "-c"), comma=True
+    )
+    weights: list[str] = option([], "Classifier NAME=PATH or NAME=random; repeatable.")
+    extractors: list[str] = option(
+        ["robust-resnet50"],
+        "Feature extractors, comma-separated ('' for none).",
+        flags=("--extractors", "-e"),
+        comma=True,
+    )
+    extractor_weights: list[str] = option([], "Extractor NAME=PATH or NAME=random; repeatable.")
+    real: Path | None = option(
+        None, "Real images of the class: ROC-AUC and AP in both score tables."
+    )
+    batch_size: int = option(32, "Images per forward pass.", min=1, flags=("--batch-size", "-b"))
+    device: str | None = option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
+    strict: bool = option(False, "Fail on an unreadable image instead of skipping it.")
+    # All images are scored; this only bounds the report's grids.
+    report_images: int = option(48, "Images per set shown in the report.", min=0)
+    bootstrap: int = option(1000, "Bootstrap resamples of the intervals; 0: off.", min=0)
+    bootstrap_seed: int = option(
+        0,
+        "Seed of the bootstrap resamples (recorded in the JSON).",
+        flags=("--bootstrap-seed", "--seed"),
+    )
+    # auto: pairs when both sets name their images alike (the run's sets share seeds).
+    paired: Literal["auto", "yes", "no"] = option(
+        "auto", "auto, yes or no: are image i of A and of B a pair?"
+    )
+
+    def check(self) -> None:
+        """The settings that can be checked before loading anything."""
+        check_finite(self)
+        check_bootstrap(self.bootstrap)  # before check_fields: its message says what 0 means
+        check_fields(self)
+
+
+def check_bootstrap(resamples: int) -> None:
+    if resamples < 0:
+        raise UsageError(f"--bootstrap must be 0 (no bootstrap intervals) or more, got {resamples}")
 
 
 def check_finite(config: Any) -> None:
@@ -593,7 +648,7 @@ def _coerce(value: Any, hint: Any, fld: Any, where: str, base: Path | None = Non
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint_text = f"; did you mean {close[0]}?" if close else ""
         raise UsageError(
-            f"{where}: {_show(value)} is not one of {', '.join(map(str, choices))}{hint_text}"
+            f"{where} must be one of {', '.join(map(str, choices))}, not {value!r}{hint_text}"
         )
     if origin is list:
         (item,) = typing.get_args(hint) or (str,)
@@ -655,6 +710,7 @@ DOCUMENTED = (
     ("FinetuneConfig", "finetune", "spurcli finetune"),
     ("SampleConfig", "sample", "spurcli sample"),
     ("ScoreConfig", "score", "spurcli score"),
+    ("CompareConfig", "compare", "spurcli compare"),
 )
 
 

@@ -61,7 +61,7 @@ import torch
 from PIL import Image, ImageOps
 
 from spurcli import console, imagenet, metrics, plugins
-from spurcli.config import ScoreConfig
+from spurcli.config import ScoreConfig, check_bootstrap
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.fileio import atomic_path
 from spurcli.images import ImageReadError, find_images, read_image
@@ -563,11 +563,6 @@ def _add_columns(table: Any, numbers: Sequence[str]) -> None:
 
 
 BOOTSTRAP = 1000  # default resamples of the bootstrap intervals
-
-
-def check_bootstrap(resamples: int) -> None:
-    if resamples < 0:
-        raise UsageError(f"--bootstrap must be 0 (no bootstrap intervals) or more, got {resamples}")
 
 
 RANDOM_NOTE = "* random weights: these numbers describe an untrained model, not the classifier"

@@ -11,7 +11,14 @@ import pytest
 import typer
 
 from spurcli import cli, config
-from spurcli.config import FinetuneConfig, SampleConfig, ScoreConfig, check_fields, option
+from spurcli.config import (
+    CompareConfig,
+    FinetuneConfig,
+    SampleConfig,
+    ScoreConfig,
+    check_fields,
+    option,
+)
 from spurcli.errors import SpurcliError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,3 +256,47 @@ def test_score_settings_are_checked_in_the_config():
         ScoreConfig(num_workers=-1).check()
     with pytest.raises(UsageError, match="--bootstrap must be 0"):
         ScoreConfig(bootstrap=-1).check()
+
+
+# --- compare --config / --set -------------------------------------------------------------------
+
+
+@pytest.fixture
+def compared(monkeypatch):
+    """The CompareConfigs `spurcli compare` would compare with (it stops right there)."""
+    seen: list[CompareConfig] = []
+
+    def capture(a: Path, b: Path, cfg: CompareConfig, **_: object) -> None:
+        seen.append(cfg)
+        raise SpurcliError("stop here")
+
+    monkeypatch.setattr("spurcli.compare.compare", capture)
+    return seen
+
+
+def test_every_compare_setting_is_an_option():
+    import inspect
+
+    params = set(inspect.signature(cli.compare_command).parameters)
+    assert {f.name for f in dataclasses.fields(CompareConfig)} <= params
+
+
+def test_compare_reads_a_run_configs_table(cli_main, compared, tmp_path):
+    (tmp_path / "run.toml").write_text(
+        'out = "exp"\ntarget = 94\n[finetune]\nsteps = 3\n'
+        '[compare]\nclassifiers = ["resnet", "clip"]\nbootstrap = 10\npaired = "no"\n'
+    )
+    args = ["compare", str(tmp_path), str(tmp_path), "--config", str(tmp_path / "run.toml")]
+    code, _, err = cli_main(*args, "--set", "report_images=5", "-e", "")
+    assert code == 1 and "stop here" in err
+    cfg = compared[-1]
+    assert (cfg.target, cfg.classifiers, cfg.bootstrap, cfg.paired) == (
+        94,
+        ["resnet", "clip"],
+        10,
+        "no",
+    )
+    assert (cfg.report_images, cfg.extractors) == (5, [])  # -e '': no feature spaces
+    code, _, _ = cli_main("compare", str(tmp_path), str(tmp_path), "-t", "94", "-c", "a,b")
+    assert code == 1 and compared[-1].extractors == ["robust-resnet50"]  # the default
+    assert compared[-1].classifiers == ["a", "b"]
