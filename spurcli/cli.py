@@ -88,18 +88,19 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Option ``name`` was typed on the command line (or set by the environment)."""
+    # By name: Typer >= 0.17 carries its own copy of click, whose ParameterSource is not
+    # click's class.
+    source = getattr(ctx.get_parameter_source(name), "name", None)
+    return source in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def _given(ctx: typer.Context, cls: type) -> dict[str, Any]:
     """The options of config ``cls`` typed on the command line (or set by the environment):
     the overrides of `spurcli.config.load_config`. click records each value's source."""
-    # By name: Typer >= 0.17 carries its own copy of click, whose ParameterSource is not
-    # click's class.
-    typed = ("COMMANDLINE", "ENVIRONMENT")
     fields = cls.__dataclass_fields__
-    given = {
-        name: value
-        for name, value in ctx.params.items()
-        if name in fields and getattr(ctx.get_parameter_source(name), "name", None) in typed
-    }
+    given = {n: v for n, v in ctx.params.items() if n in fields and _typed(ctx, n)}
     for name, value in given.items():
         if fields[name].metadata.get("comma") and isinstance(value, str):
             given[name] = _names(value)
@@ -459,112 +460,80 @@ def compare_command(
             _print_wide(table)
 
 
+def _cu(name: str) -> Any:
+    from spurcli.config import CurateConfig
+
+    return _setting(CurateConfig, name)
+
+
 @app.command("curate")
 def curate_command(
+    ctx: typer.Context,
     images_dir: Annotated[Path, typer.Argument(help="Generated images (recursive); unchanged.")],
-    target: Annotated[
-        str | None, typer.Option("--target", "-t", help="ImageNet class: index or name.")
-    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="The dataset folder to write (new).")
     ] = None,
-    classifiers: Annotated[
-        str, typer.Option("--classifiers", "-c", help="Selection classifiers, comma-separated.")
-    ] = "resnet,vit,clip",
-    min_fooled: Annotated[
-        int, typer.Option("--min-fooled", help="Keep if at least K of them say the target.")
-    ] = 1,
-    weights: Annotated[
-        list[str] | None,
-        typer.Option("--weights", help="Classifier NAME=PATH or NAME=random; repeatable."),
-    ] = None,
-    detectors: Annotated[
-        str, typer.Option("--detectors", "-d", help="Comma-separated detectors, or 'none'.")
-    ] = "owlv2",
-    detector_weights: Annotated[
-        list[str] | None,
-        typer.Option("--detector-weights", help="Detector NAME=PATH or NAME=random; repeatable."),
-    ] = None,
-    max_presence: Annotated[
-        float, typer.Option("--max-presence", help="Reject above this presence score.")
-    ] = 0.5,
-    object_prompt: Annotated[
-        list[str] | None,
-        typer.Option("--object-prompt", help="Another text naming the object; repeatable."),
-    ] = None,
-    feature: Annotated[
-        str | None,
+    config: Annotated[
+        Path | None,
         typer.Option(
-            "--feature", help="The spurious feature's text (default: Spurious ImageNet's)."
+            "--config",
+            help="TOML file: options in a curate table (a run config's too); options given "
+            "here win.",
         ),
     ] = None,
-    references: Annotated[
-        Path | None, typer.Option("--references", help="Reject near-copies of these images.")
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for any curate setting (repeatable)."),
     ] = None,
-    extractor: Annotated[
-        str, typer.Option("--extractor", help="Feature space of the near-copy check.")
-    ] = "robust-resnet50",
-    extractor_weights: Annotated[
-        str | None, typer.Option("--extractor-weights", help="File, or 'random'.")
-    ] = None,
-    max_similarity: Annotated[
-        float, typer.Option("--max-similarity", help="Reject at or above this cosine.")
-    ] = 0.95,
-    evaluate_with: Annotated[
-        str, typer.Option("--evaluate-with", help="Held-out classifiers, comma-separated.")
-    ] = "",
-    limit: Annotated[int | None, typer.Option("--limit", help="Keep at most N images.")] = None,
+    # One line per CurateConfig field (mode: --link/--copy): help, default and bounds there.
+    target: str | None = _cu("target"),
+    classifiers: str | None = _cu("classifiers"),  # comma-separated on the command line
+    min_fooled: int = _cu("min_fooled"),
+    weights: list[str] | None = _cu("weights"),
+    detectors: str | None = _cu("detectors"),  # comma-separated on the command line
+    detector_weights: list[str] | None = _cu("detector_weights"),
+    max_presence: float = _cu("max_presence"),
+    object_prompts: list[str] | None = _cu("object_prompts"),
+    feature: str | None = _cu("feature"),
+    references: Path | None = _cu("references"),
+    extractor: str = _cu("extractor"),
+    extractor_weights: str | None = _cu("extractor_weights"),
+    max_similarity: float = _cu("max_similarity"),
+    evaluate_with: str | None = _cu("evaluate_with"),  # comma-separated on the command line
+    limit: int | None = _cu("limit"),
     link: Annotated[
         bool, typer.Option("--link/--copy", help="Symlink the kept files instead of copying.")
     ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
-    ] = False,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Unreadable image or nothing kept: an error.")
-    ] = False,
+    overwrite: bool = _cu("overwrite"),
+    strict: bool = _cu("strict"),
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the HTML report here.")
     ] = None,
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write the datasheet JSON here ('-': stdout).")
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 32,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
-    ] = None,
+    batch_size: int = _cu("batch_size"),
+    device: str | None = _cu("device"),
 ) -> None:
     """Filter generated images into a publishable test set with a datasheet (see docs/curate.md)."""
-    from spurcli.curate import CurateConfig, curate
-
-    def names(text: str) -> list[str]:
-        return [n.strip() for n in text.split(",") if n.strip()]
+    from spurcli.config import CurateConfig, load_config
+    from spurcli.curate import curate
+    from spurcli.pipeline import TABLES
 
     if out is None:
         raise typer.BadParameter("--out DATASET_DIR is required", param_hint="--out")
-    config = CurateConfig(
-        target=target,
-        classifiers=names(classifiers),
-        weights=list(weights or []),
-        min_fooled=min_fooled,
-        detectors=names(detectors),
-        detector_weights=list(detector_weights or []),
-        max_presence=max_presence,
-        object_prompts=list(object_prompt or []),
-        feature=feature,
-        references=references,
-        extractor=extractor,
-        extractor_weights=extractor_weights,
-        max_similarity=max_similarity,
-        evaluate_with=names(evaluate_with),
-        limit=limit,
-        mode="link" if link else "copy",
-        overwrite=overwrite,
-        strict=strict,
-        batch_size=batch_size,
-        device=device,
+    options = _given(ctx, CurateConfig)
+    if _typed(ctx, "link"):
+        options["mode"] = "link" if link else "copy"
+    cfg = load_config(
+        CurateConfig,
+        config,
+        section="curate",
+        sets=sets or (),
+        overrides=options,
+        tables=TABLES,  # a misspelled [curat] is an error
     )
-    result = curate(images_dir, out, config)
+    result = curate(images_dir, out, cfg)
     if not console.is_main_process():
         return
     if json_out is not None and json_out != "-":

@@ -504,6 +504,56 @@ class CompareConfig:
         check_fields(self)
 
 
+@dataclass
+class CurateConfig:
+    """`spurcli curate`: generated images filtered into a publishable test set with a datasheet
+    (docs/curate.md); also the ``[curate]`` table of a `spurcli run` config."""
+
+    target: int | str | None = option(
+        None, "ImageNet class: index or name.", flags=("--target", "-t")
+    )
+    classifiers: list[str] = option(
+        ["resnet", "vit", "clip"],
+        "Selection classifiers, comma-separated.",
+        flags=("--classifiers", "-c"),
+        comma=True,
+    )
+    weights: list[str] = option([], "Classifier NAME=PATH or NAME=random; repeatable.")
+    min_fooled: int = option(1, "Keep if at least K selection classifiers say the target.")
+    detectors: list[str] = option(
+        ["owlv2"],
+        "Detectors of the class's object, comma-separated, or 'none'.",
+        flags=("--detectors", "-d"),
+        comma=True,
+    )
+    detector_weights: list[str] = option([], "Detector NAME=PATH or NAME=random; repeatable.")
+    max_presence: float = option(0.5, "Reject above this presence score (in [0, 1]).")
+    object_prompts: list[str] = option(
+        [], "Another text naming the object; repeatable.", flags=("--object-prompt",)
+    )
+    feature: str | None = option(None, "The spurious feature's text (none: Spurious ImageNet's).")
+    references: Path | None = option(None, "Reject near-copies of these images.")
+    extractor: str = option("robust-resnet50", "Feature space of the near-copy check.")
+    extractor_weights: str | None = option(None, "File, or 'random'.", maybe_path=True)
+    max_similarity: float = option(
+        0.95, "Reject at or above this cosine to the nearest reference (in [-1, 1])."
+    )
+    evaluate_with: list[str] = option(
+        [], "Held-out classifiers, comma-separated: the result.", comma=True
+    )
+    limit: int | None = option(None, "Keep at most N images (file order).")
+    # On the command line --link/--copy.
+    mode: Literal["copy", "link"] = option("copy", "copy the kept files, or symlink them.")
+    overwrite: bool = option(False, "Replace an existing output folder.")
+    strict: bool = option(False, "Unreadable image or nothing kept: an error.")
+    batch_size: int = option(32, "Images per batch.", min=1, flags=("--batch-size", "-b"))
+    device: str | None = option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
+    # Kept images: 4x as many.
+    report_images: int = option(
+        12, "Rejected images shown per reason in the report of spurcli run.", min=0
+    )
+
+
 def check_bootstrap(resamples: int) -> None:
     if resamples < 0:
         raise UsageError(f"--bootstrap must be 0 (no bootstrap intervals) or more, got {resamples}")
@@ -711,6 +761,7 @@ DOCUMENTED = (
     ("SampleConfig", "sample", "spurcli sample"),
     ("ScoreConfig", "score", "spurcli score"),
     ("CompareConfig", "compare", "spurcli compare"),
+    ("CurateConfig", "curate", "spurcli curate"),
 )
 
 

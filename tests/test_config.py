@@ -300,3 +300,44 @@ def test_compare_reads_a_run_configs_table(cli_main, compared, tmp_path):
     code, _, _ = cli_main("compare", str(tmp_path), str(tmp_path), "-t", "94", "-c", "a,b")
     assert code == 1 and compared[-1].extractors == ["robust-resnet50"]  # the default
     assert compared[-1].classifiers == ["a", "b"]
+
+
+# --- curate --config / --set --------------------------------------------------------------------
+
+
+def test_every_curate_setting_is_an_option_but_two():
+    import inspect
+
+    from spurcli.config import CurateConfig
+
+    params = set(inspect.signature(cli.curate_command).parameters)
+    # mode is --link/--copy; report_images serves the report of `spurcli run` only.
+    assert {f.name for f in dataclasses.fields(CurateConfig)} - params == {"mode", "report_images"}
+
+
+def test_curate_reads_a_config_table(cli_main, monkeypatch, tmp_path):
+    seen = []
+
+    def capture(images_dir, out, cfg):
+        seen.append(cfg)
+        raise SpurcliError("stop here")
+
+    monkeypatch.setattr("spurcli.curate.curate", capture)
+    (tmp_path / "c.toml").write_text(
+        '[curate]\ntarget = 94\nclassifiers = ["a", "b"]\nmin_fooled = 2\nmode = "link"\n'
+    )
+    base = [
+        "curate",
+        str(tmp_path),
+        "-o",
+        str(tmp_path / "d"),
+        "--config",
+        str(tmp_path / "c.toml"),
+    ]
+    code, _, err = cli_main(*base, "--set", "limit=3", "-d", "none")
+    assert code == 1 and "stop here" in err
+    cfg = seen[-1]
+    assert (cfg.target, cfg.classifiers, cfg.min_fooled, cfg.limit) == (94, ["a", "b"], 2, 3)
+    assert (cfg.mode, cfg.detectors) == ("link", ["none"])
+    code, _, _ = cli_main(*base, "--copy")
+    assert code == 1 and seen[-1].mode == "copy" and seen[-1].detectors == ["owlv2"]
