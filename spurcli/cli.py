@@ -31,6 +31,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# Options several commands share, declared once (the config-backed ones, --target, --device,
+# --batch-size, --classifiers, --weights and --strict, are declared on the config fields).
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
+JsonFile = Annotated[
+    str | None, typer.Option("--json", help="Write the result as JSON here ('-': stdout).")
+]
+
 _state = {"verbose": 0}
 
 
@@ -109,7 +116,7 @@ def _given(ctx: typer.Context, cls: type) -> dict[str, Any]:
 
 @app.command("plugins")
 def plugins_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List installed plugins and the classifiers, feature extractors, detectors each registers."""
     from spurcli.plugins import get_plugins
@@ -157,7 +164,7 @@ def classes_command(
         bool,
         typer.Option("--spurious", help="The 100 Spurious ImageNet classes and their feature."),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Look up ImageNet-1k classes (or the Spurious ImageNet ones with --spurious)."""
     from spurcli import imagenet
@@ -222,9 +229,7 @@ def score_command(
     num_workers: int | None = _sc("num_workers"),
     image_size: int = _sc("image_size"),
     strict: bool = _sc("strict"),
-    json_out: Annotated[
-        str | None, typer.Option("--json", help="Write the numbers as JSON here ('-': stdout).")
-    ] = None,
+    json_out: JsonFile = None,
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per image and classifier here.")
     ] = None,
@@ -344,7 +349,7 @@ def sample_command(
     attention_slicing: str | None = _sm("attention_slicing"),
     device: str | None = _sm("device"),
     dtype: str = _sm("dtype"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Generate N images per prompt (resumable, data-parallel under torchrun/accelerate)."""
     from spurcli.config import SampleConfig, load_config
@@ -413,9 +418,7 @@ def compare_command(
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the HTML report here.")
     ] = None,
-    json_out: Annotated[
-        str | None, typer.Option("--json", help="Write the numbers as JSON here ('-': stdout).")
-    ] = None,
+    json_out: JsonFile = None,
     label_a: Annotated[str, typer.Option("--label-a", help="Name of the first set.")] = "A",
     label_b: Annotated[str, typer.Option("--label-b", help="Name of the second set.")] = "B",
     report_images: int = _cp("report_images"),
@@ -509,9 +512,7 @@ def curate_command(
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the HTML report here.")
     ] = None,
-    json_out: Annotated[
-        str | None, typer.Option("--json", help="Write the datasheet JSON here ('-': stdout).")
-    ] = None,
+    json_out: JsonFile = None,
     batch_size: int = _cu("batch_size"),
     device: str | None = _cu("device"),
 ) -> None:
@@ -566,7 +567,7 @@ def run_command(
         str | None,
         typer.Option("--revision", help="Base hub model's branch, tag or commit (--set revision)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonFlag = False,
     retrain: Annotated[
         bool,
         typer.Option(

@@ -350,6 +350,34 @@ class FinetuneConfig:
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
+# --- settings several commands share: declared once here (each call makes a new field) ------
+
+
+def _target(note: str = "") -> Any:
+    return option(None, f"ImageNet class: index or name{note}.", flags=("--target", "-t"))
+
+
+def _classifiers(default: list[str], help: str) -> Any:
+    return option(default, help, flags=("--classifiers", "-c"), comma=True)
+
+
+def _weights() -> Any:
+    return option([], "Classifier NAME=PATH or NAME=random; repeatable.")
+
+
+def _device() -> Any:
+    return option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
+
+
+def _batch_size() -> Any:
+    # Lower it if a big classifier runs out of memory; it changes no number.
+    return option(32, "Images per forward pass.", min=1, flags=("--batch-size", "-b"))
+
+
+def _strict(help: str = "Fail on an unreadable image instead of skipping it.") -> Any:
+    return option(False, help)
+
+
 @dataclass
 class SampleConfig:
     """`spurcli sample`: N images per prompt from a (fine-tuned) Stable Diffusion, resumable."""
@@ -388,7 +416,7 @@ class SampleConfig:
     attention_slicing: int | str | None = option(
         None, "auto, max, N or off: less memory, a bit slower (none: the model's default)."
     )
-    device: str | None = option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
+    device: str | None = _device()
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = option(
         "auto", "auto (fp16 on CUDA only), float32, float16 or bfloat16."
     )
@@ -421,26 +449,18 @@ class ScoreConfig:
     them. The image-feeding settings (batch size to image size) serve every command that scores:
     none of them changes the numbers but ``image_size``."""
 
-    target: int | str | None = option(
-        None,
-        "ImageNet class: index or name (none with --layout spurious-imagenet).",
-        flags=("--target", "-t"),
-    )
-    classifiers: list[str] = option(
-        [],
-        "Classifier names (spurcli plugins), comma-separated.",
-        flags=("--classifiers", "-c"),
-        comma=True,
+    target: int | str | None = _target(" (none with --layout spurious-imagenet)")
+    classifiers: list[str] = _classifiers(
+        [], "Classifier names (spurcli plugins), comma-separated."
     )
     real: Path | None = option(
         None, "Real images of the class (with --layout spurious-imagenet: the ImageNet val root)."
     )
-    weights: list[str] = option([], "Classifier NAME=PATH or NAME=random; repeatable.")
+    weights: list[str] = _weights()
     layout: str = option("folder", "'folder' or 'spurious-imagenet'.")
-    # Lower it if a big classifier runs out of memory.
-    batch_size: int = option(32, "Images per forward pass.", min=1, flags=("--batch-size", "-b"))
-    device: str | None = option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
-    strict: bool = option(False, "Fail on an unreadable image instead of skipping it.")
+    batch_size: int = _batch_size()
+    device: str | None = _device()
+    strict: bool = _strict()
     num_workers: int | None = option(
         None, "Decoding processes (none: by device).", min=0, flags=("--workers",)
     )
@@ -464,13 +484,9 @@ class CompareConfig:
     """`spurcli compare`: two image sets scored side by side, their feature-space similarity and
     the HTML report; also the ``[compare]`` table of a `spurcli run` config."""
 
-    target: int | str | None = option(
-        None, "ImageNet class: index or name.", flags=("--target", "-t")
-    )
-    classifiers: list[str] = option(
-        [], "Classifier names, comma-separated.", flags=("--classifiers", "-c"), comma=True
-    )
-    weights: list[str] = option([], "Classifier NAME=PATH or NAME=random; repeatable.")
+    target: int | str | None = _target()
+    classifiers: list[str] = _classifiers([], "Classifier names, comma-separated.")
+    weights: list[str] = _weights()
     extractors: list[str] = option(
         ["robust-resnet50"],
         "Feature extractors, comma-separated ('' for none).",
@@ -481,9 +497,9 @@ class CompareConfig:
     real: Path | None = option(
         None, "Real images of the class: ROC-AUC and AP in both score tables."
     )
-    batch_size: int = option(32, "Images per forward pass.", min=1, flags=("--batch-size", "-b"))
-    device: str | None = option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
-    strict: bool = option(False, "Fail on an unreadable image instead of skipping it.")
+    batch_size: int = _batch_size()
+    device: str | None = _device()
+    strict: bool = _strict()
     # All images are scored; this only bounds the report's grids.
     report_images: int = option(48, "Images per set shown in the report.", min=0)
     bootstrap: int = option(1000, "Bootstrap resamples of the intervals; 0: off.", min=0)
@@ -509,16 +525,11 @@ class CurateConfig:
     """`spurcli curate`: generated images filtered into a publishable test set with a datasheet
     (docs/curate.md); also the ``[curate]`` table of a `spurcli run` config."""
 
-    target: int | str | None = option(
-        None, "ImageNet class: index or name.", flags=("--target", "-t")
+    target: int | str | None = _target()
+    classifiers: list[str] = _classifiers(
+        ["resnet", "vit", "clip"], "Selection classifiers, comma-separated."
     )
-    classifiers: list[str] = option(
-        ["resnet", "vit", "clip"],
-        "Selection classifiers, comma-separated.",
-        flags=("--classifiers", "-c"),
-        comma=True,
-    )
-    weights: list[str] = option([], "Classifier NAME=PATH or NAME=random; repeatable.")
+    weights: list[str] = _weights()
     min_fooled: int = option(1, "Keep if at least K selection classifiers say the target.")
     detectors: list[str] = option(
         ["owlv2"],
@@ -545,9 +556,9 @@ class CurateConfig:
     # On the command line --link/--copy.
     mode: Literal["copy", "link"] = option("copy", "copy the kept files, or symlink them.")
     overwrite: bool = option(False, "Replace an existing output folder.")
-    strict: bool = option(False, "Unreadable image or nothing kept: an error.")
-    batch_size: int = option(32, "Images per batch.", min=1, flags=("--batch-size", "-b"))
-    device: str | None = option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
+    strict: bool = _strict("Unreadable image or nothing kept: an error.")
+    batch_size: int = _batch_size()
+    device: str | None = _device()
     # Kept images: 4x as many.
     report_images: int = option(
         12, "Rejected images shown per reason in the report of spurcli run.", min=0
