@@ -818,6 +818,8 @@ def _default_text(fld: dataclasses.Field[Any]) -> str:
         return "none"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"  # as TOML spells it
+    if isinstance(value, list):
+        return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"  # TOML's list syntax
     return f"`{value}`"
 
 
