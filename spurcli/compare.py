@@ -633,7 +633,7 @@ def compare(
     imagenet.resolve_class(config.target)  # "did you mean" before anything slow
     for folder in (dir_a, dir_b):
         find_images(folder)  # missing or empty set: one line now, not after loading models
-    options = ScoreConfig(batch_size=config.batch_size, device=config.device, strict=config.strict)
+    options = ScoreConfig.like(config)
     options.check()
     check_bootstrap(config.bootstrap)
     if config.paired not in PAIRED:

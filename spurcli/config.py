@@ -472,6 +472,17 @@ class ScoreConfig:
         0, "Seed of the bootstrap resamples.", flags=("--bootstrap-seed", "--seed")
     )
 
+    @classmethod
+    def like(cls, other: Any, **changes: Any) -> ScoreConfig:
+        """The score settings of another command's config (compare, curate: the fields of the
+        same name, such as batch_size, device, strict), with ``changes`` on top: the image pass
+        those commands share with score is then fed exactly as they were asked to."""
+        mine = {f.name for f in dataclasses.fields(cls)}
+        shared = {
+            f.name: getattr(other, f.name) for f in dataclasses.fields(other) if f.name in mine
+        }
+        return cls(**{**shared, **changes})
+
     def check(self) -> None:
         """The settings' bounds (target and classifiers are checked where they are resolved)."""
         check_finite(self)

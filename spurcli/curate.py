@@ -278,7 +278,8 @@ def curate(
     items = find_items(images_dir, k.index, real=False)
     if config.references is not None:
         find_images(config.references)  # a missing folder: one line before models load
-    options = ScoreConfig(batch_size=config.batch_size, device=config.device, strict=False)
+    # The pass skips unreadable files; --strict fails on them below, with their name.
+    options = ScoreConfig.like(config, strict=False)
     options.check()
     names = [*config.classifiers, *config.evaluate_with]
     models = load_classifiers(names, parse_weights(config.weights))

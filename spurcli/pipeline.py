@@ -730,7 +730,7 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
             [exp.set_dir(name) for name in stale],
             exp.run.target,  # type: ignore[arg-type]
             cfg.classifiers,
-            ScoreConfig(batch_size=cfg.batch_size, device=cfg.device, strict=cfg.strict),
+            ScoreConfig.like(cfg),
             real_dir=cfg.real,
             weights=parse_weights(cfg.weights),
             bootstrap=cfg.bootstrap,

@@ -341,3 +341,10 @@ def test_curate_reads_a_config_table(cli_main, monkeypatch, tmp_path):
     assert (cfg.mode, cfg.detectors) == ("link", ["none"])
     code, _, _ = cli_main(*base, "--copy")
     assert code == 1 and seen[-1].mode == "copy" and seen[-1].detectors == ["owlv2"]
+
+
+def test_score_settings_of_another_command_come_over_by_name():
+    compare = CompareConfig(target=94, classifiers=["a"], batch_size=4, device="cpu", strict=True)
+    score = ScoreConfig.like(compare, strict=False)
+    assert (score.batch_size, score.device, score.strict, score.target) == (4, "cpu", False, 94)
+    assert score.image_size == ScoreConfig().image_size  # compare has no such setting
