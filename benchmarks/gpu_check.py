@@ -11,7 +11,7 @@ tokenizer stands in for CLIP's BPE, which changes no shape), saved as a diffuser
 robust ResNet-50 extractor and the resnet / vit / clip victims come from spurcli's plugins with
 ``random`` weights, taesd (`--sfsl-decoder taesd`) is ``random`` too.
 
-What it measures, through spurcli's own functions (`spurcli.train.finetune`, `spurcli.sample.
+What it measures, through spurcli's own functions (`spurcli.finetune.finetune`, `spurcli.sample.
 sample`, `spurcli.score.score_images`), not a re-implementation:
 
 - finetune at 512 px, fp16 autocast, batch 1 + 1 prior image, text encoder trained: ms/step
@@ -189,7 +189,7 @@ def finetune_row(setup: Setup, model: str, work: Path, change: dict) -> dict:
     import torch
 
     from spurcli.config import FinetuneConfig
-    from spurcli.train import finetune
+    from spurcli.finetune import finetune
 
     change = {k: (setup.decode_size if v == "DECODE" else v) for k, v in change.items()}
     cfg = FinetuneConfig(

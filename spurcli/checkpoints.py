@@ -1,10 +1,12 @@
 """Checkpoints of a `spurcli finetune` run: save, prune, find and resume; Ctrl-C and SIGTERM.
 
-    from spurcli.checkpoints import Run, StopFlag, load_checkpoint, resume_point, save_checkpoint
-    start = resume_point(cfg, out)          # None (a new run) or the checkpoint folder to resume
-    step = load_checkpoint(run, start)      # weights, optimizer, lr schedule, scaler, RNG -> step
-    with StopFlag().installed() as stop:    # SIGINT/SIGTERM only set stop.requested ...
-        save_checkpoint(run, step, losses)  # ... and the loop saves OUT/checkpoints/step-N
+    from spurcli.checkpoints import StopFlag, load_checkpoint, resume_point, save_checkpoint
+    start = resume_point(cfg, out)             # None (a new run) or the checkpoint to resume
+    step = load_checkpoint(training, start)    # weights, optimizer, lr schedule, scaler, RNG
+    with StopFlag().installed() as stop:       # SIGINT/SIGTERM only set stop.requested ...
+        save_checkpoint(training, step, losses)  # ... and the loop saves OUT/checkpoints/step-N
+
+``training`` is a `Checkpointable` (in finetune: the `spurcli.finetune.Training` of the run).
 
 A checkpoint folder (written into a temporary folder and renamed: never half a checkpoint):
 
@@ -70,8 +72,8 @@ class Interrupted(SpurcliError):
 
 
 @dataclass
-class Run:
-    """What checkpoints and validation need of a run in progress."""
+class Checkpointable:
+    """What a checkpoint saves and restores of a fine-tuning run in progress, and where."""
 
     cfg: FinetuneConfig
     out: Path
@@ -184,18 +186,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
+def save_checkpoint(training: Checkpointable, step: int, losses: dict[str, float]) -> None:
     """checkpoints/step-N, written into a temporary folder and renamed (never half a checkpoint)."""
     from accelerate.utils import gather_object
     from safetensors.torch import save_file
 
-    cfg, out, accelerator = run.cfg, run.out, run.accelerator
+    cfg, out, accelerator = training.cfg, training.out, training.accelerator
     rng_states = gather_object([_rng_state()])  # every process's RNG, collected on all
     if accelerator.is_main_process:
         target = checkpoint_dir(out, step)
-        models = {"unet": _state_dict(run, run.unet)}
+        models = {"unet": _state_dict(training, training.unet)}
         if cfg.train_text_encoder:
-            models["text_encoder"] = _state_dict(run, run.text_encoder)
+            models["text_encoder"] = _state_dict(training, training.text_encoder)
         for name, weights in models.items():  # never a checkpoint to resume into NaN
             if not all_finite(weights.values()):
                 raise SpurcliError(
@@ -205,8 +207,8 @@ def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
         with atomic_dir(target) as tmp:
             for name, weights in models.items():
                 save_file(weights, tmp / f"{name}.safetensors")
-            torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(run.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+            torch.save(training.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(training.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
             if accelerator.scaler is not None:
                 torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
             for rank, state in enumerate(rng_states):
@@ -221,19 +223,19 @@ def save_checkpoint(run: Run, step: int, losses: dict[str, float]) -> None:
     accelerator.wait_for_everyone()
 
 
-def _state_dict(run: Run, model: Any) -> dict[str, torch.Tensor]:
+def _state_dict(training: Checkpointable, model: Any) -> dict[str, torch.Tensor]:
     """The trained tensors: every weight, or (LoRA) the adapters alone."""
-    model = run.accelerator.unwrap_model(model)
-    if run.cfg.lora_rank:
+    model = training.accelerator.unwrap_model(model)
+    if training.cfg.lora_rank:
         from spurcli.lora import adapter_state
 
         return adapter_state(model)
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def _load_state_dict(run: Run, model: Any, state: dict[str, torch.Tensor]) -> None:
-    model = run.accelerator.unwrap_model(model)
-    if run.cfg.lora_rank:
+def _load_state_dict(training: Checkpointable, model: Any, state: dict[str, torch.Tensor]) -> None:
+    model = training.accelerator.unwrap_model(model)
+    if training.cfg.lora_rank:
         from spurcli.lora import load_adapter_state
 
         load_adapter_state(model, state)
@@ -270,7 +272,7 @@ def check_weights_finite(params: list[Any], step: int, out: Path, lr: float) -> 
         )
 
 
-def _one_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[0] if lines else type(exc).__name__)[:200]
 
@@ -294,25 +296,25 @@ def _mismatch(saved: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) ->
     return "; ".join(problems) or None
 
 
-def _read_checkpoint(run: Run, path: Path) -> dict[str, Any]:
+def _read_checkpoint(training: Checkpointable, path: Path) -> dict[str, Any]:
     """Everything of a checkpoint, read and checked before any of it touches the run."""
     from safetensors.torch import load_file
 
     from spurcli.weights import _load_failure
 
-    cfg, accelerator = run.cfg, run.accelerator
+    cfg, accelerator = training.cfg, training.accelerator
     record = path / "state.json"
     try:
         state = json.loads(record.read_text(encoding="utf-8"))
         int(state["step"]), dict(state["config"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BadCheckpoint(
-            f"{record} is missing or not a spurcli checkpoint record ({_one_line(exc)}); "
+            f"{record} is missing or not a spurcli checkpoint record ({_first_line(exc)}); "
             "resume from another checkpoint or delete this one"
         ) from None
-    models = {"unet": run.unet}
+    models = {"unet": training.unet}
     if cfg.train_text_encoder:
-        models["text_encoder"] = run.text_encoder
+        models["text_encoder"] = training.text_encoder
     weights = {}
     for name, model in models.items():
         file = path / f"{name}.safetensors"
@@ -354,7 +356,7 @@ def _read_checkpoint(run: Run, path: Path) -> dict[str, Any]:
                 "or delete this one"
             ) from None
     saved_groups = others.get("optimizer", {}).get("param_groups", [])
-    groups = run.optimizer.state_dict()["param_groups"]
+    groups = training.optimizer.state_dict()["param_groups"]
     if "optimizer" in others and [len(g["params"]) for g in saved_groups] != [
         len(g["params"]) for g in groups
     ]:
@@ -365,7 +367,7 @@ def _read_checkpoint(run: Run, path: Path) -> dict[str, Any]:
     return {"state": state, "weights": weights, **others}
 
 
-def load_checkpoint(run: Run, path: Path, *, skip_bad: bool = False) -> int:
+def load_checkpoint(training: Checkpointable, path: Path, *, skip_bad: bool = False) -> int:
     """Restore everything ``save_checkpoint`` wrote; returns the step it was taken at.
 
     Nothing is changed unless the whole checkpoint reads and fits (a `BadCheckpoint` naming the
@@ -374,23 +376,23 @@ def load_checkpoint(run: Run, path: Path, *, skip_bad: bool = False) -> int:
     """
     candidates = [path]
     if skip_bad:
-        candidates += [p for _, p in reversed(list_checkpoints(run.out)) if p != path]
+        candidates += [p for _, p in reversed(list_checkpoints(training.out)) if p != path]
     for candidate in candidates:
         try:
-            loaded = _read_checkpoint(run, candidate)
+            loaded = _read_checkpoint(training, candidate)
         except BadCheckpoint as exc:
             if not skip_bad:
                 raise
             log.warning("skipping checkpoint %s: %s", candidate, exc)
             continue
-        _apply_checkpoint(run, loaded)
+        _apply_checkpoint(training, loaded)
         return int(loaded["state"]["step"])
-    log.warning("no checkpoint in %s loads: starting from step 0", run.out)
+    log.warning("no checkpoint in %s loads: starting from step 0", training.out)
     return 0
 
 
-def _apply_checkpoint(run: Run, loaded: dict[str, Any]) -> None:
-    cfg, accelerator, state = run.cfg, run.accelerator, loaded["state"]
+def _apply_checkpoint(training: Checkpointable, loaded: dict[str, Any]) -> None:
+    cfg, accelerator, state = training.cfg, training.accelerator, loaded["state"]
     changed = sorted(
         k
         for k, v in to_dict(cfg).items()
@@ -401,12 +403,12 @@ def _apply_checkpoint(run: Run, loaded: dict[str, Any]) -> None:
             "resuming with changed options (%s): the result will differ from an uninterrupted run",
             ", ".join(changed),
         )
-    _load_state_dict(run, run.unet, loaded["weights"]["unet"])
+    _load_state_dict(training, training.unet, loaded["weights"]["unet"])
     if "text_encoder" in loaded["weights"]:
-        _load_state_dict(run, run.text_encoder, loaded["weights"]["text_encoder"])
+        _load_state_dict(training, training.text_encoder, loaded["weights"]["text_encoder"])
     for name, target in (
-        ("optimizer", run.optimizer),
-        ("lr_scheduler", run.lr_scheduler),
+        ("optimizer", training.optimizer),
+        ("lr_scheduler", training.lr_scheduler),
         ("scaler", accelerator.scaler),
     ):
         if target is not None and name in loaded:

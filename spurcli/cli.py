@@ -239,7 +239,7 @@ def score_command(
     """Score how spurious a set of images is for a class, per classifier and across them."""
     from spurcli import score
     from spurcli.config import ScoreConfig, load_config
-    from spurcli.pipeline import TABLES
+    from spurcli.experiment import TABLES
 
     options = _given(ctx, ScoreConfig)
     cfg = load_config(
@@ -354,7 +354,7 @@ def sample_command(
     """Generate N images per prompt (resumable, data-parallel under torchrun/accelerate)."""
     from spurcli.config import SampleConfig, load_config
     from spurcli.errors import UsageError
-    from spurcli.pipeline import TABLES
+    from spurcli.experiment import TABLES
     from spurcli.sample import read_prompts_file, sample
 
     options = _given(ctx, SampleConfig)
@@ -432,7 +432,7 @@ def compare_command(
     """Compare two image sets: scores side by side, feature-space similarity, HTML report."""
     from spurcli.compare import CompareConfig, compare
     from spurcli.config import load_config
-    from spurcli.pipeline import TABLES
+    from spurcli.experiment import TABLES
 
     cfg = load_config(
         CompareConfig,
@@ -519,7 +519,7 @@ def curate_command(
     """Filter generated images into a publishable test set with a datasheet (see docs/curate.md)."""
     from spurcli.config import CurateConfig, load_config
     from spurcli.curate import curate
-    from spurcli.pipeline import TABLES
+    from spurcli.experiment import TABLES
 
     if out is None:
         raise typer.BadParameter("--out DATASET_DIR is required", param_hint="--out")
@@ -577,11 +577,11 @@ def run_command(
     ] = False,
 ) -> None:
     """The whole experiment: finetune, sample, score, compare, report (resumes by stage)."""
-    from spurcli.pipeline import run
+    from spurcli.experiment import run_experiment
     from spurcli.summary import summary_table
 
     pins = [f"revision={revision}"] if revision is not None else []
-    result = run(config, sets=[*(sets or ()), *pins], retrain=retrain)
+    result = run_experiment(config, sets=[*(sets or ()), *pins], retrain=retrain)
     if not console.is_main_process():
         return
     if as_json:
@@ -712,11 +712,11 @@ def finetune_command(
     """Fine-tune Stable Diffusion on reference images: DreamBooth + prior preservation + SFSL."""
     from spurcli.config import FinetuneConfig, load_config
     from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR
-    from spurcli.pipeline import TABLES, finetune_config, is_run_config
-    from spurcli.train import finetune
+    from spurcli.experiment import TABLES, finetune_config, is_experiment_config
+    from spurcli.finetune import finetune
 
     options = _given(ctx, FinetuneConfig)
-    if config is not None and config.is_file() and is_run_config(config):
+    if config is not None and config.is_file() and is_experiment_config(config):
         cfg = finetune_config(config, sets or (), options)  # as `spurcli run` trains it
     else:
         cfg = load_config(

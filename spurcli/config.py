@@ -353,28 +353,28 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 # --- settings several commands share: declared once here (each call makes a new field) ------
 
 
-def _target(note: str = "") -> Any:
+def _target_field(note: str = "") -> Any:
     return option(None, f"ImageNet class: index or name{note}.", flags=("--target", "-t"))
 
 
-def _classifiers(default: list[str], help: str) -> Any:
+def _classifiers_field(default: list[str], help: str) -> Any:
     return option(default, help, flags=("--classifiers", "-c"), comma=True)
 
 
-def _weights() -> Any:
+def _weights_field() -> Any:
     return option([], "Classifier NAME=PATH or NAME=random; repeatable.")
 
 
-def _device() -> Any:
+def _device_field() -> Any:
     return option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
 
 
-def _batch_size() -> Any:
+def _batch_size_field() -> Any:
     # Lower it if a big classifier runs out of memory; it changes no number.
     return option(32, "Images per forward pass.", min=1, flags=("--batch-size", "-b"))
 
 
-def _strict(help: str = "Fail on an unreadable image instead of skipping it.") -> Any:
+def _strict_field(help: str = "Fail on an unreadable image instead of skipping it.") -> Any:
     return option(False, help)
 
 
@@ -416,7 +416,7 @@ class SampleConfig:
     attention_slicing: int | str | None = option(
         None, "auto, max, N or off: less memory, a bit slower (none: the model's default)."
     )
-    device: str | None = _device()
+    device: str | None = _device_field()
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = option(
         "auto", "auto (fp16 on CUDA only), float32, float16 or bfloat16."
     )
@@ -449,18 +449,18 @@ class ScoreConfig:
     them. The image-feeding settings (batch size to image size) serve every command that scores:
     none of them changes the numbers but ``image_size``."""
 
-    target: int | str | None = _target(" (none with --layout spurious-imagenet)")
-    classifiers: list[str] = _classifiers(
+    target: int | str | None = _target_field(" (none with --layout spurious-imagenet)")
+    classifiers: list[str] = _classifiers_field(
         [], "Classifier names (spurcli plugins), comma-separated."
     )
     real: Path | None = option(
         None, "Real images of the class (with --layout spurious-imagenet: the ImageNet val root)."
     )
-    weights: list[str] = _weights()
+    weights: list[str] = _weights_field()
     layout: str = option("folder", "'folder' or 'spurious-imagenet'.")
-    batch_size: int = _batch_size()
-    device: str | None = _device()
-    strict: bool = _strict()
+    batch_size: int = _batch_size_field()
+    device: str | None = _device_field()
+    strict: bool = _strict_field()
     num_workers: int | None = option(
         None, "Decoding processes (none: by device).", min=0, flags=("--workers",)
     )
@@ -495,9 +495,9 @@ class CompareConfig:
     """`spurcli compare`: two image sets scored side by side, their feature-space similarity and
     the HTML report; also the ``[compare]`` table of a `spurcli run` config."""
 
-    target: int | str | None = _target()
-    classifiers: list[str] = _classifiers([], "Classifier names, comma-separated.")
-    weights: list[str] = _weights()
+    target: int | str | None = _target_field()
+    classifiers: list[str] = _classifiers_field([], "Classifier names, comma-separated.")
+    weights: list[str] = _weights_field()
     extractors: list[str] = option(
         ["robust-resnet50"],
         "Feature extractors, comma-separated ('' for none).",
@@ -508,9 +508,9 @@ class CompareConfig:
     real: Path | None = option(
         None, "Real images of the class: ROC-AUC and AP in both score tables."
     )
-    batch_size: int = _batch_size()
-    device: str | None = _device()
-    strict: bool = _strict()
+    batch_size: int = _batch_size_field()
+    device: str | None = _device_field()
+    strict: bool = _strict_field()
     # All images are scored; this only bounds the report's grids.
     report_images: int = option(48, "Images per set shown in the report.", min=0)
     bootstrap: int = option(1000, "Bootstrap resamples of the intervals; 0: off.", min=0)
@@ -536,11 +536,11 @@ class CurateConfig:
     """`spurcli curate`: generated images filtered into a publishable test set with a datasheet
     (docs/curate.md); also the ``[curate]`` table of a `spurcli run` config."""
 
-    target: int | str | None = _target()
-    classifiers: list[str] = _classifiers(
+    target: int | str | None = _target_field()
+    classifiers: list[str] = _classifiers_field(
         ["resnet", "vit", "clip"], "Selection classifiers, comma-separated."
     )
-    weights: list[str] = _weights()
+    weights: list[str] = _weights_field()
     min_fooled: int = option(1, "Keep if at least K selection classifiers say the target.")
     detectors: list[str] = option(
         ["owlv2"],
@@ -567,9 +567,9 @@ class CurateConfig:
     # On the command line --link/--copy.
     mode: Literal["copy", "link"] = option("copy", "copy the kept files, or symlink them.")
     overwrite: bool = option(False, "Replace an existing output folder.")
-    strict: bool = _strict("Unreadable image or nothing kept: an error.")
-    batch_size: int = _batch_size()
-    device: str | None = _device()
+    strict: bool = _strict_field("Unreadable image or nothing kept: an error.")
+    batch_size: int = _batch_size_field()
+    device: str | None = _device_field()
     # Kept images: 4x as many.
     report_images: int = option(
         12, "Rejected images shown per reason in the report of spurcli run.", min=0
@@ -845,11 +845,13 @@ def _bounds_text(fld: dataclasses.Field[Any]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def settings_docs_main(argv: Sequence[str] | None = None) -> None:
     """``python -m spurcli.config --write-docs docs/settings.md`` (without it: to stdout)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m spurcli.config", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m spurcli.config", description=settings_docs_main.__doc__
+    )
     parser.add_argument("--write-docs", metavar="FILE", help="write the settings reference here")
     args = parser.parse_args(argv)
     if args.write_docs:
@@ -859,4 +861,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    settings_docs_main()

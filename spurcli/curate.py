@@ -122,7 +122,7 @@ def decide(
 # ------------------------------------------------------------------------------------- checks
 
 
-def check_config(config: CurateConfig, images_dir: Path, out: Path) -> None:
+def check_curate_config(config: CurateConfig, images_dir: Path, out: Path) -> None:
     """Everything that can be checked before a model loads (one line each)."""
     from spurcli.config import check_fields
 
@@ -266,7 +266,7 @@ def curate(
     )
 
     images_dir, out = Path(images_dir), Path(out)
-    check_config(config, images_dir, out)
+    check_curate_config(config, images_dir, out)
     k = imagenet.resolve_class(config.target)
     # Every name resolves (or gets its "did you mean") before any model loads.
     for name in (*config.classifiers, *config.evaluate_with):

@@ -78,10 +78,6 @@ def _add_text_encoder_adapter(text_encoder: Any, config: Any) -> None:
     text_encoder._hf_peft_config_loaded = True  # transformers: checkpointing keeps input grads
 
 
-def trainable(model: Any) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def adapter_state(model: Any) -> dict[str, torch.Tensor]:
     """The adapters' tensors of an (unwrapped) model, peft's names, on the CPU."""
     from peft.utils import get_peft_model_state_dict

@@ -9,7 +9,7 @@
 
 The batch holds the instance half first (reference images, "a photo of [V] <noun>") and the class
 half after it (prior images, "a photo of <noun>"), so one UNet call serves both, as in diffusers'
-DreamBooth script. Per DESIGN.md §4:
+DreamBooth script. The loss (docs/architecture.md, "The method"):
 
     L = L_inst + w_prior L_prior + w_sfsl L_sfsl
     L_inst, L_prior  MSE of the UNet's prediction against its target (epsilon, or v) per half
@@ -242,16 +242,30 @@ def term_grad_norms(
     Computed with `torch.autograd.grad` on the retained graph: ``.grad`` is not touched and no
     random number is drawn, so the step's own backward pass and update are unchanged. ``scale``
     multiplies each term first and divides the norm after (fp16's loss scale, against underflow).
+
+    With several processes (torch.distributed initialised) each term's gradient is averaged over
+    them first, as DDP averages the step's gradient: the norm is then the whole batch's, the same
+    as one process with that batch (every process must call this on the same steps).
     """
     params = list(params)
     norms = []
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    divide = scale * (dist.get_world_size() if distributed else 1)  # the sum's norm -> the mean's
     for name in names:
         term = terms.get(name)
         if term is None or not term.requires_grad:
             norms.append(torch.zeros((), device=params[0].device))
             continue
         grads = torch.autograd.grad(term * scale, params, retain_graph=True, allow_unused=True)
+        if distributed:  # the same collectives in every process: a missing gradient counts as 0
+            grads = [
+                torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)
+            ]
+            for g in grads:
+                dist.all_reduce(g)  # summed over processes
         found = [g.float().norm() for g in grads if g is not None]
         norm = torch.stack(found).norm() if found else torch.zeros((), device=params[0].device)
-        norms.append(norm.to(params[0].device) / scale)
+        norms.append(norm.to(params[0].device) / divide)
     return torch.stack(norms)

@@ -190,7 +190,7 @@ def _delta_cell(value: float | dict[str, Any] | None, metric: str | None = None)
     return f'<td class="{css}"{title}>{text}{extra}</td>'
 
 
-def _rate(consensus: dict[str, Any], key: str) -> str:
+def _consensus_rate(consensus: dict[str, Any], key: str) -> str:
     ci = consensus.get(f"{key}_ci")
     text = f"{consensus[key]:.3f}"
     return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -298,8 +298,9 @@ def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
     )
     out.append(
         f'<p class="note">consensus (every classifier says the target): {_h(la)} '
-        f"{_rate(ca, 'all')}, {_h(lb)} {_rate(cb, 'all')}; any classifier: {_h(la)} "
-        f"{_rate(ca, 'any')}, {_h(lb)} {_rate(cb, 'any')}."
+        f"{_consensus_rate(ca, 'all')}, {_h(lb)} {_consensus_rate(cb, 'all')}; "
+        f"any classifier: {_h(la)} "
+        f"{_consensus_rate(ca, 'any')}, {_h(lb)} {_consensus_rate(cb, 'any')}."
         + _differences_note(data.get("differences") or {}, la, lb)
         + f" Δ = {_h(la)} &minus; {_h(lb)}; red where {_h(la)} is the more spurious set, green "
         "where less, only when the 95% interval of Δ excludes 0. [lo, hi]: 95% intervals."

@@ -275,7 +275,7 @@ def reconcile(out: Path) -> dict[str, dict[str, Any]]:
 # ----------------------------------------------------------------------------------------- sample
 
 
-def check_config(config: SampleConfig) -> None:
+def check_sample_config(config: SampleConfig) -> None:
     """Everything that can be checked before loading a model (`SampleConfig.check`)."""
     config.check()
 
@@ -316,7 +316,7 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
     from spurcli.fileio import output_folder
 
     started = time.perf_counter()
-    check_config(config)
+    check_sample_config(config)
     out = Path(config.out)
     if model_ref is None and pipe is None:  # a bad model name: an error before any folder exists
         model_ref = resolve_model(config.model, config.revision)
@@ -411,7 +411,7 @@ def _sample(
         )
     with progress_bar("sampling", total=len(mine)) as bar:
         for batch in batches:
-            images = generate(pipe, batch, size, embeddings, settings)
+            images = generate_batch(pipe, batch, size, embeddings, settings)
             new = []
             for job, image in zip(batch, images, strict=True):
                 record = {**settings, "file": job.file, "prompt": job.prompt, "index": job.index}
@@ -507,7 +507,7 @@ class PromptCache:
         return self.cache[prompt]
 
 
-def generate(
+def generate_batch(
     pipe: Any, batch: Sequence[Job], size: int, embeddings: PromptCache, settings: dict[str, Any]
 ) -> list[Any]:
     """Images for ``batch``, run as a batch of exactly ``size`` (filled up, see the docstring)."""

@@ -1,7 +1,7 @@
 """The answer of a `spurcli run`: per classifier, how often each set's images are put in the
 target class, with 95% intervals, and whether the differences that matter are real.
 
-    from spurcli.pipeline import load_experiment
+    from spurcli.experiment import load_experiment
     from spurcli.summary import summarize, summary_table
     summary = summarize(load_experiment("examples/quickstart.toml"))   # after the run's scores
     summary["classifiers"]["effnet-lite0"]["differences"]["generated-vs-baseline"]
@@ -36,7 +36,7 @@ from spurcli import metrics
 
 def _differences(exp: Any) -> list[tuple[str, str, bool]]:
     """(set a, set b, paired by construction) for every difference the summary tests."""
-    from spurcli.pipeline import DREAMBOOTH_ARM, REFERENCES, SFSL_ARM
+    from spurcli.experiment import DREAMBOOTH_ARM, REFERENCES, SFSL_ARM
 
     sets = exp.sample_sets()
     pairs = [(arm, "baseline", True) for arm in exp.arms() if "baseline" in sets]
@@ -54,7 +54,7 @@ def _differences(exp: Any) -> list[tuple[str, str, bool]]:
 def summarize(exp: Any) -> dict[str, Any]:
     """The run's answer, from the score files of every set (see the module docstring)."""
     from spurcli.compare import find_pairs
-    from spurcli.pipeline import (
+    from spurcli.experiment import (
         REFERENCES,
         _all_sets,
         _score_paths,
@@ -69,13 +69,13 @@ def summarize(exp: Any) -> dict[str, Any]:
     k = target["index"]
     circular = exp.circular()
     consensus_members = [
-        c for c in exp.compare.classifiers if not (exp.run.exclude_circular and c in circular)
+        c for c in exp.compare.classifiers if not (exp.config.exclude_circular and c in circular)
     ]
     notes: list[str] = []
     if not exp.split.held_out:
         notes.append(
             f"No reference image was held out ({len(exp.split.train)} references, "
-            f"train_references = {exp.run.train_references}): the generated images are judged "
+            f"train_references = {exp.config.train_references}): the generated images are judged "
             "against the images they were trained on."
         )
     unpaired: set[str] = set()
@@ -127,12 +127,12 @@ def summarize(exp: Any) -> dict[str, Any]:
         c: "also the SFSL extractor (same model and weights): the images were optimised "
         "against it, so its verdict is not independent evidence"
         for c in circular
-        if exp.run.exclude_circular
+        if exp.config.exclude_circular
     }
     if circular:
         notes.append(
             f"{', '.join(circular)}: also the SFSL extractor, marked as circular"
-            + (" and left out of the consensus." if exp.run.exclude_circular else ".")
+            + (" and left out of the consensus." if exp.config.exclude_circular else ".")
         )
     if unpaired:
         notes.append(
@@ -159,7 +159,7 @@ def summarize(exp: Any) -> dict[str, Any]:
     }
 
 
-def _rate(value: float | None, ci: list[float] | None) -> dict[str, str]:
+def _rate_entry(value: float | None, ci: list[float] | None) -> dict[str, str]:
     if value is None:
         return {"text": "-", "css": ""}
     interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
@@ -180,7 +180,7 @@ def _delta(diff: dict[str, Any] | None) -> dict[str, str]:
 
 def summary_table(summary: dict[str, Any]) -> dict[str, Any]:
     """The summary as columns and rows of cells ``{"text", "css"}`` (report and terminal)."""
-    from spurcli.pipeline import LABELS
+    from spurcli.experiment import LABELS
 
     sets = [s for s in summary["n_images"] if not s.endswith("-recontext")]
     first = next(iter(summary["classifiers"].values()))
@@ -194,12 +194,12 @@ def summary_table(summary: dict[str, Any]) -> dict[str, Any]:
     for clf, entry in summary["classifiers"].items():
         name = clf + (" (random weights)" if entry["weights"] == "random" else "")
         name += " (circular: SFSL extractor)" if entry["circular"] else ""
-        cells = [_rate(entry["spurious_rate"][s], entry["spurious_rate_ci"][s]) for s in sets]
+        cells = [_rate_entry(entry["spurious_rate"][s], entry["spurious_rate_ci"][s]) for s in sets]
         cells += [_delta(entry["differences"][d]) for d in deltas]
         rows.append([name, *cells])
     consensus = summary["consensus"]
     if consensus["classifiers"]:
-        cells = [_rate(consensus["all"][s], consensus["all_ci"][s]) for s in sets]
+        cells = [_rate_entry(consensus["all"][s], consensus["all_ci"][s]) for s in sets]
         cells += [_delta(consensus["differences"].get(d)) for d in deltas]
         rows.append([f"consensus of {', '.join(consensus['classifiers'])}", *cells])
     target = summary["target"]

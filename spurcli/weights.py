@@ -52,7 +52,7 @@ def is_random(weights: str | os.PathLike[str] | None) -> bool:
     return weights is not None and os.fspath(weights) == RANDOM
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Any:
+def read_weights_file(path: str | os.PathLike[str]) -> Any:
     """Whatever a checkpoint file holds (a state dict, or a dict of entries), read safely."""
     path = Path(path)
     if not path.is_file():
@@ -100,7 +100,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     import torch
 
-    data = load_checkpoint(path)
+    data = read_weights_file(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
@@ -232,11 +232,11 @@ def file_identity(path: str | os.PathLike[str], *, package: str | None = None) -
         "sha256": sha256_cached(resolved),
     }
     if package is not None:
-        identity.update(source="package", package=package, version=_version(package))
+        identity.update(source="package", package=package, version=_package_version(package))
     return identity
 
 
-def _version(package: str) -> str | None:
+def _package_version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spurcli.pipeline import load_experiment
+from spurcli.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "examples" / "classes").glob("*.toml"))
@@ -65,7 +65,7 @@ def repository_copy(config: Path, root: Path) -> Path:
     copy = root / "examples" / "classes" / config.name
     copy.parent.mkdir(parents=True)
     shutil.copyfile(config, copy)
-    refs = load_experiment(copy).run.instance_dir
+    refs = load_experiment(copy).config.instance_dir
     refs.mkdir(parents=True)
     photo = skimage.data.coffee()
     for i in range(7):
@@ -84,7 +84,7 @@ def test_class_config_runs_end_to_end(config, tmp_path, cli_main):
     result = json.loads(out)
     exp = load_experiment(copy)
     assert result["references"]["judged_against"] == "held-out"
-    assert len(result["references"]["train"]) == exp.run.train_references == 5
+    assert len(result["references"]["train"]) == exp.config.train_references == 5
     assert set(result["arms"]) == {"generated", "dreambooth"}
     robust = result["classifiers"]["robust-resnet50"]
     assert robust["circular"] is True  # the SFSL extractor is also a victim
@@ -110,13 +110,15 @@ def test_finetune_reads_a_class_config_as_run_does(tmp_path, cli_main):
     )
 
 
-def test_readme_install_line_is_the_tested_environment():
-    """The paper-reproduction install line names every plugin the test environment installs."""
+def test_install_lines_are_the_tested_environment():
+    """Every install line a user copies (README, the paper guide) names every plugin the test
+    environment installs."""
     makefile = (ROOT / "Makefile").read_text()
     plugins = re.search(r"^PLUGINS := (.*)$", makefile, re.M).group(1).split()  # type: ignore[union-attr]
-    lines = [
-        line for line in (ROOT / "README.md").read_text().splitlines() if "pip install -e ." in line
-    ]
-    assert lines, "README has no 'pip install -e .' line"
-    for line in lines:
-        assert sorted(re.findall(r"plugins/[\w-]+", line)) == sorted(plugins), line
+    for doc in ("README.md", "docs/paper.md"):
+        lines = [
+            line for line in (ROOT / doc).read_text().splitlines() if "pip install -e ." in line
+        ]
+        assert lines, f"{doc} has no 'pip install -e .' line"
+        for line in lines:
+            assert sorted(re.findall(r"plugins/[\w-]+", line)) == sorted(plugins), (doc, line)

@@ -32,7 +32,7 @@ def test_settings_reference_is_up_to_date():
 
 
 def test_the_documented_command_writes_the_reference(tmp_path):
-    config.main(["--write-docs", str(tmp_path / "settings.md")])
+    config.settings_docs_main(["--write-docs", str(tmp_path / "settings.md")])
     assert (tmp_path / "settings.md").read_text(encoding="utf-8") == config.settings_markdown()
 
 
@@ -101,7 +101,7 @@ def test_only_typed_options_override_the_file(cli_main, monkeypatch, tmp_path):
         seen.append(cfg)
         raise SpurcliError("stop here")
 
-    monkeypatch.setattr("spurcli.train.finetune", capture)
+    monkeypatch.setattr("spurcli.finetune.finetune", capture)
     (tmp_path / "exp.toml").write_text(
         '[finetune]\nsteps = 5\nlr = 1e-4\ncenter_crop = true\nlora_targets = ["to_q"]\n'
     )

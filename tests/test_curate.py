@@ -245,14 +245,14 @@ def test_report_shows_kept_and_rejected_per_reason(fake_plugin, folders, tmp_pat
 
 
 def test_config_checks(tmp_path):
-    from spurcli.curate import check_config
+    from spurcli.curate import check_curate_config
 
     with pytest.raises(UsageError, match="--min-fooled"):
-        check_config(_config(min_fooled=2), tmp_path / "a", tmp_path / "b")
+        check_curate_config(_config(min_fooled=2), tmp_path / "a", tmp_path / "b")
     with pytest.raises(UsageError, match="outside the images folder"):
-        check_config(_config(), tmp_path, tmp_path / "out")
+        check_curate_config(_config(), tmp_path, tmp_path / "out")
     with pytest.raises(UsageError, match="cannot be combined"):
-        check_config(_config(detectors=["none", "fake"]), tmp_path / "a", tmp_path / "b")
+        check_curate_config(_config(detectors=["none", "fake"]), tmp_path / "a", tmp_path / "b")
 
 
 def test_curate_with_the_builtin_owlv2_on_random_weights(fake_plugin, folders, tmp_path, cli_main):
@@ -277,7 +277,7 @@ def test_curate_with_the_builtin_owlv2_on_random_weights(fake_plugin, folders, t
 
 
 def test_run_stage_curates_the_sfsl_set_once(fake_plugin, tmp_path):
-    from spurcli import pipeline
+    from spurcli import experiment
 
     config = tmp_path / "exp.toml"
     config.write_text(
@@ -286,23 +286,23 @@ def test_run_stage_curates_the_sfsl_set_once(fake_plugin, tmp_path):
         '[curate]\nclassifiers = ["fake"]\ndetectors = ["fake"]\nextractor = "fake"\n'
         "max_similarity = 0.99\n"
     )
-    exp = pipeline.load_experiment(config)
+    exp = experiment.load_experiment(config)
     assert exp.curate.references == tmp_path / "out" / "references" / "train"
     assert exp.curate.target == 94 and exp.curate.overwrite
     for name, colour in COLOURS.items():
         _image(exp.set_dir("generated") / f"{name}.png", colour)
     _image(exp.curate.references / "ref.png", COLOURS["copy"])
-    stages = pipeline.Stages()
-    pipeline.run_curate(exp, stages, True)
+    stages = experiment.Stages()
+    experiment.run_curate(exp, stages, True)
     assert stages.done == {"curate": "ran"}
     data = json.loads((tmp_path / "out" / "curated.json").read_text())
     assert [v["file"] for v in data["kept"]] == ["red.png"]
     assert set(data["rejected"]) == {"object-present", "not-fooling", "near-copy"}
-    pipeline.run_curate(exp, stages, True)
+    experiment.run_curate(exp, stages, True)
     assert stages.done == {"curate": "skipped"}
     exp.curate.max_presence = 1.0  # a changed setting redoes the stage
-    pipeline.run_curate(exp, stages, True)
+    experiment.run_curate(exp, stages, True)
     assert stages.done == {"curate": "ran"} and "max_presence" in stages.reasons["curate"]
     no_table = tmp_path / "plain.toml"
     no_table.write_text(config.read_text().split("[curate]")[0])
-    assert pipeline.load_experiment(no_table).curate is None  # off unless present
+    assert experiment.load_experiment(no_table).curate is None  # off unless present

@@ -32,8 +32,8 @@ from PIL import Image
 from spurcli import cli, hookimpl, plugins
 from spurcli.diffusion import build_tiny_pipeline, load_pipeline, resolve_model
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.finetune import Interrupted, finetune
 from spurcli.images import sha256_file
-from spurcli.train import Interrupted, finetune
 
 LOG_KEYS = {"step", "loss", "loss_instance", "loss_prior", "loss_sfsl", "lr"}
 

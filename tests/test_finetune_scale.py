@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from spurcli.diffusion import build_tiny_pipeline, load_pipeline, load_taesd, resolve_model
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.train import Interrupted, finetune
+from spurcli.finetune import Interrupted, finetune
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -288,3 +288,85 @@ def test_tensorboard_event_file_has_losses_norms_and_images(refs, class_dir, tmp
     assert "validation/00" in tags["images"]
     image = events.Images("validation/00")[0]
     assert (image.width, image.height, image.step) == (32, 32, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# several processes
+
+
+@pytest.mark.slow
+def test_lora_with_two_processes_and_grad_norms(refs, tmp_path):
+    """LoRA under torchrun (2 CPU processes, gloo), gradient norms on every step: the adapters
+    load in plain diffusers, and the run is the same objective as 1 process with the whole batch
+    (as for full fine-tuning in test_finetune.py)."""
+    import subprocess
+    import sys
+
+    from _finetune_helpers import SUBPROCESS_ENV, config_args
+
+    out = tmp_path / "run"
+    cfg = fast_config(
+        refs,
+        out,
+        steps=2,
+        lora_rank=4,
+        lr=1e-2,
+        checkpoint_every=1,
+        num_class_images=3,
+        log_grad_norms_every=1,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "spurcli",
+        "-q",
+        "finetune",
+        *config_args(cfg),
+    ]
+    done = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((out / "spurcli-run.json").read_text())
+    assert run["world_size"] == 2 and run["steps_done"] == 2 and run["lora"]["rank"] == 4
+    assert not (out / "pipeline").exists()
+    checkpoint = out / "checkpoints" / "step-2"
+    assert {p.name for p in checkpoint.glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
+    assert all("lora_" in k for k in load_file(checkpoint / "unet.safetensors"))
+    two = _lora_tensors(out)
+    assert any(k.startswith("text_encoder.") for k in two)
+    pipe = build_tiny_pipeline()  # a plain diffusers user loads the adapters
+    base_image = _image(pipe)
+    pipe.load_lora_weights(out / "lora")
+    assert not torch.allclose(_image(pipe), base_image, atol=1e-3)
+    # One process with batch 2 (global samples 0 and 1 = rank 0's and rank 1's): the same losses,
+    # per-term and whole gradient norms (each averaged over the processes first, as DDP does),
+    # and adapters, up to summation order.
+    one = finetune(
+        dataclasses.replace(
+            cfg,
+            output_dir=tmp_path / "one",
+            batch_size=2,
+            class_dir=out / "class-images",
+            checkpoint_every=0,
+        )
+    )
+    norm_keys = {"grad_norm_instance", "grad_norm_prior", "grad_norm_sfsl", "grad_norm"}
+    for got, want in zip(_log(one), _log(out), strict=True):
+        assert norm_keys <= want.keys()
+        assert got == pytest.approx(want, rel=1e-4)
+    b1 = finetune(
+        dataclasses.replace(
+            cfg, output_dir=tmp_path / "b1", class_dir=out / "class-images", checkpoint_every=0
+        )
+    )
+
+    def flat(run: Path) -> torch.Tensor:
+        return torch.cat([t.flatten() for _, t in sorted(_lora_tensors(run).items())])
+
+    diff_same = (flat(out) - flat(one)).abs().mean()  # ~3e-8
+    diff_other = (flat(out) - flat(b1)).abs().mean()  # ~8e-3: another batch composition
+    assert diff_same < 1e-6 < 1e-4 < diff_other, (diff_same, diff_other)

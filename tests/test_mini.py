@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from spurcli.diffusion import load_pipeline, resolve_model
+from spurcli.finetune import finetune
 from spurcli.mini import WEIGHTS_DIR, recipe
-from spurcli.train import finetune
 from tests._finetune_helpers import fast_config, make_refs
 
 

@@ -77,7 +77,7 @@ def test_sample_refuses_a_guidance_that_is_not_finite(spurcli, tmp_path, guidanc
 def test_a_huge_lr_stops_at_the_first_update_instead_of_saving_nan(refs, tmp_path):
     # 1e38 passes every check (it is finite), and one AdamW step takes the weights to ~1e38:
     # before the guard a 1-step run finished (exit 0) with a pipeline of inf/NaN weights.
-    from spurcli.train import finetune
+    from spurcli.finetune import finetune
 
     out = tmp_path / "run"
     with pytest.raises(SpurcliError, match="non-finite in the update of step 1") as info:
@@ -89,9 +89,9 @@ def test_a_huge_lr_stops_at_the_first_update_instead_of_saving_nan(refs, tmp_pat
 def test_weights_poisoned_by_an_update_name_only_a_finite_checkpoint(refs, tmp_path, monkeypatch):
     # An update that writes NaN while the loss before it is finite: the old guard (the loss
     # only) saved it as a checkpoint and named it "last good".
-    from spurcli import train
+    from spurcli import finetune as finetune_module
 
-    real = train._optimizer
+    real = finetune_module._optimizer
 
     def poisoning(cfg, groups):
         optimizer = real(cfg, groups)
@@ -106,10 +106,12 @@ def test_weights_poisoned_by_an_update_name_only_a_finite_checkpoint(refs, tmp_p
         optimizer.register_step_post_hook(poison)
         return optimizer
 
-    monkeypatch.setattr(train, "_optimizer", poisoning)
+    monkeypatch.setattr(finetune_module, "_optimizer", poisoning)
     out = tmp_path / "run"
     with pytest.raises(SpurcliError, match="update of step 3") as info:
-        train.finetune(dreambooth(refs, out, steps=4, checkpoint_every=1, keep_checkpoints=0))
+        finetune_module.finetune(
+            dreambooth(refs, out, steps=4, checkpoint_every=1, keep_checkpoints=0)
+        )
     assert str(out / "checkpoints" / "step-2") in str(info.value)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
     log = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
@@ -311,7 +313,7 @@ def test_result_paths_are_checked_before_the_work(spurcli, tmp_path, fake_plugin
 @pytest.fixture
 def checkpointed(refs, tmp_path):
     """A 2-step run with checkpoints step-1 and step-2 (and a finished pipeline)."""
-    from spurcli.train import finetune
+    from spurcli.finetune import finetune
 
     out = tmp_path / "run"
     finetune(dreambooth(refs, out, steps=2, checkpoint_every=1, keep_checkpoints=0))
@@ -335,7 +337,7 @@ def test_broken_and_poisoned_checkpoints_are_one_line_and_never_run(refs, checkp
 
     from safetensors.torch import save_file
 
-    from spurcli.train import finetune
+    from spurcli.finetune import finetune
 
     step2 = checkpointed / "checkpoints" / "step-2"
     marker = tmp_path / "payload-ran"
@@ -362,7 +364,7 @@ def test_broken_and_poisoned_checkpoints_are_one_line_and_never_run(refs, checkp
 
 
 def test_resume_latest_skips_a_checkpoint_that_does_not_load(refs, checkpointed, caplog):
-    from spurcli.train import finetune
+    from spurcli.finetune import finetune
 
     step2 = checkpointed / "checkpoints" / "step-2" / "unet.safetensors"
     step2.write_bytes(step2.read_bytes()[:500])  # a save killed half-way (an old version's)
@@ -453,7 +455,7 @@ def test_hostile_labels_reach_rich_tables_as_typed(hostile):
 def test_csv_cells_never_start_a_formula_and_read_back_exactly(hostile, tmp_path):
     import csv
 
-    from spurcli.pipeline import read_rows
+    from spurcli.experiment import read_rows
     from spurcli.score import score_folders
 
     path = tmp_path / "rows.csv"
@@ -572,7 +574,7 @@ def test_a_one_image_job_is_not_padded_to_the_batch_size(tmp_path, monkeypatch):
 def test_prior_images_of_another_prompt_are_regenerated(refs, tmp_path, caplog):
     from PIL import Image
 
-    from spurcli.train import finetune
+    from spurcli.finetune import finetune
 
     class_dir = tmp_path / "priors"
     base = dreambooth(refs, tmp_path / "one", steps=1, prior_weight=1.0, num_class_images=1,

@@ -293,7 +293,7 @@ def test_finetune_run_card_records_base_commit_and_resume_stays_on_it(sd_hub, tm
     import dataclasses
 
     from spurcli.diffusion import RUN_FILE
-    from spurcli.train import base_identity, base_model, finetune
+    from spurcli.finetune import base_identity, base_model, finetune
 
     hub, old, main = sd_hub
     refs = make_refs(tmp_path / "refs", 2)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from spurcli import cli, pipeline
+from spurcli import cli, experiment
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.pipeline import load_experiment, run
+from spurcli.experiment import load_experiment, run_experiment
 
 CONFIG = """
 out = "out"
@@ -151,7 +151,7 @@ def test_circular_victims_are_the_sfsl_extractor_with_the_same_weights(tmp_path)
 def test_set_overrides_top_level_and_tables(tmp_path):
     path = write_config(tmp_path)
     exp = load_experiment(path, sets=["seed=7", "finetune.steps=9", "sample.n=5", "sample.seed=1"])
-    assert (exp.run.seed, exp.finetune.seed, exp.sample.seed) == (7, 7, 1)
+    assert (exp.config.seed, exp.finetune.seed, exp.sample.seed) == (7, 7, 1)
     assert (exp.finetune.steps, exp.sample.n) == (9, 5)
     with pytest.raises(UsageError, match="no table"):
         load_experiment(path, sets=["scoring.n=1"])
@@ -206,9 +206,9 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "run_comparisons", crash)
+    monkeypatch.setattr(experiment, "run_comparisons", crash)
     with pytest.raises(KeyboardInterrupt):
-        run(path)
+        run_experiment(path)
     monkeypatch.undo()
     for arm in ("finetune", "finetune-dreambooth"):
         assert (out / arm / "pipeline" / "model_index.json").is_file()
@@ -225,7 +225,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     }
 
     # ...and the next run continues from there.
-    result = run(path)
+    result = run_experiment(path)
     ran = {k for k, v in result.stages.items() if v == "ran"}
     assert ran == {f"compare:{a}-vs-{b}" for a, b in load_experiment(path).comparisons()} | {
         "curate",
@@ -244,7 +244,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     )
     assert summary["consensus"]["classifiers"] == ["timm:test_resnet"]
     assert "template-linear" in summary["excluded_from_consensus"]
-    assert set(clf["spurious_rate"]) == {*pipeline.LABELS}
+    assert set(clf["spurious_rate"]) == {*experiment.LABELS}
     rate = clf["spurious_rate"]
     for pair, test in [
         ("generated-vs-baseline", "McNemar exact"),
@@ -303,7 +303,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
 
     # Everything up to date: nothing runs, nothing is rewritten.
     before = snapshot(out)
-    again = run(path)
+    again = run_experiment(path)
     assert set(again.stages.values()) == {"skipped"}
     assert snapshot(out) == before
 
@@ -312,7 +312,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     first = out / "samples" / "generated" / tuned["file"]
     png = first.read_bytes()
     first.unlink()
-    third = run(path)
+    third = run_experiment(path)
     ran = {k for k, v in third.stages.items() if v == "ran"}
     assert "finetune" not in ran and "sample:baseline" not in ran
     assert {"sample:generated", "score:generated", "score:baseline", "report"} <= ran
@@ -322,16 +322,16 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
 
     # Changed settings redo their stage even though no file changed (a settings stamp).
     path.write_text(CONFIG.replace("[compare]", "[compare]\nreport_images = 1"))
-    fourth = run(path)
+    fourth = run_experiment(path)
     assert {k for k, v in fourth.stages.items() if v == "ran"} == {"report"}
     assert "1 of 2 shown" in result.report.read_text()
 
     # A changed sampler setting makes the sets again; a changed training setting is refused
     # (a finished arm may have cost GPU hours) until --retrain says to discard it.
-    fifth = run(path, sets=["sample.guidance=3.0"])
+    fifth = run_experiment(path, sets=["sample.guidance=3.0"])
     assert fifth.reasons["sample:baseline"] == "settings changed: guidance"
     with pytest.raises(SpurcliError, match=r"other settings \(lr\).*--retrain"):
-        run(path, sets=["finetune.lr=2e-3", "sample.guidance=3.0"])
+        run_experiment(path, sets=["finetune.lr=2e-3", "sample.guidance=3.0"])
     assert (out / "finetune" / "pipeline" / "model_index.json").is_file()
 
 
@@ -346,9 +346,9 @@ def test_example_configs_load(config):
     assert exp.compare.classifiers and exp.sample.prompts
     assert all("[V]" in p for p in exp.sample.prompts)
     if config.name == "quickstart.toml":
-        assert exp.run.model == "mini" and len(list(exp.run.instance_dir.glob("*.png"))) == 8
+        assert exp.config.model == "mini" and len(list(exp.config.instance_dir.glob("*.png"))) == 8
     else:  # the folder the download script makes
-        assert exp.run.instance_dir.parts[-2:] == ("by_class", str(exp.run.target))
+        assert exp.config.instance_dir.parts[-2:] == ("by_class", str(exp.config.target))
 
 
 def test_download_script_unpacks_and_links_by_class(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spurcli.errors import SpurcliError
-from spurcli.weights import RANDOM, hub_file, is_random, load_checkpoint, load_state_dict
+from spurcli.weights import RANDOM, hub_file, is_random, load_state_dict, read_weights_file
 
 torch = pytest.importorskip("torch")
 
@@ -73,7 +73,7 @@ def test_pickled_code_is_refused_and_not_run(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(2), "payload": Payload(sentinel)}, path)
     with pytest.raises(SpurcliError) as info:
-        load_checkpoint(path)
+        read_weights_file(path)
     message = str(info.value)
     assert str(path) in message and "_side_effect" in message and "refused" in message
     assert "\n" not in message and "\x1b" not in message

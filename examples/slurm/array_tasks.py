@@ -64,13 +64,13 @@ def check(paths: list[Path]) -> list[str]:
     the classifier and extractor names (with "did you mean")."""
     from spurcli import imagenet, plugins
     from spurcli.errors import SpurcliError, UsageError
-    from spurcli.pipeline import load_experiment
+    from spurcli.experiment import load_experiment
 
     problems = []
     for path in paths:
         try:
             exp = load_experiment(path)
-            imagenet.resolve_class(exp.run.target)
+            imagenet.resolve_class(exp.config.target)
             for name in exp.compare.classifiers:
                 plugins.classifiers().resolve(name)
             for name in exp.compare.extractors:

@@ -42,7 +42,6 @@ import hashlib
 import json
 import os
 import types
-from pathlib import Path
 from typing import Any
 
 from spurcli import hookimpl
@@ -258,10 +257,6 @@ def _download(cfg: dict[str, Any], variant: str, name: str) -> str:
 # --- the zero-shot head and its cache ---------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SPURCLI_CACHE") or Path.home() / ".cache" / "spurcli")
-
-
 def zero_shot_head(model: Any, tokenizer: Any, arch: str) -> Any:
     """Class embeddings (1000, D) for ImageNet-1k, from the cache or computed once and cached."""
     import open_clip
@@ -269,6 +264,7 @@ def zero_shot_head(model: Any, tokenizer: Any, arch: str) -> Any:
 
     from spurcli.console import log
     from spurcli.fileio import atomic_path
+    from spurcli.weights import cache_dir  # spurcli's cache, shared with the hash cache
 
     classnames = list(open_clip.IMAGENET_CLASSNAMES)
     templates = [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]

@@ -1,7 +1,8 @@
 """`spurcli run`: the whole experiment for one class from one config file, resumable by stage.
 
-    from spurcli.pipeline import run
-    result = run("examples/quickstart.toml")      # -> RunResult(out, report, summary, stages)
+    from spurcli.experiment import run_experiment
+    result = run_experiment("examples/quickstart.toml")
+    # -> ExperimentResult(out, report, summary, stages, reasons)
     result.stages                                 # {"finetune": "ran", "sample:generated": ...}
     result.reasons                                # {"finetune": "settings changed: lr", ...}
 
@@ -11,7 +12,7 @@ Stages, each writing into the experiment folder ``out`` (top-level key of the co
 
     references out/references/{train,held-out}/     the reference folder split by the seed:
                `train_references` images are trained on, the rest held out for judging
-    finetune   out/finetune/ (or [finetune] output_dir)    `spurcli.train.finetune`, resumed
+    finetune   out/finetune/ (or [finetune] output_dir)    `spurcli.finetune.finetune`, resumed
                out/finetune-dreambooth/: the DreamBooth-only arm, the same settings and seeds
                with sfsl_weight = 0 (`dreambooth_arm`), so SFSL's own effect can be measured
     sample     out/samples/<set>/                          `spurcli.sample.sample`, per image
@@ -31,7 +32,7 @@ A stage is up to date when its outputs exist, are newer than its inputs (make's 
 made with the settings the config asks for now (a settings stamp beside them, and for finetune
 the run card's recorded config and reference hashes). A stale sample set is made again; a
 finished fine-tuning run whose settings changed is refused unless ``--retrain`` (it may have cost
-GPU hours). ``RunResult.reasons`` (and ``--json``) say per stage why it ran or was skipped.
+GPU hours). ``ExperimentResult.reasons`` (and ``--json``) say per stage why it ran or was skipped.
 The summary (`spurcli.summary`) puts SFSL, DreamBooth-only and the untuned baseline side by side
 per classifier, every rate with its Wilson interval and every difference tested.
 
@@ -81,8 +82,9 @@ LABELS = {
 
 
 @dataclass
-class RunConfig:
-    """The top level of a run config (keys shared with the tables where the names match)."""
+class ExperimentConfig:
+    """The top level of an experiment config (keys shared with the tables where the names
+    match); a `spurcli run` config file is an experiment config."""
 
     out: Path | None = None  # the experiment folder (required)
     model: str = field(default=DEFAULT_MODEL, metadata=MAYBE_PATH)  # the base model
@@ -108,9 +110,9 @@ class RunConfig:
 
 @dataclass
 class Experiment:
-    """Everything a run needs, resolved from the config file."""
+    """Everything an experiment needs, resolved from the config file."""
 
-    run: RunConfig
+    config: ExperimentConfig  # the file's top level; the tables are the fields below
     finetune: FinetuneConfig
     sample: Any  # SampleConfig (prompts, n, steps, ... ; model and out are set per set)
     compare: Any  # CompareConfig
@@ -120,12 +122,12 @@ class Experiment:
     @cached_property
     def split(self) -> ReferenceSplit:
         """The references trained on and held out (reads the reference folder once)."""
-        source = Path(self.run.instance_dir)  # type: ignore[arg-type]
-        return split_references(source, self.run.train_references, self.run.seed)
+        source = Path(self.config.instance_dir)  # type: ignore[arg-type]
+        return split_references(source, self.config.train_references, self.config.seed)
 
     @property
     def out(self) -> Path:
-        return Path(self.run.out)  # type: ignore[arg-type]
+        return Path(self.config.out)  # type: ignore[arg-type]
 
     @property
     def finetune_dir(self) -> Path:
@@ -134,7 +136,7 @@ class Experiment:
     def arms(self) -> dict[str, FinetuneConfig]:
         """Sample-set name -> the fine-tuning run behind it (SFSL, and DreamBooth alone)."""
         arms = {SFSL_ARM: self.finetune}
-        if self.run.dreambooth_arm and self.finetune.sfsl_weight != 0:
+        if self.config.dreambooth_arm and self.finetune.sfsl_weight != 0:
             folder = self.finetune_dir.with_name(self.finetune_dir.name + "-dreambooth")
             arms[DREAMBOOTH_ARM] = replace(self.finetune, sfsl_weight=0.0, output_dir=folder)
         return arms
@@ -148,11 +150,11 @@ class Experiment:
         sets: dict[str, tuple[str | None, list[str]]] = {}
         for arm in self.arms():
             sets[arm] = (arm, prompts)
-            if self.run.recontext:
+            if self.config.recontext:
                 sets[f"{arm}-recontext"] = (arm, places)
-        if self.run.baseline:
+        if self.config.baseline:
             sets["baseline"] = (None, [without_identifier(p) for p in prompts])
-            if self.run.recontext:
+            if self.config.recontext:
                 sets["baseline-recontext"] = (None, [without_identifier(p) for p in places])
         return sets
 
@@ -173,9 +175,9 @@ class Experiment:
             pairs.append((SFSL_ARM, DREAMBOOTH_ARM))  # SFSL's own contribution
         if self.split.held_out:
             pairs.append((SFSL_ARM, TRAIN_REFERENCES))  # the memorisation check
-        if self.run.baseline:
+        if self.config.baseline:
             pairs += [(arm, "baseline") for arm in arms]
-            if self.run.recontext:
+            if self.config.recontext:
                 pairs += [(f"{arm}-recontext", "baseline-recontext") for arm in arms]
         return pairs
 
@@ -273,33 +275,33 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
         by_table.setdefault(table if dot else None, []).append(
             item.split(".", 1)[1] if dot else item
         )
-    run = load_config(RunConfig, path, sets=by_table.get(None, ()))
+    top = load_config(ExperimentConfig, path, sets=by_table.get(None, ()))
     # "examples/../runs/x" -> "runs/x": the folders appear in logs and in the report.
-    run = replace(run, **{k: _norm(getattr(run, k)) for k in ("out", "instance_dir")})
+    top = replace(top, **{k: _norm(getattr(top, k)) for k in ("out", "instance_dir")})
     for name in ("out", "target", "class_noun", "instance_dir"):
-        if getattr(run, name) in (None, ""):
+        if getattr(top, name) in (None, ""):
             raise UsageError(f"{path}: `{name}` is required at the top of a run config")
-    if run.train_references < 0:
+    if top.train_references < 0:
         raise UsageError(f"{path}: train_references must be 0 (all) or more")
     shared = {
-        "model": run.model,
-        "revision": run.revision,
-        "target": run.target,
-        "class_noun": run.class_noun,
-        "instance_dir": run.out / "references" / "train",  # type: ignore[operator]
-        "identifier": run.identifier,
-        "seed": run.seed,
+        "model": top.model,
+        "revision": top.revision,
+        "target": top.target,
+        "class_noun": top.class_noun,
+        "instance_dir": top.out / "references" / "train",  # type: ignore[operator]
+        "identifier": top.identifier,
+        "seed": top.seed,
     }
 
     def section(cls: type, name: str) -> Any:
         fields = cls.__dataclass_fields__
         table_sets = by_table.get(name, ())
-        # Shared keys not set in the table (or by --set) follow the run's resolved values.
+        # Shared keys not set in the table (or by --set) follow the top level's resolved values.
         given = {k.replace("-", "_") for k in data.get(name, {})}
         given |= {item.partition("=")[0].strip().replace("-", "_") for item in table_sets}
         if name in data:
             cfg = load_config(cls, path, section=name, sets=table_sets)
-        else:  # no table: only the shared values (the file's other keys belong to the run)
+        else:  # no table: only the shared values (the file's other keys are the top level's)
             own = {k: v for k, v in shared.items() if k in fields and k not in given}
             cfg = load_config(cls, None, sets=table_sets, overrides=own)
         return replace(cfg, **{k: v for k, v in shared.items() if k in fields and k not in given})
@@ -312,16 +314,16 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
         )
     finetune = replace(
         finetune,
-        output_dir=_norm(finetune.output_dir) or run.out / "finetune",  # type: ignore[operator]
+        output_dir=_norm(finetune.output_dir) or top.out / "finetune",  # type: ignore[operator]
         # Both arms share the prior images (the frozen model's, the same for both).
-        class_dir=_norm(finetune.class_dir) or run.out / "class-images",  # type: ignore[operator]
+        class_dir=_norm(finetune.class_dir) or top.out / "class-images",  # type: ignore[operator]
     )
     sample = section(SampleConfig, "sample")
     if not sample.prompts:
-        from spurcli.train import fill_prompt
+        from spurcli.finetune import fill_prompt
 
         sample = replace(
-            sample, prompts=[fill_prompt(finetune.instance_prompt, "[V]", run.class_noun)]
+            sample, prompts=[fill_prompt(finetune.instance_prompt, "[V]", top.class_noun)]
         )
     compare = section(CompareConfig, "compare")
     compare = replace(compare, real=_norm(compare.real))
@@ -333,14 +335,14 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
 
         curate = section(CurateConfig, "curate")
         # The stage owns out/curated/; the references default to those trained on.
-        refs = _norm(curate.references) or run.out / "references" / "train"  # type: ignore[operator]
+        refs = _norm(curate.references) or top.out / "references" / "train"  # type: ignore[operator]
         curate = replace(curate, references=refs, overwrite=True)
     return Experiment(
-        run=run, finetune=finetune, sample=sample, compare=compare, path=path, curate=curate
+        config=top, finetune=finetune, sample=sample, compare=compare, path=path, curate=curate
     )
 
 
-def is_run_config(path: str | os.PathLike[str]) -> bool:
+def is_experiment_config(path: str | os.PathLike[str]) -> bool:
     """A `spurcli run` config: an experiment folder ``out`` at its top level."""
     return isinstance(read_toml(Path(path)).get("out"), str)
 
@@ -373,7 +375,7 @@ def _norm(path: Path | None) -> Path | None:
 
 
 @dataclass
-class RunResult:
+class ExperimentResult:
     out: Path
     report: Path
     summary: dict[str, Any]
@@ -463,9 +465,9 @@ class Stages:
         return True
 
 
-def run(
+def run_experiment(
     path: str | os.PathLike[str], *, sets: Sequence[str] = (), retrain: bool = False
-) -> RunResult:
+) -> ExperimentResult:
     """Run (or continue) the experiment described by the config file at ``path``.
 
     ``retrain``: a finished fine-tuning arm whose recorded settings differ from the config is
@@ -476,7 +478,7 @@ def run(
     exp = load_experiment(path, sets)
     from spurcli import imagenet, plugins
 
-    imagenet.resolve_class(exp.run.target)  # type: ignore[arg-type]
+    imagenet.resolve_class(exp.config.target)  # type: ignore[arg-type]
     for name in exp.compare.classifiers:  # unknown names: fail before hours of fine-tuning
         plugins.classifiers().resolve(name)
     for name in exp.compare.extractors:
@@ -487,7 +489,7 @@ def run(
     stages = Stages()
     main = console.is_main_process()
 
-    with output_folder(exp.out, "run", recognise=_is_run_folder, enabled=main):
+    with output_folder(exp.out, "run", recognise=_is_experiment_folder, enabled=main):
         run_references(exp, stages, main)
         for arm in exp.arms():
             run_finetune(exp, arm, stages, retrain=retrain)
@@ -497,7 +499,7 @@ def run(
         run_comparisons(exp, stages, main)
         run_curate(exp, stages, main)
         report, summary = run_report(exp, stages, main)
-    return RunResult(
+    return ExperimentResult(
         out=exp.out, report=report, summary=summary, stages=stages.done, reasons=stages.reasons
     )
 
@@ -506,19 +508,19 @@ def check_tables(exp: Experiment) -> None:
     """The [sample] and [compare] settings too, before the first stage starts (not hours later,
     at their turn); an experiment folder inside the references is refused."""
     from spurcli.fileio import is_inside
-    from spurcli.sample import check_config
+    from spurcli.sample import check_sample_config
 
-    check_config(exp.sample)
+    check_sample_config(exp.sample)
     exp.compare.check()
-    if is_inside(exp.out, exp.run.instance_dir):  # type: ignore[arg-type]
+    if is_inside(exp.out, exp.config.instance_dir):  # type: ignore[arg-type]
         raise UsageError(
-            f"{exp.path}: out {exp.out} is inside instance_dir {exp.run.instance_dir}: the run "
+            f"{exp.path}: out {exp.out} is inside instance_dir {exp.config.instance_dir}: the run "
             "would train on and score its own outputs; choose a folder outside it"
         )
 
 
-def _is_run_folder(out: Path) -> bool:
-    """``out`` holds a run's results (made before folders had a marker)."""
+def _is_experiment_folder(out: Path) -> bool:
+    """``out`` holds an experiment's results (made before folders had a marker)."""
     names = ("references", "finetune", "samples", "scores", "summary.json", "report.html")
     return any((out / name).exists() for name in names)
 
@@ -565,8 +567,8 @@ def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str
 def run_finetune(exp: Experiment, arm: str, stages: Stages, *, retrain: bool = False) -> None:
     from spurcli.checkpoints import STEP_FREE_SCHEDULES
     from spurcli.diffusion import RUN_FILE
+    from spurcli.finetune import finetune
     from spurcli.images import sha256_file
-    from spurcli.train import finetune
 
     cfg = exp.arms()[arm]
     folder = Path(cfg.output_dir)  # type: ignore[arg-type]
@@ -613,7 +615,7 @@ def _sample_config(exp: Experiment, name: str) -> Any:
     from spurcli.sample import SampleConfig
 
     arm, prompts = exp.sample_sets()[name]
-    model = exp.arms()[arm].output_dir if arm else exp.run.model
+    model = exp.arms()[arm].output_dir if arm else exp.config.model
     revision = None if arm else base_revision(exp)  # an arm's run is identified by its hashes
     config: SampleConfig = replace(exp.sample, model=str(model), prompts=prompts)
     return replace(config, out=exp.set_dir(name), recontext=False, revision=revision)
@@ -625,11 +627,11 @@ def base_revision(exp: Experiment) -> str | None:
     if the hub's main moved since."""
     from spurcli.diffusion import RUN_FILE
 
-    if exp.run.revision:
-        return exp.run.revision
+    if exp.config.revision:
+        return exp.config.revision
     card = _read_json(Path(exp.finetune_dir) / RUN_FILE) or {}
     started = card.get("model_id") or {}
-    if card.get("model") == exp.run.model and started.get("source") == "hub":
+    if card.get("model") == exp.config.model and started.get("source") == "hub":
         return started.get("revision")
     return None
 
@@ -649,7 +651,11 @@ def _model_stamp(exp: Experiment, arm: str | None) -> Any:
 
     if arm is None:  # a pinned revision is part of the model: another commit, other images
         revision = base_revision(exp)
-        return exp.run.model if revision is None else {"model": exp.run.model, "revision": revision}
+        return (
+            exp.config.model
+            if revision is None
+            else {"model": exp.config.model, "revision": revision}
+        )
     info_path = Path(exp.arms()[arm].output_dir) / RUN_FILE  # type: ignore[arg-type]
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     return {k: info.get(k) for k in ("config", "steps_done", "seconds", "references")}
@@ -714,7 +720,7 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
 
     cfg = exp.compare
     stamp = {
-        "target": exp.run.target,
+        "target": exp.config.target,
         "classifiers": cfg.classifiers,
         "weights": cfg.weights,
         "real": cfg.real,
@@ -728,7 +734,7 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
         # One pass over every set to score: the real images are decoded and scored once for all.
         results = score_folders(
             [exp.set_dir(name) for name in stale],
-            exp.run.target,  # type: ignore[arg-type]
+            exp.config.target,  # type: ignore[arg-type]
             cfg.classifiers,
             ScoreConfig.like(cfg),
             real_dir=cfg.real,
@@ -869,7 +875,7 @@ def saved_scores(exp: Experiment, name: str) -> SavedScores:
     from spurcli import imagenet
     from spurcli.score import PerImage
 
-    target = imagenet.resolve_class(exp.run.target)  # type: ignore[arg-type]
+    target = imagenet.resolve_class(exp.config.target)  # type: ignore[arg-type]
     rows = read_rows(_score_paths(exp, name)[1])
     real_path = _real_rows_path(exp)
     real = read_rows(real_path) if exp.compare.real and real_path.is_file() else None
@@ -965,28 +971,28 @@ def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[
     inputs += curated
     summary = summarize(exp)
     stamp = {
-        "title": exp.run.title,
+        "title": exp.config.title,
         "report_images": exp.compare.report_images,
-        "exclude_circular": exp.run.exclude_circular,
+        "exclude_circular": exp.config.exclude_circular,
     }
     if not stages.check("report", staleness([report, summary_path], inputs, stamp)):
         return report, summary
     if main:
-        title = exp.run.title or (
-            f"spurcli run: {summary['target']['name']} ← {exp.run.class_noun} ({exp.path.name})"
+        title = exp.config.title or (
+            f"spurcli run: {summary['target']['name']} ← {exp.config.class_noun} ({exp.path.name})"
         )
         notes = [
-            f"model {exp.run.model}; arms: "
+            f"model {exp.config.model}; arms: "
             + ", ".join(f"{LABELS[a]} in {c.output_dir}" for a, c in exp.arms().items())
-            + f"; references: {exp.run.instance_dir}; config: {exp.path}",
+            + f"; references: {exp.config.instance_dir}; config: {exp.path}",
             *summary["notes"],
         ]
-        if exp.run.model == "tiny":
+        if exp.config.model == "tiny":
             notes.append(
                 "`tiny` is a random miniature Stable Diffusion for smoke runs: its images are "
                 "noise-like by design, so these numbers test the pipeline, not the method."
             )
-        elif exp.run.model == "mini":
+        elif exp.config.model == "mini":
             notes.append(
                 "`mini` is spurcli's embedded miniature Stable Diffusion (128 px; VAE and base "
                 "UNet trained on scikit-image's CC0 photos, the UNet without the brick photo): "

@@ -1,0 +1,91 @@
+"""`train_step` on its own: a `Training` built by finetune's first stages, no run around it.
+
+The whole-run tests (tests/test_finetune.py, tests/test_reliability.py) show the same guards end
+to end; these pin down what one step does and what it leaves behind when it refuses.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _finetune_helpers import fast_config, make_refs
+
+from spurcli.config import FinetuneConfig
+from spurcli.errors import SpurcliError
+from spurcli.finetune import (
+    LOSS_KEYS,
+    Training,
+    load_training_models,
+    make_accelerator,
+    prepare_training,
+    read_inputs,
+    train_step,
+)
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory) -> Path:
+    return make_refs(tmp_path_factory.mktemp("refs"))
+
+
+def training_for(cfg: FinetuneConfig) -> Training:
+    """A `Training` at step 0, as `_finetune` builds it (without prior images and SFSL, which
+    need a class folder and an extractor plugin: not what these tests are about)."""
+    cfg.check()
+    out = Path(cfg.output_dir)  # type: ignore[arg-type]
+    accelerator = make_accelerator(cfg)
+    models = load_training_models(cfg, out, accelerator)
+    return prepare_training(cfg, out, accelerator, read_inputs(cfg), models, [], {})
+
+
+def step_config(refs: Path, tmp_path: Path, **changes: Any) -> FinetuneConfig:
+    return fast_config(refs, tmp_path / "run", prior_weight=0.0, sfsl_weight=0.0, **changes)
+
+
+def unet_weights(training: Training) -> dict[str, torch.Tensor]:
+    unet = training.accelerator.unwrap_model(training.unet)
+    return {k: v.detach().clone() for k, v in unet.state_dict().items()}
+
+
+def test_a_step_updates_the_weights_and_reports_its_losses(refs, tmp_path):
+    training = training_for(step_config(refs, tmp_path, log_grad_norms_every=2))
+    before = unet_weights(training)
+    first = train_step(training)
+    assert training.step == 1 and training.last_losses == first.losses
+    assert set(first.losses) == set(LOSS_KEYS) and all(map(math.isfinite, first.losses.values()))
+    assert first.losses["loss_prior"] == first.losses["loss_sfsl"] == 0.0  # both terms off
+    assert first.lr == training.cfg.lr and first.grad_norms == {}  # norms only every 2nd step
+    after = unet_weights(training)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    second = train_step(training)
+    assert training.step == 2
+    assert {"grad_norm_instance", "grad_norm_prior", "grad_norm_sfsl"} <= set(second.grad_norms)
+    assert list(second.entry())[: len(LOSS_KEYS) + 1] == [*LOSS_KEYS, "lr"]  # log.jsonl's order
+
+
+def test_a_non_finite_loss_stops_before_the_update(refs, tmp_path):
+    training = training_for(step_config(refs, tmp_path))
+    unet = training.accelerator.unwrap_model(training.unet)
+    with torch.no_grad():
+        next(unet.parameters()).view(-1)[0] = float("nan")  # every prediction, so the loss, NaN
+    before = unet_weights(training)
+    with pytest.raises(SpurcliError, match="loss became non-finite at step 1") as info:
+        train_step(training)
+    assert "without updating the weights; last good checkpoint: none" in str(info.value)
+    assert training.step == 0 and training.last_losses == {}
+    after = unet_weights(training)
+    assert all(torch.allclose(before[k], after[k], 0, 0, equal_nan=True) for k in before)
+    assert not training.optimizer.state  # AdamW never stepped: no moments were made
+
+
+def test_non_finite_weights_after_the_update_stop_the_step(refs, tmp_path):
+    # 1e38 is finite and passes every check; one AdamW update takes the weights past fp32.
+    training = training_for(step_config(refs, tmp_path, lr=1e38, max_grad_norm=0.0))
+    with pytest.raises(SpurcliError, match="non-finite in the update of step 1") as info:
+        train_step(training)
+    assert "last good checkpoint: none" in str(info.value)
+    assert training.step == 0 and training.last_losses == {}
