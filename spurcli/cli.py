@@ -6,11 +6,14 @@ Heavy modules (torch, diffusers) are imported inside the commands that need them
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import sys
 import traceback
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -27,6 +30,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+# Options several commands share, declared once (the config-backed ones, --target, --device,
+# --batch-size, --classifiers, --weights and --strict, are declared on the config fields).
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
+JsonFile = Annotated[
+    str | None, typer.Option("--json", help="Write the result as JSON here ('-': stdout).")
+]
 
 _state = {"verbose": 0}
 
@@ -57,9 +67,56 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2))
 
 
+def _names(text: str) -> list[str]:
+    """``"resnet, vit,"`` -> ``["resnet", "vit"]``: a comma-separated option."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _setting(cls: type, name: str, panel: str | None = None) -> Any:
+    """The command-line option of config field ``name``: flags, help and the default shown by
+    ``--help`` all come from the field's `spurcli.config.option` declaration. The default is
+    the real one; `_given` tells a value typed on the command line from a default, so a TOML
+    file still wins over every option not typed."""
+    from spurcli.config import option_flags
+
+    fld = cls.__dataclass_fields__[name]
+    meta = fld.metadata
+    flags = option_flags(fld, _hints(cls)[name])
+    # A list option's default is "none given" (click would otherwise show and return []).
+    default = None if fld.default is dataclasses.MISSING else fld.default
+    if meta.get("comma"):  # one comma-separated value; its default as the user would type it
+        default = ",".join(fld.default_factory()) or None  # type: ignore[misc]
+    text = meta.get("help", "") + (" Required." if meta.get("required") else "")
+    return typer.Option(default, *flags, help=text, rich_help_panel=panel, show_default=True)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Option ``name`` was typed on the command line (or set by the environment)."""
+    # By name: Typer >= 0.17 carries its own copy of click, whose ParameterSource is not
+    # click's class.
+    source = getattr(ctx.get_parameter_source(name), "name", None)
+    return source in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _given(ctx: typer.Context, cls: type) -> dict[str, Any]:
+    """The options of config ``cls`` typed on the command line (or set by the environment):
+    the overrides of `spurcli.config.load_config`. click records each value's source."""
+    fields = cls.__dataclass_fields__
+    given = {n: v for n, v in ctx.params.items() if n in fields and _typed(ctx, n)}
+    for name, value in given.items():
+        if fields[name].metadata.get("comma") and isinstance(value, str):
+            given[name] = _names(value)
+    return given
+
+
 @app.command("plugins")
 def plugins_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List installed plugins and the classifiers, feature extractors, detectors each registers."""
     from spurcli.plugins import get_plugins
@@ -107,7 +164,7 @@ def classes_command(
         bool,
         typer.Option("--spurious", help="The 100 Spurious ImageNet classes and their feature."),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Look up ImageNet-1k classes (or the Spurious ImageNet ones with --spurious)."""
     from spurcli import imagenet
@@ -139,69 +196,62 @@ def classes_command(
     console.stdout.print(table)
 
 
+def _sc(name: str) -> Any:
+    from spurcli.config import ScoreConfig
+
+    return _setting(ScoreConfig, name)
+
+
 @app.command("score")
 def score_command(
+    ctx: typer.Context,
     images_dir: Annotated[
         Path, typer.Argument(help="Folder of images to score (recursive), or the SIN root.")
     ],
-    target: Annotated[
-        str | None, typer.Option("--target", "-t", help="ImageNet class: index or name.")
-    ] = None,
-    classifiers: Annotated[
-        str, typer.Option("--classifiers", "-c", help="Comma-separated names (spurcli plugins).")
-    ] = "",
-    real: Annotated[
+    config: Annotated[
         Path | None,
-        typer.Option("--real", help="Real images of the class (with --layout: ImageNet val root)."),
+        typer.Option(
+            "--config", help="TOML file: options in a score table; options given here win."
+        ),
     ] = None,
-    weights: Annotated[
+    sets: Annotated[
         list[str] | None,
-        typer.Option("--weights", help="NAME=PATH or NAME=random; repeatable."),
+        typer.Option("--set", help="key=value for any score setting (repeatable)."),
     ] = None,
-    layout: Annotated[
-        str, typer.Option("--layout", help="'folder' or 'spurious-imagenet'.")
-    ] = "folder",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 32,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Decoding processes (default: auto).")
-    ] = None,
-    image_size: Annotated[
-        int, typer.Option("--image-size", help="Side of the centre square fed to classifiers.")
-    ] = 384,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it.")
-    ] = False,
-    json_out: Annotated[
-        str | None, typer.Option("--json", help="Write the numbers as JSON here ('-': stdout).")
-    ] = None,
+    # One line per ScoreConfig field: help, default and bounds are declared there.
+    target: str | None = _sc("target"),
+    classifiers: str | None = _sc("classifiers"),  # comma-separated on the command line
+    real: Path | None = _sc("real"),
+    weights: list[str] | None = _sc("weights"),
+    layout: str = _sc("layout"),
+    batch_size: int = _sc("batch_size"),
+    device: str | None = _sc("device"),
+    num_workers: int | None = _sc("num_workers"),
+    image_size: int = _sc("image_size"),
+    strict: bool = _sc("strict"),
+    json_out: JsonFile = None,
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per image and classifier here.")
     ] = None,
-    bootstrap: Annotated[
-        int, typer.Option("--bootstrap", help="Bootstrap resamples of the intervals (0: off).")
-    ] = 1000,
-    bootstrap_seed: Annotated[
-        int, typer.Option("--bootstrap-seed", "--seed", help="Seed of the bootstrap resamples.")
-    ] = 0,
+    bootstrap: int = _sc("bootstrap"),
+    bootstrap_seed: int = _sc("bootstrap_seed"),
 ) -> None:
     """Score how spurious a set of images is for a class, per classifier and across them."""
     from spurcli import score
+    from spurcli.config import ScoreConfig, load_config
+    from spurcli.experiment import TABLES
 
-    _check_outputs({"--json": None if json_out == "-" else json_out, "--csv": csv_out})
-    result = score.score(
-        images_dir,
-        [n.strip() for n in classifiers.split(",") if n.strip()],
-        layout=layout,
-        target=target,
-        real=real,
-        weights=score.parse_weights(weights or []),
-        options=score.ScoreOptions(batch_size, device, strict, workers, image_size),
-        bootstrap=bootstrap,
-        bootstrap_seed=bootstrap_seed,
+    options = _given(ctx, ScoreConfig)
+    cfg = load_config(
+        ScoreConfig,
+        config,
+        section="score",
+        sets=sets or (),
+        overrides=options,
+        tables=("score", *TABLES),  # a misspelled [scroe] is an error
     )
+    _check_outputs({"--json": None if json_out == "-" else json_out, "--csv": csv_out})
+    result = score.score(cfg, images_dir)
     if not console.is_main_process():
         return  # every process holds the gathered result; only the first one reports it
     if json_out is not None and json_out != "-":
@@ -237,86 +287,88 @@ def _print_wide(renderable: object) -> None:
     out.print(renderable)
 
 
+def _sm(name: str) -> Any:
+    from spurcli.config import SampleConfig
+
+    return _setting(SampleConfig, name)
+
+
+def _config_gives(path: Path | None, table: str, key: str) -> bool:
+    """The config file sets ``key`` (in ``[table]``, or at top level as `load_config` shares)."""
+    if path is None:
+        return False
+    from spurcli.config import read_toml
+
+    data = read_toml(path)
+    section = data.get(table)
+    keys = {k.replace("-", "_") for k, v in data.items() if not isinstance(v, dict)}
+    if isinstance(section, dict):
+        keys |= {k.replace("-", "_") for k in section}
+    return key in keys
+
+
 @app.command("sample")
 def sample_command(
+    ctx: typer.Context,
     model: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            help="A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini'."
+            help="A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini' "
+            "(or `model` in --config).",
+            show_default=False,
         ),
-    ],
-    prompt: Annotated[
-        list[str] | None,
-        typer.Option("--prompt", "-p", help="Prompt; repeatable. [V]: the run's identifier."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML file: options in a sample table; options given here win."
+        ),
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for any sample setting (repeatable)."),
+    ] = None,
+    # One line per SampleConfig field (model above): help, default and bounds are declared there.
+    prompts: list[str] | None = _sm("prompts"),
     prompts_file: Annotated[
         Path | None, typer.Option("--prompts-file", help="One prompt per line (# comments).")
     ] = None,
-    revision: Annotated[
-        str | None, typer.Option("--revision", help="Hub model's branch, tag or commit.")
-    ] = None,
-    n: Annotated[int, typer.Option("-n", "--n", help="Images per prompt.")] = 4,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("samples"),
-    seed: Annotated[int, typer.Option("--seed", help="Base seed (image i: derived from it).")] = 0,
-    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 50,
-    guidance: Annotated[float, typer.Option("--guidance", help="Guidance scale.")] = 7.5,
-    negative_prompt: Annotated[
-        str | None, typer.Option("--negative-prompt", help="What guidance steers away from.")
-    ] = None,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            "--scheduler", help="ddim, pndm, dpm, euler, euler-a, ddpm (default: model's)."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per call.")] = 4,
-    height: Annotated[
-        int | None, typer.Option("--height", help="Pixels (default: native).")
-    ] = None,
-    width: Annotated[int | None, typer.Option("--width", help="Pixels (default: native).")] = None,
-    recontext: Annotated[
-        bool,
-        typer.Option(
-            "--recontext", help="Also each prompt on the beach, Mount Fuji, garden, market."
-        ),
-    ] = False,
-    identifier: Annotated[
-        str | None, typer.Option("--identifier", help="Token for [V] (default: the run's).")
-    ] = None,
-    attention_slicing: Annotated[
-        str | None, typer.Option("--attention-slicing", help="auto, max, N or off.")
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1.")] = None,
-    dtype: Annotated[
-        str, typer.Option("--dtype", help="auto (fp16 on CUDA), float32, float16, bfloat16.")
-    ] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    revision: str | None = _sm("revision"),
+    n: int = _sm("n"),
+    out: Path = _sm("out"),
+    seed: int = _sm("seed"),
+    steps: int = _sm("steps"),
+    guidance: float = _sm("guidance"),
+    negative_prompt: str | None = _sm("negative_prompt"),
+    scheduler: str | None = _sm("scheduler"),
+    batch_size: int = _sm("batch_size"),
+    height: int | None = _sm("height"),
+    width: int | None = _sm("width"),
+    recontext: bool = _sm("recontext"),
+    identifier: str | None = _sm("identifier"),
+    attention_slicing: str | None = _sm("attention_slicing"),
+    device: str | None = _sm("device"),
+    dtype: str = _sm("dtype"),
+    as_json: JsonFlag = False,
 ) -> None:
     """Generate N images per prompt (resumable, data-parallel under torchrun/accelerate)."""
-    from spurcli.sample import SampleConfig, read_prompts_file, sample
+    from spurcli.config import SampleConfig, load_config
+    from spurcli.errors import UsageError
+    from spurcli.experiment import TABLES
+    from spurcli.sample import read_prompts_file, sample
 
-    prompts = list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
-    config = SampleConfig(
-        model=model,
-        revision=revision,
-        prompts=prompts,
-        n=n,
-        out=out,
-        seed=seed,
-        steps=steps,
-        guidance=guidance,
-        negative_prompt=negative_prompt,
-        scheduler=scheduler,
-        batch_size=batch_size,
-        height=height,
-        width=width,
-        recontext=recontext,
-        identifier=identifier,
-        attention_slicing=attention_slicing,
-        device=device,
-        dtype=dtype,
+    options = _given(ctx, SampleConfig)
+    if prompts_file is not None:  # the command line's prompts replace the file's
+        options["prompts"] = [*options.get("prompts", ()), *read_prompts_file(prompts_file)]
+    # A misspelled [sampel] is an error; the other tables of a run config are left alone.
+    cfg = load_config(
+        SampleConfig, config, section="sample", sets=sets or (), overrides=options, tables=TABLES
     )
-    result = sample(config)
+    # The field's default ("tiny") serves Python callers; on the command line a model is named.
+    given_sets = {s.partition("=")[0].strip().replace("-", "_") for s in sets or ()}
+    if model is None and "model" not in given_sets and not _config_gives(config, "sample", "model"):
+        raise UsageError("MODEL is required (or `model` in the --config file)")
+    result = sample(cfg)
     if not console.is_main_process():
         return
     if as_json:
@@ -333,80 +385,65 @@ def sample_command(
     )
 
 
+def _cp(name: str) -> Any:
+    from spurcli.config import CompareConfig
+
+    return _setting(CompareConfig, name)
+
+
 @app.command("compare")
 def compare_command(
+    ctx: typer.Context,
     dir_a: Annotated[Path, typer.Argument(help="First image set (e.g. generated images).")],
     dir_b: Annotated[Path, typer.Argument(help="Second image set (e.g. the references).")],
-    target: Annotated[
-        str | None, typer.Option("--target", "-t", help="ImageNet class: index or name.")
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML file: options in a compare table (a run config's too); options given "
+            "here win.",
+        ),
     ] = None,
-    classifiers: Annotated[
-        str, typer.Option("--classifiers", "-c", help="Comma-separated classifier names.")
-    ] = "",
-    weights: Annotated[
+    sets: Annotated[
         list[str] | None,
-        typer.Option("--weights", help="Classifier NAME=PATH or NAME=random; repeatable."),
+        typer.Option("--set", help="key=value for any compare setting (repeatable)."),
     ] = None,
-    extractors: Annotated[
-        str,
-        typer.Option("--extractors", "-e", help="Comma-separated extractors ('' for none)."),
-    ] = "robust-resnet50",
-    extractor_weights: Annotated[
-        list[str] | None,
-        typer.Option("--extractor-weights", help="Extractor NAME=PATH or NAME=random; repeatable."),
-    ] = None,
-    real: Annotated[
-        Path | None, typer.Option("--real", help="Real images of the class (ROC-AUC, AP).")
-    ] = None,
+    # One line per CompareConfig field: help, default and bounds are declared there.
+    target: str | None = _cp("target"),
+    classifiers: str | None = _cp("classifiers"),  # comma-separated on the command line
+    weights: list[str] | None = _cp("weights"),
+    extractors: str | None = _cp("extractors"),  # comma-separated on the command line
+    extractor_weights: list[str] | None = _cp("extractor_weights"),
+    real: Path | None = _cp("real"),
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the HTML report here.")
     ] = None,
-    json_out: Annotated[
-        str | None, typer.Option("--json", help="Write the numbers as JSON here ('-': stdout).")
-    ] = None,
+    json_out: JsonFile = None,
     label_a: Annotated[str, typer.Option("--label-a", help="Name of the first set.")] = "A",
     label_b: Annotated[str, typer.Option("--label-b", help="Name of the second set.")] = "B",
-    report_images: Annotated[
-        int, typer.Option("--report-images", help="Images per set shown in the report.")
-    ] = 48,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 32,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
-    ] = None,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Fail on an unreadable image instead of skipping it.")
-    ] = False,
-    bootstrap: Annotated[
-        int, typer.Option("--bootstrap", help="Bootstrap resamples of the intervals (0: off).")
-    ] = 1000,
-    bootstrap_seed: Annotated[
-        int, typer.Option("--bootstrap-seed", "--seed", help="Seed of the bootstrap resamples.")
-    ] = 0,
-    paired: Annotated[
-        str,
-        typer.Option("--paired", help="auto, yes or no: are image i of A and of B a pair?"),
-    ] = "auto",
+    report_images: int = _cp("report_images"),
+    batch_size: int = _cp("batch_size"),
+    device: str | None = _cp("device"),
+    strict: bool = _cp("strict"),
+    bootstrap: int = _cp("bootstrap"),
+    bootstrap_seed: int = _cp("bootstrap_seed"),
+    paired: str = _cp("paired"),
 ) -> None:
     """Compare two image sets: scores side by side, feature-space similarity, HTML report."""
     from spurcli.compare import CompareConfig, compare
+    from spurcli.config import load_config
+    from spurcli.experiment import TABLES
 
-    _check_outputs({"--json": None if json_out == "-" else json_out, "--report": report})
-    config = CompareConfig(
-        target=target,
-        classifiers=[n.strip() for n in classifiers.split(",") if n.strip()],
-        weights=list(weights or []),
-        extractors=[n.strip() for n in extractors.split(",") if n.strip()],
-        extractor_weights=list(extractor_weights or []),
-        real=real,
-        batch_size=batch_size,
-        device=device,
-        strict=strict,
-        report_images=report_images,
-        bootstrap=bootstrap,
-        bootstrap_seed=bootstrap_seed,
-        paired=paired,
+    cfg = load_config(
+        CompareConfig,
+        config,
+        section="compare",
+        sets=sets or (),
+        overrides=_given(ctx, CompareConfig),
+        tables=TABLES,  # a misspelled [compar] is an error
     )
-    result = compare(dir_a, dir_b, config, labels=(label_a, label_b))
+    _check_outputs({"--json": None if json_out == "-" else json_out, "--report": report})
+    result = compare(dir_a, dir_b, cfg, labels=(label_a, label_b))
     if not console.is_main_process():
         return
     if json_out is not None and json_out != "-":
@@ -417,7 +454,7 @@ def compare_command(
         from spurcli.report import write_report
 
         title = f"spurcli compare: {label_a} vs {label_b}"
-        write_report(report, [result], title=title, max_images=report_images)
+        write_report(report, [result], title=title, max_images=cfg.report_images)
         console.log.info("report: %s", report)
     if json_out == "-":
         _print_json(result.to_json())
@@ -426,112 +463,78 @@ def compare_command(
             _print_wide(table)
 
 
+def _cu(name: str) -> Any:
+    from spurcli.config import CurateConfig
+
+    return _setting(CurateConfig, name)
+
+
 @app.command("curate")
 def curate_command(
+    ctx: typer.Context,
     images_dir: Annotated[Path, typer.Argument(help="Generated images (recursive); unchanged.")],
-    target: Annotated[
-        str | None, typer.Option("--target", "-t", help="ImageNet class: index or name.")
-    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="The dataset folder to write (new).")
     ] = None,
-    classifiers: Annotated[
-        str, typer.Option("--classifiers", "-c", help="Selection classifiers, comma-separated.")
-    ] = "resnet,vit,clip",
-    min_fooled: Annotated[
-        int, typer.Option("--min-fooled", help="Keep if at least K of them say the target.")
-    ] = 1,
-    weights: Annotated[
-        list[str] | None,
-        typer.Option("--weights", help="Classifier NAME=PATH or NAME=random; repeatable."),
-    ] = None,
-    detectors: Annotated[
-        str, typer.Option("--detectors", "-d", help="Comma-separated detectors, or 'none'.")
-    ] = "owlv2",
-    detector_weights: Annotated[
-        list[str] | None,
-        typer.Option("--detector-weights", help="Detector NAME=PATH or NAME=random; repeatable."),
-    ] = None,
-    max_presence: Annotated[
-        float, typer.Option("--max-presence", help="Reject above this presence score.")
-    ] = 0.5,
-    object_prompt: Annotated[
-        list[str] | None,
-        typer.Option("--object-prompt", help="Another text naming the object; repeatable."),
-    ] = None,
-    feature: Annotated[
-        str | None,
+    config: Annotated[
+        Path | None,
         typer.Option(
-            "--feature", help="The spurious feature's text (default: Spurious ImageNet's)."
+            "--config",
+            help="TOML file: options in a curate table (a run config's too); options given "
+            "here win.",
         ),
     ] = None,
-    references: Annotated[
-        Path | None, typer.Option("--references", help="Reject near-copies of these images.")
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for any curate setting (repeatable)."),
     ] = None,
-    extractor: Annotated[
-        str, typer.Option("--extractor", help="Feature space of the near-copy check.")
-    ] = "robust-resnet50",
-    extractor_weights: Annotated[
-        str | None, typer.Option("--extractor-weights", help="File, or 'random'.")
-    ] = None,
-    max_similarity: Annotated[
-        float, typer.Option("--max-similarity", help="Reject at or above this cosine.")
-    ] = 0.95,
-    evaluate_with: Annotated[
-        str, typer.Option("--evaluate-with", help="Held-out classifiers, comma-separated.")
-    ] = "",
-    limit: Annotated[int | None, typer.Option("--limit", help="Keep at most N images.")] = None,
+    # One line per CurateConfig field (mode: --link/--copy): help, default and bounds there.
+    target: str | None = _cu("target"),
+    classifiers: str | None = _cu("classifiers"),  # comma-separated on the command line
+    min_fooled: int = _cu("min_fooled"),
+    weights: list[str] | None = _cu("weights"),
+    detectors: str | None = _cu("detectors"),  # comma-separated on the command line
+    detector_weights: list[str] | None = _cu("detector_weights"),
+    max_presence: float = _cu("max_presence"),
+    object_prompts: list[str] | None = _cu("object_prompts"),
+    feature: str | None = _cu("feature"),
+    references: Path | None = _cu("references"),
+    extractor: str = _cu("extractor"),
+    extractor_weights: str | None = _cu("extractor_weights"),
+    max_similarity: float = _cu("max_similarity"),
+    evaluate_with: str | None = _cu("evaluate_with"),  # comma-separated on the command line
+    limit: int | None = _cu("limit"),
     link: Annotated[
         bool, typer.Option("--link/--copy", help="Symlink the kept files instead of copying.")
     ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
-    ] = False,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Unreadable image or nothing kept: an error.")
-    ] = False,
+    overwrite: bool = _cu("overwrite"),
+    strict: bool = _cu("strict"),
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the HTML report here.")
     ] = None,
-    json_out: Annotated[
-        str | None, typer.Option("--json", help="Write the datasheet JSON here ('-': stdout).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 32,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")
-    ] = None,
+    json_out: JsonFile = None,
+    batch_size: int = _cu("batch_size"),
+    device: str | None = _cu("device"),
 ) -> None:
     """Filter generated images into a publishable test set with a datasheet (see docs/curate.md)."""
-    from spurcli.curate import CurateConfig, curate
-
-    def names(text: str) -> list[str]:
-        return [n.strip() for n in text.split(",") if n.strip()]
+    from spurcli.config import CurateConfig, load_config
+    from spurcli.curate import curate
+    from spurcli.experiment import TABLES
 
     if out is None:
         raise typer.BadParameter("--out DATASET_DIR is required", param_hint="--out")
-    config = CurateConfig(
-        target=target,
-        classifiers=names(classifiers),
-        weights=list(weights or []),
-        min_fooled=min_fooled,
-        detectors=names(detectors),
-        detector_weights=list(detector_weights or []),
-        max_presence=max_presence,
-        object_prompts=list(object_prompt or []),
-        feature=feature,
-        references=references,
-        extractor=extractor,
-        extractor_weights=extractor_weights,
-        max_similarity=max_similarity,
-        evaluate_with=names(evaluate_with),
-        limit=limit,
-        mode="link" if link else "copy",
-        overwrite=overwrite,
-        strict=strict,
-        batch_size=batch_size,
-        device=device,
+    options = _given(ctx, CurateConfig)
+    if _typed(ctx, "link"):
+        options["mode"] = "link" if link else "copy"
+    cfg = load_config(
+        CurateConfig,
+        config,
+        section="curate",
+        sets=sets or (),
+        overrides=options,
+        tables=TABLES,  # a misspelled [curat] is an error
     )
-    result = curate(images_dir, out, config)
+    result = curate(images_dir, out, cfg)
     if not console.is_main_process():
         return
     if json_out is not None and json_out != "-":
@@ -564,7 +567,7 @@ def run_command(
         str | None,
         typer.Option("--revision", help="Base hub model's branch, tag or commit (--set revision)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonFlag = False,
     retrain: Annotated[
         bool,
         typer.Option(
@@ -629,12 +632,15 @@ def run_command(
 _FT = "finetune options (each also a key of CONFIG.toml, _ for -)"
 
 
-def _opt(*names: str, help: str) -> typer.models.OptionInfo:
-    return typer.Option(*names, help=help, rich_help_panel=_FT)
+def _ft(name: str) -> Any:
+    from spurcli.config import FinetuneConfig
+
+    return _setting(FinetuneConfig, name, _FT)
 
 
 @app.command("finetune")
 def finetune_command(
+    ctx: typer.Context,
     config: Annotated[
         Path | None,
         typer.Argument(
@@ -642,187 +648,74 @@ def finetune_command(
             "to it; options given here win."
         ),
     ] = None,
-    model: Annotated[
-        str | None, _opt("--model", help="Hub id, diffusers folder, 'tiny' or 'mini'.")
-    ] = None,
-    revision: Annotated[
-        str | None, _opt("--revision", help="Hub model's branch, tag or commit (default main).")
-    ] = None,
-    instance_dir: Annotated[
-        Path | None, _opt("--instance-dir", help="Reference images (required).")
-    ] = None,
-    class_noun: Annotated[
-        str | None, _opt("--class-noun", help="What they show, e.g. flower (required).")
-    ] = None,
-    target: Annotated[
-        str | None, _opt("--target", help="ImageNet class index or name (required).")
-    ] = None,
-    output_dir: Annotated[
-        Path | None, _opt("--output-dir", "-o", help="Run folder (required; new unless --resume).")
-    ] = None,
-    identifier: Annotated[
-        str | None, _opt("--identifier", help="Rare token (default: sks).")
-    ] = None,
-    instance_prompt: Annotated[
-        str | None, _opt("--instance-prompt", help="(default: a photo of {identifier} {noun})")
-    ] = None,
-    class_prompt: Annotated[
-        str | None, _opt("--class-prompt", help="(default: a photo of {noun})")
-    ] = None,
-    class_dir: Annotated[
-        Path | None, _opt("--class-dir", help="Prior images (default: OUT/class-images).")
-    ] = None,
-    num_class_images: Annotated[
-        int | None, _opt("--num-class-images", help="Prior images wanted (default: 100).")
-    ] = None,
-    class_inference_steps: Annotated[
-        int | None,
-        _opt("--class-inference-steps", help="Sampler steps per prior image (default 50)."),
-    ] = None,
-    class_guidance: Annotated[
-        float | None, _opt("--class-guidance", help="Guidance for prior images (default 7.5).")
-    ] = None,
-    class_batch_size: Annotated[
-        int | None, _opt("--class-batch-size", help="Prior images per call (default 4).")
-    ] = None,
-    resolution: Annotated[int | None, _opt("--resolution", help="Pixels (default 512).")] = None,
-    center_crop: Annotated[
-        bool | None, _opt("--center-crop/--random-crop", help="Crop (default: random).")
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        _opt("--batch-size", help="Instance images per process and micro-step (default 1)."),
-    ] = None,
-    grad_accum: Annotated[
-        int | None, _opt("--grad-accum", help="Micro-steps per step (default 1).")
-    ] = None,
-    steps: Annotated[int | None, _opt("--steps", help="Optimizer steps (default 800).")] = None,
-    lr: Annotated[float | None, _opt("--lr", help="Learning rate (default 2e-6).")] = None,
-    text_encoder_lr: Annotated[
-        float | None, _opt("--text-encoder-lr", help="(default: --lr)")
-    ] = None,
-    lr_scheduler: Annotated[
-        str | None, _opt("--lr-scheduler", help="constant, linear, cosine, ... (default constant).")
-    ] = None,
-    warmup_steps: Annotated[
-        int | None, _opt("--warmup-steps", help="LR warm-up (default 0).")
-    ] = None,
-    max_grad_norm: Annotated[
-        float | None, _opt("--max-grad-norm", help="Gradient clipping, 0: off (default 1.0).")
-    ] = None,
-    weight_decay: Annotated[
-        float | None, _opt("--weight-decay", help="AdamW weight decay (default 0.01).")
-    ] = None,
-    seed: Annotated[int | None, _opt("--seed", help="(default 0)")] = None,
-    train_text_encoder: Annotated[
-        bool | None,
-        _opt("--train-text-encoder/--no-train-text-encoder", help="(default: train it)"),
-    ] = None,
-    prior_weight: Annotated[
-        float | None,
-        _opt("--prior-weight", help="Prior preservation weight, 0: off (default 1.0)."),
-    ] = None,
-    sfsl_weight: Annotated[
-        float | None,
-        _opt("--sfsl-weight", help="Spurious feature similarity weight (default 0.1)."),
-    ] = None,
-    extractor: Annotated[
-        str | None, _opt("--extractor", help="Feature extractor (default robust-resnet50).")
-    ] = None,
-    extractor_weights: Annotated[
-        str | None,
-        _opt("--extractor-weights", help="File, or 'random' (default plugin's default)."),
-    ] = None,
-    sfsl_target: Annotated[
-        str | None, _opt("--sfsl-target", help="paired, mean or nearest (default paired).")
-    ] = None,
-    sfsl_distance: Annotated[
-        str | None, _opt("--sfsl-distance", help="cosine or l2 (default cosine).")
-    ] = None,
-    sfsl_max_timestep: Annotated[
-        int | None, _opt("--sfsl-max-timestep", help="SFSL only where t <= this (default always).")
-    ] = None,
-    sfsl_decode_size: Annotated[
-        int | None, _opt("--sfsl-decode-size", help="Decode x0 at N px (default: full size).")
-    ] = None,
-    sfsl_decoder: Annotated[
-        str | None, _opt("--sfsl-decoder", help="vae or taesd (cheaper; default vae).")
-    ] = None,
-    sfsl_taesd: Annotated[
-        str | None,
-        _opt("--sfsl-taesd", help="taesd: hub id, folder or random (default madebyollin/taesd)."),
-    ] = None,
-    lora_rank: Annotated[
-        int | None, _opt("--lora-rank", help="LoRA adapters of rank R, 0: full weights (default).")
-    ] = None,
-    lora_alpha: Annotated[
-        float | None, _opt("--lora-alpha", help="LoRA scale alpha / rank (default: alpha = rank).")
-    ] = None,
-    lora_dropout: Annotated[
-        float | None, _opt("--lora-dropout", help="On the adapters' input (default 0).")
-    ] = None,
-    lora_targets: Annotated[
-        list[str] | None,
-        _opt("--lora-targets", help="UNet modules, repeatable (default: attention projections)."),
-    ] = None,
-    mixed_precision: Annotated[
-        str | None, _opt("--mixed-precision", help="no, fp16 or bf16 (default no).")
-    ] = None,
-    gradient_checkpointing: Annotated[
-        bool | None,
-        _opt("--gradient-checkpointing/--no-gradient-checkpointing", help="(default: off)"),
-    ] = None,
-    attention_slicing: Annotated[
-        str | None, _opt("--attention-slicing", help="auto, max, N or off (default off).")
-    ] = None,
-    use_8bit_adam: Annotated[
-        bool | None, _opt("--use-8bit-adam/--no-use-8bit-adam", help="bitsandbytes (default off).")
-    ] = None,
-    checkpoint_every: Annotated[
-        int | None, _opt("--checkpoint-every", help="Steps, 0: only on Ctrl-C (default 200).")
-    ] = None,
-    keep_checkpoints: Annotated[
-        int | None, _opt("--keep-checkpoints", help="Newest kept, 0: all (default 2).")
-    ] = None,
-    resume: Annotated[str | None, _opt("--resume", help="'latest' or a checkpoint folder.")] = None,
-    validate_every: Annotated[
-        int | None, _opt("--validate-every", help="Steps, 0: never (default 200).")
-    ] = None,
-    validation_prompt: Annotated[
-        list[str] | None,
-        _opt("--validation-prompt", help="Repeatable (default: the instance prompt)."),
-    ] = None,
-    num_validation_images: Annotated[
-        int | None, _opt("--num-validation-images", help="Per prompt (default 4).")
-    ] = None,
-    validation_steps: Annotated[
-        int | None, _opt("--validation-steps", help="Sampler steps (default 25).")
-    ] = None,
-    validation_guidance: Annotated[
-        float | None, _opt("--validation-guidance", help="Guidance (default 7.5).")
-    ] = None,
-    report_to: Annotated[
-        str | None, _opt("--report-to", help="tensorboard, wandb or none (default none).")
-    ] = None,
-    log_grad_norms_every: Annotated[
-        int | None,
-        _opt("--log-grad-norms-every", help="Per-term gradient norms, 0: off (default 50)."),
-    ] = None,
+    # One line per FinetuneConfig field: help, default and bounds are declared there.
+    model: str = _ft("model"),
+    revision: str | None = _ft("revision"),
+    instance_dir: Path | None = _ft("instance_dir"),
+    class_noun: str | None = _ft("class_noun"),
+    target: str | None = _ft("target"),
+    output_dir: Path | None = _ft("output_dir"),
+    identifier: str = _ft("identifier"),
+    instance_prompt: str = _ft("instance_prompt"),
+    class_prompt: str = _ft("class_prompt"),
+    class_dir: Path | None = _ft("class_dir"),
+    num_class_images: int = _ft("num_class_images"),
+    class_inference_steps: int = _ft("class_inference_steps"),
+    class_guidance: float = _ft("class_guidance"),
+    class_batch_size: int = _ft("class_batch_size"),
+    prior_weight: float = _ft("prior_weight"),
+    resolution: int = _ft("resolution"),
+    center_crop: bool = _ft("center_crop"),
+    batch_size: int = _ft("batch_size"),
+    steps: int = _ft("steps"),
+    grad_accum: int = _ft("grad_accum"),
+    lr: float = _ft("lr"),
+    text_encoder_lr: float | None = _ft("text_encoder_lr"),
+    lr_scheduler: str = _ft("lr_scheduler"),
+    warmup_steps: int = _ft("warmup_steps"),
+    max_grad_norm: float = _ft("max_grad_norm"),
+    weight_decay: float = _ft("weight_decay"),
+    use_8bit_adam: bool = _ft("use_8bit_adam"),
+    seed: int = _ft("seed"),
+    train_text_encoder: bool = _ft("train_text_encoder"),
+    sfsl_weight: float = _ft("sfsl_weight"),
+    extractor: str = _ft("extractor"),
+    extractor_weights: str | None = _ft("extractor_weights"),
+    sfsl_target: str = _ft("sfsl_target"),
+    sfsl_distance: str = _ft("sfsl_distance"),
+    sfsl_max_timestep: int | None = _ft("sfsl_max_timestep"),
+    sfsl_decode_size: int | None = _ft("sfsl_decode_size"),
+    sfsl_decoder: str = _ft("sfsl_decoder"),
+    sfsl_taesd: str = _ft("sfsl_taesd"),
+    lora_rank: int = _ft("lora_rank"),
+    lora_alpha: float | None = _ft("lora_alpha"),
+    lora_dropout: float = _ft("lora_dropout"),
+    lora_targets: list[str] | None = _ft("lora_targets"),
+    mixed_precision: str = _ft("mixed_precision"),
+    gradient_checkpointing: bool = _ft("gradient_checkpointing"),
+    attention_slicing: str = _ft("attention_slicing"),
+    checkpoint_every: int = _ft("checkpoint_every"),
+    keep_checkpoints: int = _ft("keep_checkpoints"),
+    resume: str | None = _ft("resume"),
+    validate_every: int = _ft("validate_every"),
+    validation_prompt: list[str] | None = _ft("validation_prompt"),
+    num_validation_images: int = _ft("num_validation_images"),
+    validation_steps: int = _ft("validation_steps"),
+    validation_guidance: float = _ft("validation_guidance"),
+    report_to: str = _ft("report_to"),
+    log_grad_norms_every: int = _ft("log_grad_norms_every"),
     sets: Annotated[
         list[str] | None,
         typer.Option("--set", help="key=value for any config key (repeatable)."),
     ] = None,
 ) -> None:
     """Fine-tune Stable Diffusion on reference images: DreamBooth + prior preservation + SFSL."""
-    options = {k: v for k, v in locals().items() if k not in ("config", "sets")}  # before imports
     from spurcli.config import FinetuneConfig, load_config
     from spurcli.diffusion import RUN_FILE, RUN_PIPELINE_DIR
     from spurcli.experiment import TABLES, finetune_config, is_experiment_config
     from spurcli.finetune import finetune
 
-    for name in ("validation_prompt", "lora_targets"):
-        if not options[name]:
-            options[name] = None  # not given: keep the file's or the default
+    options = _given(ctx, FinetuneConfig)
     if config is not None and config.is_file() and is_experiment_config(config):
         cfg = finetune_config(config, sets or (), options)  # as `spurcli run` trains it
     else:

@@ -60,11 +60,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from spurcli import metrics
+from spurcli.config import CompareConfig
 from spurcli.errors import SpurcliError, UsageError
 
 log = logging.getLogger(__name__)
@@ -73,32 +74,6 @@ SIMILARITY_KEYS = ("mean_cosine", "frechet", "nn_cosine_mean", "nn_cosine_max")
 NN_CHUNK = 1024  # rows of A per similarity block: memory stays O(chunk * |B|)
 PAIRED = ("auto", "yes", "no")
 AP_SUBSAMPLES = 200  # seeded subsamples of the larger set behind a matched-size AP
-
-
-@dataclass
-class CompareConfig:
-    """`compare` settings; also the ``[compare]`` table of a `spurcli run` config."""
-
-    target: int | str | None = None  # the ImageNet class (index or name)
-    classifiers: list[str] = field(default_factory=list)  # plugin names
-    weights: list[str] = field(default_factory=list)  # NAME=PATH or NAME=random, per classifier
-    extractors: list[str] = field(default_factory=lambda: ["robust-resnet50"])  # feature spaces
-    extractor_weights: list[str] = field(default_factory=list)  # NAME=PATH or NAME=random
-    real: Path | None = None  # real images of the class: ROC-AUC / AP in both score tables
-    batch_size: int = 32  # images per forward pass
-    device: str | None = None  # None: the accelerate default
-    strict: bool = False  # unreadable image: error instead of a warning
-    report_images: int = 48  # images per set shown in the report's grids (all are scored)
-    bootstrap: int = 1000  # resamples of every bootstrap interval (0: none)
-    bootstrap_seed: int = 0  # their seed (recorded in the JSON)
-    paired: Literal["auto", "yes", "no"] = "auto"  # image i of A and of B a pair? (see above)
-
-    def check(self) -> None:
-        """The settings that can be checked before loading anything."""
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.report_images < 0:
-            raise UsageError(f"--report-images must not be negative, not {self.report_images}")
 
 
 @dataclass
@@ -216,10 +191,10 @@ def extract_features(
     and squared exactly as the classifiers see it. Sharded over the processes of a
     torchrun/accelerate group.
     """
-    from spurcli.score import ScoreOptions, find_items, score_items
+    from spurcli.score import ScoreConfig, find_items, score_items
 
-    size = image_size or ScoreOptions.image_size
-    options = ScoreOptions(batch_size=batch_size, device=device, strict=strict, image_size=size)
+    size = image_size or ScoreConfig.image_size
+    options = ScoreConfig(batch_size=batch_size, device=device, strict=strict, image_size=size)
     options.check()
     root = Path(root)
     items = find_items(root, 0, real=False)  # the target class is unused: no classifiers
@@ -644,7 +619,7 @@ def compare(
     from spurcli import imagenet
     from spurcli.images import find_images
     from spurcli.score import (
-        ScoreOptions,
+        ScoreConfig,
         check_bootstrap,
         find_items,
         load_classifiers,
@@ -658,7 +633,7 @@ def compare(
     imagenet.resolve_class(config.target)  # "did you mean" before anything slow
     for folder in (dir_a, dir_b):
         find_images(folder)  # missing or empty set: one line now, not after loading models
-    options = ScoreOptions(batch_size=config.batch_size, device=config.device, strict=config.strict)
+    options = ScoreConfig.like(config)
     options.check()
     check_bootstrap(config.bootstrap)
     if config.paired not in PAIRED:

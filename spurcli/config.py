@@ -1,11 +1,19 @@
-"""Settings of every command: dataclasses with documented defaults, filled from a TOML file,
-then ``--set key=value``, then command-line options (the command line wins).
+"""Settings of every command: dataclasses whose fields are declared once, with `option`,
+filled from a TOML file, then ``--set key=value``, then command-line options (the command line
+wins).
 
     from spurcli.config import FinetuneConfig, load_config, to_dict
     cfg = load_config(FinetuneConfig, "exp.toml", section="finetune",
                       sets=["lr=1e-5"], overrides={"steps": 10})
     cfg.instance_dir            # a Path, resolved relative to exp.toml
+    cfg.check()                 # bounds and cross-field rules; one-line UsageErrors
     to_dict(cfg)                # JSON-ready (paths as strings), for spurcli-run.json
+
+A field is declared as ``steps: int = option(800, "Optimizer steps.", min=1)``: the default,
+the help and the bounds. From it come the command-line option and its ``--help`` default
+(`spurcli.cli`), the TOML key (the field name), the bounds check (`check_fields`, called by
+``check()``) and the tables of docs/settings.md (``python -m spurcli.config --write-docs
+docs/settings.md`` regenerates it; a test fails while it is out of date).
 
 The file may hold the options at top level or in a ``[finetune]`` table (the ``section``), so one
 experiment file serves ``spurcli finetune`` and ``spurcli run``. With the table present, the
@@ -18,19 +26,10 @@ against the field's type hint: ``str``, ``int``, ``float`` (an int is fine), ``b
 ``list[str]`` (a single string becomes a one-element list), ``Literal[...]`` (choices), and unions
 of those (``int | str``, ``X | None``; TOML has no null, so ``None`` only comes from defaults
 and overrides). ``Path`` fields are resolved relative to the file they come from; ``str`` fields
-with ``metadata=MAYBE_PATH`` (a hub id *or* a folder, ``random`` *or* a file) are resolved only
-when the value looks like a path (starts with ``.``, ``/`` or ``~``) or exists there. Unknown keys
-are a `UsageError` with "did you mean"; a wrong type is one line naming the file and the key.
-
-Another command's config is just another dataclass (``overrides`` keys are field names; values
-of None mean "not given on the command line" and are skipped):
-
-    @dataclass
-    class SampleConfig:
-        model: str = field(default="tiny", metadata=MAYBE_PATH)  # hub id, folder, run or tiny
-        out: Path | None = None                                  # where images go
-        prompt: list[str] = field(default_factory=list)          # one or more prompts
-    cfg = load_config(SampleConfig, path, section="sample", overrides={"out": out})
+declared with ``maybe_path=True`` (a hub id *or* a folder, ``random`` *or* a file) are resolved
+only when the value looks like a path (starts with ``.``, ``/`` or ``~``) or exists there.
+Unknown keys are a `UsageError` with "did you mean"; a wrong type is one line naming the file
+and the key. ``overrides`` keys are field names; values of None mean "not given" and are skipped.
 """
 
 from __future__ import annotations
@@ -61,149 +60,263 @@ T = TypeVar("T")
 MAYBE_PATH = {"path": "maybe"}  # field metadata: a name or a path; resolve it only if it is a path
 
 
+def option(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    required: bool = False,
+    maybe_path: bool = False,
+    flags: tuple[str, ...] = (),
+    comma: bool = False,
+) -> Any:
+    """A config field declared once: its default, its help and its bounds. The command-line
+    option (`spurcli.cli` builds it from the field), the ``--help`` default, the TOML key (the
+    field name), the bounds check (`check_fields`) and docs/settings.md all derive from it.
+
+    ``min``: the smallest value allowed; ``above``/``below``: exclusive bounds; ``None`` values
+    (the "not set" of an optional field) are never out of bounds. ``required``: the check fails
+    while the value is None or empty (a dataclass needs a default for every field after the
+    first, and a config is built before all of its values are known). ``maybe_path``: a hub
+    id *or* a folder, ``random`` *or* a file (see `MAYBE_PATH`). ``flags``: extra option names
+    (``-o``) or, for a bool, the ``--on/--off`` pair when it is not ``--name/--no-name``.
+    ``comma``: a list given on the command line as one comma-separated value (``-c resnet,vit``;
+    ``''``: none) rather than by repeating the option.
+    """
+    metadata: dict[str, Any] = {
+        "help": help,
+        "min": min,
+        "above": above,
+        "below": below,
+        "required": required,
+        "flags": flags,
+        "comma": comma,
+    }
+    if maybe_path:
+        metadata.update(MAYBE_PATH)
+    if isinstance(default, list):  # a mutable default: each config gets its own copy
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def option_name(fld: dataclasses.Field[Any]) -> str:
+    """The field's command-line name, as errors quote it: ``--output-dir`` for output_dir,
+    ``--prompt`` for a field ``prompts`` declared with ``flags=("--prompt", "-p")``."""
+    for flag in fld.metadata.get("flags", ()):
+        if flag.startswith("--"):
+            return flag.split("/")[0]
+    return "--" + fld.name.replace("_", "-")
+
+
+def option_flags(fld: dataclasses.Field[Any], hint: Any) -> list[str]:
+    """The field's command-line flags: ``--name`` (a bool: ``--name/--no-name``), unless its
+    declaration names the pair, then the declared extras (``-o``)."""
+    flags = list(fld.metadata.get("flags", ()))
+    if not any(f.startswith("--") for f in flags):
+        flag = option_name(fld)
+        flags.insert(0, f"{flag}/--no-{flag[2:]}" if hint is bool else flag)
+    return flags
+
+
+def check_fields(config: Any) -> None:
+    """What `option` declared: finite numbers, required values, bounds; one-line errors.
+    Runs first in each command's ``check``."""
+    check_finite(config)
+    fields = dataclasses.fields(config)
+    for fld in fields:
+        if fld.metadata.get("required") and getattr(config, fld.name) in (None, "", []):
+            raise UsageError(f"{option_name(fld)} is required (or `{fld.name}` in the config)")
+    for fld in fields:
+        value = getattr(config, fld.name)
+        if value is None or isinstance(value, (bool, str, list)):
+            continue  # bounds are about numbers ("off" of an int | str field is not one)
+        low, above, below = (fld.metadata.get(k) for k in ("min", "above", "below"))
+        if low is not None and value < low:
+            bound = "not be negative" if low == 0 else f"be at least {low}"
+            raise UsageError(f"{option_name(fld)} must {bound}, not {value}")
+        if above is not None and not value > above:
+            bound = "be positive" if above == 0 else f"be above {above}"
+            raise UsageError(f"{option_name(fld)} must {bound}, not {value}")
+        if below is not None and not value < below:
+            raise UsageError(f"{option_name(fld)} must be below {below}, not {value}")
+
+
 @dataclass
 class FinetuneConfig:
-    """`spurcli finetune`: DreamBooth + prior preservation + SFSL (DESIGN.md §4)."""
+    """`spurcli finetune`: DreamBooth fine-tuning of the text encoder and UNet together, with
+    prior preservation and the spurious feature similarity loss (SFSL) on a frozen robust
+    classifier's features (docs/sfsl.md)."""
 
     # --- what to learn -------------------------------------------------------------------------
-    model: str = field(default=DEFAULT_MODEL, metadata=MAYBE_PATH)  # hub id, local folder, "tiny"
-    revision: str | None = None  # hub model: branch, tag or commit (None: main); recorded as commit
-    instance_dir: Path | None = None  # the reference images of the spurious feature (required)
-    class_noun: str | None = None  # what the references show, e.g. "flower" (required)
-    target: int | str | None = None  # the ImageNet class they fool classifiers into (required)
-    output_dir: Path | None = None  # the run folder (required); must be new unless --resume
-    identifier: str = "sks"  # DreamBooth's rare token: few meanings in the CLIP vocabulary
-    # {identifier}, [V] and {noun} are filled in; these are the DreamBooth paper's prompts.
-    instance_prompt: str = "a photo of {identifier} {noun}"
-    class_prompt: str = "a photo of {noun}"
+    model: str = option(
+        DEFAULT_MODEL, "Hub id, diffusers folder, 'tiny' or 'mini'.", maybe_path=True
+    )
+    # Recorded in the run card as the commit it resolved to.
+    revision: str | None = option(None, "Hub model's branch, tag or commit (none: main).")
+    instance_dir: Path | None = option(
+        None, "The reference images of the spurious feature.", required=True
+    )
+    class_noun: str | None = option(None, "What the references show, e.g. flower.", required=True)
+    target: int | str | None = option(
+        None, "The ImageNet class (index or name) they fool classifiers into.", required=True
+    )
+    output_dir: Path | None = option(
+        None, "The run folder; must be new unless --resume.", required=True, flags=("-o",)
+    )
+    # DreamBooth's rare token: few meanings in the CLIP vocabulary.
+    identifier: str = option("sks", "The rare token that comes to stand for the feature.")
+    # These are the DreamBooth paper's prompts.
+    instance_prompt: str = option(
+        "a photo of {identifier} {noun}",
+        "Prompt of the references; {identifier} (or [V]) and {noun} are filled in.",
+    )
+    class_prompt: str = option("a photo of {noun}", "Prompt of the prior images.")
     # --- prior preservation --------------------------------------------------------------------
-    class_dir: Path | None = None  # prior (class) images; default OUT/class-images; reused
-    num_class_images: int = 100  # diffusers' default: enough variety for the prior term
-    class_inference_steps: int = 50  # sampler steps per prior image (the pipeline's default)
-    class_guidance: float = 7.5  # classifier-free guidance for prior images (SD's default)
-    class_batch_size: int = 4  # prior images generated per pipeline call (diffusers' default)
-    prior_weight: float = 1.0  # w_prior; DreamBooth's 1.0; 0 turns prior preservation off
+    class_dir: Path | None = option(
+        None, "Prior (class) images, reused across runs (none: OUT/class-images)."
+    )
+    # diffusers' default: enough variety for the prior term.
+    num_class_images: int = option(100, "Prior images wanted.", min=0)
+    class_inference_steps: int = option(50, "Sampler steps per prior image.", min=1)
+    class_guidance: float = option(7.5, "Classifier-free guidance for prior images.", min=0)
+    class_batch_size: int = option(4, "Prior images generated per pipeline call.", min=1)
+    prior_weight: float = option(
+        1.0, "Weight of the prior-preservation loss (DreamBooth's 1.0); 0: off.", min=0
+    )
     # --- data ----------------------------------------------------------------------------------
-    resolution: int = 512  # training size in pixels: SD 1.x's native size
-    center_crop: bool = False  # False: random crop of the resized image, as diffusers does
-    batch_size: int = 1  # instance images per process per micro-step (+ as many class images)
+    resolution: int = option(512, "Training size in pixels (a multiple of 8).", min=1)
+    # False: a random crop of the resized image, as diffusers does.
+    center_crop: bool = option(
+        False,
+        "Centre or random crop of the resized references.",
+        flags=("--center-crop/--random-crop",),
+    )
+    batch_size: int = option(
+        1, "Instance images per process and micro-step (plus as many prior images).", min=1
+    )
     # --- optimisation --------------------------------------------------------------------------
-    steps: int = 800  # optimizer steps; diffusers' DreamBooth recipe with text encoder: 800
-    grad_accum: int = 1  # micro-steps per optimizer step
-    lr: float = 2e-6  # diffusers' recipe when the text encoder is trained too (5e-6 without)
-    text_encoder_lr: float | None = None  # None: same as lr
-    lr_scheduler: str = "constant"  # any diffusers.optimization name: constant, cosine, linear, ...
-    warmup_steps: int = 0  # lr warm-up steps (ignored by "constant")
-    max_grad_norm: float = 1.0  # gradient clipping, as diffusers does
-    weight_decay: float = 1e-2  # AdamW weight decay (diffusers' default)
-    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit (pip install 'spurcli[8bit]'; GPU only)
-    seed: int = 0  # fixes data order, noise, timesteps, prior and validation images
-    train_text_encoder: bool = True  # the paper trains text encoder and UNet together
+    # diffusers' DreamBooth recipe with the text encoder trained: 800 steps at 2e-6.
+    steps: int = option(800, "Optimizer steps.", min=1)
+    grad_accum: int = option(1, "Micro-steps per optimizer step.", min=1)
+    lr: float = option(2e-6, "Learning rate.", above=0)
+    text_encoder_lr: float | None = option(
+        None, "Learning rate of the text encoder (none: --lr).", above=0
+    )
+    lr_scheduler: str = option(
+        "constant", "Any diffusers.optimization schedule: constant, linear, cosine, ..."
+    )
+    warmup_steps: int = option(0, "Learning-rate warm-up steps (ignored by constant).", min=0)
+    max_grad_norm: float = option(1.0, "Gradient clipping; 0: off.", min=0)
+    weight_decay: float = option(1e-2, "AdamW weight decay.", min=0)
+    use_8bit_adam: bool = option(
+        False, "bitsandbytes' AdamW8bit (pip install 'spurcli[8bit]'; CUDA GPUs)."
+    )
+    seed: int = option(0, "Fixes data order, noise, timesteps, prior and validation images.")
+    # The paper trains the text encoder and the UNet together.
+    train_text_encoder: bool = option(True, "Train the text encoder too.")
     # --- spurious feature similarity loss (SFSL) -----------------------------------------------
     # The paper's weight is unpublished: 0.1 puts 1 - cos (~0.1-0.6) on the scale of the
     # epsilon MSE (~0.05-0.2) without letting it dominate; 0 gives plain DreamBooth.
-    sfsl_weight: float = 0.1
-    extractor: str = "robust-resnet50"  # the frozen feature extractor (a plugin name)
-    extractor_weights: str | None = field(default=None, metadata=MAYBE_PATH)  # None, file, random
-    sfsl_target: Literal["paired", "mean", "nearest"] = "paired"  # reference feature per sample
-    sfsl_distance: Literal["cosine", "l2"] = "cosine"  # 1 - cos, or the mean squared difference
-    sfsl_max_timestep: int | None = None  # apply SFSL only where t <= this; None: always
-    # Decode x0_hat at this size (latent resized first): None decodes at full resolution, as
-    # the method describes; 256 cuts the VAE-decoder part of SFSL (the bulk of its cost) by 4x.
-    sfsl_decode_size: int | None = None
-    # The decoder of x0_hat for SFSL: the model's own VAE (fidelity, the method), or taesd
-    # (diffusers' AutoencoderTiny: a few % of the VAE decoder's cost; the gradient then flows
-    # through another decoder). docs/finetune-scale.md compares them.
-    sfsl_decoder: Literal["vae", "taesd"] = "vae"
-    # taesd's weights: a hub id (madebyollin/taesd is SD 1.x's), a local folder, or "random"
-    # (taesd's structure, width matched to the model's VAE: for tests and benchmarks)
-    sfsl_taesd: str = field(default="madebyollin/taesd", metadata=MAYBE_PATH)
+    sfsl_weight: float = option(
+        0.1, "Weight of the spurious feature similarity loss; 0: off.", min=0
+    )
+    extractor: str = option("robust-resnet50", "The frozen feature extractor (a plugin name).")
+    extractor_weights: str | None = option(
+        None,
+        "The extractor's weights: a file, or 'random' (none: the plugin's default).",
+        maybe_path=True,
+    )
+    sfsl_target: Literal["paired", "mean", "nearest"] = option(
+        "paired", "Reference feature per sample: paired, mean or nearest."
+    )
+    sfsl_distance: Literal["cosine", "l2"] = option(
+        "cosine", "1 - cos (cosine) or the mean squared difference (l2)."
+    )
+    sfsl_max_timestep: int | None = option(
+        None, "Apply SFSL only where t <= this (none: always).", min=0
+    )
+    # None decodes at full resolution, as the method describes; 256 cuts the VAE-decoder part
+    # of SFSL (the bulk of its cost) by 4x. The latent is resized first.
+    sfsl_decode_size: int | None = option(
+        None, "Decode x0_hat at this size, a multiple of 8 (none: full size)."
+    )
+    # The model's own VAE is the method's fidelity; taesd (diffusers' AutoencoderTiny) costs a
+    # few % of the VAE decoder, but the gradient then flows through another decoder.
+    # docs/finetune-scale.md compares them.
+    sfsl_decoder: Literal["vae", "taesd"] = option(
+        "vae", "Decoder of x0_hat for SFSL: vae or taesd."
+    )
+    # madebyollin/taesd is SD 1.x's; "random" has taesd's structure, width matched to the
+    # model's VAE: for tests and benchmarks.
+    sfsl_taesd: str = option(
+        "madebyollin/taesd", "taesd's weights: hub id, folder or 'random'.", maybe_path=True
+    )
     # --- LoRA (peft): low-rank adapters instead of the full weights (docs/finetune-scale.md) --
-    lora_rank: int = 0  # 0: train the full weights, as the paper does; R > 0: adapters of rank R
-    lora_alpha: float | None = None  # the adapters' scale is alpha / rank; None: = rank
-    lora_dropout: float = 0.0  # dropout on the adapters' input (diffusers' LoRA script: 0)
-    # UNet modules that get adapters (peft target_modules); empty: its attention projections,
-    # as diffusers' LoRA script. A trained text encoder gets them on q/k/v/out_proj.
-    lora_targets: list[str] = field(default_factory=list)
+    lora_rank: int = option(
+        0, "Train LoRA adapters of this rank; 0: the full weights, as the paper does.", min=0
+    )
+    lora_alpha: float | None = option(
+        None, "The adapters' scale is alpha / rank (none: alpha = rank).", above=0
+    )
+    # diffusers' LoRA script: 0.
+    lora_dropout: float = option(0.0, "Dropout on the adapters' input.", min=0, below=1)
+    # As diffusers' LoRA script; a trained text encoder gets adapters on q/k/v/out_proj.
+    lora_targets: list[str] = option(
+        [], "UNet modules that get adapters, repeatable (none: its attention projections)."
+    )
     # --- speed and memory ----------------------------------------------------------------------
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # trainable weights stay fp32
-    gradient_checkpointing: bool = False  # UNet, text encoder and (with SFSL) the VAE decoder
-    attention_slicing: int | str = "off"  # auto, max, N or off (torch 2's SDPA needs none)
+    mixed_precision: Literal["no", "fp16", "bf16"] = option(
+        "no", "no, fp16 or bf16; the trainable weights stay fp32."
+    )
+    gradient_checkpointing: bool = option(
+        False, "Recompute activations: UNet, text encoder and (with SFSL) the VAE decoder."
+    )
+    # torch 2's SDPA needs none.
+    attention_slicing: int | str = option("off", "auto, max, N or off.")
     # --- checkpoints, validation ---------------------------------------------------------------
-    checkpoint_every: int = 200  # steps between checkpoints (0: only on interrupt)
-    keep_checkpoints: int = 2  # newest checkpoints kept (0: keep all)
-    resume: str | None = field(default=None, metadata=MAYBE_PATH)  # "latest" or a checkpoint
-    validate_every: int = 200  # steps between validation images, and at the end (0: never)
-    validation_prompt: list[str] = field(default_factory=list)  # default: the instance prompt
-    num_validation_images: int = 4  # images per validation prompt
-    validation_steps: int = 25  # sampler steps per validation image
-    validation_guidance: float = 7.5  # classifier-free guidance for validation images
+    checkpoint_every: int = option(200, "Steps between checkpoints; 0: only on interrupt.", min=0)
+    keep_checkpoints: int = option(2, "Newest checkpoints kept; 0: all.", min=0)
+    resume: str | None = option(None, "'latest' or a checkpoint folder.", maybe_path=True)
+    validate_every: int = option(
+        200, "Steps between validation images, and at the end; 0: never.", min=0
+    )
+    validation_prompt: list[str] = option(
+        [], "Validation prompt, repeatable (none: the instance prompt)."
+    )
+    num_validation_images: int = option(4, "Images per validation prompt.", min=1)
+    validation_steps: int = option(25, "Sampler steps per validation image.", min=1)
+    validation_guidance: float = option(
+        7.5, "Classifier-free guidance for validation images.", min=0
+    )
     # --- monitoring ----------------------------------------------------------------------------
-    # accelerate's trackers: every loss term, lr, gradient norms, validation images
-    report_to: Literal["none", "tensorboard", "wandb"] = "none"
-    # Every N steps, log.jsonl gets the gradient norm each loss term (instance, prior, SFSL,
-    # weighted as in the loss) puts on the trained weights: 3 extra backward passes on those
-    # steps, on the first micro-batch; the update is unchanged. 0: off.
-    log_grad_norms_every: int = 50
+    report_to: Literal["none", "tensorboard", "wandb"] = option(
+        "none",
+        "accelerate's tracker for every loss term, lr, gradient norms and validation images.",
+    )
+    # 3 extra backward passes on those steps, on the first micro-batch; the update is unchanged.
+    log_grad_norms_every: int = option(
+        50,
+        "Every N steps, log the gradient norm each loss term puts on the trained weights; 0: off.",
+        min=0,
+    )
 
     def check(self) -> None:
         """Every option that can be checked without loading anything; one-line errors."""
-        check_finite(self)
-        for name in ("instance_dir", "class_noun", "target", "output_dir"):
-            if getattr(self, name) in (None, ""):
-                raise UsageError(
-                    f"--{name.replace('_', '-')} is required (or `{name}` in the config)"
-                )
-        for name in [
-            "steps",
-            "batch_size",
-            "grad_accum",
-            "resolution",
-            "validation_steps",
-            "num_validation_images",
-            "class_batch_size",
-            "class_inference_steps",
-        ]:
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in [
-            "num_class_images",
-            "checkpoint_every",
-            "keep_checkpoints",
-            "validate_every",
-            "warmup_steps",
-            "prior_weight",
-            "max_grad_norm",
-            "weight_decay",
-            "sfsl_weight",
-            "class_guidance",
-            "validation_guidance",
-            "lora_rank",
-            "lora_dropout",
-            "log_grad_norms_every",
-        ]:
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+        check_fields(self)  # finite numbers, required values, each field's bounds
         if self.resolution % 8:
             raise UsageError(
                 f"--resolution must be a multiple of 8 (the VAE's factor), not {self.resolution}"
             )
-        if not self.lr > 0 or (self.text_encoder_lr is not None and not self.text_encoder_lr > 0):
-            raise UsageError("--lr and --text-encoder-lr must be positive")
         if self.prior_weight and self.num_class_images < 1:
             raise UsageError(
                 "prior preservation needs --num-class-images >= 1 (or --prior-weight 0)"
             )
-        if self.sfsl_max_timestep is not None and self.sfsl_max_timestep < 0:
-            raise UsageError("--sfsl-max-timestep must not be negative")
         if self.sfsl_decode_size is not None and (
             self.sfsl_decode_size < 8 or self.sfsl_decode_size % 8
         ):
             raise UsageError("--sfsl-decode-size must be a positive multiple of 8")
-        if self.lora_alpha is not None and not self.lora_alpha > 0:
-            raise UsageError("--lora-alpha must be positive")
-        if self.lora_dropout >= 1:
-            raise UsageError("--lora-dropout must be below 1")
         if self.lora_rank and find_spec("peft") is None:
             raise SpurcliError("--lora-rank needs peft: pip install peft")
         if self.report_to == "tensorboard" and find_spec("tensorboard") is None:
@@ -232,6 +345,240 @@ class FinetuneConfig:
             raise UsageError(
                 f"--resume: no checkpoint folder {self.resume} (or use --resume latest)"
             )
+
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+# --- settings several commands share: declared once here (each call makes a new field) ------
+
+
+def _target_field(note: str = "") -> Any:
+    return option(None, f"ImageNet class: index or name{note}.", flags=("--target", "-t"))
+
+
+def _classifiers_field(default: list[str], help: str) -> Any:
+    return option(default, help, flags=("--classifiers", "-c"), comma=True)
+
+
+def _weights_field() -> Any:
+    return option([], "Classifier NAME=PATH or NAME=random; repeatable.")
+
+
+def _device_field() -> Any:
+    return option(None, "cpu, cuda, cuda:1 (none: the process's GPU, else CPU).")
+
+
+def _batch_size_field() -> Any:
+    # Lower it if a big classifier runs out of memory; it changes no number.
+    return option(32, "Images per forward pass.", min=1, flags=("--batch-size", "-b"))
+
+
+def _strict_field(help: str = "Fail on an unreadable image instead of skipping it.") -> Any:
+    return option(False, help)
+
+
+@dataclass
+class SampleConfig:
+    """`spurcli sample`: N images per prompt from a (fine-tuned) Stable Diffusion, resumable."""
+
+    model: str = option(
+        "tiny",
+        "A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini'.",
+        maybe_path=True,
+    )
+    revision: str | None = option(None, "Hub model's branch, tag or commit (none: main).")
+    prompts: list[str] = option(
+        [], "Prompt, repeatable; [V] becomes the run's identifier.", flags=("--prompt", "-p")
+    )
+    n: int = option(4, "Images per prompt.", min=1, flags=("-n", "--n"))
+    out: Path = option(Path("samples"), "Output folder.", flags=("--out", "-o"))
+    # Derived from the seed and i alone, not the prompt: prompts sharing an index share the
+    # noise, which pairs a tuned model's images with the baseline's.
+    seed: int = option(0, "Base seed; image i of every prompt gets a seed derived from it.")
+    steps: int = option(50, "Denoising steps (diffusers' default).", min=1)
+    guidance: float = option(7.5, "Classifier-free guidance scale; <= 1: off.", min=0)
+    negative_prompt: str | None = option(
+        None, "What guidance steers away from (none: the empty prompt)."
+    )
+    scheduler: str | None = option(
+        None, "ddim, pndm, dpm, euler, euler-a, ddpm (none: the model's own)."
+    )
+    batch_size: int = option(
+        4, "Images per UNet call, per process.", min=1, flags=("--batch-size", "-b")
+    )
+    height: int | None = option(None, "Pixels, a multiple of 8 (none: the model's native size).")
+    width: int | None = option(None, "Pixels, a multiple of 8 (none: the model's native size).")
+    recontext: bool = option(
+        False, "Also each prompt on the beach, on Mount Fuji, in a garden, in a market."
+    )
+    identifier: str | None = option(None, "The token [V] stands for (none: the run's own).")
+    attention_slicing: int | str | None = option(
+        None, "auto, max, N or off: less memory, a bit slower (none: the model's default)."
+    )
+    device: str | None = _device_field()
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = option(
+        "auto", "auto (fp16 on CUDA only), float32, float16 or bfloat16."
+    )
+
+    def check(self) -> None:
+        """Everything that can be checked before loading a model; one-line errors."""
+        from spurcli.diffusion import SCHEDULERS
+
+        check_finite(self)
+        if not self.prompts:
+            raise UsageError("no prompt: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+        if self.n <= 0:  # before check_fields: "-n" is how users spell it
+            raise UsageError(f"-n must be a positive number of images per prompt, not {self.n}")
+        check_fields(self)
+        if self.scheduler is not None and self.scheduler.lower() not in SCHEDULERS:
+            raise UsageError(
+                f"unknown scheduler '{self.scheduler}'; choose from {', '.join(SCHEDULERS)}"
+            )
+        if self.dtype not in DTYPES:  # a SampleConfig built in Python is not coerced
+            raise UsageError(f"unknown dtype '{self.dtype}'; choose from {', '.join(DTYPES)}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 8):
+                raise UsageError(f"--{name} must be a positive multiple of 8, not {value}")
+
+
+@dataclass
+class ScoreConfig:
+    """`spurcli score`: how spurious a set of images is for a class, per classifier and across
+    them. The image-feeding settings (batch size to image size) serve every command that scores:
+    none of them changes the numbers but ``image_size``."""
+
+    target: int | str | None = _target_field(" (none with --layout spurious-imagenet)")
+    classifiers: list[str] = _classifiers_field(
+        [], "Classifier names (spurcli plugins), comma-separated."
+    )
+    real: Path | None = option(
+        None, "Real images of the class (with --layout spurious-imagenet: the ImageNet val root)."
+    )
+    weights: list[str] = _weights_field()
+    layout: str = option("folder", "'folder' or 'spurious-imagenet'.")
+    batch_size: int = _batch_size_field()
+    device: str | None = _device_field()
+    strict: bool = _strict_field()
+    num_workers: int | None = option(
+        None, "Decoding processes (none: by device).", min=0, flags=("--workers",)
+    )
+    image_size: int = option(
+        384, "Side of the central square each image is resized to for the classifiers.", min=8
+    )
+    bootstrap: int = option(1000, "Bootstrap resamples of the intervals; 0: off.", min=0)
+    bootstrap_seed: int = option(
+        0, "Seed of the bootstrap resamples.", flags=("--bootstrap-seed", "--seed")
+    )
+
+    @classmethod
+    def like(cls, other: Any, **changes: Any) -> ScoreConfig:
+        """The score settings of another command's config (compare, curate: the fields of the
+        same name, such as batch_size, device, strict), with ``changes`` on top: the image pass
+        those commands share with score is then fed exactly as they were asked to."""
+        mine = {f.name for f in dataclasses.fields(cls)}
+        shared = {
+            f.name: getattr(other, f.name) for f in dataclasses.fields(other) if f.name in mine
+        }
+        return cls(**{**shared, **changes})
+
+    def check(self) -> None:
+        """The settings' bounds (target and classifiers are checked where they are resolved)."""
+        check_finite(self)
+        check_bootstrap(self.bootstrap)  # before check_fields: its message says what 0 means
+        check_fields(self)
+
+
+@dataclass
+class CompareConfig:
+    """`spurcli compare`: two image sets scored side by side, their feature-space similarity and
+    the HTML report; also the ``[compare]`` table of a `spurcli run` config."""
+
+    target: int | str | None = _target_field()
+    classifiers: list[str] = _classifiers_field([], "Classifier names, comma-separated.")
+    weights: list[str] = _weights_field()
+    extractors: list[str] = option(
+        ["robust-resnet50"],
+        "Feature extractors, comma-separated ('' for none).",
+        flags=("--extractors", "-e"),
+        comma=True,
+    )
+    extractor_weights: list[str] = option([], "Extractor NAME=PATH or NAME=random; repeatable.")
+    real: Path | None = option(
+        None, "Real images of the class: ROC-AUC and AP in both score tables."
+    )
+    batch_size: int = _batch_size_field()
+    device: str | None = _device_field()
+    strict: bool = _strict_field()
+    # All images are scored; this only bounds the report's grids.
+    report_images: int = option(48, "Images per set shown in the report.", min=0)
+    bootstrap: int = option(1000, "Bootstrap resamples of the intervals; 0: off.", min=0)
+    bootstrap_seed: int = option(
+        0,
+        "Seed of the bootstrap resamples (recorded in the JSON).",
+        flags=("--bootstrap-seed", "--seed"),
+    )
+    # auto: pairs when both sets name their images alike (the run's sets share seeds).
+    paired: Literal["auto", "yes", "no"] = option(
+        "auto", "auto, yes or no: are image i of A and of B a pair?"
+    )
+
+    def check(self) -> None:
+        """The settings that can be checked before loading anything."""
+        check_finite(self)
+        check_bootstrap(self.bootstrap)  # before check_fields: its message says what 0 means
+        check_fields(self)
+
+
+@dataclass
+class CurateConfig:
+    """`spurcli curate`: generated images filtered into a publishable test set with a datasheet
+    (docs/curate.md); also the ``[curate]`` table of a `spurcli run` config."""
+
+    target: int | str | None = _target_field()
+    classifiers: list[str] = _classifiers_field(
+        ["resnet", "vit", "clip"], "Selection classifiers, comma-separated."
+    )
+    weights: list[str] = _weights_field()
+    min_fooled: int = option(1, "Keep if at least K selection classifiers say the target.")
+    detectors: list[str] = option(
+        ["owlv2"],
+        "Detectors of the class's object, comma-separated, or 'none'.",
+        flags=("--detectors", "-d"),
+        comma=True,
+    )
+    detector_weights: list[str] = option([], "Detector NAME=PATH or NAME=random; repeatable.")
+    max_presence: float = option(0.5, "Reject above this presence score (in [0, 1]).")
+    object_prompts: list[str] = option(
+        [], "Another text naming the object; repeatable.", flags=("--object-prompt",)
+    )
+    feature: str | None = option(None, "The spurious feature's text (none: Spurious ImageNet's).")
+    references: Path | None = option(None, "Reject near-copies of these images.")
+    extractor: str = option("robust-resnet50", "Feature space of the near-copy check.")
+    extractor_weights: str | None = option(None, "File, or 'random'.", maybe_path=True)
+    max_similarity: float = option(
+        0.95, "Reject at or above this cosine to the nearest reference (in [-1, 1])."
+    )
+    evaluate_with: list[str] = option(
+        [], "Held-out classifiers, comma-separated: the result.", comma=True
+    )
+    limit: int | None = option(None, "Keep at most N images (file order).")
+    # On the command line --link/--copy.
+    mode: Literal["copy", "link"] = option("copy", "copy the kept files, or symlink them.")
+    overwrite: bool = option(False, "Replace an existing output folder.")
+    strict: bool = _strict_field("Unreadable image or nothing kept: an error.")
+    batch_size: int = _batch_size_field()
+    device: str | None = _device_field()
+    # Kept images: 4x as many.
+    report_images: int = option(
+        12, "Rejected images shown per reason in the report of spurcli run.", min=0
+    )
+
+
+def check_bootstrap(resamples: int) -> None:
+    if resamples < 0:
+        raise UsageError(f"--bootstrap must be 0 (no bootstrap intervals) or more, got {resamples}")
 
 
 def check_finite(config: Any) -> None:
@@ -373,7 +720,7 @@ def _coerce(value: Any, hint: Any, fld: Any, where: str, base: Path | None = Non
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint_text = f"; did you mean {close[0]}?" if close else ""
         raise UsageError(
-            f"{where}: {_show(value)} is not one of {', '.join(map(str, choices))}{hint_text}"
+            f"{where} must be one of {', '.join(map(str, choices))}, not {value!r}{hint_text}"
         )
     if origin is list:
         (item,) = typing.get_args(hint) or (str,)
@@ -426,3 +773,92 @@ def _describe(hint: Any) -> str:
 
 def _show(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
+
+
+# ------------------------------------------------------------------------- the settings reference
+
+# The config classes docs/settings.md documents, in its order: (class, TOML table, command).
+DOCUMENTED = (
+    ("FinetuneConfig", "finetune", "spurcli finetune"),
+    ("SampleConfig", "sample", "spurcli sample"),
+    ("ScoreConfig", "score", "spurcli score"),
+    ("CompareConfig", "compare", "spurcli compare"),
+    ("CurateConfig", "curate", "spurcli curate"),
+)
+
+
+def settings_markdown() -> str:
+    """docs/settings.md: one table per config class, made from the fields' declarations."""
+    lines = [
+        "# Settings reference",
+        "",
+        "<!-- Generated from the config classes in spurcli/config.py; do not edit. Regenerate",
+        "     with: python -m spurcli.config --write-docs docs/settings.md -->",
+        "",
+        "Every setting is a key of the command's TOML table (its name, `-` or `_`), a",
+        "`--set key=value`, and a command-line option; the command line wins over `--set`,",
+        "which wins over the file.",
+    ]
+    module = sys.modules[__name__]
+    for class_name, table, command in DOCUMENTED:
+        cls = getattr(module, class_name)
+        hints = typing.get_type_hints(cls)
+        summary = " ".join((cls.__doc__ or "").split())
+        lines += ["", f"## `[{table}]`: {command}", "", summary, ""]
+        lines += ["| key | option | type | default | meaning |", "| --- | --- | --- | --- | --- |"]
+        for fld in dataclasses.fields(cls):
+            meaning = fld.metadata.get("help", "") + _bounds_text(fld)
+            flags = ", ".join(f"`{f}`" for f in option_flags(fld, hints[fld.name]))
+            cells = (
+                f"`{fld.name}`",
+                flags,
+                _describe(hints[fld.name]),
+                _default_text(fld),
+                meaning,
+            )
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _default_text(fld: dataclasses.Field[Any]) -> str:
+    if fld.metadata.get("required"):
+        return "required"
+    factory = fld.default_factory
+    value = fld.default if factory is dataclasses.MISSING else factory()
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"  # as TOML spells it
+    if isinstance(value, list):
+        return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"  # TOML's list syntax
+    return f"`{value}`"
+
+
+def _bounds_text(fld: dataclasses.Field[Any]) -> str:
+    parts = []
+    if fld.metadata.get("min") is not None:
+        parts.append(f">= {fld.metadata['min']}")
+    if fld.metadata.get("above") is not None:
+        parts.append(f"> {fld.metadata['above']}")
+    if fld.metadata.get("below") is not None:
+        parts.append(f"< {fld.metadata['below']}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def settings_docs_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m spurcli.config --write-docs docs/settings.md`` (without it: to stdout)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m spurcli.config", description=settings_docs_main.__doc__
+    )
+    parser.add_argument("--write-docs", metavar="FILE", help="write the settings reference here")
+    args = parser.parse_args(argv)
+    if args.write_docs:
+        Path(args.write_docs).write_text(settings_markdown(), encoding="utf-8")
+    else:
+        sys.stdout.write(settings_markdown())
+
+
+if __name__ == "__main__":
+    settings_docs_main()

@@ -52,8 +52,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from spurcli.config import CurateConfig
 from spurcli.errors import SpurcliError, UsageError
 
 log = logging.getLogger(__name__)
@@ -68,33 +69,6 @@ UNCHECKED_NOTE = (
     "No image was checked for the class object (--detectors none): kept images may show the "
     "object itself, and then they are not spurious."
 )
-
-
-@dataclass
-class CurateConfig:
-    """`curate` settings; also the ``[curate]`` table of a `spurcli run` config."""
-
-    target: int | str | None = None  # the ImageNet class (index or name)
-    classifiers: list[str] = field(default_factory=lambda: ["resnet", "vit", "clip"])  # selection
-    weights: list[str] = field(default_factory=list)  # NAME=PATH or NAME=random, any classifier
-    min_fooled: int = 1  # keep only images at least this many selection classifiers call target
-    detectors: list[str] = field(default_factory=lambda: ["owlv2"])  # ["none"]: no presence check
-    detector_weights: list[str] = field(default_factory=list)  # NAME=PATH or NAME=random
-    max_presence: float = 0.5  # reject when any detector's presence score is above this
-    object_prompts: list[str] = field(default_factory=list)  # more texts naming the object
-    feature: str | None = None  # the spurious feature's text; default: Spurious ImageNet's
-    references: Path | None = None  # reference images: reject near-copies of them
-    extractor: str = "robust-resnet50"  # the feature space of the near-copy check
-    extractor_weights: str | None = None  # a file, or "random"
-    max_similarity: float = 0.95  # reject when the nearest reference's cosine is at least this
-    evaluate_with: list[str] = field(default_factory=list)  # held-out classifiers: the result
-    limit: int | None = None  # keep at most this many images (file order)
-    mode: Literal["copy", "link"] = "copy"  # copy the kept files, or symlink them
-    overwrite: bool = False  # replace an existing output folder
-    strict: bool = False  # unreadable image or nothing kept: an error
-    batch_size: int = 32
-    device: str | None = None
-    report_images: int = 12  # rejected images shown per reason in the report (kept: 4x)
 
 
 # ---------------------------------------------------------------------------------- the numbers
@@ -150,6 +124,9 @@ def decide(
 
 def check_curate_config(config: CurateConfig, images_dir: Path, out: Path) -> None:
     """Everything that can be checked before a model loads (one line each)."""
+    from spurcli.config import check_fields
+
+    check_fields(config)
     if config.target is None:
         raise UsageError("--target CLASS is required (an ImageNet index or name)")
     if not config.classifiers:
@@ -281,7 +258,7 @@ def curate(
     from spurcli.detect import load_detectors, object_query
     from spurcli.images import find_images
     from spurcli.score import (
-        ScoreOptions,
+        ScoreConfig,
         find_items,
         load_classifiers,
         parse_weights,
@@ -301,7 +278,8 @@ def curate(
     items = find_items(images_dir, k.index, real=False)
     if config.references is not None:
         find_images(config.references)  # a missing folder: one line before models load
-    options = ScoreOptions(batch_size=config.batch_size, device=config.device, strict=False)
+    # The pass skips unreadable files; --strict fails on them below, with their name.
+    options = ScoreConfig.like(config, strict=False)
     options.check()
     names = [*config.classifiers, *config.evaluate_with]
     models = load_classifiers(names, parse_weights(config.weights))

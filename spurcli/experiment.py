@@ -719,7 +719,7 @@ def _real_rows_path(exp: Experiment) -> Path:
 
 
 def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.score import ScoreOptions, parse_weights, score_folders
+    from spurcli.score import ScoreConfig, parse_weights, score_folders
 
     cfg = exp.compare
     stamp = {
@@ -739,7 +739,7 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
             [exp.set_dir(name) for name in stale],
             exp.config.target,  # type: ignore[arg-type]
             cfg.classifiers,
-            ScoreOptions(batch_size=cfg.batch_size, device=cfg.device, strict=cfg.strict),
+            ScoreConfig.like(cfg),
             real_dir=cfg.real,
             weights=parse_weights(cfg.weights),
             bootstrap=cfg.bootstrap,

@@ -39,11 +39,11 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from spurcli.config import MAYBE_PATH
+from spurcli.config import SampleConfig
 from spurcli.errors import SpurcliError, UsageError
 
 log = logging.getLogger(__name__)
@@ -66,29 +66,6 @@ IDENTITY = (
     "width",
     "dtype",
 )
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
-@dataclass
-class SampleConfig:
-    model: str = field(default="tiny", metadata=MAYBE_PATH)  # run folder, diffusers folder, hub id
-    revision: str | None = None  # hub model: branch, tag or commit (None: main)
-    prompts: list[str] = field(default_factory=list)  # `[V]` becomes the run's identifier
-    n: int = 4  # images per prompt
-    out: Path = Path("samples")  # output folder
-    seed: int = 0  # base seed; image i of every prompt uses derive_seed(seed, i)
-    steps: int = 50  # denoising steps (diffusers' default)
-    guidance: float = 7.5  # classifier-free guidance scale (SD's usual value; <= 1: off)
-    negative_prompt: str | None = None  # what CFG steers away from (None: the empty prompt)
-    scheduler: str | None = None  # ddim, pndm, dpm, euler, euler-a, ddpm; None: the model's own
-    batch_size: int = 4  # images per UNet call (per process)
-    height: int | None = None  # pixels, multiple of 8; None: the model's native size
-    width: int | None = None
-    recontext: bool = False  # also sample each prompt + RECONTEXT suffixes
-    identifier: str | None = None  # replaces `[V]`; None: the run's own identifier
-    attention_slicing: int | str | None = None  # auto, max, N, off: less memory, a bit slower
-    device: str | None = None  # None: the accelerate default (the process's GPU, else CPU)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA only
 
 
 @dataclass
@@ -299,31 +276,8 @@ def reconcile(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def check_sample_config(config: SampleConfig) -> None:
-    """Everything that can be checked before loading a model."""
-    from spurcli.config import check_finite
-    from spurcli.diffusion import SCHEDULERS
-
-    check_finite(config)
-    if not config.prompts:
-        raise UsageError("no prompt: pass --prompt TEXT (repeatable) or --prompts-file FILE")
-    if config.n <= 0:
-        raise UsageError(f"-n must be a positive number of images per prompt, not {config.n}")
-    if config.steps <= 0:
-        raise UsageError(f"--steps must be positive, not {config.steps}")
-    if config.batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, not {config.batch_size}")
-    if config.guidance < 0:
-        raise UsageError(f"--guidance must not be negative, not {config.guidance}")
-    if config.scheduler is not None and config.scheduler.lower() not in SCHEDULERS:
-        raise UsageError(
-            f"unknown scheduler '{config.scheduler}'; choose from {', '.join(SCHEDULERS)}"
-        )
-    if config.dtype not in DTYPES:
-        raise UsageError(f"unknown dtype '{config.dtype}'; choose from {', '.join(DTYPES)}")
-    for name in ("height", "width"):
-        value = getattr(config, name)
-        if value is not None and (value <= 0 or value % 8):
-            raise UsageError(f"--{name} must be a positive multiple of 8, not {value}")
+    """Everything that can be checked before loading a model (`SampleConfig.check`)."""
+    config.check()
 
 
 def model_label(ref: Any) -> str:

@@ -61,6 +61,7 @@ import torch
 from PIL import Image, ImageOps
 
 from spurcli import console, imagenet, metrics, plugins
+from spurcli.config import ScoreConfig, check_bootstrap
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.fileio import atomic_path
 from spurcli.images import ImageReadError, find_images, read_image
@@ -81,25 +82,6 @@ METRICS = (
     "average_precision",
     "real_accuracy",
 )
-
-
-@dataclass
-class ScoreOptions:
-    """How images are fed to the classifiers (none of these change the numbers, but image_size)."""
-
-    batch_size: int = 32  # images per forward pass; lower it if a big classifier runs out of memory
-    device: str | None = None  # None: what accelerate picks (the process's GPU, else CPU)
-    strict: bool = False  # an unreadable file is an error instead of a warning and a skip
-    num_workers: int | None = None  # decoding processes; None: by device (`_default_workers`)
-    image_size: int = 384  # side of the central square each image is resized to (see above)
-
-    def check(self) -> None:
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.image_size < 8:
-            raise UsageError(f"--image-size must be at least 8 pixels, got {self.image_size}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise UsageError(f"--workers must be 0 or more, got {self.num_workers}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +343,7 @@ class Pass:
 def score_items(
     items: Sequence[Item],
     models: Sequence[LoadedModel],
-    options: ScoreOptions,
+    options: ScoreConfig,
     extractors: Sequence[LoadedModel] = (),
     desc: str | None = None,
     *,
@@ -583,11 +565,6 @@ def _add_columns(table: Any, numbers: Sequence[str]) -> None:
 BOOTSTRAP = 1000  # default resamples of the bootstrap intervals
 
 
-def check_bootstrap(resamples: int) -> None:
-    if resamples < 0:
-        raise UsageError(f"--bootstrap must be 0 (no bootstrap intervals) or more, got {resamples}")
-
-
 RANDOM_NOTE = "* random weights: these numbers describe an untrained model, not the classifier"
 
 
@@ -683,11 +660,11 @@ def score_images(
     *,
     real_dir: str | os.PathLike[str] | None = None,
     weights: dict[str, str] | None = None,
-    batch_size: int = ScoreOptions.batch_size,
+    batch_size: int = ScoreConfig.batch_size,
     device: str | None = None,
     strict: bool = False,
     num_workers: int | None = None,
-    image_size: int = ScoreOptions.image_size,
+    image_size: int = ScoreConfig.image_size,
     bootstrap: int = BOOTSTRAP,
     bootstrap_seed: int = 0,
 ) -> ScoreResult:
@@ -697,7 +674,13 @@ def score_images(
     ``real_dir``: real images of the class, the positives of ROC-AUC / average precision.
     ``bootstrap``: resamples of the bootstrap intervals (0: none), drawn from ``bootstrap_seed``.
     """
-    options = ScoreOptions(batch_size, device, strict, num_workers, image_size)
+    options = ScoreConfig(
+        batch_size=batch_size,
+        device=device,
+        strict=strict,
+        num_workers=num_workers,
+        image_size=image_size,
+    )
     return score_folders(
         [images_dir],
         target,
@@ -714,7 +697,7 @@ def score_folders(
     folders: Sequence[str | os.PathLike[str]],
     target: str | int,
     classifiers: Sequence[str | LoadedModel],
-    options: ScoreOptions | None = None,
+    options: ScoreConfig | None = None,
     *,
     real_dir: str | os.PathLike[str] | None = None,
     weights: dict[str, str] | None = None,
@@ -725,7 +708,7 @@ def score_folders(
     """`score_images` of each folder, in one pass: every file (the real images too) is decoded
     and scored once, and ``extractors`` (loaded models) take their features of each folder's
     images from the same batches (`ScoreResult.features`)."""
-    options = options or ScoreOptions()
+    options = options or ScoreConfig()
     options.check()
     check_bootstrap(bootstrap)
     k = imagenet.resolve_class(target)
@@ -882,15 +865,31 @@ def score_spurious_imagenet(
     classifiers: Sequence[str | LoadedModel],
     *,
     weights: dict[str, str] | None = None,
-    batch_size: int = ScoreOptions.batch_size,
+    batch_size: int = ScoreConfig.batch_size,
     device: str | None = None,
     strict: bool = False,
     num_workers: int | None = None,
-    image_size: int = ScoreOptions.image_size,
+    image_size: int = ScoreConfig.image_size,
 ) -> SpuriousImageNetResult:
     """The Spurious ImageNet benchmark for any classifier: ``root`` holds one folder per
     class/feature, ``real_root`` an ImageNet val split with one folder per WordNet id."""
-    options = ScoreOptions(batch_size, device, strict, num_workers, image_size)
+    options = ScoreConfig(
+        batch_size=batch_size,
+        device=device,
+        strict=strict,
+        num_workers=num_workers,
+        image_size=image_size,
+    )
+    return _score_spurious_imagenet(root, real_root, classifiers, weights, options)
+
+
+def _score_spurious_imagenet(
+    root: str | os.PathLike[str],
+    real_root: str | os.PathLike[str],
+    classifiers: Sequence[str | LoadedModel],
+    weights: dict[str, str] | None,
+    options: ScoreConfig,
+) -> SpuriousImageNetResult:
     options.check()
     s_root, r_root = Path(root), Path(real_root)
     if not r_root.is_dir():
@@ -933,39 +932,32 @@ def score_spurious_imagenet(
 
 
 def score(
-    images_dir: str | os.PathLike[str],
-    classifiers: Sequence[str | LoadedModel],
-    *,
-    layout: str = "folder",
-    target: str | int | None = None,
-    real: str | os.PathLike[str] | None = None,
-    weights: dict[str, str] | None = None,
-    options: ScoreOptions | None = None,
-    bootstrap: int = BOOTSTRAP,
-    bootstrap_seed: int = 0,
+    config: ScoreConfig, images_dir: str | os.PathLike[str]
 ) -> ScoreResult | SpuriousImageNetResult:
     """`spurcli score`: `score_images` (``layout="folder"``: ``target`` required, ``real``
     optional) or `score_spurious_imagenet` (``"spurious-imagenet"``: ``real`` is the ImageNet val
     root, the target is per folder; its per-class figures carry Wilson intervals only, so
     ``bootstrap`` applies to the folder layout)."""
-    options = options or ScoreOptions()
-    kwargs = {"weights": weights, **vars(options)}
-    if layout == "spurious-imagenet":
-        if target is not None:
+    weights = parse_weights(config.weights)
+    if config.layout == "spurious-imagenet":
+        if config.target is not None:
             raise UsageError("--target is not used with --layout spurious-imagenet (per folder)")
-        if real is None:
+        if config.real is None:
             raise UsageError("--layout spurious-imagenet needs --real IMAGENET_VAL_ROOT")
-        return score_spurious_imagenet(images_dir, real, classifiers, **kwargs)
-    if layout == "folder":
-        if target is None:
-            raise UsageError("--target CLASS is required (an ImageNet index or name)")
-        return score_images(
-            images_dir,
-            target,
-            classifiers,
-            real_dir=real,
-            bootstrap=bootstrap,
-            bootstrap_seed=bootstrap_seed,
-            **kwargs,
+        return _score_spurious_imagenet(
+            images_dir, config.real, config.classifiers, weights, config
         )
-    raise UsageError(f"unknown --layout '{layout}'; use 'folder' or 'spurious-imagenet'")
+    if config.layout == "folder":
+        if config.target is None:
+            raise UsageError("--target CLASS is required (an ImageNet index or name)")
+        return score_folders(
+            [images_dir],
+            config.target,
+            config.classifiers,
+            config,
+            real_dir=config.real,
+            weights=weights,
+            bootstrap=config.bootstrap,
+            bootstrap_seed=config.bootstrap_seed,
+        )[0]
+    raise UsageError(f"unknown --layout '{config.layout}'; use 'folder' or 'spurious-imagenet'")
