@@ -72,7 +72,7 @@ class Sides:
     def __init__(self, names: list[str], batch_size: int, image_size: int) -> None:
         import torch
 
-        from spurcli.score import load_classifiers
+        from spurcli.plugins import load_classifiers
 
         # Random init where a model has no offline weights; effnet-lite0 ships real ones.
         weights = {n: "random" for n in names if n != "effnet-lite0"}

@@ -259,7 +259,8 @@ def sample_row(setup: Setup, model: str, work: Path) -> dict:
 
 
 def score_row(setup: Setup, images: Path, victim: str) -> dict:
-    from spurcli.score import load_classifiers, score_images
+    from spurcli.plugins import load_classifiers
+    from spurcli.score import score_images
 
     models = load_classifiers([victim], weights={victim: "random"})
     score_images(images, target=94, classifiers=models)  # warm-up (and clip's zero-shot head)

@@ -187,11 +187,12 @@ def extract_features(
 ) -> Features:
     """``extractor``'s (a `LoadedModel`) features of every image below ``root``.
 
-    The pass is `spurcli.score`'s (`score_items`, with no classifiers), so an image is decoded
+    The pass is `spurcli.imagepass.score_items` with no classifiers, so an image is decoded
     and squared exactly as the classifiers see it. Sharded over the processes of a
     torchrun/accelerate group.
     """
-    from spurcli.score import ScoreConfig, find_items, score_items
+    from spurcli.config import ScoreConfig
+    from spurcli.imagepass import find_items, score_items
 
     size = image_size or ScoreConfig.image_size
     options = ScoreConfig(batch_size=batch_size, device=device, strict=strict, image_size=size)
@@ -203,16 +204,6 @@ def extract_features(
     if not len(found.index):
         raise SpurcliError(f"no readable images in {root}")
     return Features(found.per_image.images, found.features[extractor.name])
-
-
-def load_extractors(names: Sequence[str], weights: dict[str, str] | None = None) -> list[Any]:
-    """Feature extractors by name (see `spurcli.score.load_models`); none is fine."""
-    from spurcli import plugins
-    from spurcli.score import load_models
-
-    return load_models(
-        plugins.extractors(), names, weights, option="--extractor-weights", noun="extractors"
-    )
 
 
 # ------------------------------------------------------------------------ pairing, differences
@@ -617,15 +608,11 @@ def compare(
     One pass over both folders (and the real images) serves the classifiers and extractors.
     """
     from spurcli import imagenet
+    from spurcli.config import ScoreConfig, check_bootstrap
+    from spurcli.imagepass import find_items
     from spurcli.images import find_images
-    from spurcli.score import (
-        ScoreConfig,
-        check_bootstrap,
-        find_items,
-        load_classifiers,
-        parse_weights,
-        score_folders,
-    )
+    from spurcli.plugins import load_classifiers, load_extractors, parse_weights
+    from spurcli.score import score_folders
 
     if config.target is None:
         raise UsageError("--target CLASS is required (an ImageNet index or name)")

@@ -24,7 +24,7 @@ Every image gets a verdict: kept, or rejected with every reason that applies:
 - ``over-limit``: it passed every filter but ``limit`` images were already kept (file order).
 
 The classifiers (selection and evaluation), the detectors and the extractor run in one pass of
-`spurcli.score.score_items` over the same decoded batches; per image only a few numbers are kept
+`spurcli.imagepass.score_items` over the same decoded batches; per image only a few numbers are kept
 (the extractor's features are reduced to the nearest reference's cosine batch by batch), so
 memory is flat in the number of images. Nothing in the input folder is changed.
 
@@ -254,16 +254,12 @@ def curate(
 ) -> CurateResult:
     """Filter the images below ``images_dir`` and write the kept ones to ``out``."""
     from spurcli import console, imagenet, plugins
-    from spurcli.compare import extract_features, load_extractors, nearest_neighbours
-    from spurcli.detect import load_detectors, object_query
+    from spurcli.compare import extract_features, nearest_neighbours
+    from spurcli.config import ScoreConfig
+    from spurcli.detect import object_query
+    from spurcli.imagepass import find_items, score_items
     from spurcli.images import find_images
-    from spurcli.score import (
-        ScoreConfig,
-        find_items,
-        load_classifiers,
-        parse_weights,
-        score_items,
-    )
+    from spurcli.plugins import load_classifiers, load_detectors, load_extractors, parse_weights
 
     images_dir, out = Path(images_dir), Path(out)
     check_curate_config(config, images_dir, out)

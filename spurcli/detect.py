@@ -1,7 +1,8 @@
 """Object-presence detectors: is the class object itself in an image? (`spurcli curate`)
 
     from spurcli import imagenet
-    from spurcli.detect import load_detectors, object_query
+    from spurcli.detect import object_query
+    from spurcli.plugins import load_detectors
     query = object_query(imagenet.resolve_class("hummingbird"), feature="red flower")
     query.names                      # ('hummingbird',) + WordNet synonyms + any extra prompts
     owl = load_detectors(["owlv2"], {"owlv2": "random"})[0]
@@ -49,13 +50,3 @@ def _binomial(lemma: str) -> bool:
     """'Carduelis carduelis', 'Tinca tinca': a capitalised genus and a lower-case species."""
     words = lemma.split()
     return len(words) == 2 and words[0][:1].isupper() and words[1].islower() and lemma.isascii()
-
-
-def load_detectors(names: Sequence[str], weights: dict[str, str] | None = None) -> list:
-    """Detectors by name (see `spurcli.score.load_models`); none is fine."""
-    from spurcli import plugins
-    from spurcli.score import load_models
-
-    return load_models(
-        plugins.detectors(), names, weights, option="--detector-weights", noun="detectors"
-    )

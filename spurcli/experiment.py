@@ -189,7 +189,7 @@ class Experiment:
         if self.finetune.sfsl_weight == 0:
             return []
         from spurcli import plugins
-        from spurcli.score import parse_weights
+        from spurcli.plugins import parse_weights
 
         def identity(registry: Any, name: str) -> tuple[str, str | None]:
             entry, variant = registry.resolve(name)
@@ -719,7 +719,9 @@ def _real_rows_path(exp: Experiment) -> Path:
 
 
 def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.score import ScoreConfig, parse_weights, score_folders
+    from spurcli.config import ScoreConfig
+    from spurcli.plugins import parse_weights
+    from spurcli.score import score_folders
 
     cfg = exp.compare
     stamp = {
@@ -796,9 +798,9 @@ def model_identities(exp: Experiment) -> dict[str, Any]:
 
 
 def run_features(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.compare import extract_features, load_extractors
+    from spurcli.compare import extract_features
     from spurcli.fileio import write_json
-    from spurcli.score import parse_weights
+    from spurcli.plugins import load_extractors, parse_weights
 
     cfg = exp.compare
     needed = sorted({s for pair in exp.comparisons() for s in pair})
@@ -870,13 +872,13 @@ class SavedScores:
     takes a `ScoreResult` (the real images' from ``scores/real-images.csv``, when scored)."""
 
     target: Any  # ImageNetClass
-    spurious: Any  # PerImage
-    real: Any  # PerImage or None
+    spurious: Any  # spurcli.imagepass.PerImage
+    real: Any  # spurcli.imagepass.PerImage or None
 
 
 def saved_scores(exp: Experiment, name: str) -> SavedScores:
     from spurcli import imagenet
-    from spurcli.score import PerImage
+    from spurcli.imagepass import PerImage
 
     target = imagenet.resolve_class(exp.config.target)  # type: ignore[arg-type]
     rows = read_rows(_score_paths(exp, name)[1])

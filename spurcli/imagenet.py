@@ -23,6 +23,16 @@ from importlib import resources
 from spurcli.errors import UsageError
 
 NUM_CLASSES = 1000
+# The classic ImageNet eval transform (torchvision's reference, robustness's test set): shorter side
+# to 256 (224 / 0.875), centre 224 crop, bilinear, ImageNet mean/std; for
+# `spurcli.preprocess.preprocessed(net, **IMAGENET_EVAL)`.
+IMAGENET_EVAL = {
+    "input_size": (3, 224, 224),
+    "crop_pct": 0.875,
+    "interpolation": "bilinear",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+}
 
 
 @dataclass(frozen=True)

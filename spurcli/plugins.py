@@ -5,6 +5,8 @@
     model = plugins.classifiers().load("resnet", weights="random")
     model.module(images)                            # (B,1000) logits; model.weights says "random"
     model.weights_id                                # {"source": "random"}; a file: path + sha256
+    models = plugins.load_classifiers(["resnet", "clip"], {"resnet": "ckpt.safetensors"})
+    plugins.parse_weights(["resnet=ckpt.pt", "clip=random"])   # --weights NAME=PATH -> dict
 
 Every model family, the built-in ones included, arrives through the entry-point group ``spurcli``
 exactly as a third party's would. Entry points are loaded one at a time, so a plugin that fails
@@ -20,7 +22,7 @@ import importlib.metadata
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,9 +72,11 @@ class LoadedModel:
 
 @dataclass
 class Registry:
-    """Names -> factories for one kind of model ("classifier" or "feature extractor")."""
+    """Names -> factories for one kind of model ("classifier", "feature extractor", "detector")."""
 
     kind: str
+    option: str = "--weights"  # the command-line option that gives these models' weights
+    plural: str = "models"  # what error messages call several of them ("classifiers")
     entries: dict[str, Entry] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
 
@@ -127,6 +131,34 @@ class Registry:
         return LoadedModel(
             name=name, module=module, weights=label, plugin=entry.plugin, weights_id=identity
         )
+
+    def load_all(
+        self, names: Sequence[str | LoadedModel], weights: dict[str, str] | None = None
+    ) -> list[LoadedModel]:
+        """Resolve every name first (an unknown one fails before anything heavy loads), then load.
+
+        ``weights`` (given by `option` on the command line) maps a name to a local file or
+        ``"random"``; others get their plugin's default. Already loaded models pass through
+        unchanged.
+        """
+        weights = dict(weights or {})
+        wanted = [n if isinstance(n, str) else n.name for n in names]
+        duplicates = sorted({n for n in wanted if wanted.count(n) > 1})
+        if duplicates:
+            raise UsageError(f"{self.plural} listed twice: {', '.join(duplicates)}")
+        unused = [n for n in weights if n not in wanted]
+        if unused:
+            raise UsageError(
+                f"{self.option} given for {', '.join(unused)}, which is not among the "
+                f"{self.plural} ({', '.join(wanted) or 'none'})"
+            )
+        for name in names:
+            if isinstance(name, str):
+                self.resolve(name)
+            elif name.name in weights:
+                raise UsageError(f"'{name.name}' is already loaded; its weights are fixed")
+        with weights_module.weights_option(self.option):
+            return [self.load(n, weights.get(n)) if isinstance(n, str) else n for n in names]
 
     def _unknown_message(self, name: str) -> str:
         candidates = list(self.entries) + list(self.aliases)
@@ -251,8 +283,8 @@ class Plugins:
         self.failed[name] = why
         log.warning("plugin %s %s; it is skipped", name, why)
 
-    def _fill(self, kind: str, hook: Any) -> Registry:
-        registry = Registry(kind)
+    def _fill(self, kind: str, hook: Any, option: str, plural: str) -> Registry:
+        registry = Registry(kind, option, plural)
         for impl in hook.get_hookimpls():  # registration order (pluggy calls them in reverse)
             plugin = impl.plugin_name
             entries: list[Entry] = []
@@ -287,19 +319,26 @@ class Plugins:
 
     def classifiers(self) -> Registry:
         if self._classifiers is None:
-            self._classifiers = self._fill("classifier", self.pm.hook.register_classifiers)
+            self._classifiers = self._fill(
+                "classifier", self.pm.hook.register_classifiers, "--weights", "classifiers"
+            )
         return self._classifiers
 
     def extractors(self) -> Registry:
         if self._extractors is None:
             self._extractors = self._fill(
-                "feature extractor", self.pm.hook.register_feature_extractors
+                "feature extractor",
+                self.pm.hook.register_feature_extractors,
+                "--extractor-weights",
+                "extractors",
             )
         return self._extractors
 
     def detectors(self) -> Registry:
         if self._detectors is None:
-            self._detectors = self._fill("detector", self.pm.hook.register_detectors)
+            self._detectors = self._fill(
+                "detector", self.pm.hook.register_detectors, "--detector-weights", "detectors"
+            )
         return self._detectors
 
     def register_commands(self, app: Any) -> None:
@@ -368,3 +407,43 @@ def extractors() -> Registry:
 
 def detectors() -> Registry:
     return get_plugins().detectors()
+
+
+# Models by name, as the commands load them
+
+
+def parse_weights(pairs: Sequence[str], option: str = "--weights") -> dict[str, str]:
+    """``["resnet=ckpt.pt", "clip=random"]`` (the repeatable ``--weights NAME=PATH``, or
+    another ``option`` of that format such as ``--extractor-weights``) -> dict."""
+    weights: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UsageError(f"{option} expects NAME=PATH (or NAME=random), got '{pair}'")
+        if name.strip() in weights:
+            raise UsageError(f"{option} given twice for '{name.strip()}'")
+        weights[name.strip()] = path.strip()
+    return weights
+
+
+def load_classifiers(
+    names: Sequence[str | LoadedModel], weights: dict[str, str] | None = None
+) -> list[LoadedModel]:
+    """Classifiers by name (see `Registry.load_all`); at least one is required."""
+    if not names:
+        raise UsageError("--classifiers is required, e.g. --classifiers resnet,vit,clip")
+    return classifiers().load_all(names, weights)
+
+
+def load_extractors(
+    names: Sequence[str | LoadedModel], weights: dict[str, str] | None = None
+) -> list[LoadedModel]:
+    """Feature extractors by name (see `Registry.load_all`); none is fine."""
+    return extractors().load_all(names, weights)
+
+
+def load_detectors(
+    names: Sequence[str | LoadedModel], weights: dict[str, str] | None = None
+) -> list[LoadedModel]:
+    """Object-presence detectors by name (see `Registry.load_all`); none is fine."""
+    return detectors().load_all(names, weights)

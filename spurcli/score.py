@@ -1,6 +1,7 @@
 """`spurcli score`: how spurious a set of images is, per classifier and across classifiers.
 
-    from spurcli.score import load_classifiers, score_images, score_spurious_imagenet
+    from spurcli.plugins import load_classifiers
+    from spurcli.score import score_images, score_spurious_imagenet
     result = score_images("samples/", target="hummingbird", classifiers=["resnet", "clip"],
                           real_dir="val/n01833805", weights={"resnet": "random"})
     result.to_json()              # {"target": {...}, "n_images": .., "classifiers": {..}, ..}
@@ -12,9 +13,9 @@
     a = score_images("run_a/", target=94, classifiers=models)
     b = score_images("run_b/", target=94, classifiers=models)
     # ... or in one pass, with feature extractors' features of each folder (what `compare` does):
-    from spurcli import plugins
+    from spurcli.plugins import load_extractors
     from spurcli.score import score_folders
-    robust = plugins.extractors().load("robust-resnet50")
+    [robust] = load_extractors(["robust-resnet50"])
     a, b = score_folders(["run_a/", "run_b/"], 94, models, extractors=[robust])
     a.features["robust-resnet50"]  # (a.n_images, 2048), rows as a.spurious.images
 
@@ -22,57 +23,27 @@
     sin = score_spurious_imagenet("spurious_imagenet/images", "imagenet/val", ["resnet"])
     sin.to_json()["classifiers"]["resnet"]["mean_roc_auc"]
 
-How a run goes, and why:
-
-- Every image is read and decoded once, however many classifiers score it: a DataLoader (worker
-  processes decode while the main process runs the models; on a CPU with few cores decoding
-  stays in the main process, see `_default_workers`) yields uint8 batches, and the classifiers
-  (then any feature extractors) are evaluated in turn on the same batch under
-  `torch.inference_mode()`; none may change the batch in place.
-- A batch tensor needs one size but folders mix sizes, so each image is cut to its central square
-  and resized to `image_size` (384) x `image_size`. Classifiers do their own resize/crop and the
-  usual eval pre-processing of ImageNet models (timm, CLIP, torchvision: resize the short side,
-  crop the centre) never looks outside that square, so they see the same region as from the file.
-  384 is above the 224-336 input of common classifiers, so none is fed an up-sampled image; raise
-  it for classifiers that take larger inputs. The transform depends on the image alone, never on
-  what else is in its batch, so results do not depend on batch size or on sharding.
-- Memory is flat in the number of images: batches stream through, and per image and classifier
-  only three numbers are kept (top-1 index, p_target, rank of the target).
-- Several processes (`torchrun`/`accelerate launch -m spurcli score ...`) each score a strided
-  shard of the files; the per-image numbers are gathered on every process, and the metrics are
-  computed from the full set exactly as in a one-process run.
-- Scored images S (of one or several folders) and real images R go through one DataLoader in one
-  pass (R are the positives of the ROC-AUC/AP, shared by every folder; the extractors skip them);
-  the metric definitions live in `spurcli.metrics`.
+The images go through `spurcli.imagepass` (decoded once for every classifier, sharded over
+processes; how and why is told there); the metric definitions live in `spurcli.metrics`.
 """
 
 from __future__ import annotations
 
-import csv
-import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps
 
-from spurcli import console, imagenet, metrics, plugins
+from spurcli import imagenet, metrics
 from spurcli.config import ScoreConfig, check_bootstrap
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.fileio import atomic_path
-from spurcli.images import ImageReadError, find_images, read_image
-from spurcli.parallel import Processes
-from spurcli.plugins import LoadedModel
-from spurcli.text import csv_cell, rich_text
-from spurcli.weights import weights_option
+from spurcli.imagepass import PerImage, find_items, score_items
+from spurcli.plugins import LoadedModel, load_classifiers, parse_weights
+from spurcli.text import rich_text
 
-log = logging.getLogger(__name__)
-
-CSV_COLUMNS = ("image", "classifier", "top1_index", "top1_name", "target_prob", "target_rank")
 METRICS = (
     "spurious_rate",
     "top5_rate",
@@ -82,399 +53,6 @@ METRICS = (
     "average_precision",
     "real_accuracy",
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading classifiers
-
-
-def parse_weights(pairs: Sequence[str], option: str = "--weights") -> dict[str, str]:
-    """``["resnet=ckpt.pt", "clip=random"]`` (the repeatable ``--weights NAME=PATH``, or
-    another ``option`` of that format such as ``--extractor-weights``) -> dict."""
-    weights: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise UsageError(f"{option} expects NAME=PATH (or NAME=random), got '{pair}'")
-        if name.strip() in weights:
-            raise UsageError(f"{option} given twice for '{name.strip()}'")
-        weights[name.strip()] = path.strip()
-    return weights
-
-
-def load_classifiers(
-    names: Sequence[str | LoadedModel], weights: dict[str, str] | None = None
-) -> list[LoadedModel]:
-    """Classifiers by name (see `load_models`); at least one is required."""
-    if not names:
-        raise UsageError("--classifiers is required, e.g. --classifiers resnet,vit,clip")
-    registry = plugins.classifiers()
-    return load_models(registry, names, weights, option="--weights", noun="classifiers")
-
-
-def load_models(
-    registry: plugins.Registry,
-    names: Sequence[str | LoadedModel],
-    weights: dict[str, str] | None,
-    *,
-    option: str,
-    noun: str,
-) -> list[LoadedModel]:
-    """Resolve every name first (an unknown one fails before anything heavy loads), then load.
-
-    ``weights`` (given by ``option`` on the command line) maps a name to a local file or
-    ``"random"``; others get their plugin's default. Already loaded models pass through unchanged.
-    """
-    weights = dict(weights or {})
-    wanted = [n if isinstance(n, str) else n.name for n in names]
-    duplicates = sorted({n for n in wanted if wanted.count(n) > 1})
-    if duplicates:
-        raise UsageError(f"{noun} listed twice: {', '.join(duplicates)}")
-    unused = [n for n in weights if n not in wanted]
-    if unused:
-        raise UsageError(
-            f"{option} given for {', '.join(unused)}, which is not among the {noun} "
-            f"({', '.join(wanted) or 'none'})"
-        )
-    for name in names:
-        if isinstance(name, str):
-            registry.resolve(name)
-        elif name.name in weights:
-            raise UsageError(f"'{name.name}' is already loaded; its weights are fixed")
-    with weights_option(option):
-        return [registry.load(n, weights.get(n)) if isinstance(n, str) else n for n in names]
-
-
-# ---------------------------------------------------------------------------------------------
-# The pass: decode once, every classifier (and extractor) on each batch, three numbers per image
-
-
-@dataclass(frozen=True)
-class Item:
-    path: Path
-    name: str  # what the CSV calls it: the path relative to the folder given, '/'-separated
-    target: int  # the ImageNet class whose probability and rank are recorded for this image
-    real: bool  # True: a real image of the class (a positive for ROC-AUC/AP)
-    folder: int = 0  # which of the folders scored in one pass (`score_folders`) it is from
-
-
-def find_items(
-    root: Path, target: int, *, real: bool, base: Path | None = None, folder: int = 0
-) -> list[Item]:
-    """The images below ``root`` (see `find_images`) as items scored for class ``target``,
-    named relative to ``base`` (default: ``root``)."""
-    paths = find_images(root)
-    base = base or (root if root.is_dir() else root.parent)
-    return [Item(p, p.relative_to(base).as_posix(), target, real, folder) for p in paths]
-
-
-class SquareImages(torch.utils.data.Dataset):
-    """Decoded images as uint8 (3, size, size) tensors; unreadable files come back as errors."""
-
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
-        self.paths, self.size = list(paths), size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            img = read_image(self.paths[i])
-        except ImageReadError as exc:
-            return i, None, str(exc)
-        img = ImageOps.fit(img, (self.size, self.size), Image.Resampling.BICUBIC)
-        # uint8 across the worker boundary: 4x less shared memory than float32.
-        return i, torch.from_numpy(np.array(img)).permute(2, 0, 1), None
-
-
-def _collate(samples: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[Any, ...]:
-    good = [(i, x) for i, x, _ in samples if x is not None]
-    failed = [(i, err) for i, x, err in samples if x is None]
-    if not good:
-        return torch.empty(0, dtype=torch.long), None, failed
-    return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), failed
-
-
-def _default_workers(n_items: int, batch_size: int, world: int, device: torch.device) -> int:
-    """Decoding processes per scoring process when --workers is not given."""
-    if n_items <= batch_size:
-        return 0  # a single batch: starting a worker process costs more than it saves
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpus = max(1, (cpus or 1) // world)  # this process's share of the machine
-    if device.type != "cpu":
-        return max(1, min(8, cpus - 1))  # the GPU computes; keep it fed with every spare core
-    # On CPU the models already use every core through torch's threads, and one worker decodes
-    # faster than CPU models score; on 2 cores a worker only competes with them (measured by
-    # benchmarks/bench_score.py: decoding in the main process was faster there).
-    return 1 if cpus >= 4 else 0
-
-
-def _forward(
-    model: LoadedModel, x: torch.Tensor, kind: str, classes: int | None, *args: Any
-) -> np.ndarray:
-    """``model`` on ``x`` (which the next models see too), its output checked, on the CPU.
-
-    A classifier must return (batch, ``classes``) logits, an extractor (``classes`` None) (batch,
-    dim) features, a detector (``kind`` "detector", called with ``args`` = the query) (batch,)
-    presence scores in [0, 1]; any other output, NaN/inf, or a change to the shared input is a
-    plugin bug, named as such.
-    """
-    where = f"{kind} '{model.name}' (plugin '{model.plugin}')"
-    version = x._version
-    out = model.module(x, *args)
-    if x._version != version:
-        raise SpurcliError(
-            f"{where} modified its input in place, which would corrupt the other {kind}s' "
-            "inputs: a bug in the plugin (copy the tensor before changing it)"
-        )
-    batch = x.shape[0]
-    detector = kind == "detector"
-    expected = f"({batch}, {classes}) ImageNet logits" if classes else f"({batch}, dim) features"
-    if detector:
-        expected = f"({batch},) presence scores in [0, 1]"
-    if not isinstance(out, torch.Tensor):
-        raise SpurcliError(
-            f"{where} returned {type(out).__name__}, not a tensor of {expected}: "
-            "a bug in the plugin"
-        )
-    wrong_shape = (
-        out.ndim != 1 or out.shape[0] != batch
-        if detector
-        else out.ndim != 2 or out.shape[0] != batch or (classes and out.shape[1] != classes)
-    )
-    if wrong_shape:
-        raise SpurcliError(
-            f"{where} returned shape {tuple(out.shape)} for a batch of {batch} images; "
-            f"expected {expected}: a bug in the plugin"
-        )
-    # float64 logits keep softmax probabilities of unlikely classes distinct (ranks, AUC ties).
-    values = out.detach().to("cpu", torch.float64 if classes else torch.float32).numpy()
-    if not np.isfinite(values).all():
-        raise SpurcliError(f"{where} returned NaN or infinite values: a bug in the plugin")
-    if detector and ((values < 0) | (values > 1)).any():
-        raise SpurcliError(f"{where} returned scores outside [0, 1]: a bug in the plugin")
-    return values
-
-
-@dataclass
-class PerImage:
-    """Per image and classifier: what the CSV holds. Arrays are (classifiers, images)."""
-
-    classifiers: list[str]
-    images: list[str]  # paths relative to the folder that was given, '/'-separated
-    target: np.ndarray  # (N,) the ImageNet index scored for each image
-    top1: np.ndarray  # (C, N) argmax class (ties: lowest index)
-    target_prob: np.ndarray  # (C, N) softmax probability of the target class
-    target_rank: np.ndarray  # (C, N) 1-based rank of the target (1 <=> top-1)
-
-    def select(self, mask: np.ndarray) -> PerImage:
-        images = [p for p, keep in zip(self.images, mask, strict=True) if keep]
-        return PerImage(
-            self.classifiers,
-            images,
-            self.target[mask],
-            self.top1[:, mask],
-            self.target_prob[:, mask],
-            self.target_rank[:, mask],
-        )
-
-    @classmethod
-    def from_rows(cls, rows: Sequence[dict[str, Any]], target: int) -> PerImage:
-        """The inverse of `iter_rows` (e.g. a saved score CSV, rows typed), every image scored
-        for ``target``; classifiers and images in the order they first appear."""
-        classifiers = list(dict.fromkeys(r["classifier"] for r in rows))
-        images = list(dict.fromkeys(r["image"] for r in rows))
-        at = {(r["classifier"], r["image"]): r for r in rows}
-        if len(at) != len(classifiers) * len(images):
-            raise SpurcliError("score rows do not hold every classifier for every image")
-
-        def column(key: str, dtype: Any) -> np.ndarray:
-            return np.array([[at[c, i][key] for i in images] for c in classifiers], dtype)
-
-        return cls(
-            classifiers,
-            images,
-            np.full(len(images), target, np.int64),
-            column("top1_index", np.int64),
-            column("target_prob", np.float64),
-            column("target_rank", np.int64),
-        )
-
-    def iter_rows(self) -> Iterator[dict[str, Any]]:
-        names = imagenet.class_names()
-        for i, image in enumerate(self.images):
-            for c, classifier in enumerate(self.classifiers):
-                top1 = int(self.top1[c, i])
-                yield {
-                    "image": image,
-                    "classifier": classifier,
-                    "top1_index": top1,
-                    "top1_name": names[top1],
-                    "target_prob": float(self.target_prob[c, i]),
-                    "target_rank": int(self.target_rank[c, i]),
-                }
-
-    def write_csv(self, path: str | os.PathLike[str]) -> None:
-        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for row in self.iter_rows():  # names are data: "=cmd|..." must not run in Excel
-                writer.writerow({k: csv_cell(v) for k, v in row.items()})
-
-
-@dataclass
-class Pass:
-    """What `score_items` found, for the readable items in item order."""
-
-    index: np.ndarray  # (N,) item numbers of the readable items, ascending
-    per_image: PerImage  # the classifiers' numbers of those items
-    # extractor name -> (M, D) float32 features of the readable items that are not real, in
-    # item order: the rows of `per_image.select(~real)` (the extractors skip the real images).
-    features: dict[str, np.ndarray]
-    skipped: list[tuple[int, str]]  # (item number, "path: reason") of the unreadable items
-    # detector name -> (M,) float32 presence scores, rows as `features` (not-real items)
-    presence: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def column(self, items: Sequence[Item], key: str) -> np.ndarray:
-        """An `Item` field of every readable item (e.g. ``"real"``), as an array."""
-        return np.array([getattr(items[i], key) for i in self.index])
-
-
-def score_items(
-    items: Sequence[Item],
-    models: Sequence[LoadedModel],
-    options: ScoreConfig,
-    extractors: Sequence[LoadedModel] = (),
-    desc: str | None = None,
-    *,
-    detectors: Sequence[LoadedModel] = (),
-    queries: Mapping[int, Any] | None = None,
-    reducers: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
-) -> Pass:
-    """Score every item with every classifier and take every extractor's features (and every
-    detector's presence scores) of the items that are not real, in one pass: each file is
-    decoded once for all of them. Runs sharded when launched as a group.
-
-    ``queries``: ImageNet index -> the `spurcli.detect.ObjectQuery` detectors get for items of
-    that target. ``reducers``: extractor name -> a function of a batch's (b, D) features whose
-    (b, ...) result is kept instead of them, so memory stays flat in the number of images
-    (e.g. the cosine to the nearest reference image).
-    """
-    queries, reducers = dict(queries or {}), dict(reducers or {})
-    procs = Processes(options.device)
-    mine = procs.shard(range(len(items)))
-    if procs.world > 1:
-        log.info(
-            "process %d of %d scores %d of %d files", procs.rank, procs.world, len(mine), len(items)
-        )
-    for model in (*models, *extractors, *detectors):
-        model.module.to(procs.device).eval()
-    workers = options.num_workers
-    if workers is None:
-        workers = _default_workers(len(mine), options.batch_size, procs.world, procs.device)
-    loader = torch.utils.data.DataLoader(
-        SquareImages([items[i].path for i in mine], options.image_size),
-        batch_size=options.batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=procs.device.type == "cuda",
-    )
-    n_models, n_mine = len(models), len(mine)
-    targets = np.array([items[i].target for i in mine], dtype=np.int64)
-    extracted = np.array([not items[i].real for i in mine], bool)  # what the extractors see
-    top1 = np.zeros((n_models, n_mine), np.int32)
-    prob = np.zeros((n_models, n_mine), np.float64)
-    rank = np.zeros((n_models, n_mine), np.int32)
-    done = np.zeros(n_mine, bool)
-    mine_index = np.asarray(mine, np.int64)
-    features: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in extractors]
-    presence: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in detectors]
-    skipped: list[tuple[int, str]] = []
-    if desc is None:
-        n_real = sum(item.real for item in items)
-        desc = f"scoring {len(items) - n_real} images" + (f" + {n_real} real" if n_real else "")
-    for ids, batch, failed in console.track(loader, desc, total=len(loader)):
-        for i, message in failed:
-            if options.strict and procs.world == 1:
-                raise SpurcliError(f"{message} (--strict: unreadable images are errors)")
-            log.warning("skipped %s", message)
-            skipped.append((int(mine_index[i]), message))
-        if batch is None:
-            continue
-        ids = ids.numpy()
-        seen = extracted[ids]
-        # Made outside inference mode so the tensors keep a version counter (see `_forward`).
-        with torch.no_grad():
-            x = batch.to(procs.device, non_blocking=True).float().div_(255)
-            some = extractors or detectors
-            x_seen = x if seen.all() or not some else x[torch.from_numpy(seen).to(x.device)]
-        with torch.inference_mode():
-            t = targets[ids]
-            for c, model in enumerate(models):
-                logits = _forward(model, x, "classifier", imagenet.NUM_CLASSES)
-                top1[c, ids] = logits.argmax(axis=1)
-                prob[c, ids] = metrics.target_prob(logits, t)
-                rank[c, ids] = metrics.target_rank(logits, t)
-            for e, extractor in enumerate(extractors if seen.any() else ()):
-                values = _forward(extractor, x_seen, "feature extractor", None)
-                if extractor.name in reducers:
-                    values = reducers[extractor.name](values)
-                features[e].append((mine_index[ids[seen]], values))
-            t_seen = t[seen]
-            for d, detector in enumerate(detectors):
-                for k in np.unique(t_seen):  # one query per class; curate has a single class
-                    rows = t_seen == k
-                    part = x_seen if rows.all() else x_seen[torch.from_numpy(rows).to(x.device)]
-                    values = _forward(detector, part, "detector", None, queries[int(k)])
-                    presence[d].append((mine_index[ids[seen][rows]], values))
-        done[ids] = True
-
-    # Every process gets every process's numbers; then all of them compute the same metrics.
-    parts = procs.gather(
-        [
-            {
-                "index": mine_index[done],
-                "top1": top1[:, done],
-                "prob": prob[:, done],
-                "rank": rank[:, done],
-                "features": features,
-                "presence": presence,
-                "skipped": skipped,
-            }
-        ]
-    )
-    index = np.concatenate([p["index"] for p in parts])
-    order = np.argsort(index, kind="stable")
-    index = index[order]
-    skipped_all = sorted(s for p in parts for s in p["skipped"])
-    if options.strict and skipped_all:
-        raise SpurcliError(f"{skipped_all[0][1]} (--strict: unreadable images are errors)")
-    per_image = PerImage(
-        classifiers=[m.name for m in models],
-        images=[items[i].name for i in index],
-        target=np.array([items[i].target for i in index], np.int64),
-        top1=np.concatenate([p["top1"] for p in parts], axis=1)[:, order],
-        target_prob=np.concatenate([p["prob"] for p in parts], axis=1)[:, order],
-        target_rank=np.concatenate([p["rank"] for p in parts], axis=1)[:, order],
-    )
-    found = {
-        extractor.name: _in_item_order([c for p in parts for c in p["features"][e]], 2)
-        for e, extractor in enumerate(extractors)
-    }
-    scores = {
-        detector.name: _in_item_order([c for p in parts for c in p["presence"][d]], 1)
-        for d, detector in enumerate(detectors)
-    }
-    return Pass(index, per_image, found, skipped_all, scores)
-
-
-def _in_item_order(chunks: list[tuple[np.ndarray, np.ndarray]], ndim: int) -> np.ndarray:
-    """(item numbers, values) chunks of a pass as one array of values in item order."""
-    if not chunks:
-        return np.zeros((0,) * ndim, np.float32)
-    rows = np.concatenate([i for i, _ in chunks])
-    values = np.concatenate([v for _, v in chunks])
-    return values[np.argsort(rows, kind="stable")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,7 +67,7 @@ def _metrics(
     bootstrap: int = 0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The issue's seven numbers for classifier row ``c`` and target class ``k``, each followed
+    """The seven numbers for classifier row ``c`` and target class ``k``, each followed
     by its 95% interval ``<metric>_ci``: Wilson for the rates, a percentile bootstrap of
     ``bootstrap`` seeded resamples for the others (None with 0; see docs/statistics.md)."""
     probs = spurious.target_prob[c]

@@ -127,20 +127,19 @@ def test_compare_decodes_each_image_once_for_classifiers_and_extractors(
 ):
     """One pass serves both folders, the real images (shared), the classifiers and extractors;
     its features are those `extract_features` (what `run` uses) takes folder by folder."""
-    from spurcli import plugins
-    from spurcli import score as score_module
+    from spurcli import imagepass, plugins
     from spurcli.compare import extract_features
 
     a, b = make_sets(tmp_path)
     real = shutil.copytree(a, tmp_path / "real")
     reads: list[str] = []
-    real_read = score_module.read_image
+    real_read = imagepass.read_image
 
     def counting_read(path):
         reads.append(str(path))
         return real_read(path)
 
-    monkeypatch.setattr(score_module, "read_image", counting_read)
+    monkeypatch.setattr(imagepass, "read_image", counting_read)
     config = CompareConfig(
         target=94, classifiers=["fake", "fake:1"], extractors=["fake"], real=real, device="cpu"
     )
@@ -192,8 +191,8 @@ def test_compare_empty_set(tmp_path, cli_main, fake_plugin):
 
 
 def test_an_extractor_listed_twice_is_a_usage_error():
-    from spurcli.compare import load_extractors
     from spurcli.errors import UsageError
+    from spurcli.plugins import load_extractors
 
     with pytest.raises(UsageError, match="extractors listed twice: template-linear"):
         load_extractors(["template-linear", "template-linear"])

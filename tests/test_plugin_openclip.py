@@ -265,7 +265,7 @@ def test_offline_detector_names_the_detector_weights_option():
     """Loaded as a detector, the hint is the option that curate actually takes."""
     from huggingface_hub import try_to_load_from_cache
 
-    from spurcli.detect import load_detectors
+    from spurcli.plugins import load_detectors
 
     repo = "timm/vit_base_patch32_clip_224.openai"
     for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):

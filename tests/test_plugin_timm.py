@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from spurcli import preprocess
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.plugins import classifiers, extractors
 
@@ -108,7 +109,7 @@ def test_preprocessing_matches_timm_eval_transform(arch, crop):
     cfg = resolve_model_data_config(timm.create_model(arch, pretrained=False))
     image = np.ascontiguousarray(chelsea()[crop])
     expected = create_transform(**cfg)(Image.fromarray(image))[None]
-    got = spurcli_timm.preprocessed(torch.nn.Identity(), **cfg)(as_batch(image))
+    got = preprocess.preprocessed(torch.nn.Identity(), **cfg)(as_batch(image))
     assert got.shape == expected.shape
     # PIL works on 8-bit pixels: a difference of about 1/255 is quantisation; a one-pixel shift
     # of the crop or the wrong scale would be ten times larger.
@@ -125,7 +126,7 @@ def test_preprocessing_matches_timm_eval_transform(arch, crop):
     ],
 )
 def test_crop_modes(size, crop_mode, expected_content):
-    pre = spurcli_timm.preprocessed(
+    pre = preprocess.preprocessed(
         torch.nn.Identity(), input_size=size, mean=(0, 0, 0), std=(1, 1, 1), crop_mode=crop_mode
     )
     out = pre(torch.ones(1, 3, 40, 80))
@@ -249,7 +250,7 @@ def test_preprocessing_runs_in_low_precision_on_cpu(dtype):
             seen.append(x.dtype)
             return x
 
-    pre = spurcli_timm.preprocessed(
+    pre = preprocess.preprocessed(
         Probe(), input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=0.875
     )
     images = torch.rand(2, 3, 40, 30)
@@ -258,3 +259,19 @@ def test_preprocessing_runs_in_low_precision_on_cpu(dtype):
     assert seen == [dtype, torch.float32]
     assert low.shape == full.shape == (2, 3, 16, 16)
     assert torch.allclose(low.float(), full, atol=0.1)
+
+
+def test_preprocess_is_its_resize_and_crop_then_its_normalisation():
+    """`score --preprocess` relies on the split: forward == normalise(resize_and_crop(x))."""
+    pre = preprocess.Preprocess((24, 24), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), crop_pct=0.8)
+    x = torch.rand(2, 3, 50, 40)
+    cropped = pre.resize_and_crop(x)
+    assert cropped.shape == (2, 3, 24, 24) and 0 <= cropped.min() and cropped.max() <= 1
+    assert torch.equal(pre(x), pre.normalise(cropped))
+    assert torch.allclose(pre.normalise(cropped)[:, 1], (cropped[:, 1] - 0.5) / 0.3)
+
+
+def test_the_old_import_path_still_gives_the_core_wrapper():
+    assert spurcli_timm.preprocessed is preprocess.preprocessed
+    assert spurcli_timm.Preprocessed is preprocess.Preprocessed
+    assert spurcli_timm.IMAGENET_EVAL["crop_pct"] == 0.875

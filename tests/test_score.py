@@ -19,12 +19,11 @@ import pytest
 from _score_helpers import FACTORY_CALLS, MODES, ScoreTestPlugin, expected_prob, write_solid
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from spurcli import plugins
-from spurcli import score as score_module
+from spurcli import imagepass, plugins
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.metrics import wilson_interval
-from spurcli.plugins import get_plugins
-from spurcli.score import load_classifiers, score_images, score_spurious_imagenet
+from spurcli.plugins import get_plugins, load_classifiers
+from spurcli.score import score_images, score_spurious_imagenet
 
 K = 94  # hummingbird
 DET = ["det-r", "det-g", "det-b"]
@@ -203,13 +202,13 @@ def test_rows_and_csv(folders, tmp_path):
 
 def test_each_image_is_decoded_once_and_each_model_loaded_once(folders, monkeypatch):
     calls: list[str] = []
-    real_read = score_module.read_image
+    real_read = imagepass.read_image
 
     def counting_read(path):
         calls.append(Path(path).name)
         return real_read(path)
 
-    monkeypatch.setattr(score_module, "read_image", counting_read)
+    monkeypatch.setattr(imagepass, "read_image", counting_read)
     FACTORY_CALLS.clear()
     models = load_classifiers(DET)
     s, r = folders
@@ -484,7 +483,7 @@ def test_two_processes_equal_one(tmp_path):
 
 
 def test_per_image_numbers_read_back_from_their_rows():
-    from spurcli.score import PerImage
+    from spurcli.imagepass import PerImage
 
     per_image = PerImage(
         ["a", "b"],

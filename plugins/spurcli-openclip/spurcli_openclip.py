@@ -55,7 +55,7 @@ CLIP_HUB = "timm/vit_base_patch32_clip_224.openai"  # where open_clip keeps the 
 LOGIT_SCALE = 100.0  # CLIP's learned temperature, fixed as in open_clip's zero-shot evaluation
 CLASSES_PER_BATCH = 10  # 800 texts per text-encoder call
 HEAD_FORMAT = "spurcli-clip-zeroshot-v1"  # part of the cache key: bump when the head changes
-# open_clip's resize modes in timm's crop vocabulary (see spurcli_timm.preprocessed)
+# open_clip's resize modes in timm's crop vocabulary (see spurcli.preprocess.Preprocess)
 CROP_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
 
 
@@ -114,7 +114,8 @@ def make_clip_presence(weights: str | None) -> Any:
 def make_presence(weights: str | None, variant: str, name: str | None = None) -> Any:
     """open_clip ``<arch>/<tag>`` as a zero-shot presence detector (see the module docstring)."""
     import open_clip
-    from spurcli_timm import Preprocess
+
+    from spurcli.preprocess import Preprocess
 
     arch, model, prep = create(variant, weights, name=name or f"{PRESENCE}:{variant}")
     preprocess = Preprocess(
@@ -151,7 +152,8 @@ def make_clip_extractor(weights: str | None) -> Any:
 def make_classifier(weights: str | None, variant: str, name: str | None = None) -> Any:
     """open_clip ``<arch>/<tag>`` as a zero-shot ImageNet-1k classifier: (B,3,H,W) -> (B,1000)."""
     import open_clip
-    from spurcli_timm import preprocessed
+
+    from spurcli.preprocess import preprocessed
 
     arch, model, prep = create(variant, weights, name=name or f"open_clip:{variant}")
     head = zero_shot_head(model, open_clip.get_tokenizer(arch), arch)
@@ -162,7 +164,8 @@ def make_classifier(weights: str | None, variant: str, name: str | None = None) 
 def make_extractor(weights: str | None, variant: str, name: str | None = None) -> Any:
     """open_clip ``<arch>/<tag>`` image tower: normalised embeddings (B, dim)."""
     import open_clip
-    from spurcli_timm import preprocessed
+
+    from spurcli.preprocess import preprocessed
 
     arch, model, prep = create(variant, weights, name=name or f"open_clip:{variant}")
     dim = open_clip.get_model_config(arch)["embed_dim"]
@@ -172,8 +175,8 @@ def make_extractor(weights: str | None, variant: str, name: str | None = None) -
 def create(variant: str, weights: str | None, *, name: str) -> tuple[str, Any, dict[str, Any]]:
     """(arch, open_clip model in eval/float32/CPU, preprocessing kwargs for `preprocessed`)."""
     import open_clip
-    from spurcli_timm import seeded
 
+    from spurcli.preprocess import seeded
     from spurcli.weights import is_random
 
     arch, _, tag = variant.partition("/")

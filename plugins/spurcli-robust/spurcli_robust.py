@@ -26,10 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from spurcli_timm import IMAGENET_EVAL  # light: spurcli_timm imports torch only when used
-
 from spurcli import hookimpl
 from spurcli.errors import SpurcliError
+from spurcli.imagenet import IMAGENET_EVAL
 
 NAME = "robust-resnet50"
 ALIASES = ("madry-l2-eps3",)
@@ -66,14 +65,15 @@ def register_feature_extractors(register):
 
 
 def make_classifier(weights: str | None) -> Any:
-    from spurcli_timm import preprocessed
+    from spurcli.preprocess import preprocessed
 
     return preprocessed(build(weights), **PREPROCESS)
 
 
 def make_extractor(weights: str | None) -> Any:
-    from spurcli_timm import preprocessed
     from torch import nn
+
+    from spurcli.preprocess import preprocessed
 
     net = build(weights)
     net.fc = nn.Identity()  # the 2048-d average-pooled features, before the classifier
@@ -83,9 +83,9 @@ def make_extractor(weights: str | None) -> Any:
 def build(weights: str | None) -> Any:
     """A torchvision ResNet-50 (eval, float32, CPU) with the robust, a local or random weights."""
     import torch
-    from spurcli_timm import seeded
     from torchvision.models import resnet50
 
+    from spurcli.preprocess import seeded
     from spurcli.weights import hub_file, is_random, load_state_dict
 
     if is_random(weights):

@@ -16,21 +16,15 @@ a pretrained tag (``timm:resnet18``, ``timm:resnet18.a1_in1k``) as classifiers, 
 Weights: None = the model's file on the hub (a clear error offline), a local file (safetensors or
 a weights-only torch checkpoint, in timm's layout), or ``"random"``.
 
-The plugin also holds what the other built-in plugins share through their dependency on
-spurcli-timm (core stays free of timm): `preprocessed()` puts a network behind a differentiable
-torch-side resize, centre crop and normalisation, so any (B, 3, H, W) batch in [0, 1] goes in, and
-`seeded()` makes "random" weights identical in every process and run.
+Each model is a `spurcli.preprocess.Preprocessed`: timm's eval transform for the model (its data
+config), done in torch in front of the network, so any (B, 3, H, W) batch in [0, 1] goes in;
+"random" weights come from `spurcli.preprocess.seeded`, identical in every process and run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import functools
-import math
 import os
-import types
-from collections.abc import Iterator
 from typing import Any
 
 from spurcli import hookimpl
@@ -39,15 +33,6 @@ from spurcli.errors import SpurcliError, UsageError
 RESNET = "resnet50.a1_in1k"
 VIT = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 NUM_CLASSES = 1000  # classifiers must speak ImageNet-1k
-# The classic ImageNet eval transform (torchvision's reference, robustness's test set): shorter side
-# to 256 (224 / 0.875), centre 224 crop, bilinear, ImageNet mean/std. For `preprocessed(**...)`.
-IMAGENET_EVAL = {
-    "input_size": (3, 224, 224),
-    "crop_pct": 0.875,
-    "interpolation": "bilinear",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-}
 
 
 @hookimpl
@@ -99,6 +84,8 @@ def make_classifier(weights: str | None, variant: str, name: str | None = None) 
             f"{NUM_CLASSES} ImageNet-1k classes: use it as a feature extractor, or pick an "
             "ImageNet-1k tag (`timm.list_pretrained('<name>.*in1k')`)"
         )
+    from spurcli.preprocess import preprocessed
+
     return preprocessed(net, **data_config(net))
 
 
@@ -106,7 +93,9 @@ def make_extractor(weights: str | None, variant: str) -> Any:
     """timm model ``variant`` as a feature extractor: pooled pre-logits features (B, dim)."""
     net = create(variant, weights, name=f"timm:{variant}")
     dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
-    return preprocessed(_nn().PreLogits(net), dim=dim, **data_config(net))
+    from spurcli.preprocess import PreLogits, preprocessed
+
+    return preprocessed(PreLogits(net), dim=dim, **data_config(net))
 
 
 def create(variant: str, weights: str | None, *, name: str) -> Any:
@@ -117,6 +106,7 @@ def create(variant: str, weights: str | None, *, name: str) -> Any:
     import timm
     from timm.models import split_model_name_tag
 
+    from spurcli.preprocess import seeded
     from spurcli.weights import is_random, load_state_dict
 
     if variant.startswith("hf-hub:"):  # timm reads the model's config from the hub repo
@@ -155,6 +145,7 @@ def _create_from_hub_repo(variant: str, weights: str | None, *, name: str) -> An
     """``hf-hub:<org>/<repo>`` models: config (and default weights) come from that repo."""
     import timm
 
+    from spurcli.preprocess import seeded
     from spurcli.weights import hub_snapshot, is_random, load_state_dict, offline, record
 
     repo = variant.removeprefix("hf-hub:")
@@ -222,158 +213,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# --- shared with the other built-in plugins -------------------------------------------------
-
-
-@contextlib.contextmanager
-def seeded(seed: int = 0) -> Iterator[None]:
-    """Random init under a fixed seed, without touching the caller's RNG state.
-
-    Every process of a multi-process run must build the same "random" model.
-    """
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def preprocessed(
-    net: Any,
-    *,
-    input_size: tuple[int, int, int] | tuple[int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    crop_pct: float = 1.0,
-    interpolation: str = "bicubic",
-    crop_mode: str = "center",
-    dim: int | None = None,
-) -> Any:
-    """``net`` behind a resize, centre crop and normalisation done in torch.
-
-    Images (B, 3, H, W) in [0, 1], any H and W, go in; ``net`` sees what its eval transform
-    would give it: the shorter side resized to ``size / crop_pct`` (antialiased, like PIL), then
-    the centre ``size`` crop, then ``(x - mean) / std``. Everything is differentiable, so the
-    result can sit inside a loss (the SFSL extractor). ``crop_mode``: "center" (timm's default),
-    "squash" (resize to the box, no crop) or "border" (fit inside the box and pad with black).
-    ``dim``: set on the result for feature extractors.
-    """
-    size = tuple(int(s) for s in input_size[-2:])
-    nn_ = _nn()
-    prep = nn_.Preprocess(size, mean, std, crop_pct, interpolation, crop_mode)
-    return nn_.Preprocessed(prep, net, dim).eval()
+# --- what earlier versions of this plugin shared with the others -----------------------------
 
 
 def __getattr__(name: str) -> Any:
-    # The torch module classes (Preprocess, Preprocessed, PreLogits) are built on first use so
-    # that importing this plugin for registration imports no torch.
-    if name in ("Preprocess", "Preprocessed", "PreLogits"):
-        return getattr(_nn(), name)
+    # These lived here before they moved into core; third-party plugins may still import them.
+    if name in ("Preprocess", "Preprocessed", "PreLogits", "preprocessed", "seeded"):
+        from spurcli import preprocess
+
+        return getattr(preprocess, name)
+    if name == "IMAGENET_EVAL":
+        from spurcli.imagenet import IMAGENET_EVAL
+
+        return IMAGENET_EVAL
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _resized_shape(h: int, w: int, box: tuple[int, int], mode: str) -> tuple[int, int]:
-    """Size to resize an (h, w) image to before cropping or padding it to its final size.
-
-    "center" covers ``box`` keeping the aspect ratio (torchvision's Resize(int) for a square
-    box: the shorter side becomes the box side, the longer one is truncated), "border" fits
-    inside it, "squash" is the box.
-    """
-    bh, bw = box
-    if mode == "squash":
-        return bh, bw
-    scale = (min if mode == "border" else max)(bh / h, bw / w)
-    return (bh if scale == bh / h else int(h * scale), bw if scale == bw / w else int(w * scale))
-
-
-@functools.cache
-def _nn() -> types.SimpleNamespace:
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    # timm/open_clip name PIL filters; torch antialiases only bilinear and bicubic, which are
-    # the closest match for the PIL-only ones (lanczos, hamming, box).
-    modes = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
-
-    class Preprocess(nn.Module):
-        """(B,3,H,W) in [0,1], any size -> resized, centre-cropped, normalised (B,3,h,w)."""
-
-        def __init__(self, size, mean, std, crop_pct, interpolation, crop_mode) -> None:
-            super().__init__()
-            self.size = size
-            self.crop_pct = float(crop_pct or 1.0)
-            self.mode = modes.get(interpolation, "bicubic")
-            self.crop_mode = crop_mode if crop_mode in ("squash", "border") else "center"
-            # Buffers follow the module across .to(device) and are saved in state dicts.
-            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            if images.ndim != 4 or images.shape[1] != 3:
-                raise SpurcliError(
-                    f"expected images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}"
-                )
-            x = images.to(self.mean.dtype)
-            th, tw = self.size
-            # crop_pct > 1 (rare) would make the box smaller than the crop: never shrink below it
-            box = (max(th, math.floor(th / self.crop_pct)), max(tw, math.floor(tw / self.crop_pct)))
-            new = _resized_shape(x.shape[-2], x.shape[-1], box, self.crop_mode)
-            if new != tuple(x.shape[-2:]):
-                smooth = self.mode in ("bilinear", "bicubic")
-                dtype = x.dtype
-                if x.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
-                    x = x.float()  # torch's CPU antialiased resize has no fp16/bf16 kernel
-                x = F.interpolate(
-                    x,
-                    size=new,
-                    mode=self.mode,
-                    antialias=smooth,
-                    align_corners=False if smooth else None,
-                ).to(dtype)
-                if self.mode == "bicubic":  # bicubic overshoots; PIL clips to the pixel range
-                    x = x.clamp(0.0, 1.0)
-            x = _center(x, th, tw)
-            return (x - self.mean) / self.std
-
-        def extra_repr(self) -> str:
-            return (
-                f"size={self.size}, crop_pct={self.crop_pct}, mode={self.mode}, "
-                f"crop_mode={self.crop_mode}"
-            )
-
-    def _center(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-        """Centre crop to (th, tw), padding with black first where the image is smaller."""
-        ph, pw = max(th - x.shape[-2], 0), max(tw - x.shape[-1], 0)
-        if ph or pw:
-            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-        h, w = x.shape[-2:]
-        top, left = round((h - th) / 2), round((w - tw) / 2)
-        return x[..., top : top + th, left : left + tw]
-
-    class Preprocessed(nn.Module):
-        """``preprocess`` then ``net``: what every built-in classifier and extractor returns."""
-
-        def __init__(self, preprocess: nn.Module, net: nn.Module, dim: int | None) -> None:
-            super().__init__()
-            self.preprocess = preprocess
-            self.net = net
-            if dim is not None:
-                self.dim = int(dim)
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return self.net(self.preprocess(images))
-
-    class PreLogits(nn.Module):
-        """A timm classifier's pooled features just before the last linear layer."""
-
-        def __init__(self, net: nn.Module) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
-
-    return types.SimpleNamespace(
-        Preprocess=Preprocess, Preprocessed=Preprocessed, PreLogits=PreLogits
-    )
