@@ -12,6 +12,7 @@ import json
 import sys
 import traceback
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,6 +66,22 @@ def _root(
 
 def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2))
+
+
+def _emit(
+    data: Callable[[], object], show: Callable[[], None], json_out: str | Path | None
+) -> None:
+    """Every command's result, the same way: ``--json FILE`` writes the JSON there and still
+    shows the tables; ``--json -`` prints the JSON on stdout instead of them (machine-readable
+    stdout); without ``--json`` only ``show()`` runs. Call it on the main process only."""
+    if json_out is not None and json_out != "-":
+        from spurcli.fileio import write_json
+
+        write_json(json_out, data())
+    if json_out == "-":
+        _print_json(data())
+    else:
+        show()
 
 
 def _names(text: str) -> list[str]:
@@ -254,16 +271,9 @@ def score_command(
     result = score.score(cfg, images_dir)
     if not console.is_main_process():
         return  # every process holds the gathered result; only the first one reports it
-    if json_out is not None and json_out != "-":
-        from spurcli.fileio import write_json
-
-        write_json(json_out, result.to_json())
     if csv_out is not None:
         result.write_csv(csv_out)
-    if json_out == "-":
-        _print_json(result.to_json())
-    else:
-        _print_wide(result.table())
+    _emit(result.to_json, lambda: _print_wide(result.table()), json_out)
 
 
 def _check_outputs(paths: dict[str, str | Path | None]) -> None:
@@ -369,11 +379,11 @@ def sample_command(
     if model is None and "model" not in given_sets and not _config_gives(config, "sample", "model"):
         raise UsageError("MODEL is required (or `model` in the --config file)")
     result = sample(cfg)
-    if not console.is_main_process():
-        return
-    if as_json:
-        _print_json(result.to_json())
-        return
+    if console.is_main_process():
+        _emit(result.to_json, lambda: _print_sampled(result), "-" if as_json else None)
+
+
+def _print_sampled(result: Any) -> None:
     console.stdout.print(
         terminal(
             f"{len(result.files)} images in {result.out} ({result.generated} generated, "
@@ -446,21 +456,13 @@ def compare_command(
     result = compare(dir_a, dir_b, cfg, labels=(label_a, label_b))
     if not console.is_main_process():
         return
-    if json_out is not None and json_out != "-":
-        from spurcli.fileio import write_json
-
-        write_json(json_out, result.to_json())
     if report is not None:
         from spurcli.report import write_report
 
         title = f"spurcli compare: {label_a} vs {label_b}"
         write_report(report, [result], title=title, max_images=cfg.report_images)
         console.log.info("report: %s", report)
-    if json_out == "-":
-        _print_json(result.to_json())
-    else:
-        for table in result.tables():
-            _print_wide(table)
+    _emit(result.to_json, lambda: [_print_wide(table) for table in result.tables()], json_out)
 
 
 def _cu(name: str) -> Any:
@@ -537,19 +539,12 @@ def curate_command(
     result = curate(images_dir, out, cfg)
     if not console.is_main_process():
         return
-    if json_out is not None and json_out != "-":
-        from spurcli.fileio import write_json
-
-        write_json(json_out, result.to_json())
     if report is not None:
         from spurcli.report import write_report
 
         write_report(report, [], curations=[result], title=f"spurcli curate: {out}")
         console.log.info("report: %s", report)
-    if json_out == "-":
-        _print_json(result.to_json())
-    else:
-        _print_wide(result.table())
+    _emit(result.to_json, lambda: _print_wide(result.table()), json_out)
     if not result.kept:
         console.stderr.print(f"warning: {result.empty_message()}", markup=False, highlight=False)
 
@@ -578,24 +573,18 @@ def run_command(
 ) -> None:
     """The whole experiment: finetune, sample, score, compare, report (resumes by stage)."""
     from spurcli.experiment import run_experiment
-    from spurcli.summary import summary_table
 
     pins = [f"revision={revision}"] if revision is not None else []
     result = run_experiment(config, sets=[*(sets or ()), *pins], retrain=retrain)
-    if not console.is_main_process():
-        return
-    if as_json:
-        _print_json(
-            {
-                "report": str(result.report),
-                "stages": result.stages,
-                "stage_reasons": result.reasons,
-                **result.summary,
-            }
-        )
-        return
+    if console.is_main_process():
+        _emit(result.to_json, lambda: _print_experiment(result), "-" if as_json else None)
+
+
+def _print_experiment(result: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
+
+    from spurcli.summary import summary_table
 
     table_data = summary_table(result.summary)
     table = Table(

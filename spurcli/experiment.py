@@ -385,6 +385,16 @@ class ExperimentResult:
     stages: dict[str, str] = field(default_factory=dict)  # stage -> "ran" or "skipped"
     reasons: dict[str, str] = field(default_factory=dict)  # stage -> why it ran or was skipped
 
+    def to_json(self) -> dict[str, Any]:
+        """What `spurcli run --json` prints: the report's path, each stage's state and why,
+        and the headline summary."""
+        return {
+            "report": str(self.report),
+            "stages": self.stages,
+            "stage_reasons": self.reasons,
+            **self.summary,
+        }
+
 
 def _mtime(paths: Iterable[Path]) -> float:
     """The newest modification time among ``paths`` (folders: their image files, recursively)."""
