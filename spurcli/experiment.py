@@ -58,8 +58,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from spurcli.config import MAYBE_PATH, FinetuneConfig, load_config, read_toml, to_dict
-from spurcli.diffusion import DEFAULT_MODEL
+from spurcli.config import (
+    ExperimentConfig,
+    FinetuneConfig,
+    load_config,
+    read_toml,
+    to_dict,
+)
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.fileio import output_folder
 
@@ -79,36 +84,6 @@ LABELS = {
     REFERENCES: "held-out references",
     TRAIN_REFERENCES: "training references",
 }
-
-
-@dataclass
-class ExperimentConfig:
-    """The top level of an experiment config (keys shared with the tables where the names
-    match); a `spurcli run` config file is an experiment config."""
-
-    out: Path | None = None  # the experiment folder (required)
-    model: str = field(default=DEFAULT_MODEL, metadata=MAYBE_PATH)  # the base model
-    revision: str | None = None  # the base hub model's branch, tag or commit (None: main)
-    target: int | str | None = None  # the ImageNet class the feature fools classifiers into
-    class_noun: str | None = None  # what the references show ("flower")
-    instance_dir: Path | None = None  # the reference images (the spurious feature)
-    identifier: str = "sks"  # the token [V] stands for
-    seed: int = 0  # shared by finetune and sample unless their tables say otherwise
-    title: str | None = None  # report title; default "<target>: <class_noun>"
-    # Lines shown at the top of the report, before the numbers: what the experiment can and
-    # cannot show (a toy model, a known limit), so that a reader of the report alone knows.
-    notes: list[str] = field(default_factory=list)
-    recontext: bool = True  # also sample every prompt in the recontextualisation settings
-    baseline: bool = True  # also sample the untuned model (prompts without [V])
-    # Train on this many references (drawn by the seed) and judge the generated images against
-    # the others: DreamBooth recipes use 3-5 images. 0 trains on all and holds none out.
-    train_references: int = 5
-    # Also train DreamBooth alone (sfsl_weight 0, the same settings and seeds): without that
-    # arm nothing says what SFSL adds over DreamBooth.
-    dreambooth_arm: bool = True
-    # A victim classifier that is also the SFSL extractor (same model and weights) was trained
-    # against: it is marked, and kept out of the consensus unless this is false.
-    exclude_circular: bool = True
 
 
 @dataclass
@@ -281,11 +256,7 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
     top = load_config(ExperimentConfig, path, sets=by_table.get(None, ()))
     # "examples/../runs/x" -> "runs/x": the folders appear in logs and in the report.
     top = replace(top, **{k: _norm(getattr(top, k)) for k in ("out", "instance_dir")})
-    for name in ("out", "target", "class_noun", "instance_dir"):
-        if getattr(top, name) in (None, ""):
-            raise UsageError(f"{path}: `{name}` is required at the top of a run config")
-    if top.train_references < 0:
-        raise UsageError(f"{path}: train_references must be 0 (all) or more")
+    top.check(path)
     shared = {
         "model": top.model,
         "revision": top.revision,
