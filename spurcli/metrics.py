@@ -1,13 +1,18 @@
 """The numbers `score` and `compare` report, and their uncertainty (numpy + scipy.stats).
 
     import numpy as np
-    from spurcli.metrics import roc_auc, average_precision, consensus
+    from spurcli.metrics import average_precision, consensus, joint_ranking_scores, roc_auc
 
     y_true = np.array([1, 1, 0, 0, 0])               # 1: real image of the class, 0: spurious image
     p_k = np.array([0.9, 0.4, 0.4, 0.2, 0.1])        # softmax probability of the target class
     roc_auc(y_true, p_k)             # 0.9166...: ties between a positive and a negative count 1/2
     average_precision(y_true, p_k)   # 0.8333...: sum over thresholds of (R_n - R_n-1) * P_n
     consensus(np.array([[1, 0, 1], [1, 1, 0]], bool))  # all/any fractions and the histogram
+
+    # Spurious ImageNet's pooled score: every class's real (positive) and spurious (negative)
+    # images in one set, each image scored by the probability of its own class
+    joint_ranking_scores({0: [0.9, 0.6], 2: [0.3]}, {0: [0.5], 2: [0.4, 0.1]})
+    # {'joint_roc_auc': 0.777..., 'joint_average_precision': 0.866...}
 
 Both ranking metrics follow scikit-learn's definitions exactly, ties included, so numbers agree
 with `sklearn.metrics.roc_auc_score` / `average_precision_score` (and hence with the released
@@ -28,7 +33,7 @@ Uncertainty (every method, its reference and the pairing rule: docs/statistics.m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,6 +206,36 @@ def roc_auc_of_sets(positives: np.ndarray, negatives: np.ndarray) -> float:
 def average_precision_of_sets(positives: np.ndarray, negatives: np.ndarray) -> float:
     """`average_precision` with the positives' and the negatives' scores as two arrays."""
     return average_precision(*_labelled(positives, negatives))
+
+
+def joint_ranking_scores(
+    real_by_class: Mapping[int, np.ndarray], spurious_by_class: Mapping[int, np.ndarray]
+) -> dict[str, float]:
+    """The pooled ("joint") ROC-AUC and AP over all classes at once, as Spurious ImageNet's
+    released code reports its "Joint SpuriousScore".
+
+    ``real_by_class[k]``: p_k (the probability of class k) of every real image of class k;
+    ``spurious_by_class[k]``: p_k of every spurious image of class k. All of them go into one
+    set, every real image a positive and every spurious image a negative, each keeping the
+    probability of its *own* class, and one ROC-AUC and one AP are taken over that set. So a
+    real image of class a is also ranked against the spurious images of every other class b
+    (p_a against p_b), and classes weigh by their number of images: this is not the mean of the
+    per-class scores. The released code computes only the AP (sklearn's
+    average_precision_score, which its output calls "AUC"). Returns
+    ``{"joint_roc_auc": .., "joint_average_precision": ..}``.
+    """
+    if set(real_by_class) != set(spurious_by_class):
+        only = sorted(set(real_by_class) ^ set(spurious_by_class))
+        raise ValueError(f"real and spurious images must cover the same classes; differ in {only}")
+    classes = sorted(real_by_class)
+    # np.empty(0) first: no classes at all is then refused by `_check_binary`, not by concatenate
+    real = np.concatenate([np.empty(0), *(np.ravel(real_by_class[k]) for k in classes)])
+    spurious = np.concatenate([np.empty(0), *(np.ravel(spurious_by_class[k]) for k in classes)])
+    y_true, y_score = _labelled(real, spurious)
+    return {
+        "joint_roc_auc": roc_auc(y_true, y_score),
+        "joint_average_precision": average_precision(y_true, y_score),
+    }
 
 
 def _labelled(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
