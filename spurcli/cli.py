@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 
 from spurcli import __version__, console
-from spurcli.errors import Signalled, SpurcliError
+from spurcli.errors import Signalled, SpurcliError, UsageError
 from spurcli.text import rich_text, terminal
 
 app = typer.Typer(
@@ -241,6 +241,7 @@ def score_command(
     real: Path | None = _sc("real"),
     weights: list[str] | None = _sc("weights"),
     layout: str = _sc("layout"),
+    preprocess: str = _sc("preprocess"),
     batch_size: int = _sc("batch_size"),
     device: str | None = _sc("device"),
     num_workers: int | None = _sc("num_workers"),
@@ -249,6 +250,13 @@ def score_command(
     json_out: JsonFile = None,
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per image and classifier here.")
+    ] = None,
+    class_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--class-csv",
+            help="With --layout spurious-imagenet: the released per-class table as CSV.",
+        ),
     ] = None,
     bootstrap: int = _sc("bootstrap"),
     bootstrap_seed: int = _sc("bootstrap_seed"),
@@ -267,12 +275,17 @@ def score_command(
         overrides=options,
         tables=("score", *TABLES),  # a misspelled [scroe] is an error
     )
-    _check_outputs({"--json": None if json_out == "-" else json_out, "--csv": csv_out})
+    if class_csv is not None and cfg.layout != "spurious-imagenet":
+        raise UsageError("--class-csv is the per-class table of --layout spurious-imagenet")
+    outputs = {"--json": None if json_out == "-" else json_out, "--csv": csv_out}
+    _check_outputs({**outputs, "--class-csv": class_csv})
     result = score.score(cfg, images_dir)
     if not console.is_main_process():
         return  # every process holds the gathered result; only the first one reports it
     if csv_out is not None:
         result.write_csv(csv_out)
+    if class_csv is not None:
+        result.write_class_csv(class_csv)  # type: ignore[union-attr]
     _emit(result.to_json, lambda: _print_wide(result.table()), json_out)
 
 
@@ -425,6 +438,7 @@ def compare_command(
     extractors: str | None = _cp("extractors"),  # comma-separated on the command line
     extractor_weights: list[str] | None = _cp("extractor_weights"),
     real: Path | None = _cp("real"),
+    preprocess: str = _cp("preprocess"),
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the HTML report here.")
     ] = None,
@@ -511,6 +525,7 @@ def curate_command(
     ] = False,
     overwrite: bool = _cu("overwrite"),
     strict: bool = _cu("strict"),
+    preprocess: str = _cu("preprocess"),
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the HTML report here.")
     ] = None,

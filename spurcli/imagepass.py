@@ -42,7 +42,7 @@ import csv
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +52,18 @@ from PIL import Image, ImageOps
 
 from spurcli import console, imagenet, metrics
 from spurcli.config import ScoreConfig
-from spurcli.errors import SpurcliError
+from spurcli.errors import SpurcliError, UsageError
 from spurcli.fileio import atomic_path
 from spurcli.images import ImageReadError, find_images, read_image
 from spurcli.parallel import Processes
 from spurcli.plugins import LoadedModel
+from spurcli.spurious_imagenet import ACCEPTED_OUTPUTS
 from spurcli.text import csv_cell
 
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("image", "classifier", "top1_index", "top1_name", "target_prob", "target_rank")
+OUTSIDE_1K = "(not an ImageNet-1k class)"  # the top-1 name of a 21k head's finer classes
 
 
 @dataclass(frozen=True)
@@ -83,31 +85,128 @@ def find_items(
     return [Item(p, p.relative_to(base).as_posix(), target, real, folder) for p in paths]
 
 
-class SquareImages(torch.utils.data.Dataset):
-    """Decoded images as uint8 (3, size, size) tensors; unreadable files come back as errors."""
+# What a decoded image is, across the DataLoader's worker boundary: its item number, the uint8
+# (3, size, size) square (None if unreadable), the error, and under a scoring protocol
+# (`protocol_sizes`) the protocol's uint8 image for each classifier input size.
+Decoded = tuple[int, torch.Tensor | None, str | None, dict[int, torch.Tensor]]
 
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
+
+class SquareImages(torch.utils.data.Dataset):
+    """Decoded images as uint8 (3, size, size) tensors; unreadable files come back as errors.
+
+    ``protocol_sizes`` (with ``real``, one flag per path): also each image as the released
+    Spurious ImageNet code feeds it to a model of each of those input sizes
+    (`spurcli.spurious_imagenet.protocol_image`, from the file, not from the square).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        size: int,
+        protocol_sizes: Sequence[int] = (),
+        real: Sequence[bool] = (),
+    ) -> None:
         self.paths, self.size = list(paths), size
+        self.protocol_sizes, self.real = tuple(protocol_sizes), list(real)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> Decoded:
         try:
             img = read_image(self.paths[i])
         except ImageReadError as exc:
-            return i, None, str(exc)
+            return i, None, str(exc), {}
+        protocol = {}
+        if self.protocol_sizes:
+            from spurcli.spurious_imagenet import protocol_image
+
+            for s in self.protocol_sizes:
+                pixels = np.asarray(protocol_image(img, s, real=self.real[i]))
+                protocol[s] = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
         img = ImageOps.fit(img, (self.size, self.size), Image.Resampling.BICUBIC)
         # uint8 across the worker boundary: 4x less shared memory than float32.
-        return i, torch.from_numpy(np.array(img)).permute(2, 0, 1), None
+        return i, torch.from_numpy(np.array(img)).permute(2, 0, 1), None, protocol
 
 
-def _collate(samples: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[Any, ...]:
-    good = [(i, x) for i, x, _ in samples if x is not None]
-    failed = [(i, err) for i, x, err in samples if x is None]
+def _collate(samples: list[Decoded]) -> tuple[Any, ...]:
+    good = [(i, x, p) for i, x, _, p in samples if x is not None]
+    failed = [(i, err) for i, x, err, _ in samples if x is None]
     if not good:
-        return torch.empty(0, dtype=torch.long), None, failed
-    return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), failed
+        return torch.empty(0, dtype=torch.long), None, failed, []
+    ids = torch.tensor([i for i, _, _ in good])
+    # Protocol images keep their own shapes (a non-square spurious image stays non-square):
+    # they are stacked per classifier and shape in the pass, not here.
+    return ids, torch.stack([x for _, x, _ in good]), failed, [p for _, _, p in good]
+
+
+PROTOCOLS = ("model", "spurious-imagenet")  # what `ScoreConfig.preprocess` may name
+
+
+def protocol_view(model: LoadedModel) -> Any:
+    """``model`` as the Spurious ImageNet protocol feeds it: only its normalisation, then its
+    network (the protocol does the resize and crop), or a one-line error if it has none apart."""
+    from spurcli.preprocess import NormalisedOnly, Preprocessed
+
+    if not isinstance(model.module, Preprocessed):
+        raise UsageError(
+            f"classifier '{model.name}' (plugin '{model.plugin}') does not expose its "
+            "normalisation apart from its resize (it is not a spurcli.preprocess.Preprocessed), "
+            "so --preprocess spurious-imagenet cannot feed it; use --preprocess model"
+        )
+    return NormalisedOnly(model.module)
+
+
+def _protocol_forward(
+    model: LoadedModel, view: Any, size: int, protocol: list[dict[int, torch.Tensor]], device: Any
+) -> np.ndarray:
+    """The classifier's logits for the protocol images of a batch, in batch order: images of
+    one shape go through together (the released loader needs one shape per batch; a folder
+    of mixed shapes is scored image group by image group instead of refused)."""
+    shapes = [tuple(p[size].shape) for p in protocol]
+    out: np.ndarray | None = None
+    for shape in dict.fromkeys(shapes):
+        rows = [r for r, s in enumerate(shapes) if s == shape]
+        with torch.no_grad():  # outside inference mode: `_forward` checks the version counter
+            x = torch.stack([protocol[r][size] for r in rows]).to(device).float().div_(255)
+        try:
+            with torch.inference_mode():
+                logits = _forward(replace(model, module=view), x, "classifier", ACCEPTED_OUTPUTS)
+        except SpurcliError:
+            raise
+        except Exception as exc:  # e.g. a ViT given a non-square image: say why it got one
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SpurcliError(
+                f"classifier '{model.name}' failed on a {shape[2]}x{shape[1]} image of "
+                f"--preprocess spurious-imagenet ({first}): the released protocol resizes a "
+                "spurious image's shorter side without cropping, so a non-square image reaches "
+                "the model as it is (Spurious ImageNet's own images are all one size)"
+            ) from None
+        if out is None:
+            out = np.zeros((len(protocol), logits.shape[1]), logits.dtype)
+        elif logits.shape[1] != out.shape[1]:
+            raise SpurcliError(f"classifier '{model.name}' changed its number of outputs")
+        out[rows] = logits
+    assert out is not None
+    return out
+
+
+def head_numbers(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Top-1 (ImageNet-1k index, -1 for a class outside it), p(target) and the target's rank of
+    (B, n) logits of an ImageNet-1k head or of an ImageNet-21k one (n in `ACCEPTED_OUTPUTS`).
+
+    As the released Spurious ImageNet code reads a 21k head: the softmax runs over all of its
+    outputs, p(target) is read at the target's column (`in21k_index`), and the top-1 is the
+    argmax over all of them, so an image put in a 21k-only class is nobody's hit.
+    """
+    from spurcli.spurious_imagenet import check_head_has_class, head_in1k_top1, in21k_index
+
+    n = logits.shape[1]
+    columns = in21k_index(n)[target]
+    if (columns < 0).any():
+        check_head_has_class(n, int(target[columns < 0][0]))
+    top1 = logits.argmax(axis=1) if n == imagenet.NUM_CLASSES else head_in1k_top1(logits)
+    return top1, metrics.target_prob(logits, columns), metrics.target_rank(logits, columns)
 
 
 def _default_workers(n_items: int, batch_size: int, world: int, device: torch.device) -> int:
@@ -125,12 +224,13 @@ def _default_workers(n_items: int, batch_size: int, world: int, device: torch.de
 
 
 def _forward(
-    model: LoadedModel, x: torch.Tensor, kind: str, classes: int | None, *args: Any
+    model: LoadedModel, x: torch.Tensor, kind: str, classes: Sequence[int], *args: Any
 ) -> np.ndarray:
     """``model`` on ``x`` (which the next models see too), its output checked, on the CPU.
 
-    A classifier must return (batch, ``classes``) logits, an extractor (``classes`` None) (batch,
-    dim) features, a detector (``kind`` "detector", called with ``args`` = the query) (batch,)
+    A classifier must return (batch, n) logits with n one of ``classes`` (ImageNet-1k, or an
+    ImageNet-21k head: `ACCEPTED_OUTPUTS`), an extractor (``classes`` empty) (batch, dim)
+    features, a detector (``kind`` "detector", called with ``args`` = the query) (batch,)
     presence scores in [0, 1]; any other output, NaN/inf, or a change to the shared input is a
     plugin bug, named as such.
     """
@@ -144,7 +244,10 @@ def _forward(
         )
     batch = x.shape[0]
     detector = kind == "detector"
-    expected = f"({batch}, {classes}) ImageNet logits" if classes else f"({batch}, dim) features"
+    expected = f"({batch}, dim) features"
+    if classes:
+        heads = " or ".join(str(n) for n in classes)
+        expected = f"({batch}, n) ImageNet logits, n = {heads}"
     if detector:
         expected = f"({batch},) presence scores in [0, 1]"
     if not isinstance(out, torch.Tensor):
@@ -155,7 +258,7 @@ def _forward(
     wrong_shape = (
         out.ndim != 1 or out.shape[0] != batch
         if detector
-        else out.ndim != 2 or out.shape[0] != batch or (classes and out.shape[1] != classes)
+        else out.ndim != 2 or out.shape[0] != batch or (classes and out.shape[1] not in classes)
     )
     if wrong_shape:
         raise SpurcliError(
@@ -178,7 +281,7 @@ class PerImage:
     classifiers: list[str]
     images: list[str]  # paths relative to the folder that was given, '/'-separated
     target: np.ndarray  # (N,) the ImageNet index scored for each image
-    top1: np.ndarray  # (C, N) argmax class (ties: lowest index)
+    top1: np.ndarray  # (C, N) argmax class (ties: lowest index; -1: outside ImageNet-1k)
     target_prob: np.ndarray  # (C, N) softmax probability of the target class
     target_rank: np.ndarray  # (C, N) 1-based rank of the target (1 <=> top-1)
 
@@ -223,8 +326,8 @@ class PerImage:
                 yield {
                     "image": image,
                     "classifier": classifier,
-                    "top1_index": top1,
-                    "top1_name": names[top1],
+                    "top1_index": top1,  # -1: a 21k head's class outside ImageNet-1k
+                    "top1_name": names[top1] if top1 >= 0 else OUTSIDE_1K,
                     "target_prob": float(self.target_prob[c, i]),
                     "target_rank": int(self.target_rank[c, i]),
                 }
@@ -282,13 +385,27 @@ def score_items(
         log.info(
             "process %d of %d scores %d of %d files", procs.rank, procs.world, len(mine), len(items)
         )
+    if options.preprocess not in PROTOCOLS:
+        raise UsageError(
+            f"unknown --preprocess '{options.preprocess}'; use {' or '.join(PROTOCOLS)}"
+        )
+    # Under the Spurious ImageNet protocol the classifiers see the protocol's pixels, each at
+    # its own input size, and only their own normalisation; extractors and detectors do not.
+    views = [protocol_view(m) for m in models] if options.preprocess != "model" else []
+    sizes = [v.size for v in views]
     for model in (*models, *extractors, *detectors):
         model.module.to(procs.device).eval()
     workers = options.num_workers
     if workers is None:
         workers = _default_workers(len(mine), options.batch_size, procs.world, procs.device)
+    dataset = SquareImages(
+        [items[i].path for i in mine],
+        options.image_size,
+        protocol_sizes=sorted(set(sizes)),
+        real=[items[i].real for i in mine],
+    )
     loader = torch.utils.data.DataLoader(
-        SquareImages([items[i].path for i in mine], options.image_size),
+        dataset,
         batch_size=options.batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -308,7 +425,7 @@ def score_items(
     if desc is None:
         n_real = sum(item.real for item in items)
         desc = f"scoring {len(items) - n_real} images" + (f" + {n_real} real" if n_real else "")
-    for ids, batch, failed in console.track(loader, desc, total=len(loader)):
+    for ids, batch, failed, protocol in console.track(loader, desc, total=len(loader)):
         for i, message in failed:
             if options.strict and procs.world == 1:
                 raise SpurcliError(f"{message} (--strict: unreadable images are errors)")
@@ -323,15 +440,20 @@ def score_items(
             x = batch.to(procs.device, non_blocking=True).float().div_(255)
             some = extractors or detectors
             x_seen = x if seen.all() or not some else x[torch.from_numpy(seen).to(x.device)]
+        t = targets[ids]
+        protocol_logits = [
+            _protocol_forward(model, views[c], sizes[c], protocol, procs.device)
+            for c, model in enumerate(models if views else ())
+        ]
         with torch.inference_mode():
-            t = targets[ids]
             for c, model in enumerate(models):
-                logits = _forward(model, x, "classifier", imagenet.NUM_CLASSES)
-                top1[c, ids] = logits.argmax(axis=1)
-                prob[c, ids] = metrics.target_prob(logits, t)
-                rank[c, ids] = metrics.target_rank(logits, t)
+                if views:
+                    logits = protocol_logits[c]
+                else:
+                    logits = _forward(model, x, "classifier", ACCEPTED_OUTPUTS)
+                top1[c, ids], prob[c, ids], rank[c, ids] = head_numbers(logits, t)
             for e, extractor in enumerate(extractors if seen.any() else ()):
-                values = _forward(extractor, x_seen, "feature extractor", None)
+                values = _forward(extractor, x_seen, "feature extractor", ())
                 if extractor.name in reducers:
                     values = reducers[extractor.name](values)
                 features[e].append((mine_index[ids[seen]], values))
@@ -340,7 +462,7 @@ def score_items(
                 for k in np.unique(t_seen):  # one query per class; curate has a single class
                     rows = t_seen == k
                     part = x_seen if rows.all() else x_seen[torch.from_numpy(rows).to(x.device)]
-                    values = _forward(detector, part, "detector", None, queries[int(k)])
+                    values = _forward(detector, part, "detector", (), queries[int(k)])
                     presence[d].append((mine_index[ids[seen][rows]], values))
         done[ids] = True
 

@@ -137,17 +137,40 @@ class Preprocessed(nn.Module):
     """``preprocess`` then ``net``: what every built-in classifier and extractor returns.
 
     ``dim`` (feature extractors): the width of the features, read by SFSL and `compare`.
+    ``test_size``: the side a protocol that brings its own resize feeds the network at (timm's
+    ``test_input_size``, which the released Spurious ImageNet code uses); None: the height of
+    ``preprocess.size``.
     """
 
-    def __init__(self, preprocess: Preprocess, net: nn.Module, dim: int | None = None) -> None:
+    def __init__(
+        self,
+        preprocess: Preprocess,
+        net: nn.Module,
+        dim: int | None = None,
+        test_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.preprocess = preprocess
         self.net = net
+        self.test_size = int(test_size or preprocess.size[0])
         if dim is not None:
             self.dim = int(dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.preprocess(images))
+
+
+class NormalisedOnly(nn.Module):
+    """A `Preprocessed` model fed images already resized and cropped by someone else (a scoring
+    protocol): only its normalisation, then its network. ``size``: the side it expects."""
+
+    def __init__(self, model: Preprocessed) -> None:
+        super().__init__()
+        self.model = model
+        self.size = model.test_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.net(self.model.preprocess.normalise(images))
 
 
 class PreLogits(nn.Module):
@@ -171,11 +194,12 @@ def preprocessed(
     interpolation: str = "bicubic",
     crop_mode: str = "center",
     dim: int | None = None,
+    test_size: int | None = None,
 ) -> Preprocessed:
     """``net`` behind `Preprocess`, from a timm-style data config (``input_size`` (3, h, w) or
     (h, w), ``mean``, ``std``, ``crop_pct``, ``interpolation``, ``crop_mode``), in eval mode."""
     prep = Preprocess(input_size, mean, std, crop_pct, interpolation, crop_mode)
-    return Preprocessed(prep, net, dim).eval()
+    return Preprocessed(prep, net, dim, test_size).eval()
 
 
 @contextlib.contextmanager

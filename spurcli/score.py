@@ -175,6 +175,7 @@ class ScoreResult(_Rows):
     # (`score_folders(..., extractors=...)`; empty otherwise)
     features: dict[str, np.ndarray] = field(default_factory=dict)
     uncertainty: dict[str, Any] = field(default_factory=lambda: uncertainty_json(0, 0))
+    preprocess: str = "model"  # how the classifiers got their pixels (`ScoreConfig.preprocess`)
 
     @property
     def n_images(self) -> int:
@@ -195,6 +196,7 @@ class ScoreResult(_Rows):
             },
             "consensus": self.consensus.to_json(),
             "uncertainty": self.uncertainty,
+            "preprocess": self.preprocess,
         }
 
     def table(self) -> Any:
@@ -223,7 +225,8 @@ class ScoreResult(_Rows):
             ),
             f"{self.n_images} images"
             + (f", {self.n_real} real" if self.n_real is not None else ", no --real")
-            + (f", {len(self.skipped)} skipped (unreadable)" if self.skipped else ""),
+            + (f", {len(self.skipped)} skipped (unreadable)" if self.skipped else "")
+            + (f"; pixels: --preprocess {self.preprocess}" if self.preprocess != "model" else ""),
         ]
         if any(m.is_random for m in self.models):
             lines.append(RANDOM_NOTE)
@@ -328,6 +331,7 @@ def score_folders(
             skipped=skipped,
             features={name: values[ours] for name, values in found.features.items()},
             uncertainty=uncertainty_json(bootstrap, bootstrap_seed),
+            preprocess=options.preprocess,
         )
         results.append(result)
     return results
@@ -358,7 +362,9 @@ def spurious_imagenet_folders(root: Path) -> dict[int, list[Path]]:
 
 @dataclass
 class SpuriousImageNetResult(_Rows):
-    """Per-class ROC-AUC / AP (R_k positives vs S_k negatives on p_k) and their class means."""
+    """Per-class ROC-AUC / AP (R_k positives vs S_k negatives on p_k), their class means, and
+    the pooled ("joint") ROC-AUC / AP of all classes' images at once (docs/spurious-imagenet.md).
+    """
 
     classes: list[imagenet.ImageNetClass]
     models: list[LoadedModel]
@@ -366,17 +372,50 @@ class SpuriousImageNetResult(_Rows):
     spurious: PerImage
     real: PerImage
     skipped: list[str]
+    preprocess: str = "model"  # how the classifiers got their pixels (`ScoreConfig.preprocess`)
 
     def means(self, name: str) -> dict[str, float]:
         rows = self.per_class[name].values()
         keys = ("roc_auc", "average_precision", "spurious_rate", "real_accuracy")
-        return {f"mean_{key}": float(np.mean([r[key] for r in rows])) for key in keys}
+        means = {f"mean_{key}": float(np.mean([r[key] for r in rows])) for key in keys}
+        return {**means, **self.joint(name)}
+
+    def joint(self, name: str) -> dict[str, float]:
+        """``joint_roc_auc`` and ``joint_average_precision`` (the released "Joint
+        SpuriousScore") of classifier ``name``: every image scored by p of its own class."""
+        from spurcli.spurious_imagenet import spurious_score_joint
+
+        c = self.spurious.classifiers.index(name)
+        return spurious_score_joint(
+            self.real.target, self.real.target_prob[c], self.spurious.target,
+            self.spurious.target_prob[c],
+        )  # fmt: skip
+
+    def class_rows(self) -> list[dict[str, Any]]:
+        """The released code's per-class table (spurious_score.txt) for every classifier."""
+        from spurcli.spurious_imagenet import spurious_score_rows
+
+        rows = []
+        for c, m in enumerate(self.models):
+            real, spurious = self.real, self.spurious
+            per_class = spurious_score_rows(
+                real.target, real.target_prob[c], real.top1[c],
+                spurious.target, spurious.target_prob[c], spurious.top1[c],
+            )  # fmt: skip
+            rows += [{"classifier": m.name, **row} for row in per_class]
+        return rows
+
+    def write_class_csv(self, path: str | os.PathLike[str]) -> None:
+        from spurcli.spurious_imagenet import write_spurious_score_csv
+
+        write_spurious_score_csv(self.class_rows(), path)
 
     def to_json(self) -> dict[str, Any]:
         n_s = np.bincount(self.spurious.target, minlength=imagenet.NUM_CLASSES)
         n_r = np.bincount(self.real.target, minlength=imagenet.NUM_CLASSES)
         return {
             "layout": "spurious-imagenet",
+            "preprocess": self.preprocess,
             "n_images": len(self.spurious.images),
             "n_real": len(self.real.images),
             "classes": [
@@ -404,18 +443,22 @@ class SpuriousImageNetResult(_Rows):
         from rich.table import Table
 
         summary = Table(title=f"Spurious ImageNet: {len(self.classes)} classes")
-        _add_columns(summary, ("mean_roc_auc", "mean_average_precision", "mean_spurious_rate"))
+        numbers = (
+            "mean_roc_auc",
+            "mean_average_precision",
+            "joint_roc_auc",
+            "joint_average_precision",
+            "mean_spurious_rate",
+        )
+        _add_columns(summary, numbers)
         for m in self.models:
             means = self.means(m.name)
             label = f"{m.name}*" if m.is_random else m.name
-            summary.add_row(
-                label,
-                m.weights,
-                fmt_metric(means["mean_roc_auc"]),
-                fmt_metric(means["mean_average_precision"]),
-                fmt_metric(means["mean_spurious_rate"]),
-            )
-        notes = [f"{len(self.spurious.images)} images, {len(self.real.images)} real"]
+            summary.add_row(label, m.weights, *(fmt_metric(means[key]) for key in numbers))
+        notes = [
+            f"{len(self.spurious.images)} images, {len(self.real.images)} real",
+            f"pixels: --preprocess {self.preprocess}",
+        ]
         if self.skipped:
             notes.append(f"{len(self.skipped)} skipped (unreadable)")
         summary.caption = ", ".join(notes)
@@ -506,7 +549,9 @@ def _score_spurious_imagenet(
         for c, m in enumerate(models):
             per_class[m.name][k.index] = _metrics(s_k, r_k, c, k.index)
     skipped = [message for _, message in found.skipped]
-    return SpuriousImageNetResult(classes, list(models), per_class, spurious, real_set, skipped)
+    return SpuriousImageNetResult(
+        classes, list(models), per_class, spurious, real_set, skipped, options.preprocess
+    )
 
 
 def score(

@@ -76,6 +76,7 @@ _HEAD_NAMES = {1000: "ImageNet-1k", 21843: "ImageNet-21k, Google", 21841: "Image
 # The val resize before the crop: 256 for a 224 crop, the same ratio at every input size.
 VAL_RESIZE_RATIO = 256 / 224
 SPURIOUS_SCORE_COLUMNS = (
+    "classifier",
     "index",
     "wnid",
     "class",
@@ -337,7 +338,8 @@ def spurious_score_joint(
 def write_spurious_score_csv(
     rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]
 ) -> None:
-    """`spurious_score_rows` as CSV, columns `SPURIOUS_SCORE_COLUMNS`, written atomically."""
+    """`spurious_score_rows`, each with a ``classifier`` key added, as CSV (columns
+    `SPURIOUS_SCORE_COLUMNS`), written atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=SPURIOUS_SCORE_COLUMNS)
         writer.writeheader()

@@ -232,11 +232,21 @@ def test_unknown_models_and_tags_are_usage_errors():
         extractors().load("timm:no_such_net", "random")
 
 
-def test_a_model_without_imagenet_1k_head_is_refused_as_classifier_but_extracts():
+def test_an_imagenet_21k_head_classifies_and_any_other_head_is_refused():
     name = "timm:vit_tiny_patch16_224.augreg_in21k"  # ImageNet-21k head: 21843 classes
-    with pytest.raises(SpurcliError, match="predicts 21843 classes, not the 1000"):
-        classifiers().load(name, "random")
+    model = classifiers().load(name, "random").module
+    assert model(torch.rand(1, 3, 64, 64)).shape == (1, 21843)  # core maps it to the 1k classes
     assert extractors().load(name, "random").module.dim == 192
+    # ImageNet-21k-P (11221 classes) has no ImageNet-1k columns the protocol knows.
+    with pytest.raises(SpurcliError, match="predicts 11221 classes; a classifier needs 1000 or "):
+        classifiers().load("timm:mixer_b16_224.miil_in21k", "random")
+
+
+def test_timm_models_carry_the_size_the_protocol_evaluates_them_at():
+    """resnet50.a1_in1k trains at 224 and is tested at 288: the released code feeds it 288."""
+    resnet = classifiers().load("timm:resnet50.a1_in1k", "random").module
+    assert resnet.preprocess.size == (224, 224) and resnet.test_size == 288
+    assert classifiers().load("timm:test_resnet", "random").module.test_size == 160
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -130,7 +130,7 @@ def test_auc_and_ap_agree_with_sklearn(folders):
         assert got["average_precision"] == pytest.approx(average_precision_score(y, scores))
 
 
-def test_json_shape_is_exactly_the_issues(folders):
+def test_json_shape_is_exactly_the_documented_one(folders):
     metrics = (
         "spurious_rate",
         "top5_rate",
@@ -143,7 +143,8 @@ def test_json_shape_is_exactly_the_issues(folders):
     metric_keys = {"weights", "weights_id", *metrics, *(f"{m}_ci" for m in metrics)}
     s, _ = folders
     out = score_images(s, 94, ["det-r", "det-g"], device="cpu", num_workers=0).to_json()
-    assert set(out) == {"target", "n_images", "n_real", "classifiers", "consensus", "uncertainty"}
+    keys = {"target", "n_images", "n_real", "classifiers", "consensus", "uncertainty"}
+    assert set(out) == {*keys, "preprocess"} and out["preprocess"] == "model"
     assert out["target"] == {"index": 94, "name": "hummingbird"}
     assert out["n_images"] == 5 and out["n_real"] is None
     assert list(out["classifiers"]) == ["det-r", "det-g"]

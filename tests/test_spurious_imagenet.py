@@ -352,7 +352,7 @@ def test_rows_are_the_released_per_class_numbers():
         k = row["index"]
         r_k, s_k = real[k], spurious[k]
         y = np.r_[np.ones(r_k.size), np.zeros(s_k.size)]
-        assert set(row) == set(SPURIOUS_SCORE_COLUMNS)
+        assert {"classifier", *row} == set(SPURIOUS_SCORE_COLUMNS)
         assert row["average_precision"] == pytest.approx(
             average_precision_score(y, np.r_[r_k, s_k]), abs=1e-12
         )
@@ -388,6 +388,7 @@ def test_rows_by_hand_and_released_class_names():
 def test_csv_has_the_columns_and_round_trips(tmp_path):
     (r_target, r_prob, r_top1), (s_target, s_prob, s_top1), _, _ = _per_image()
     rows = spurious_score_rows(r_target, r_prob, r_top1, s_target, s_prob, s_top1)
+    rows = [{"classifier": "resnet", **row} for row in rows]
     rows.append({**rows[0], "class": "=HYPERLINK(1)"})  # names are data in a spreadsheet
     path = tmp_path / "out" / "spurious_score.csv"
     write_spurious_score_csv(rows, path)
@@ -403,3 +404,266 @@ def test_csv_has_the_columns_and_round_trips(tmp_path):
             assert float(back[key]) == row[key]  # repr of a float: exact
         assert int(back["n_spurious"]) == row["n_spurious"]
     assert read[-1]["class"] == "'=HYPERLINK(1)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Wired into `spurcli score`: the protocol's pixels, 21k heads, the joint score, the class CSV
+
+SIN_CLASS = 807  # solar thermal collector: effnet-lite0 puts brick walls there
+
+
+class _Recorder:
+    """Classifier networks whose logits are a fixed function of what they are fed, and which
+    keep every input (so a test sees exactly the pixels the protocol gave them)."""
+
+    def __init__(self) -> None:
+        self.inputs: list = []
+
+    def net(self, outputs: int = 1000):
+        import torch
+
+        recorder = self
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                gen = torch.Generator().manual_seed(0)
+                self.weight = torch.nn.Parameter(torch.randn(3, outputs, generator=gen))
+
+            def forward(self, x):
+                recorder.inputs.append(x.detach().clone())
+                return x.mean(dim=(2, 3)) @ self.weight * 4
+
+        return Net()
+
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+@pytest.fixture
+def sin_plugins():
+    """Classifiers registered in code: `probe` (a Preprocessed 32-px model), `probe-plain`
+    (the same net without the Preprocessed structure), `head21k` (a random test_resnet with an
+    ImageNet-21k head) and `head21k-as-1k` (the same net, its logits read at the 1k columns)."""
+    import torch
+
+    from spurcli import hookimpl, plugins
+    from spurcli.preprocess import Preprocess, Preprocessed, preprocessed, seeded
+
+    recorder = _Recorder()
+
+    def net21k(outside: float | None):
+        import timm
+
+        with seeded():
+            net = timm.create_model("test_resnet", pretrained=False, num_classes=21843)
+        index = torch.from_numpy(in21k_index(21843).copy())
+        mapped = index >= 0
+
+        class Masked(torch.nn.Module):  # the columns outside the 1k map set to `outside`
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                out = self.net(x)
+                if outside is None:
+                    return out
+                masked = torch.full_like(out, outside)
+                masked[:, index[mapped]] = out[:, index[mapped]]
+                return masked
+
+        class As1k(torch.nn.Module):  # the 1k model whose logits are the mapped 21k logits
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = Masked()
+
+            def forward(self, x):
+                out = self.net(x)[:, index.clamp(min=0)]
+                out[:, ~mapped] = -1e4  # teddy bear (850): in no 21k list
+                return out
+
+        return Masked(), As1k()
+
+    cfg = dict(input_size=(3, 32, 32), mean=MEAN, std=STD, crop_pct=0.875)
+
+    class SinPlugin:
+        @hookimpl
+        def register_classifiers(self, register):
+            register(
+                "probe", lambda w: Preprocessed(Preprocess((32, 32), MEAN, STD), recorder.net())
+            )
+            register("probe-plain", lambda w: recorder.net())
+            register("head21k", lambda w: preprocessed(net21k(None)[0], **cfg))
+            register("head21k-masked", lambda w: preprocessed(net21k(-1e4)[0], **cfg))
+            register("head21k-as-1k", lambda w: preprocessed(net21k(-1e4)[1], **cfg))
+
+    plugins.reset_plugins()
+    plugins.get_plugins().register(SinPlugin(), name="sin-test")
+    yield recorder
+    plugins.reset_plugins()
+
+
+def _sin_photos(root: Path) -> tuple[Path, Path]:
+    """A two-class Spurious ImageNet tree of real photos: spurious images of 807 (brick crops,
+    one of them not square) and 94, and real val images (coffee, chelsea, rocket, astronaut)."""
+    sin, val = root / "sin", root / "val"
+    brick = Image.fromarray(skimage.data.brick()).convert("RGB")
+    for i, box in enumerate([(0, 0, 300, 300), (100, 50, 400, 350), (0, 0, 450, 300)]):
+        path = sin / f"class_spurious_{SIN_CLASS}_bricks" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        brick.crop(box).save(path)
+    grass = Image.fromarray(skimage.data.grass()).convert("RGB")
+    path = sin / "class_spurious_94_flowers" / "0.png"
+    path.parent.mkdir(parents=True)
+    grass.crop((0, 0, 256, 256)).save(path)
+    wnids = {k: imagenet.imagenet_classes()[k].wnid for k in (SIN_CLASS, 94)}
+    photos = {SIN_CLASS: ("coffee", "chelsea"), 94: ("rocket", "astronaut")}
+    for k, names in photos.items():
+        for name in names:
+            path = val / wnids[k] / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(path)
+    return sin, val
+
+
+def _score_sin(sin: Path, val: Path, classifiers: list[str], preprocess: str = "model"):
+    from spurcli.config import ScoreConfig
+    from spurcli.score import score
+
+    cfg = ScoreConfig(
+        classifiers=classifiers,
+        layout="spurious-imagenet",
+        real=val,
+        preprocess=preprocess,
+        device="cpu",
+        num_workers=0,
+        batch_size=3,
+    )
+    return score(cfg, sin)
+
+
+def test_the_protocol_feeds_classifiers_its_own_pixels_then_their_normalisation(
+    tmp_path, sin_plugins
+):
+    import torch
+
+    sin, val = _sin_photos(tmp_path)
+    result = _score_sin(sin, val, ["probe"], preprocess="spurious-imagenet")
+    seen = [x[i] for x in sin_plugins.inputs for i in range(len(x))]
+    files = sorted(sin.rglob("*.png")) + sorted(val.rglob("*.png"))
+    expected = []
+    for path in files:
+        image = protocol_image(Image.open(path), 32, real=val in path.parents)
+        unit = torch.from_numpy(protocol_unit_array(image))
+        expected.append(
+            (unit - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+        )
+    # Every image exactly once, with its own shape (the 450x300 crop stays 48x32).
+    shapes = sorted(tuple(x.shape) for x in seen)
+    assert shapes == sorted(tuple(x.shape) for x in expected)
+    assert (3, 32, 48) in shapes
+    for want in expected:
+        assert any(x.shape == want.shape and torch.allclose(x, want, atol=1e-6) for x in seen)
+    out = result.to_json()
+    assert out["preprocess"] == "spurious-imagenet"
+    # The model's own transform gives other pixels, so other numbers.
+    sin_plugins.inputs.clear()
+    own = _score_sin(sin, val, ["probe"]).to_json()
+    assert own["preprocess"] == "model"
+    assert all(tuple(x.shape[-2:]) == (32, 32) for x in sin_plugins.inputs)
+    a = out["classifiers"]["probe"]["per_class"]
+    b = own["classifiers"]["probe"]["per_class"]
+    assert a.keys() == b.keys() and a != b
+
+
+def test_the_protocol_refuses_a_classifier_without_its_normalisation_apart(tmp_path, sin_plugins):
+    from spurcli.errors import UsageError
+
+    sin, val = _sin_photos(tmp_path)
+    with pytest.raises(UsageError, match=r"'probe-plain'.*not a spurcli\.preprocess\.Preprocessed"):
+        _score_sin(sin, val, ["probe-plain"], preprocess="spurious-imagenet")
+
+
+def test_a_21k_head_scores_through_the_map(tmp_path, sin_plugins):
+    """With the columns outside the 1k map negligible, a 21k head's numbers are those of the 1k
+    model fed its mapped logits; with them as they are, p is the softmax over all 21843."""
+    sin, val = _sin_photos(tmp_path)
+    masked = _score_sin(sin, val, ["head21k-masked", "head21k-as-1k"])
+    numbers = masked.to_json()["classifiers"]
+    a, b = numbers["head21k-masked"]["per_class"], numbers["head21k-as-1k"]["per_class"]
+    assert a.keys() == b.keys() == {"94", str(SIN_CLASS)}
+    for k in a:
+        for key, value in a[k].items():
+            assert value == pytest.approx(b[k][key]) if value is not None else b[k][key] is None
+    assert np.allclose(masked.spurious.target_prob[0], masked.spurious.target_prob[1])
+    assert np.array_equal(masked.spurious.top1[0], masked.spurious.top1[1])
+
+    import torch
+
+    from spurcli.plugins import classifiers
+
+    full = _score_sin(sin, val, ["head21k"])
+    model = classifiers().load("head21k").module
+    for per_image, root in ((full.spurious, sin), (full.real, val)):
+        for name, k, p, top1 in zip(
+            per_image.images, per_image.target, per_image.target_prob[0], per_image.top1[0],
+            strict=True,
+        ):  # fmt: skip
+            from spurcli.imagepass import SquareImages
+
+            _, square, _, _ = SquareImages([root / name], 384)[0]
+            with torch.no_grad():
+                logits = model(square[None].float() / 255).double().numpy()
+            assert p == pytest.approx(head_in1k_probabilities(logits)[0, k], rel=1e-4)
+            assert top1 == head_in1k_top1(logits)[0]
+
+
+def test_the_joint_score_and_the_class_csv_come_from_the_per_image_numbers(tmp_path, sin_plugins):
+    sin, val = _sin_photos(tmp_path)
+    result = _score_sin(sin, val, ["probe", "head21k"])
+    out = result.to_json()
+    for c, name in enumerate(["probe", "head21k"]):
+        y = np.r_[np.ones(len(result.real.images)), np.zeros(len(result.spurious.images))]
+        p = np.r_[result.real.target_prob[c], result.spurious.target_prob[c]]
+        joint = out["classifiers"][name]
+        assert joint["joint_average_precision"] == pytest.approx(average_precision_score(y, p))
+        assert joint["joint_roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    path = tmp_path / "classes.csv"
+    result.write_class_csv(path)
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["classifier"], int(r["index"])) for r in rows] == [
+        ("probe", 94), ("probe", SIN_CLASS), ("head21k", 94), ("head21k", SIN_CLASS)
+    ]  # fmt: skip
+    for row in rows:
+        per_class = out["classifiers"][row["classifier"]]["per_class"][row["index"]]
+        assert float(row["average_precision"]) == pytest.approx(per_class["average_precision"])
+        assert float(row["roc_auc"]) == pytest.approx(per_class["roc_auc"])
+
+
+def test_cli_class_csv_and_preprocess(tmp_path, sin_plugins, monkeypatch, capsys):
+    import sys
+
+    from spurcli import cli
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["spurcli", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    sin, val = _sin_photos(tmp_path)
+    csv_path, json_path = tmp_path / "c.csv", tmp_path / "r.json"
+    args = ["score", sin, "--layout", "spurious-imagenet", "--real", val, "-c", "probe"]
+    args += ["--preprocess", "spurious-imagenet", "--class-csv", csv_path, "--workers", "0"]
+    code, out, err = run(*args, "--json", json_path)
+    assert code in (0, None), err
+    assert csv_path.read_text().startswith("classifier,index,wnid,class,average_precision")
+    assert '"preprocess": "spurious-imagenet"' in json_path.read_text()
+    assert "joint_average_precision" in out and "--preprocess spurious-imagenet" in out
+    code, _, err = run("score", sin, "--target", "94", "-c", "probe", "--class-csv", csv_path)
+    assert code == 2 and "--class-csv is the per-class table" in err
+    code, _, err = run(*args[:7], "--preprocess", "spurious-imagenett")
+    assert code == 2 and "spurious-imagenet" in err

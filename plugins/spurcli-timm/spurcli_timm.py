@@ -32,7 +32,6 @@ from spurcli.errors import SpurcliError, UsageError
 
 RESNET = "resnet50.a1_in1k"
 VIT = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
-NUM_CLASSES = 1000  # classifiers must speak ImageNet-1k
 
 
 @hookimpl
@@ -76,26 +75,29 @@ def make_vit(weights: str | None) -> Any:
 
 
 def make_classifier(weights: str | None, variant: str, name: str | None = None) -> Any:
-    """timm model ``variant`` as an ImageNet-1k classifier taking any image size in [0, 1]."""
-    net = create(variant, weights, name=name or f"timm:{variant}")
-    if net.num_classes != NUM_CLASSES:
-        raise SpurcliError(
-            f"timm model '{variant}' predicts {net.num_classes} classes, not the "
-            f"{NUM_CLASSES} ImageNet-1k classes: use it as a feature extractor, or pick an "
-            "ImageNet-1k tag (`timm.list_pretrained('<name>.*in1k')`)"
-        )
+    """timm model ``variant`` as an ImageNet classifier taking any image size in [0, 1]: a 1k
+    head, or a 21k one (21843 or 21841 outputs; core reads its 1k classes' columns)."""
     from spurcli.preprocess import preprocessed
+    from spurcli.spurious_imagenet import ACCEPTED_OUTPUTS
 
-    return preprocessed(net, **data_config(net))
+    net = create(variant, weights, name=name or f"timm:{variant}")
+    if net.num_classes not in ACCEPTED_OUTPUTS:
+        raise SpurcliError(
+            f"timm model '{variant}' predicts {net.num_classes} classes; a classifier needs "
+            f"{' or '.join(str(n) for n in ACCEPTED_OUTPUTS)} outputs (ImageNet-1k, or an "
+            "ImageNet-21k head): use it as a feature extractor, or pick an ImageNet tag "
+            "(`timm.list_pretrained('<name>.*in1k')`)"
+        )
+    return preprocessed(net, **data_config(net), test_size=protocol_size(net))
 
 
 def make_extractor(weights: str | None, variant: str) -> Any:
     """timm model ``variant`` as a feature extractor: pooled pre-logits features (B, dim)."""
-    net = create(variant, weights, name=f"timm:{variant}")
-    dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
     from spurcli.preprocess import PreLogits, preprocessed
 
-    return preprocessed(PreLogits(net), dim=dim, **data_config(net))
+    net = create(variant, weights, name=f"timm:{variant}")
+    dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
+    return preprocessed(PreLogits(net), dim=dim, **data_config(net), test_size=protocol_size(net))
 
 
 def create(variant: str, weights: str | None, *, name: str) -> Any:
@@ -176,6 +178,13 @@ def data_config(net: Any) -> dict[str, Any]:
     from timm.data import resolve_model_data_config
 
     return resolve_model_data_config(net)
+
+
+def protocol_size(net: Any) -> int:
+    """The side the Spurious ImageNet protocol evaluates ``net`` at (its test_input_size)."""
+    from spurcli.spurious_imagenet import protocol_input_size
+
+    return protocol_input_size(getattr(net, "pretrained_cfg", None) or {})
 
 
 def _hub_weights(variant: str, name: str) -> str:
