@@ -461,6 +461,8 @@ def _datasheet(
             name: {**r, "note": SELECTION_NOTE} for name, r in rates(sorted(selection)).items()
         },
         "models": {
+            # how the classifiers got their pixels (`--preprocess`: model or spurious-imagenet)
+            "preprocess": config.preprocess,
             "classifiers": [_model(m) for m in models],
             "detectors": [_model(d) for d in detectors],
             "extractor": _model(extractors[0]) if extractors else None,
@@ -660,6 +662,7 @@ def datasheet_markdown(sheet: dict[str, Any]) -> str:
     if models["extractor"]:
         e = models["extractor"]
         lines.append(f"- extractor `{e['name']}`: {e['weights']} ({e['plugin']})")
+    lines.append(f"- classifier pixels: `--preprocess {models['preprocess']}`")
     gen = sheet["generation"]
     lines += ["", "## How the images were made", ""]
     lines.append(
