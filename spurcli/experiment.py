@@ -711,6 +711,7 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
         "weights": cfg.weights,
         "real": cfg.real,
         "bootstrap": [cfg.bootstrap, cfg.bootstrap_seed],  # the intervals in the score JSON
+        "preprocess": cfg.preprocess,  # another protocol gives the classifiers other pixels
     }
     names = _all_sets(exp)
     real = [cfg.real] if cfg.real else []
