@@ -333,6 +333,15 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert "a &lt;b&gt;toy&lt;/b&gt; model: no real finding" in page and "<b>toy</b>" not in page
     assert page.index("no real finding") < page.index("Summary")
 
+    # Another pixel protocol for the classifiers rescores the sets, and leaves the arms alone.
+    protocol = run_experiment(path, sets=["compare.preprocess=spurious-imagenet"])
+    assert protocol.reasons["score:baseline"] == "settings changed: preprocess"
+    assert (
+        protocol.stages["finetune"] == "skipped" and protocol.stages["sample:baseline"] == "skipped"
+    )
+    scored = json.loads((out / "scores" / "baseline.json").read_text())
+    assert scored["preprocess"] == "spurious-imagenet"
+
     # A changed sampler setting makes the sets again; a changed training setting is refused
     # (a finished arm may have cost GPU hours) until --retrain says to discard it.
     fifth = run_experiment(path, sets=["sample.guidance=3.0"])
