@@ -241,32 +241,23 @@ def score_images(
     *,
     real_dir: str | os.PathLike[str] | None = None,
     weights: dict[str, str] | None = None,
-    batch_size: int = ScoreConfig.batch_size,
-    device: str | None = None,
-    strict: bool = False,
-    num_workers: int | None = None,
-    image_size: int = ScoreConfig.image_size,
     bootstrap: int = BOOTSTRAP,
     bootstrap_seed: int = 0,
+    **settings: Any,
 ) -> ScoreResult:
     """Score the images below ``images_dir`` for ImageNet class ``target`` (index or name).
 
     ``classifiers``: names (loaded here, with ``weights``) or models from `load_classifiers`.
     ``real_dir``: real images of the class, the positives of ROC-AUC / average precision.
     ``bootstrap``: resamples of the bootstrap intervals (0: none), drawn from ``bootstrap_seed``.
+    ``settings``: how images are fed, any `ScoreConfig` field (``batch_size``, ``device``,
+    ``strict``, ``num_workers``, ``image_size``, ``preprocess``).
     """
-    options = ScoreConfig(
-        batch_size=batch_size,
-        device=device,
-        strict=strict,
-        num_workers=num_workers,
-        image_size=image_size,
-    )
     return score_folders(
         [images_dir],
         target,
         classifiers,
-        options,
+        ScoreConfig(**settings),
         real_dir=real_dir,
         weights=weights,
         bootstrap=bootstrap,
@@ -486,21 +477,13 @@ def score_spurious_imagenet(
     classifiers: Sequence[str | LoadedModel],
     *,
     weights: dict[str, str] | None = None,
-    batch_size: int = ScoreConfig.batch_size,
-    device: str | None = None,
-    strict: bool = False,
-    num_workers: int | None = None,
-    image_size: int = ScoreConfig.image_size,
+    **settings: Any,
 ) -> SpuriousImageNetResult:
     """The Spurious ImageNet benchmark for any classifier: ``root`` holds one folder per
-    class/feature, ``real_root`` an ImageNet val split with one folder per WordNet id."""
-    options = ScoreConfig(
-        batch_size=batch_size,
-        device=device,
-        strict=strict,
-        num_workers=num_workers,
-        image_size=image_size,
-    )
+    class/feature, ``real_root`` an ImageNet val split with one folder per WordNet id.
+    ``settings``: any `ScoreConfig` field, e.g. ``preprocess="spurious-imagenet"`` for the
+    released protocol (docs/spurious-imagenet.md)."""
+    options = ScoreConfig(**settings)
     return _score_spurious_imagenet(root, real_root, classifiers, weights, options)
 
 
