@@ -37,11 +37,9 @@ given, still sets QuickGELU and preprocessing), or ``"random"`` (the tag may be 
 from __future__ import annotations
 
 import difflib
-import functools
 import hashlib
 import json
 import os
-import types
 from typing import Any
 
 from spurcli import hookimpl
@@ -114,6 +112,7 @@ def make_clip_presence(weights: str | None) -> Any:
 def make_presence(weights: str | None, variant: str, name: str | None = None) -> Any:
     """open_clip ``<arch>/<tag>`` as a zero-shot presence detector (see the module docstring)."""
     import open_clip
+    from spurcli_openclip_modules import Presence
 
     from spurcli.preprocess import Preprocess
 
@@ -126,7 +125,7 @@ def make_presence(weights: str | None, variant: str, name: str | None = None) ->
         prep["interpolation"],
         prep["crop_mode"],
     )
-    return _nn().Presence(preprocess, model, open_clip.get_tokenizer(arch)).eval()
+    return Presence(preprocess, model, open_clip.get_tokenizer(arch)).eval()
 
 
 def presence_prompts(query: Any) -> dict[str, list[str]]:
@@ -152,24 +151,26 @@ def make_clip_extractor(weights: str | None) -> Any:
 def make_classifier(weights: str | None, variant: str, name: str | None = None) -> Any:
     """open_clip ``<arch>/<tag>`` as a zero-shot ImageNet-1k classifier: (B,3,H,W) -> (B,1000)."""
     import open_clip
+    from spurcli_openclip_modules import ZeroShot
 
     from spurcli.preprocess import preprocessed
 
     arch, model, prep = create(variant, weights, name=name or f"open_clip:{variant}")
     head = zero_shot_head(model, open_clip.get_tokenizer(arch), arch)
     # Only the image tower is kept: the text tower's work is all in `head`.
-    return preprocessed(_nn().ZeroShot(model.visual, head), **prep)
+    return preprocessed(ZeroShot(model.visual, head), **prep)
 
 
 def make_extractor(weights: str | None, variant: str, name: str | None = None) -> Any:
     """open_clip ``<arch>/<tag>`` image tower: normalised embeddings (B, dim)."""
     import open_clip
+    from spurcli_openclip_modules import Embed
 
     from spurcli.preprocess import preprocessed
 
     arch, model, prep = create(variant, weights, name=name or f"open_clip:{variant}")
     dim = open_clip.get_model_config(arch)["embed_dim"]
-    return preprocessed(_nn().Embed(model.visual), dim=dim, **prep)
+    return preprocessed(Embed(model.visual), dim=dim, **prep)
 
 
 def create(variant: str, weights: str | None, *, name: str) -> tuple[str, Any, dict[str, Any]]:
@@ -375,65 +376,3 @@ def encode_text(model: Any, ids: Any) -> Any:
     finally:
         model.positional_embedding = pos
         model.attn_mask = mask
-
-
-@functools.cache
-def _nn() -> types.SimpleNamespace:
-    """The torch modules of this plugin, defined on first use (registration imports no torch)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    def embed(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        out = visual(x)
-        if isinstance(out, tuple):  # towers that also return tokens (CoCa): pooled first
-            out = out[0]
-        return F.normalize(out, dim=-1)
-
-    class Embed(nn.Module):
-        """open_clip image tower -> unit-norm image embeddings (B, D)."""
-
-        def __init__(self, visual: nn.Module) -> None:
-            super().__init__()
-            self.visual = visual
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return embed(self.visual, x)
-
-    class ZeroShot(nn.Module):
-        """Image tower + fixed class embeddings -> 100 * cosine logits (B, 1000)."""
-
-        def __init__(self, visual: nn.Module, head: torch.Tensor) -> None:
-            super().__init__()
-            self.visual = visual
-            self.register_buffer("head", head.float())  # (classes, D), moves with .to()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return LOGIT_SCALE * embed(self.visual, x) @ self.head.T
-
-    class Presence(nn.Module):
-        """Whole CLIP model: (images, ObjectQuery) -> (B,) presence (module docstring)."""
-
-        def __init__(self, preprocess: nn.Module, model: nn.Module, tokenizer: Any) -> None:
-            super().__init__()
-            self.preprocess, self.model, self.tokenizer = preprocess, model, tokenizer
-            self.texts: dict[Any, torch.Tensor] = {}  # query -> (sides, D) text embeddings
-
-        def side_embeddings(self, query: Any) -> torch.Tensor:
-            """(2 or 3, D): the class's, the feature's (if any) and the neutral embedding."""
-            device = next(self.model.parameters()).device
-            if query not in self.texts:
-                rows = []
-                for texts in presence_prompts(query).values():
-                    if texts:
-                        emb = encode_text(self.model, self.tokenizer(texts).to(device))
-                        rows.append(F.normalize(emb.mean(0), dim=-1))
-                self.texts[query] = torch.stack(rows)
-            return self.texts[query].to(device)
-
-        def forward(self, images: torch.Tensor, query: Any) -> torch.Tensor:
-            sides = self.side_embeddings(query)
-            cos = embed(self.model.visual, self.preprocess(images)) @ sides.T  # (B, sides)
-            return torch.sigmoid(LOGIT_SCALE * (cos[:, 0] - cos[:, 1:].amax(dim=1)))
-
-    return types.SimpleNamespace(Embed=Embed, ZeroShot=ZeroShot, Presence=Presence)
