@@ -468,6 +468,8 @@ class CompareResult:
                 for name, sim in self.similarity.items()
             },
             "extractors": self.extractors,
+            # how the classifiers got their pixels (both sets alike): model or spurious-imagenet
+            "preprocess": self.a.get("preprocess", "model"),
         }
 
     def report_data(self) -> dict[str, Any]:

@@ -25,7 +25,8 @@ How a pass goes, and why:
   crop the centre) never looks outside that square, so they see the same region as from the file.
   384 is above the 224-336 input of common classifiers, so none is fed an up-sampled image; raise
   it for classifiers that take larger inputs. The transform depends on the image alone, never on
-  what else is in its batch, so results do not depend on batch size or on sharding.
+  what else is in its batch, so results do not depend on batch size or on sharding (beyond float
+  rounding in the models' batched kernels, ~1e-9 in p; the metrics agree).
 - Memory is flat in the number of images: batches stream through, and per image and classifier
   only three numbers are kept (top-1 index, p_target, rank of the target).
 - Several processes (`torchrun`/`accelerate launch -m spurcli score ...`) each score a strided
@@ -119,10 +120,16 @@ class SquareImages(torch.utils.data.Dataset):
             return i, None, str(exc), {}
         protocol = {}
         if self.protocol_sizes:
-            from spurcli.spurious_imagenet import protocol_image
+            from spurcli.spurious_imagenet import protocol_image, released_loader
 
+            # From the file as the released loader reads it (no EXIF rotation, alpha dropped,
+            # 16-bit clipped), not from `read_image`'s normalised copy.
+            try:
+                raw = released_loader(self.paths[i])
+            except ImageReadError as exc:
+                return i, None, str(exc), {}
             for s in self.protocol_sizes:
-                pixels = np.asarray(protocol_image(img, s, real=self.real[i]))
+                pixels = np.asarray(protocol_image(raw, s, real=self.real[i]))
                 protocol[s] = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
         img = ImageOps.fit(img, (self.size, self.size), Image.Resampling.BICUBIC)
         # uint8 across the worker boundary: 4x less shared memory than float32.
@@ -157,6 +164,11 @@ def protocol_view(model: LoadedModel) -> Any:
     return NormalisedOnly(model.module)
 
 
+def protocol_size(model: LoadedModel, preprocess: str) -> int | None:
+    """The side ``model`` is fed at under ``preprocess`` (None: its own transform decides)."""
+    return protocol_view(model).size if preprocess != "model" else None
+
+
 def _protocol_forward(
     model: LoadedModel, view: Any, size: int, protocol: list[dict[int, torch.Tensor]], device: Any
 ) -> np.ndarray:
@@ -172,16 +184,20 @@ def _protocol_forward(
         try:
             with torch.inference_mode():
                 logits = _forward(replace(model, module=view), x, "classifier", ACCEPTED_OUTPUTS)
-        except SpurcliError:
+        except (SpurcliError, torch.OutOfMemoryError):
             raise
-        except Exception as exc:  # e.g. a ViT given a non-square image: say why it got one
+        except Exception as exc:
+            if shape[1] == shape[2]:
+                raise
+            # e.g. a ViT given a non-square image: say why it got one
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise SpurcliError(
                 f"classifier '{model.name}' failed on a {shape[2]}x{shape[1]} image of "
                 f"--preprocess spurious-imagenet ({first}): the released protocol resizes a "
                 "spurious image's shorter side without cropping, so a non-square image reaches "
-                "the model as it is (Spurious ImageNet's own images are all one size)"
-            ) from None
+                "the model as it is (the released loader batches the benchmark's images, so "
+                "they share one size)"
+            ) from exc
         if out is None:
             out = np.zeros((len(protocol), logits.shape[1]), logits.dtype)
         elif logits.shape[1] != out.shape[1]:

@@ -263,6 +263,11 @@ def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
         f'<p class="meta">{_h(la)}: {a["n_images"]} images in <code>{_e(data["dirs"]["a"])}'
         f"</code> · {_h(lb)}: {b['n_images']} images in <code>{_e(data['dirs']['b'])}</code>"
         + (f" · real images: {a['n_real']}" if a.get("n_real") else "")
+        + (
+            f" · classifier pixels: <code>--preprocess {_e(a['preprocess'])}</code>"
+            if a.get("preprocess", "model") != "model"
+            else ""
+        )
         + "</p>",
     ]
     # Scores side by side: one row per metric, three columns (A, B, Δ) per classifier.

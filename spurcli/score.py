@@ -40,7 +40,7 @@ import numpy as np
 from spurcli import imagenet, metrics
 from spurcli.config import ScoreConfig, check_bootstrap
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.imagepass import PerImage, find_items, score_items
+from spurcli.imagepass import PerImage, find_items, protocol_size, score_items
 from spurcli.plugins import LoadedModel, load_classifiers, parse_weights
 from spurcli.text import rich_text
 
@@ -191,7 +191,12 @@ class ScoreResult(_Rows):
             "n_images": self.n_images,
             "n_real": self.n_real,
             "classifiers": {
-                m.name: {"weights": m.weights, "weights_id": m.weights_id, **self.scores[m.name]}
+                m.name: {
+                    "weights": m.weights,
+                    "weights_id": m.weights_id,
+                    **_protocol_json(m, self.preprocess),
+                    **self.scores[m.name],
+                }
                 for m in self.models
             },
             "consensus": self.consensus.to_json(),
@@ -232,6 +237,12 @@ class ScoreResult(_Rows):
             lines.append(RANDOM_NOTE)
         table.caption = plain("\n".join(lines))
         return table
+
+
+def _protocol_json(model: LoadedModel, preprocess: str) -> dict[str, Any]:
+    """Under a scoring protocol, the side each classifier was fed at (timm's test size)."""
+    size = protocol_size(model, preprocess)
+    return {} if size is None else {"protocol_size": size}
 
 
 def score_images(
@@ -393,7 +404,12 @@ class SpuriousImageNetResult(_Rows):
                 real.target, real.target_prob[c], real.top1[c],
                 spurious.target, spurious.target_prob[c], spurious.top1[c],
             )  # fmt: skip
-            rows += [{"classifier": m.name, **row} for row in per_class]
+            made = {
+                "classifier": m.name,
+                "preprocess": self.preprocess,
+                "input_size": protocol_size(m, self.preprocess),
+            }
+            rows += [{**made, **row} for row in per_class]
         return rows
 
     def write_class_csv(self, path: str | os.PathLike[str]) -> None:
@@ -422,6 +438,7 @@ class SpuriousImageNetResult(_Rows):
                 m.name: {
                     "weights": m.weights,
                     "weights_id": m.weights_id,
+                    **_protocol_json(m, self.preprocess),
                     **self.means(m.name),
                     "per_class": {str(k): v for k, v in self.per_class[m.name].items()},
                 }

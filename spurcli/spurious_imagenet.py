@@ -77,6 +77,8 @@ _HEAD_NAMES = {1000: "ImageNet-1k", 21843: "ImageNet-21k, Google", 21841: "Image
 VAL_RESIZE_RATIO = 256 / 224
 SPURIOUS_SCORE_COLUMNS = (
     "classifier",
+    "preprocess",  # how the classifier got its pixels: model, or the released protocol's
+    "input_size",  # the side it was fed at under the protocol (empty: its own transform)
     "index",
     "wnid",
     "class",
@@ -130,6 +132,20 @@ def protocol_image(img: Image.Image, size: int, real: bool) -> Image.Image:
     left = round((resized.width - size) / 2.0)
     top = round((resized.height - size) / 2.0)
     return resized.crop((left, top, left + size, top + size))
+
+
+def released_loader(path: str | os.PathLike[str]) -> Image.Image:
+    """An image file as torchvision's ``default_loader`` (the released code's) reads it:
+    ``Image.open(...).convert("RGB")``, so no EXIF rotation, an alpha channel dropped (not
+    composited on white), 16-bit values clipped: unlike `spurcli.images.read_image`, on purpose.
+    An unreadable file raises `spurcli.images.ImageReadError`."""
+    from spurcli.images import ImageReadError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{path}: not an image Pillow can read ({exc})") from None
 
 
 def protocol_unit_array(img: Image.Image) -> np.ndarray:
@@ -338,8 +354,8 @@ def spurious_score_joint(
 def write_spurious_score_csv(
     rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]
 ) -> None:
-    """`spurious_score_rows`, each with a ``classifier`` key added, as CSV (columns
-    `SPURIOUS_SCORE_COLUMNS`), written atomically."""
+    """`spurious_score_rows`, each with ``classifier``, ``preprocess`` and ``input_size`` keys
+    added, as CSV (columns `SPURIOUS_SCORE_COLUMNS`), written atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=SPURIOUS_SCORE_COLUMNS)
         writer.writeheader()

@@ -99,7 +99,7 @@ def test_compare_scores_and_similarity(tmp_path, fake_plugin):
     config = CompareConfig(target="hummingbird", classifiers=["fake"], extractors=["fake"])
     result = compare(a, b, config, labels=("generated", "references"))
     data = result.to_json()
-    assert set(data) == {"a", "b", "differences", "similarity", "extractors"}
+    assert set(data) == {"a", "b", "differences", "similarity", "extractors", "preprocess"}
     assert data["a"]["classifiers"]["fake"]["spurious_rate"] == 1.0
     assert data["b"]["classifiers"]["fake"]["spurious_rate"] == 0.25
     # Other file names and no sample records: independent sets, Fisher's exact test on

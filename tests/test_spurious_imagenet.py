@@ -352,7 +352,7 @@ def test_rows_are_the_released_per_class_numbers():
         k = row["index"]
         r_k, s_k = real[k], spurious[k]
         y = np.r_[np.ones(r_k.size), np.zeros(s_k.size)]
-        assert {"classifier", *row} == set(SPURIOUS_SCORE_COLUMNS)
+        assert {"classifier", "preprocess", "input_size", *row} == set(SPURIOUS_SCORE_COLUMNS)
         assert row["average_precision"] == pytest.approx(
             average_precision_score(y, np.r_[r_k, s_k]), abs=1e-12
         )
@@ -549,9 +549,17 @@ def test_the_protocol_feeds_classifiers_its_own_pixels_then_their_normalisation(
     import torch
 
     sin, val = _sin_photos(tmp_path)
+    # Files the released loader reads differently from spurcli's reader: an RGBA image (alpha
+    # dropped, not composited) and a JPEG with an EXIF rotation (not applied).
+    rgba = np.asarray(_photo("coffee").resize((120, 80)).convert("RGBA")).copy()
+    rgba[..., 3] = 40
+    Image.fromarray(rgba).save(sin / f"class_spurious_{SIN_CLASS}_bricks" / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    _photo("rocket").resize((90, 60)).save(sin / "class_spurious_94_flowers" / "rot.jpg", exif=exif)
     result = _score_sin(sin, val, ["probe"], preprocess="spurious-imagenet")
     seen = [x[i] for x in sin_plugins.inputs for i in range(len(x))]
-    files = sorted(sin.rglob("*.png")) + sorted(val.rglob("*.png"))
+    files = sorted(p for p in sin.rglob("*") if p.is_file()) + sorted(val.rglob("*.png"))
     expected = []
     for path in files:
         image = protocol_image(Image.open(path), 32, real=val in path.parents)
@@ -559,18 +567,20 @@ def test_the_protocol_feeds_classifiers_its_own_pixels_then_their_normalisation(
         expected.append(
             (unit - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
         )
-    # Every image exactly once, with its own shape (the 450x300 crop stays 48x32).
+    # Every image exactly once, with its own shape (the 450x300 crop stays 48x32; the rotated
+    # JPEG stays landscape, as the released loader reads it).
     shapes = sorted(tuple(x.shape) for x in seen)
     assert shapes == sorted(tuple(x.shape) for x in expected)
-    assert (3, 32, 48) in shapes
+    assert (3, 32, 48) in shapes and shapes.count((3, 32, 48)) == 3
     for want in expected:
         assert any(x.shape == want.shape and torch.allclose(x, want, atol=1e-6) for x in seen)
     out = result.to_json()
     assert out["preprocess"] == "spurious-imagenet"
+    assert out["classifiers"]["probe"]["protocol_size"] == 32
     # The model's own transform gives other pixels, so other numbers.
     sin_plugins.inputs.clear()
     own = _score_sin(sin, val, ["probe"]).to_json()
-    assert own["preprocess"] == "model"
+    assert own["preprocess"] == "model" and "protocol_size" not in own["classifiers"]["probe"]
     assert all(tuple(x.shape[-2:]) == (32, 32) for x in sin_plugins.inputs)
     a = out["classifiers"]["probe"]["per_class"]
     b = own["classifiers"]["probe"]["per_class"]
@@ -660,10 +670,78 @@ def test_cli_class_csv_and_preprocess(tmp_path, sin_plugins, monkeypatch, capsys
     args += ["--preprocess", "spurious-imagenet", "--class-csv", csv_path, "--workers", "0"]
     code, out, err = run(*args, "--json", json_path)
     assert code in (0, None), err
-    assert csv_path.read_text().startswith("classifier,index,wnid,class,average_precision")
+    header = "classifier,preprocess,input_size,index,wnid,class,average_precision"
+    assert csv_path.read_text().startswith(header + ",")
+    assert "\nprobe,spurious-imagenet,32,94,n01833805," in csv_path.read_text()
     assert '"preprocess": "spurious-imagenet"' in json_path.read_text()
     assert "joint_average_precision" in out and "--preprocess spurious-imagenet" in out
     code, _, err = run("score", sin, "--target", "94", "-c", "probe", "--class-csv", csv_path)
     assert code == 2 and "--class-csv is the per-class table" in err
     code, _, err = run(*args[:7], "--preprocess", "spurious-imagenett")
     assert code == 2 and "spurious-imagenet" in err
+
+
+def test_only_a_non_square_protocol_image_gets_the_no_crop_explanation(tmp_path, sin_plugins):
+    """A model that cannot take a non-square spurious image is told why it got one; any other
+    failure (out of memory, a bug on square images) keeps its own error."""
+    import torch
+
+    from spurcli import hookimpl, plugins
+    from spurcli.preprocess import Preprocess, Preprocessed
+
+    class SquareOnly(torch.nn.Module):
+        def __init__(self, square_error: type[Exception] | None) -> None:
+            super().__init__()
+            self.square_error = square_error
+
+        def forward(self, x):
+            if x.shape[-1] != x.shape[-2]:
+                raise RuntimeError("Input width (48) should be divisible by patch size (16).")
+            if self.square_error is not None:
+                raise self.square_error("out of memory")
+            return torch.zeros(len(x), 1000)
+
+    def make(error):
+        return lambda w: Preprocessed(Preprocess((32, 32), MEAN, STD), SquareOnly(error))
+
+    class Plugin:
+        @hookimpl
+        def register_classifiers(self, register):
+            register("square-only", make(None))
+            register("oom", make(torch.OutOfMemoryError))
+            register("buggy", make(ValueError))
+
+    plugins.get_plugins().register(Plugin(), name="square-only-test")
+    sin, val = _sin_photos(tmp_path)
+    with pytest.raises(SpurcliError, match=r"'square-only' failed on a 48x32 image .* cropping"):
+        _score_sin(sin, val, ["square-only"], preprocess="spurious-imagenet")
+    with pytest.raises(torch.OutOfMemoryError):
+        _score_sin(sin, val, ["oom"], preprocess="spurious-imagenet")
+    with pytest.raises(ValueError, match="out of memory"):
+        _score_sin(sin, val, ["buggy"], preprocess="spurious-imagenet")
+
+
+def test_compare_under_the_protocol_records_it_in_json_and_report(tmp_path, sin_plugins):
+    from spurcli.compare import compare
+    from spurcli.config import CompareConfig
+    from spurcli.report import write_report
+
+    sin, val = _sin_photos(tmp_path)
+    cfg = CompareConfig(
+        target=SIN_CLASS,
+        classifiers=["probe"],
+        extractors=[],
+        real=val / imagenet.imagenet_classes()[SIN_CLASS].wnid,
+        preprocess="spurious-imagenet",
+        device="cpu",
+        bootstrap=0,
+    )
+    result = compare(
+        sin / f"class_spurious_{SIN_CLASS}_bricks", sin / "class_spurious_94_flowers", cfg
+    )
+    data = result.to_json()
+    assert data["preprocess"] == data["a"]["preprocess"] == data["b"]["preprocess"]
+    assert data["preprocess"] == "spurious-imagenet"
+    report = tmp_path / "report.html"
+    write_report(report, [result], title="protocol")
+    assert "classifier pixels: <code>--preprocess spurious-imagenet</code>" in report.read_text()
