@@ -51,7 +51,7 @@ def register_classifiers(register):
     register(
         "timm:*",
         make_classifier,
-        description="any timm ImageNet-1k model: timm:<name> or timm:<name>.<tag>",
+        description="any timm ImageNet-1k or -21k classifier: timm:<name> or timm:<name>.<tag>",
         default_weights="hub (timm's pretrained file for the name)",
     )
 
