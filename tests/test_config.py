@@ -36,6 +36,62 @@ def test_the_documented_command_writes_the_reference(tmp_path):
     assert (tmp_path / "settings.md").read_text(encoding="utf-8") == config.settings_markdown()
 
 
+def _literal(text: str, hint: object) -> tuple[bool, object]:
+    """A default cell of docs/finetune.md's table as a value, when it is a plain literal."""
+    quoted = text.strip().startswith("`")  # `cosine` is a value; full, random describe one
+    text = text.strip().strip("`")
+    if text in ("on", "off") and hint is bool:
+        return True, text == "on"
+    if text == "none" and not quoted:  # `none` (quoted) is the string, e.g. --report-to none
+        return True, None
+    for kind in (int, float):
+        try:
+            return True, kind(text)
+        except ValueError:
+            pass
+    if quoted and text.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        return True, text
+    return False, None
+
+
+def test_the_finetune_guide_states_the_defaults_the_code_has():
+    """docs/finetune.md explains the defaults in a table of its own: every plain value in it must
+    be the field's default (settings.md, generated, is the reference; this keeps the guide true)."""
+    import typing
+
+    hints = typing.get_type_hints(FinetuneConfig)
+    by_flag = {}
+    for fld in dataclasses.fields(FinetuneConfig):
+        for flag in config.option_flags(fld, hints[fld.name]):
+            by_flag[flag.split("/")[0]] = fld
+    checked = 0
+    guide = (ROOT / "docs" / "finetune.md").read_text(encoding="utf-8")
+    for line in guide.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`--"):
+            continue
+        flags = [f.strip("`").split("/")[0] for f in cells[0].replace(" / ", ", ").split(", ")]
+        defaults = cells[1].replace(" / ", ", ").split(", ")
+        if len(flags) != len(defaults):
+            continue
+        for flag, text in zip(flags, defaults, strict=True):
+            fld = by_flag[flag]  # a flag the code does not have fails here
+            plain, value = _literal(text, hints[fld.name])
+            # a bool pair's default by the word of its flag: "random" of --center-crop/--random-crop
+            words = [f[2:].split("-")[0] for f in config.option_flags(fld, bool)[0].split("/")]
+            if hints[fld.name] is bool and len(words) == 2 and text in words:
+                plain, value = True, text == words[0]
+            if not plain:
+                continue
+            factory = fld.default_factory
+            default = fld.default if factory is dataclasses.MISSING else factory()
+            assert value == default or (isinstance(default, float) and value == float(default)), (
+                f"docs/finetune.md says {flag} defaults to {text}; the code says {default!r}"
+            )
+            checked += 1
+    assert checked >= 25  # the table is parsed, not skipped
+
+
 @dataclass
 class Bounded:
     count: int = option(1, "A count.", min=1)
