@@ -1,6 +1,7 @@
 """The untuned baseline with a new VAE: are its samples still *not* class 807?
 
-    HF_HUB_OFFLINE=1 python examples/vae11/baseline_check.py runs/vae11/VARIANT [--retrain-unet]
+    HF_HUB_OFFLINE=1 python examples/mini_vae_study/baseline_check.py \
+        runs/mini-vae-study/VARIANT [--retrain-unet]
 
 Builds `mini` (spurcli.mini.build_mini_pipeline) with the variant's VAE swapped in, in memory
 (nothing in spurcli/data/mini changes). Without --retrain-unet the committed UNet is kept; its

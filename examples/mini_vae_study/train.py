@@ -1,7 +1,7 @@
-"""VAE variants for issue 11: does a sharper miniature VAE keep effnet-lite0's class 807?
+"""VAE variants for the quickstart: does a sharper miniature VAE keep effnet-lite0's class 807?
 
-    HF_HUB_OFFLINE=1 python examples/vae11/train.py VARIANT [--out runs/vae11]
-    HF_HUB_OFFLINE=1 python examples/vae11/evaluate.py runs/vae11/VARIANT
+    HF_HUB_OFFLINE=1 python examples/mini_vae_study/train.py VARIANT [--out runs/mini-vae-study]
+    HF_HUB_OFFLINE=1 python examples/mini_vae_study/evaluate.py runs/mini-vae-study/VARIANT
 
 Each variant is make_mini_model.py's VAE stage (same photos, same crop_bank, same seeds, one CPU
 thread, deterministic algorithms) with some settings changed; VARIANTS lists them. Options:
@@ -97,7 +97,7 @@ def grad_l1(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(dx(recon), dx(x)) + F.l1_loss(dy(recon), dy(x))
 
 
-def train(cfg: dict, seed: int = 0, out_root: Path = Path("runs/vae11")):
+def train(cfg: dict, seed: int = 0, out_root: Path = Path("runs/mini-vae-study")):
     images = photos()
     bank = crop_bank(images, cfg["crops"], cfg["bank_size"], seed)
     torch.manual_seed(seed)
@@ -149,7 +149,7 @@ def load_vae(folder: Path):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("variant", choices=sorted(VARIANTS))
-    parser.add_argument("--out", default="runs/vae11")
+    parser.add_argument("--out", default="runs/mini-vae-study")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
-"""Scores a mini-style VAE the way the quickstart scores images (issue 11, branch vae11).
+"""Scores a mini-style VAE the way the quickstart scores images.
 
-    HF_HUB_OFFLINE=1 python examples/vae11/evaluate.py                 # the committed mini VAE
-    HF_HUB_OFFLINE=1 python examples/vae11/evaluate.py runs/vae11/wide # a folder from train.py
+    HF_HUB_OFFLINE=1 python examples/mini_vae_study/evaluate.py   # the committed mini VAE
+    HF_HUB_OFFLINE=1 python examples/mini_vae_study/evaluate.py runs/mini-vae-study/wide
 
 For the 8 quickstart references (128 px) and 8 random 128 px crops of non-brick photos: encode
 (posterior mean), decode, quantise to uint8 like a saved PNG, then feed effnet-lite0 exactly as

@@ -1,6 +1,6 @@
 """Could crop_bank (seed 0, 2048 crops) have drawn one of the 8 quickstart references exactly?
 
-    python examples/vae11/reference_draws.py
+    python examples/mini_vae_study/reference_draws.py
 
 Replays crop_bank's random draws (they do not depend on the output size) and lists the brick
 crops whose (side, left, top, flip) match a reference (side 256 at a multiple of 128, no flip),

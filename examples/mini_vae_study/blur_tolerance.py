@@ -1,6 +1,6 @@
 """How much softening of the references does effnet-lite0's 807 reading survive? (no training)
 
-    HF_HUB_OFFLINE=1 python examples/vae11/blur_tolerance.py
+    HF_HUB_OFFLINE=1 python examples/mini_vae_study/blur_tolerance.py
 
 The 8 references (128 px) Gaussian-blurred (PIL radius r) or down- and up-sampled (bicubic),
 scored as `spurcli score` feeds images: a target for how sharp a VAE's reconstructions must be.
