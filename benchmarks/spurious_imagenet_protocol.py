@@ -10,7 +10,8 @@ the size of the protocol's effect on real classifiers, not benchmark results. It
 with each classifier under both protocols (`model`: each model's own eval transform on spurcli's
 384-px centre square; `spurious-imagenet`: the released code's bicubic resize, 256/224 crop for
 val, shorter side only for spurious images, then the model's normalisation) and prints, per
-classifier, the mean and joint AP of both and the mean / largest change of p_k per image.
+classifier and its weights, the mean and joint AP of both (the joint AP with its bootstrap
+interval), the set sizes, and the mean / largest change of p_k per image.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from spurcli.config import ScoreConfig
     from spurcli.plugins import load_classifiers
-    from spurcli.score import score
+    from spurcli.score import fmt_metric, score
 
     root = args.out or Path(tempfile.mkdtemp(prefix="sin-protocol-"))
     sin, val = build_tree(root)
@@ -76,13 +77,18 @@ def main() -> None:
         cfg.classifiers = models  # type: ignore[assignment]  # loaded once for both protocols
         results[preprocess] = score(cfg, sin)
     own, released = results["model"], results["spurious-imagenet"]
-    header = (
-        f"{'classifier':<24} {'mean AP':>15} {'joint AP':>15} {'mean AUC':>15} "
-        f"{'mean |dp|':>10} {'max |dp|':>9}"
-    )
+    n_s, n_r = len(own.spurious.images), len(own.real.images)
     print(f"Spurious ImageNet protocol vs each model's own transform ({root})")
-    print("columns: model -> spurious-imagenet; dp: change of p_k per image (real and spurious)")
-    print(header)
+    print(
+        f"{n_s} spurious + {n_r} val images, {len(own.classes)} classes; columns: model -> "
+        "spurious-imagenet; joint AP with its 95% percentile bootstrap interval (1000 "
+        "resamples); mean AP / ROC-AUC: means over the classes (no interval); dp: change of "
+        "p_k per image"
+    )
+    print(
+        f"{'classifier':<24} {'weights':<40} {'mean AP':>15} {'joint AP [95% CI]':>44} "
+        f"{'mean AUC':>15} {'mean |dp|':>10} {'max |dp|':>9}"
+    )
     for c, m in enumerate(models):
         a, b = own.means(m.name), released.means(m.name)
         dp = np.abs(
@@ -90,12 +96,16 @@ def main() -> None:
             - np.r_[released.real.target_prob[c], released.spurious.target_prob[c]]
         )
         label = m.name + ("*" if m.is_random else "")
-        cells = [
-            f"{a[key]:.3f} -> {b[key]:.3f}"
-            for key in ("mean_average_precision", "joint_average_precision", "mean_roc_auc")
-        ]
-        print(f"{label:<24} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15} "
-              f"{dp.mean():>10.2e} {dp.max():>9.2e}")  # fmt: skip
+        joint = " -> ".join(
+            fmt_metric(r["joint_average_precision"], r["joint_average_precision_ci"])
+            for r in (a, b)
+        )
+        mean_ap = f"{a['mean_average_precision']:.3f} -> {b['mean_average_precision']:.3f}"
+        mean_auc = f"{a['mean_roc_auc']:.3f} -> {b['mean_roc_auc']:.3f}"
+        print(
+            f"{label:<24} {m.weights:<40} {mean_ap:>15} {joint:>44} {mean_auc:>15} "
+            f"{dp.mean():>10.2e} {dp.max():>9.2e}"
+        )
     print("* random weights (timm test_* architectures): shows the mechanics, not a classifier")
 
 

@@ -374,24 +374,16 @@ class SpuriousImageNetResult(_Rows):
     spurious: PerImage
     real: PerImage
     skipped: list[str]
+    # classifier -> joint_roc_auc, joint_average_precision and their bootstrap `_ci` (`joint`)
+    joint: dict[str, dict[str, Any]]
     preprocess: str = "model"  # how the classifiers got their pixels (`ScoreConfig.preprocess`)
+    uncertainty: dict[str, Any] = field(default_factory=lambda: uncertainty_json(0, 0))
 
-    def means(self, name: str) -> dict[str, float]:
+    def means(self, name: str) -> dict[str, Any]:
         rows = self.per_class[name].values()
         keys = ("roc_auc", "average_precision", "spurious_rate", "real_accuracy")
         means = {f"mean_{key}": float(np.mean([r[key] for r in rows])) for key in keys}
-        return {**means, **self.joint(name)}
-
-    def joint(self, name: str) -> dict[str, float]:
-        """``joint_roc_auc`` and ``joint_average_precision`` (the released "Joint
-        SpuriousScore") of classifier ``name``: every image scored by p of its own class."""
-        from spurcli.spurious_imagenet import spurious_score_joint
-
-        c = self.spurious.classifiers.index(name)
-        return spurious_score_joint(
-            self.real.target, self.real.target_prob[c], self.spurious.target,
-            self.spurious.target_prob[c],
-        )  # fmt: skip
+        return {**means, **self.joint[name]}
 
     def class_rows(self) -> list[dict[str, Any]]:
         """The released code's per-class table (spurious_score.txt) for every classifier."""
@@ -423,6 +415,7 @@ class SpuriousImageNetResult(_Rows):
         return {
             "layout": "spurious-imagenet",
             "preprocess": self.preprocess,
+            "uncertainty": self.uncertainty,
             "n_images": len(self.spurious.images),
             "n_real": len(self.real.images),
             "classes": [
@@ -462,10 +455,15 @@ class SpuriousImageNetResult(_Rows):
         for m in self.models:
             means = self.means(m.name)
             label = f"{m.name}*" if m.is_random else m.name
-            summary.add_row(label, m.weights, *(fmt_metric(means[key]) for key in numbers))
+            cells = [plain(fmt_metric(means[k], means.get(f"{k}_ci"), "\n")) for k in numbers]
+            summary.add_row(label, m.weights, *cells)
+        resamples = self.uncertainty["bootstrap"]["resamples"]
         notes = [
             f"{len(self.spurious.images)} images, {len(self.real.images)} real",
             f"pixels: --preprocess {self.preprocess}",
+            "joint_*: [lo, hi] 95% percentile bootstrap, "
+            + (f"{resamples} resamples" if resamples else "off")
+            + "; mean_*: means over classes, no interval",
         ]
         if self.skipped:
             notes.append(f"{len(self.skipped)} skipped (unreadable)")
@@ -549,9 +547,47 @@ def _score_spurious_imagenet(
         for c, m in enumerate(models):
             per_class[m.name][k.index] = _metrics(s_k, r_k, c, k.index)
     skipped = [message for _, message in found.skipped]
+    joint = {
+        m.name: joint_scores(real_set, spurious, c, options.bootstrap, options.bootstrap_seed)
+        for c, m in enumerate(models)
+    }
     return SpuriousImageNetResult(
-        classes, list(models), per_class, spurious, real_set, skipped, options.preprocess
+        classes,
+        list(models),
+        per_class,
+        spurious,
+        real_set,
+        skipped,
+        joint,
+        options.preprocess,
+        uncertainty_json(options.bootstrap, options.bootstrap_seed),
     )
+
+
+def joint_scores(
+    real: PerImage, spurious: PerImage, c: int, bootstrap: int = 0, seed: int = 0
+) -> dict[str, Any]:
+    """The pooled ("joint") ROC-AUC and AP of classifier row ``c``: every real image a
+    positive and every spurious image a negative, each scored by p of its *own* class (the
+    released "Joint SpuriousScore" is the AP; `spurcli.metrics.joint_ranking_scores` says why
+    this is not a mean over classes), each with a percentile bootstrap ``_ci`` of ``bootstrap``
+    resamples, real and spurious images resampled independently (None with 0)."""
+    from spurcli.spurious_imagenet import spurious_score_joint
+
+    out: dict[str, Any] = spurious_score_joint(
+        real.target, real.target_prob[c], spurious.target, spurious.target_prob[c]
+    )
+    # The real images are those of the spurious images' classes (`_score_spurious_imagenet`
+    # reads no others), so the pooled sets are these two arrays.
+    samples = [real.target_prob[c], spurious.target_prob[c]]
+    for key, statistic in (
+        ("joint_roc_auc", metrics.roc_auc_of_sets),
+        ("joint_average_precision", metrics.average_precision_of_sets),
+    ):
+        out[f"{key}_ci"] = metrics.bootstrap_interval(
+            samples, statistic, resamples=bootstrap, seed=seed
+        )
+    return out
 
 
 def score(

@@ -527,7 +527,7 @@ def _sin_photos(root: Path) -> tuple[Path, Path]:
     return sin, val
 
 
-def _score_sin(sin: Path, val: Path, classifiers: list[str], preprocess: str = "model"):
+def _score_sin(sin: Path, val: Path, classifiers: list[str], preprocess: str = "model", **more):
     from spurcli.config import ScoreConfig
     from spurcli.score import score
 
@@ -539,6 +539,7 @@ def _score_sin(sin: Path, val: Path, classifiers: list[str], preprocess: str = "
         device="cpu",
         num_workers=0,
         batch_size=3,
+        **more,
     )
     return score(cfg, sin)
 
@@ -639,6 +640,15 @@ def test_the_joint_score_and_the_class_csv_come_from_the_per_image_numbers(tmp_p
         joint = out["classifiers"][name]
         assert joint["joint_average_precision"] == pytest.approx(average_precision_score(y, p))
         assert joint["joint_roc_auc"] == pytest.approx(roc_auc_score(y, p))
+        for key in ("joint_average_precision", "joint_roc_auc"):  # 1000 resamples by default
+            lo, hi = joint[f"{key}_ci"]
+            assert 0 <= lo <= joint[key] <= hi <= 1
+    assert out["uncertainty"]["bootstrap"]["resamples"] == 1000
+    off = _score_sin(sin, val, ["probe"], bootstrap=0).to_json()["classifiers"]["probe"]
+    assert (
+        off["joint_roc_auc_ci"] is None
+        and off["joint_roc_auc"] == out["classifiers"]["probe"]["joint_roc_auc"]
+    )
     path = tmp_path / "classes.csv"
     result.write_class_csv(path)
     with path.open(newline="", encoding="utf-8") as f:
