@@ -374,6 +374,11 @@ def _batch_size_field() -> Any:
     return option(32, "Images per forward pass.", min=1, flags=("--batch-size", "-b"))
 
 
+# How classifiers get their pixels: each its own eval transform, or the released Spurious
+# ImageNet code's (docs/spurious-imagenet.md).
+Preprocessing = Literal["model", "spurious-imagenet"]
+
+
 def _preprocess_field() -> Any:
     return option(
         "model",
@@ -467,7 +472,7 @@ class ScoreConfig:
     )
     weights: list[str] = _weights_field()
     layout: str = option("folder", "'folder' or 'spurious-imagenet'.")
-    preprocess: Literal["model", "spurious-imagenet"] = _preprocess_field()
+    preprocess: Preprocessing = _preprocess_field()
     batch_size: int = _batch_size_field()
     device: str | None = _device_field()
     strict: bool = _strict_field()
@@ -518,7 +523,7 @@ class CompareConfig:
     real: Path | None = option(
         None, "Real images of the class: ROC-AUC and AP in both score tables."
     )
-    preprocess: Literal["model", "spurious-imagenet"] = _preprocess_field()
+    preprocess: Preprocessing = _preprocess_field()
     batch_size: int = _batch_size_field()
     device: str | None = _device_field()
     strict: bool = _strict_field()
@@ -579,7 +584,7 @@ class CurateConfig:
     mode: Literal["copy", "link"] = option("copy", "copy the kept files, or symlink them.")
     overwrite: bool = option(False, "Replace an existing output folder.")
     strict: bool = _strict_field("Unreadable image or nothing kept: an error.")
-    preprocess: Literal["model", "spurious-imagenet"] = _preprocess_field()
+    preprocess: Preprocessing = _preprocess_field()
     batch_size: int = _batch_size_field()
     device: str | None = _device_field()
     # Kept images: 4x as many.

@@ -1,7 +1,7 @@
 """The image pass: every file decoded once, every classifier (extractor, detector) on each batch.
 
     from spurcli import plugins
-    from spurcli.config import ScoreConfig
+    from spurcli.config import Preprocessing, ScoreConfig
     from spurcli.imagepass import find_items, score_items
     models = plugins.load_classifiers(["resnet"], {"resnet": "random"})
     items = find_items(Path("samples/"), target=94, real=False)
@@ -42,6 +42,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,7 +53,7 @@ import torch
 from PIL import Image, ImageOps
 
 from spurcli import console, imagenet, metrics
-from spurcli.config import ScoreConfig
+from spurcli.config import Preprocessing, ScoreConfig
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.fileio import atomic_path
 from spurcli.images import ImageReadError, find_images, read_image
@@ -147,7 +148,7 @@ def _collate(samples: list[Decoded]) -> tuple[Any, ...]:
     return ids, torch.stack([x for _, x, _ in good]), failed, [p for _, _, p in good]
 
 
-PROTOCOLS = ("model", "spurious-imagenet")  # what `ScoreConfig.preprocess` may name
+PROTOCOLS = typing.get_args(Preprocessing)  # what `ScoreConfig.preprocess` may name
 
 
 def protocol_view(model: LoadedModel) -> Any:
@@ -221,7 +222,7 @@ def head_numbers(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ..
     columns = in21k_index(n)[target]
     if (columns < 0).any():
         check_head_has_class(n, int(target[columns < 0][0]))
-    top1 = logits.argmax(axis=1) if n == imagenet.NUM_CLASSES else head_in1k_top1(logits)
+    top1 = head_in1k_top1(logits)  # a 1000-output head: its argmax
     return top1, metrics.target_prob(logits, columns), metrics.target_rank(logits, columns)
 
 
