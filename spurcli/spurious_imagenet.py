@@ -3,19 +3,16 @@
     import numpy as np
     from PIL import Image
     from spurcli.spurious_imagenet import (
-        in21k_index, head_in1k_probabilities, head_in1k_top1, protocol_image,
-        protocol_unit_array, spurious_score_joint, spurious_score_rows,
-        write_spurious_score_csv,
+        in21k_index, head_in1k_top1, protocol_image, spurious_score_joint,
+        spurious_score_rows, write_spurious_score_csv,
     )
 
     img = Image.new("RGB", (600, 400))
     protocol_image(img, 224, real=True).size    # (224, 224): bicubic to 384x256, centre crop
     protocol_image(img, 224, real=False).size   # (336, 224): bicubic, shorter side 224, no crop
-    protocol_unit_array(protocol_image(img, 224, real=True)).shape  # (3, 224, 224) in [0, 1]
 
     in21k_index(21843)[94]                      # 1474: hummingbird's column in a BiT-M head
     logits = np.random.default_rng(0).normal(size=(2, 21843))
-    head_in1k_probabilities(logits).shape       # (2, 1000): softmax over all 21843, 1k columns
     head_in1k_top1(logits)                      # 1k index of each argmax, -1 if not a 1k class
 
     target = np.array([94, 94, 94, 94])         # two real, two spurious images of class 94
@@ -148,17 +145,6 @@ def released_loader(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageReadError(f"{path}: not an image Pillow can read ({exc})") from None
 
 
-def protocol_unit_array(img: Image.Image) -> np.ndarray:
-    """torchvision's ToTensor of an RGB image: (3, H, W) float32, uint8 / 255.
-
-    float32 division is correctly rounded in numpy and torch alike, so this is bit-identical.
-    """
-    if img.mode != "RGB":
-        raise ValueError(f"expected an RGB image (see protocol_image), got mode {img.mode}")
-    pixels = np.asarray(img, dtype=np.uint8)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
-
-
 def protocol_input_size(default_cfg: Mapping[str, Any]) -> int:
     """The ``size`` the released code evaluates a timm model at: the height of its
     ``test_input_size`` if the config has one, else of ``input_size``, else 224."""
@@ -228,38 +214,6 @@ def _head_logits(logits: Any) -> np.ndarray:
     return array
 
 
-def head_in1k_logits(logits: Any) -> np.ndarray:
-    """(B, n) logits of an accepted head -> (B, 1000) logits: the 1k classes' columns, -inf for
-    a class the head lacks.
-
-    Not the released protocol's numbers: a softmax over these renormalises over the 1000 classes
-    only, where the released code's softmax runs over the whole head
-    (`head_in1k_probabilities`). For a 1000-output head the two agree.
-    """
-    array = _head_logits(logits)
-    index = in21k_index(array.shape[1])
-    out = array[:, np.maximum(index, 0)].astype(np.result_type(array.dtype, np.float32))
-    out[:, index < 0] = -np.inf
-    return out
-
-
-def head_in1k_probabilities(logits: Any, dtype: type[np.floating] = np.float64) -> np.ndarray:
-    """(B, n) logits -> (B, 1000): softmax over all ``n`` outputs, read at each 1k class's column
-    (0 for a class the head lacks), as the released code does; rows of a 21k head sum to < 1.
-
-    ``dtype=np.float32`` reproduces the released code's float32 rounding (p above 1 - 6e-8 is
-    1.0 there, which can tie confident images); float64 keeps them apart, as spurcli does.
-    """
-    array = _head_logits(logits).astype(dtype)
-    top = array.max(axis=1, keepdims=True)  # log-sum-exp: no overflow for large logits
-    probabilities = np.exp(array - top)
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    index = in21k_index(array.shape[1])
-    out = probabilities[:, np.maximum(index, 0)]
-    out[:, index < 0] = 0.0
-    return out
-
-
 def head_in1k_top1(logits: Any) -> np.ndarray:
     """(B, n) logits -> (B,) ImageNet-1k index of each row's argmax over *all* outputs (first
     maximum on ties, like torch.max), -1 when it is a class outside ImageNet-1k.
@@ -294,7 +248,7 @@ def spurious_score_rows(
     """The rows of the released spurious_score.txt, one per class of the spurious images, by
     class index (the released file lists them in set order).
 
-    Per image: ``*_target`` its class k, ``*_prob`` its p_k (see `head_in1k_probabilities`),
+    Per image: ``*_target`` its class k, ``*_prob`` its p_k (softmax over the whole head),
     ``*_top1`` the 1k index of its argmax (`head_in1k_top1`). Real images of classes without
     spurious images are left out, as the released code loads only the matching val classes.
     Per class k: ``average_precision`` (the released "Spurious AUC") and ``roc_auc`` of real

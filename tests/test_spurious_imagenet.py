@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,20 +26,67 @@ from spurcli.spurious_imagenet import (
     SPURIOUS_SCORE_COLUMNS,
     check_head_has_class,
     check_head_outputs,
-    head_in1k_logits,
-    head_in1k_probabilities,
     head_in1k_top1,
     in21k_index,
     protocol_image,
     protocol_input_size,
     protocol_resized_size,
-    protocol_unit_array,
     spurious_score_joint,
     spurious_score_rows,
     write_spurious_score_csv,
 )
 
 BICUBIC = Image.Resampling.BICUBIC
+
+
+# Reference implementations of the released code's arithmetic, written out in numpy for the
+# tests (production reads probabilities with spurcli.metrics.target_prob at the mapped columns,
+# and feeds uint8 / 255 on the device).
+
+
+def protocol_unit_array(img: Image.Image) -> np.ndarray:
+    """torchvision's ToTensor of an RGB image: (3, H, W) float32, uint8 / 255.
+
+    float32 division is correctly rounded in numpy and torch alike, so this is bit-identical.
+    """
+    if img.mode != "RGB":
+        raise ValueError(f"expected an RGB image (see protocol_image), got mode {img.mode}")
+    pixels = np.asarray(img, dtype=np.uint8)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
+
+
+def head_in1k_logits(logits: Any) -> np.ndarray:
+    """(B, n) logits of an accepted head -> (B, 1000) logits: the 1k classes' columns, -inf for
+    a class the head lacks.
+
+    Not the released protocol's numbers: a softmax over these renormalises over the 1000 classes
+    only, where the released code's softmax runs over the whole head
+    (`head_in1k_probabilities`). For a 1000-output head the two agree.
+    """
+    array = np.asarray(logits)
+    check_head_outputs(array.shape[1])  # production's refusal, first
+    index = in21k_index(array.shape[1])
+    out = array[:, np.maximum(index, 0)].astype(np.result_type(array.dtype, np.float32))
+    out[:, index < 0] = -np.inf
+    return out
+
+
+def head_in1k_probabilities(logits: Any, dtype: type[np.floating] = np.float64) -> np.ndarray:
+    """(B, n) logits -> (B, 1000): softmax over all ``n`` outputs, read at each 1k class's column
+    (0 for a class the head lacks), as the released code does; rows of a 21k head sum to < 1.
+
+    ``dtype=np.float32`` reproduces the released code's float32 rounding (p above 1 - 6e-8 is
+    1.0 there, which can tie confident images); float64 keeps them apart, as spurcli does.
+    """
+    array = np.asarray(logits).astype(dtype)
+    check_head_outputs(array.shape[1])  # production's refusal, first
+    top = array.max(axis=1, keepdims=True)  # log-sum-exp: no overflow for large logits
+    probabilities = np.exp(array - top)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    index = in21k_index(array.shape[1])
+    out = probabilities[:, np.maximum(index, 0)]
+    out[:, index < 0] = 0.0
+    return out
 
 
 def _photo(name: str) -> Image.Image:
