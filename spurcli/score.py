@@ -467,9 +467,9 @@ class SpuriousImageNetResult(_Rows):
         ]
         if self.skipped:
             notes.append(f"{len(self.skipped)} skipped (unreadable)")
-        summary.caption = ", ".join(notes)
         if any(m.is_random for m in self.models):
-            summary.caption += "\n" + RANDOM_NOTE
+            notes[-1] += "\n" + RANDOM_NOTE
+        summary.caption = plain(", ".join(notes))  # "[lo, hi]" is text, not markup
         per_class = Table(title="per class: roc_auc / average_precision")
         per_class.add_column("class")
         for m in self.models:

@@ -733,6 +733,7 @@ def test_cli_class_csv_and_preprocess(tmp_path, sin_plugins, monkeypatch, capsys
     assert "\nprobe,spurious-imagenet,32,94,n01833805," in csv_path.read_text()
     assert '"preprocess": "spurious-imagenet"' in json_path.read_text()
     assert "joint_average_precision" in out and "--preprocess spurious-imagenet" in out
+    assert "joint_*: [lo, hi] 95% percentile bootstrap, 1000 resamples" in out
     code, _, err = run("score", sin, "--target", "94", "-c", "probe", "--class-csv", csv_path)
     assert code == 2 and "--class-csv is the per-class table" in err
     code, _, err = run(*args[:7], "--preprocess", "spurious-imagenett")
