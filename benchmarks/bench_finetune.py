@@ -68,9 +68,9 @@ def child(spec: dict) -> dict:
     import torch
 
     from spurcli import console
-    from spurcli import finetune as finetune_module
-    from spurcli.config import FinetuneConfig
-    from spurcli.finetune import finetune
+    from spurcli.generate import finetune as finetune_module
+    from spurcli.generate.config import FinetuneConfig
+    from spurcli.generate.finetune import finetune
 
     torch.set_num_threads(1)
     console.configure(quiet=True)
@@ -337,7 +337,7 @@ PEER_ROWS = [
 
 
 def peer_table(work: Path, base: dict, peer_dir: Path, n1: int, n2: int) -> None:
-    from spurcli.diffusion import build_tiny_pipeline
+    from spurcli.generate.pipelines import build_tiny_pipeline
 
     model = work / "tiny-sd"
     if not model.exists():

@@ -1,4 +1,4 @@
-"""What the uncertainty costs: seconds per interval of `spurcli.metrics`, by set size.
+"""What the uncertainty costs: seconds per interval of `spurcli.evaluate.metrics`, by set size.
 
     python benchmarks/bench_intervals.py                       # 1000 resamples, n = 50..5000
     python benchmarks/bench_intervals.py --resamples 2000 --sizes 100 1000
@@ -20,7 +20,7 @@ from functools import partial
 
 import numpy as np
 
-from spurcli import metrics
+from spurcli.evaluate import metrics
 
 
 def seconds(work: Callable[[], object], repeats: int) -> float:

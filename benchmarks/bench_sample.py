@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from spurcli.diffusion import load_pipeline
-from spurcli.sample import SampleConfig, derive_seed, sample
+from spurcli.generate.pipelines import load_pipeline
+from spurcli.generate.sample import SampleConfig, derive_seed, sample
 
 PROMPTS = ["a photo of a red flower", "a photo of a hummingbird feeder"]
 

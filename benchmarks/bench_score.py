@@ -86,7 +86,7 @@ class Sides:
         return self.baseline(folder) if side == "baseline" else self.spurcli(side, folder)
 
     def spurcli(self, side: str, folder: Path) -> np.ndarray:
-        from spurcli.score import score_images
+        from spurcli.evaluate.score import score_images
 
         result = score_images(
             folder,
@@ -103,7 +103,7 @@ class Sides:
         import torch
         from PIL import ImageOps
 
-        from spurcli import metrics
+        from spurcli.evaluate import metrics
         from spurcli.images import find_images, read_image, to_tensor
 
         paths, size, step = find_images(folder), (self.image_size,) * 2, self.batch_size

@@ -11,8 +11,8 @@ tokenizer stands in for CLIP's BPE, which changes no shape), saved as a diffuser
 robust ResNet-50 extractor and the resnet / vit / clip victims come from spurcli's plugins with
 ``random`` weights, taesd (`--sfsl-decoder taesd`) is ``random`` too.
 
-What it measures, through spurcli's own functions (`spurcli.finetune.finetune`, `spurcli.sample.
-sample`, `spurcli.score.score_images`), not a re-implementation:
+What it measures, through spurcli's own functions (`spurcli.generate.finetune.finetune`, `spurcli.generate.sample.
+sample`, `spurcli.evaluate.score.score_images`), not a re-implementation:
 
 - finetune at 512 px, fp16 autocast, batch 1 + 1 prior image, text encoder trained: ms/step
   (median after warm-up steps) and peak CUDA memory (torch.cuda.max_memory_allocated, reset after
@@ -119,7 +119,7 @@ def build_sd15(folder: Path, device: str) -> Path:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from spurcli.diffusion import build_tiny_pipeline
+    from spurcli.generate.pipelines import build_tiny_pipeline
 
     tiny = build_tiny_pipeline()  # its tokenizer and SD 1.x's scheduler
     vocab = tiny.tokenizer.get_vocab()
@@ -188,8 +188,8 @@ def _row(kind: str, name: str, fn: Any) -> dict[str, Any]:
 def finetune_row(setup: Setup, model: str, work: Path, change: dict) -> dict:
     import torch
 
-    from spurcli.config import FinetuneConfig
-    from spurcli.finetune import finetune
+    from spurcli.generate.config import FinetuneConfig
+    from spurcli.generate.finetune import finetune
 
     change = {k: (setup.decode_size if v == "DECODE" else v) for k, v in change.items()}
     cfg = FinetuneConfig(
@@ -232,8 +232,8 @@ def finetune_row(setup: Setup, model: str, work: Path, change: dict) -> dict:
 def sample_row(setup: Setup, model: str, work: Path) -> dict:
     import torch
 
-    from spurcli.diffusion import load_pipeline, resolve_model
-    from spurcli.sample import SampleConfig, sample, torch_dtype
+    from spurcli.generate.pipelines import load_pipeline, resolve_model
+    from spurcli.generate.sample import SampleConfig, sample, torch_dtype
 
     cuda = torch.cuda.is_available()
     ref = resolve_model(model)
@@ -259,8 +259,8 @@ def sample_row(setup: Setup, model: str, work: Path) -> dict:
 
 
 def score_row(setup: Setup, images: Path, victim: str) -> dict:
+    from spurcli.evaluate.score import score_images
     from spurcli.plugins import load_classifiers
-    from spurcli.score import score_images
 
     models = load_classifiers([victim], weights={victim: "random"})
     score_images(images, target=94, classifiers=models)  # warm-up (and clip's zero-shot head)

@@ -6,7 +6,7 @@
 On the `mini` model (its VAE works, so SFSL's gradient is real, unlike through `tiny`'s random
 decoder), with the quickstart's references and effnet-lite0 as the extractor, for timesteps drawn
 in equal bins of [0, 1000): the L2 norm of the gradient that each term puts on the UNet's weights,
-each term alone (spurcli.losses' functions, the same ones `finetune` calls):
+each term alone (spurcli.generate.losses' functions, the same ones `finetune` calls):
 
     instance  MSE(pred, target) on the references with the instance prompt
     prior     the same on the references with the class prompt (stands in for prior images)
@@ -28,15 +28,9 @@ from pathlib import Path
 
 import torch
 
-from spurcli.diffusion import load_pipeline
+from spurcli.generate.losses import SFSL, add_noise, diffusion_target, predicted_x0, sfsl_loss
+from spurcli.generate.pipelines import load_pipeline
 from spurcli.images import read_folder
-from spurcli.losses import (
-    SFSL,
-    add_noise,
-    diffusion_target,
-    predicted_x0,
-    sfsl_loss,
-)
 
 REFERENCES = Path(__file__).resolve().parents[1] / "examples" / "quickstart-references"
 

@@ -61,9 +61,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="keep the tree here (default: a temp folder)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from spurcli.config import ScoreConfig
+    from spurcli.evaluate.config import ScoreConfig
+    from spurcli.evaluate.score import fmt_metric, score
     from spurcli.plugins import load_classifiers
-    from spurcli.score import fmt_metric, score
 
     root = args.out or Path(tempfile.mkdtemp(prefix="sin-protocol-"))
     sin, val = build_tree(root)

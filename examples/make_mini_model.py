@@ -7,13 +7,13 @@ Deterministic: one CPU thread, torch's deterministic algorithms, every random dr
 seed, so the same torch/diffusers versions on a CPU reproduce the committed files exactly (the
 versions used are recorded in mini.json). Two stages, each on its own crop bank:
 
-1. VAE (spurcli.mini.mini_vae): random square crops of every photo in spurcli.mini.PHOTOS, 64 px,
+1. VAE (spurcli.generate.mini.mini_vae): random square crops of every photo in spurcli.generate.mini.PHOTOS, 64 px,
    random flips; L1 + MSE reconstruction + a tiny KL term (as SD's VAE, without its perceptual
    and adversarial terms, which need networks we do not ship). The latent scale (SD's 0.18215)
    is 1 / std of the posterior means over the bank.
-2. UNet (spurcli.mini.mini_unet): DreamBooth's objective without DreamBooth, i.e. plain epsilon-
+2. UNet (spurcli.generate.mini.mini_unet): DreamBooth's objective without DreamBooth, i.e. plain epsilon-
    prediction denoising under SD 1.x's noise schedule, on 128 px crops of every photo *except*
-   brick (spurcli.mini.UNET_HELD_OUT), captioned "a photo of <noun>" through tiny's frozen text
+   brick (spurcli.generate.mini.UNET_HELD_OUT), captioned "a photo of <noun>" through tiny's frozen text
    encoder. This is the "base model" the quickstart's untuned baseline samples from.
 """
 
@@ -36,9 +36,16 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from spurcli.diffusion import build_tiny_pipeline
-from spurcli.losses import add_noise
-from spurcli.mini import PHOTOS, RECIPE_FILE, UNET_HELD_OUT, WEIGHTS_DIR, mini_unet, mini_vae
+from spurcli.generate.losses import add_noise
+from spurcli.generate.mini import (
+    PHOTOS,
+    RECIPE_FILE,
+    UNET_HELD_OUT,
+    WEIGHTS_DIR,
+    mini_unet,
+    mini_vae,
+)
+from spurcli.generate.pipelines import build_tiny_pipeline
 
 RECIPE = {
     "seed": 0,

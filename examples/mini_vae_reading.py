@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from spurcli import plugins
-from spurcli.diffusion import load_pipeline
+from spurcli.generate.pipelines import load_pipeline
 
 TARGET = 807  # solar thermal collector
 REFERENCES = Path(__file__).resolve().parent / "quickstart-references"

@@ -73,3 +73,8 @@ def html_text(text: Any) -> str:
 def html_attribute(text: Any) -> str:
     """``text`` for an HTML attribute value or ``<title>``: escaped, control characters shown."""
     return html.escape(terminal(text), quote=True)
+
+
+def slugify(prompt: str, limit: int = 60) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].strip("-")
+    return slug or "prompt"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spurcli.config import FinetuneConfig
+from spurcli.generate.config import FinetuneConfig
 
 # Tiny models on a shared 2-core machine: more threads only add contention (10-50x slower).
 SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -54,7 +54,7 @@ def cli_main(monkeypatch, capsys):
 
     def run(*args: str) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["spurcli", *args])
-        cli._state["verbose"] = 0
+        cli.state["verbose"] = 0
         capsys.readouterr()
         try:
             cli.main()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spurcli.experiment import load_experiment
+from spurcli.experiment.run import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "examples" / "classes").glob("*.toml"))

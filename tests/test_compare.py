@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from _compare_helpers import make_sets
 
-from spurcli.compare import (
+from spurcli.errors import SpurcliError
+from spurcli.evaluate.compare import (
     CompareConfig,
     CompareResult,
     Features,
@@ -19,8 +20,7 @@ from spurcli.compare import (
     nearest_neighbours,
     similarity,
 )
-from spurcli.errors import SpurcliError
-from spurcli.metrics import rate_difference
+from spurcli.evaluate.metrics import rate_difference
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
@@ -127,8 +127,9 @@ def test_compare_decodes_each_image_once_for_classifiers_and_extractors(
 ):
     """One pass serves both folders, the real images (shared), the classifiers and extractors;
     its features are those `extract_features` (what `run` uses) takes folder by folder."""
-    from spurcli import imagepass, plugins
-    from spurcli.compare import extract_features
+    from spurcli import plugins
+    from spurcli.evaluate import imagepass
+    from spurcli.evaluate.compare import extract_features
 
     a, b = make_sets(tmp_path)
     real = shutil.copytree(a, tmp_path / "real")
@@ -203,7 +204,8 @@ def _sample_set(root, prompt: str, red: list[int], base_seed: int = 0, manifest:
     the seed derived from (base_seed, i); red ones are hummingbirds to the fake classifier."""
     from PIL import Image
 
-    from spurcli.sample import derive_seed, save_image, slugify, write_manifest
+    from spurcli.generate.sample import derive_seed, save_image, write_manifest
+    from spurcli.text import slugify
 
     records = {}
     for i, is_red in enumerate(red):

@@ -1,4 +1,4 @@
-"""Settings declared once (`spurcli.config.option`): the CLI options, --help, the bounds check
+"""Settings declared once (`spurcli.settings.option`): the CLI options, --help, the bounds check
 and docs/settings.md all derive from the config fields."""
 
 from __future__ import annotations
@@ -10,30 +10,28 @@ from pathlib import Path
 import pytest
 import typer
 
-from spurcli import cli, config
-from spurcli.config import (
-    CompareConfig,
-    FinetuneConfig,
-    SampleConfig,
-    ScoreConfig,
-    check_fields,
-    option,
-)
+from spurcli import cli
+from spurcli.cli import commands, settings_doc
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.evaluate.config import CompareConfig, CurateConfig, ImagePass, ScoreConfig
+from spurcli.generate.config import FinetuneConfig, SampleConfig
+from spurcli.settings import check_fields, option, option_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ROOT / "docs" / "settings.md"
 
 
 def test_settings_reference_is_up_to_date():
-    assert SETTINGS.read_text(encoding="utf-8") == config.settings_markdown(), (
-        "docs/settings.md is out of date: python -m spurcli.config --write-docs docs/settings.md"
+    assert SETTINGS.read_text(encoding="utf-8") == settings_doc.settings_markdown(), (
+        "docs/settings.md is out of date: python -m spurcli.cli.settings_doc --write-docs docs/settings.md"
     )
 
 
 def test_the_documented_command_writes_the_reference(tmp_path):
-    config.settings_docs_main(["--write-docs", str(tmp_path / "settings.md")])
-    assert (tmp_path / "settings.md").read_text(encoding="utf-8") == config.settings_markdown()
+    settings_doc.settings_docs_main(["--write-docs", str(tmp_path / "settings.md")])
+    assert (tmp_path / "settings.md").read_text(
+        encoding="utf-8"
+    ) == settings_doc.settings_markdown()
 
 
 def _literal(text: str, hint: object) -> tuple[bool, object]:
@@ -62,7 +60,7 @@ def test_the_finetune_guide_states_the_defaults_the_code_has():
     hints = typing.get_type_hints(FinetuneConfig)
     by_flag = {}
     for fld in dataclasses.fields(FinetuneConfig):
-        for flag in config.option_flags(fld, hints[fld.name]):
+        for flag in option_flags(fld, hints[fld.name]):
             by_flag[flag.split("/")[0]] = fld
     checked = 0
     guide = (ROOT / "docs" / "finetune.md").read_text(encoding="utf-8")
@@ -78,7 +76,7 @@ def test_the_finetune_guide_states_the_defaults_the_code_has():
             fld = by_flag[flag]  # a flag the code does not have fails here
             plain, value = _literal(text, hints[fld.name])
             # a bool pair's default by the word of its flag: "random" of --center-crop/--random-crop
-            words = [f[2:].split("-")[0] for f in config.option_flags(fld, bool)[0].split("/")]
+            words = [f[2:].split("-")[0] for f in option_flags(fld, bool)[0].split("/")]
             if hints[fld.name] is bool and len(words) == 2 and text in words:
                 plain, value = True, text == words[0]
             if not plain:
@@ -157,7 +155,7 @@ def test_only_typed_options_override_the_file(cli_main, monkeypatch, tmp_path):
         seen.append(cfg)
         raise SpurcliError("stop here")
 
-    monkeypatch.setattr("spurcli.finetune.finetune", capture)
+    monkeypatch.setattr("spurcli.generate.finetune.finetune", capture)
     (tmp_path / "exp.toml").write_text(
         '[finetune]\nsteps = 5\nlr = 1e-4\ncenter_crop = true\nlora_targets = ["to_q"]\n'
     )
@@ -181,14 +179,14 @@ def sampled(monkeypatch):
         seen.append(cfg)
         raise SpurcliError("stop here")
 
-    monkeypatch.setattr("spurcli.sample.sample", capture)
+    monkeypatch.setattr("spurcli.generate.sample.sample", capture)
     return seen
 
 
 def test_every_sample_setting_is_an_option():
     import inspect
 
-    params = set(inspect.signature(cli.sample_command).parameters)
+    params = set(inspect.signature(commands.sample_command).parameters)
     assert {f.name for f in dataclasses.fields(SampleConfig)} <= params
 
 
@@ -245,14 +243,14 @@ def scored(monkeypatch):
         seen.append((cfg, Path(images_dir)))
         raise SpurcliError("stop here")
 
-    monkeypatch.setattr("spurcli.score.score", capture)
+    monkeypatch.setattr("spurcli.evaluate.score.score", capture)
     return seen
 
 
 def test_every_score_setting_is_an_option():
     import inspect
 
-    params = set(inspect.signature(cli.score_command).parameters)
+    params = set(inspect.signature(commands.score_command).parameters)
     assert {f.name for f in dataclasses.fields(ScoreConfig)} <= params
 
 
@@ -326,14 +324,14 @@ def compared(monkeypatch):
         seen.append(cfg)
         raise SpurcliError("stop here")
 
-    monkeypatch.setattr("spurcli.compare.compare", capture)
+    monkeypatch.setattr("spurcli.evaluate.compare.compare", capture)
     return seen
 
 
 def test_every_compare_setting_is_an_option():
     import inspect
 
-    params = set(inspect.signature(cli.compare_command).parameters)
+    params = set(inspect.signature(commands.compare_command).parameters)
     assert {f.name for f in dataclasses.fields(CompareConfig)} <= params
 
 
@@ -364,9 +362,9 @@ def test_compare_reads_a_run_configs_table(cli_main, compared, tmp_path):
 def test_every_curate_setting_is_an_option_but_two():
     import inspect
 
-    from spurcli.config import CurateConfig
+    from spurcli.evaluate.config import CurateConfig
 
-    params = set(inspect.signature(cli.curate_command).parameters)
+    params = set(inspect.signature(commands.curate_command).parameters)
     # mode is --link/--copy; report_images serves the report of `spurcli run` only.
     assert {f.name for f in dataclasses.fields(CurateConfig)} - params == {"mode", "report_images"}
 
@@ -378,7 +376,7 @@ def test_curate_reads_a_config_table(cli_main, monkeypatch, tmp_path):
         seen.append(cfg)
         raise SpurcliError("stop here")
 
-    monkeypatch.setattr("spurcli.curate.curate", capture)
+    monkeypatch.setattr("spurcli.evaluate.curate.curate", capture)
     (tmp_path / "c.toml").write_text(
         '[curate]\ntarget = 94\nclassifiers = ["a", "b"]\nmin_fooled = 2\nmode = "link"\n'
     )
@@ -399,8 +397,11 @@ def test_curate_reads_a_config_table(cli_main, monkeypatch, tmp_path):
     assert code == 1 and seen[-1].mode == "copy" and seen[-1].detectors == ["owlv2"]
 
 
-def test_score_settings_of_another_command_come_over_by_name():
+def test_image_pass_settings_are_one_block_shared_by_every_scoring_command():
+    names = [f.name for f in dataclasses.fields(ImagePass)]
+    for cls in (ScoreConfig, CompareConfig, CurateConfig):
+        assert issubclass(cls, ImagePass)
+        assert [f.name for f in dataclasses.fields(cls)][: len(names)] == names
+    # the image pass takes any of them as it is
     compare = CompareConfig(target=94, classifiers=["a"], batch_size=4, device="cpu", strict=True)
-    score = ScoreConfig.like(compare, strict=False)
-    assert (score.batch_size, score.device, score.strict, score.target) == (4, "cpu", False, 94)
-    assert score.image_size == ScoreConfig().image_size  # compare has no such setting
+    assert (compare.batch_size, compare.image_size) == (4, ImagePass().image_size)

@@ -22,9 +22,9 @@ import pytest
 from PIL import Image
 
 from spurcli import plugins
-from spurcli.curate import CurateConfig, curate
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.metrics import wilson_interval
+from spurcli.evaluate.curate import CurateConfig, curate
+from spurcli.evaluate.metrics import wilson_interval
 
 COLOURS = {
     "red": (255, 0, 0),
@@ -233,7 +233,7 @@ def test_detector_output_is_checked(tmp_path, folders):
 
 
 def test_report_shows_kept_and_rejected_per_reason(fake_plugin, folders, tmp_path):
-    from spurcli.report import write_report
+    from spurcli.experiment.report import write_report
 
     images, refs = folders
     result = curate(images, tmp_path / "d", _config(references=refs, evaluate_with=["fake:1"]))
@@ -245,7 +245,7 @@ def test_report_shows_kept_and_rejected_per_reason(fake_plugin, folders, tmp_pat
 
 
 def test_config_checks(tmp_path):
-    from spurcli.curate import check_curate_config
+    from spurcli.evaluate.curate import check_curate_config
 
     with pytest.raises(UsageError, match="--min-fooled"):
         check_curate_config(_config(min_fooled=2), tmp_path / "a", tmp_path / "b")
@@ -277,7 +277,7 @@ def test_curate_with_the_builtin_owlv2_on_random_weights(fake_plugin, folders, t
 
 
 def test_run_stage_curates_the_sfsl_set_once(fake_plugin, tmp_path):
-    from spurcli import experiment
+    from spurcli.experiment import run as experiment
 
     config = tmp_path / "exp.toml"
     config.write_text(

@@ -30,9 +30,9 @@ from _finetune_helpers import (
 from PIL import Image
 
 from spurcli import cli, hookimpl, plugins
-from spurcli.diffusion import build_tiny_pipeline, load_pipeline, resolve_model
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.finetune import Interrupted, finetune
+from spurcli.generate.finetune import Interrupted, finetune
+from spurcli.generate.pipelines import build_tiny_pipeline, load_pipeline, resolve_model
 from spurcli.images import sha256_file
 
 LOG_KEYS = {"step", "loss", "loss_instance", "loss_prior", "loss_sfsl", "lr"}
@@ -545,7 +545,7 @@ def _flat(tensors: dict) -> torch.Tensor:
 def test_every_config_key_is_a_command_line_option():
     import inspect
 
-    from spurcli.config import FinetuneConfig
+    from spurcli.generate.config import FinetuneConfig
 
     params = set(inspect.signature(cli.finetune_command).parameters)
     assert {f.name for f in dataclasses.fields(FinetuneConfig)} <= params

@@ -20,9 +20,9 @@ import torch
 from _finetune_helpers import fast_config, make_refs, same_weights, weights
 from safetensors.torch import load_file
 
-from spurcli.diffusion import build_tiny_pipeline, load_pipeline, load_taesd, resolve_model
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.finetune import Interrupted, finetune
+from spurcli.generate.finetune import Interrupted, finetune
+from spurcli.generate.pipelines import build_tiny_pipeline, load_pipeline, load_taesd, resolve_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -104,7 +104,7 @@ def test_plain_diffusers_loads_the_adapters(lora_run):
 
 
 def test_sample_accepts_a_lora_run(lora_run, tmp_path):
-    from spurcli.sample import SampleConfig, sample
+    from spurcli.generate.sample import SampleConfig, sample
 
     config = SampleConfig(
         model=str(lora_run),
@@ -213,7 +213,7 @@ def test_grad_norms_leave_the_update_bit_identical(refs, class_dir, tmp_path):
 
 def test_term_grad_norms_against_backward():
     """`term_grad_norms` = the norm of each term's own gradient, taken alone."""
-    from spurcli.losses import term_grad_norms
+    from spurcli.generate.losses import term_grad_norms
 
     torch.manual_seed(0)
     w = [torch.randn(5, 3, requires_grad=True), torch.randn(3, requires_grad=True)]

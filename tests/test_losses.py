@@ -1,4 +1,4 @@
-"""The finetune objective (spurcli.losses) on the tiny Stable Diffusion: exact, small, fast.
+"""The finetune objective (spurcli.generate.losses) on the tiny Stable Diffusion: exact, small, fast.
 
 What must hold: the SFSL gradient reaches the UNet and the text encoder (through the frozen VAE
 decoder and extractor, which themselves get none); with weight 0 the objective is DreamBooth's to
@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from spurcli.diffusion import build_tiny_pipeline
-from spurcli.losses import (
+from spurcli.generate.losses import (
     SFSL,
     add_noise,
     decode_to_unit,
@@ -25,6 +24,7 @@ from spurcli.losses import (
     sfsl_loss,
     step_losses,
 )
+from spurcli.generate.pipelines import build_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -370,7 +370,7 @@ def test_training_attention_slicing_is_exact_and_saves_memory(part):
     """Query slices recomputed in backward: same output and gradients, less kept for backward."""
     from diffusers.models.attention_processor import AttnProcessor
 
-    from spurcli.diffusion import set_training_attention_slicing
+    from spurcli.generate.pipelines import set_training_attention_slicing
 
     torch.manual_seed(0)
     pipe = build_tiny_pipeline()

@@ -1,4 +1,4 @@
-"""spurcli.metrics against scikit-learn (ties included) and against hand-computed values."""
+"""spurcli.evaluate.metrics against scikit-learn (ties included) and against hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from spurcli.metrics import (
+from spurcli.evaluate.metrics import (
     average_precision,
     average_precision_of_sets,
     bootstrap_interval,

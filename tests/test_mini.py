@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from spurcli.diffusion import load_pipeline, resolve_model
-from spurcli.finetune import finetune
-from spurcli.mini import WEIGHTS_DIR, recipe
+from spurcli.generate.finetune import finetune
+from spurcli.generate.mini import WEIGHTS_DIR, recipe
+from spurcli.generate.pipelines import load_pipeline, resolve_model
 from tests._finetune_helpers import fast_config, make_refs
 
 
@@ -63,7 +63,7 @@ def test_mini_generates_at_its_native_size(mini):
 
 
 def test_sfsl_gradient_reaches_the_unet_through_the_mini_decoder(mini):
-    from spurcli.losses import SFSL, sfsl_loss
+    from spurcli.generate.losses import SFSL, sfsl_loss
 
     torch.manual_seed(0)
     extractor = torch.nn.Sequential(

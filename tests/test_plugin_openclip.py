@@ -300,7 +300,7 @@ def test_presence_detectors_are_registered():
 
 def test_presence_prompts_come_from_the_class_names_and_feature():
     from spurcli import imagenet
-    from spurcli.detect import object_query
+    from spurcli.evaluate.detect import object_query
 
     query = object_query(imagenet.resolve_class(2), ["a shark fin"], feature="ocean")
     prompts = spurcli_openclip.presence_prompts(query)
@@ -319,7 +319,7 @@ def test_presence_is_the_calibrated_sigmoid_of_cosine_differences(tiny_arch):
     import torch.nn.functional as F
 
     from spurcli import imagenet
-    from spurcli.detect import object_query
+    from spurcli.evaluate.detect import object_query
     from spurcli.plugins import detectors
 
     loaded = detectors().load(f"clip-presence:{TINY}", "random")

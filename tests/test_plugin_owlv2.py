@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from spurcli import imagenet
-from spurcli.detect import object_query
 from spurcli.errors import SpurcliError
+from spurcli.evaluate.detect import object_query
 from spurcli.plugins import detectors
 
 torch = pytest.importorskip("torch")

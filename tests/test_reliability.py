@@ -77,7 +77,7 @@ def test_sample_refuses_a_guidance_that_is_not_finite(spurcli, tmp_path, guidanc
 def test_a_huge_lr_stops_at_the_first_update_instead_of_saving_nan(refs, tmp_path):
     # 1e38 passes every check (it is finite), and one AdamW step takes the weights to ~1e38:
     # before the guard a 1-step run finished (exit 0) with a pipeline of inf/NaN weights.
-    from spurcli.finetune import finetune
+    from spurcli.generate.finetune import finetune
 
     out = tmp_path / "run"
     with pytest.raises(SpurcliError, match="non-finite in the update of step 1") as info:
@@ -89,7 +89,7 @@ def test_a_huge_lr_stops_at_the_first_update_instead_of_saving_nan(refs, tmp_pat
 def test_weights_poisoned_by_an_update_name_only_a_finite_checkpoint(refs, tmp_path, monkeypatch):
     # An update that writes NaN while the loss before it is finite: the old guard (the loss
     # only) saved it as a checkpoint and named it "last good".
-    from spurcli import finetune as finetune_module
+    from spurcli.generate import finetune as finetune_module
 
     real = finetune_module._optimizer
 
@@ -121,7 +121,7 @@ def test_weights_poisoned_by_an_update_name_only_a_finite_checkpoint(refs, tmp_p
 def test_last_good_checkpoint_skips_one_with_nan_weights(tmp_path):
     from safetensors.torch import save_file
 
-    from spurcli.checkpoints import last_good_checkpoint
+    from spurcli.generate.checkpoints import last_good_checkpoint
 
     for step, value in ((1, 1.0), (2, float("nan"))):
         folder = tmp_path / "checkpoints" / f"step-{step}"
@@ -132,7 +132,7 @@ def test_last_good_checkpoint_skips_one_with_nan_weights(tmp_path):
 
 
 def test_sample_refuses_a_model_with_nan_weights(spurcli, tmp_path):
-    from spurcli.diffusion import build_tiny_pipeline
+    from spurcli.generate.pipelines import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     with torch.no_grad():
@@ -225,7 +225,8 @@ def test_a_result_of_another_kind_is_refused(spurcli, refs, tmp_path):
 
 def test_old_results_without_a_marker_are_still_theirs(tmp_path):
     from spurcli.fileio import FOLDER_FILE, output_folder
-    from spurcli.sample import MANIFEST, is_sample_folder
+    from spurcli.generate.sample import is_sample_folder
+    from spurcli.records import MANIFEST
 
     (tmp_path / MANIFEST).write_text("")
     with output_folder(tmp_path, "sample", recognise=is_sample_folder):
@@ -313,7 +314,7 @@ def test_result_paths_are_checked_before_the_work(spurcli, tmp_path, fake_plugin
 @pytest.fixture
 def checkpointed(refs, tmp_path):
     """A 2-step run with checkpoints step-1 and step-2 (and a finished pipeline)."""
-    from spurcli.finetune import finetune
+    from spurcli.generate.finetune import finetune
 
     out = tmp_path / "run"
     finetune(dreambooth(refs, out, steps=2, checkpoint_every=1, keep_checkpoints=0))
@@ -337,7 +338,7 @@ def test_broken_and_poisoned_checkpoints_are_one_line_and_never_run(refs, checkp
 
     from safetensors.torch import save_file
 
-    from spurcli.finetune import finetune
+    from spurcli.generate.finetune import finetune
 
     step2 = checkpointed / "checkpoints" / "step-2"
     marker = tmp_path / "payload-ran"
@@ -364,7 +365,7 @@ def test_broken_and_poisoned_checkpoints_are_one_line_and_never_run(refs, checkp
 
 
 def test_resume_latest_skips_a_checkpoint_that_does_not_load(refs, checkpointed, caplog):
-    from spurcli.finetune import finetune
+    from spurcli.generate.finetune import finetune
 
     step2 = checkpointed / "checkpoints" / "step-2" / "unet.safetensors"
     step2.write_bytes(step2.read_bytes()[:500])  # a save killed half-way (an old version's)
@@ -430,7 +431,7 @@ def hostile(tmp_path, fake_plugin):
     """A comparison whose labels and file names carry markup of every sink."""
     from _compare_helpers import RED, solid
 
-    from spurcli.compare import CompareConfig, compare
+    from spurcli.evaluate.compare import CompareConfig, compare
 
     a, b = tmp_path / "a", tmp_path / "b"
     solid(a / "=cmd|' calc'!A1.png", RED[0], (32, 32))
@@ -455,8 +456,8 @@ def test_hostile_labels_reach_rich_tables_as_typed(hostile):
 def test_csv_cells_never_start_a_formula_and_read_back_exactly(hostile, tmp_path):
     import csv
 
-    from spurcli.experiment import read_rows
-    from spurcli.score import score_folders
+    from spurcli.evaluate.score import score_folders
+    from spurcli.experiment.run import read_rows
 
     path = tmp_path / "rows.csv"
 
@@ -500,7 +501,7 @@ def test_hostile_labels_in_the_report_rendered_by_chromium(hostile, tmp_path):
     import subprocess
     import tempfile
 
-    from spurcli.report import write_report
+    from spurcli.experiment.report import write_report
 
     chromium = _chromium()
     if chromium is None:
@@ -541,7 +542,7 @@ def test_hostile_labels_in_the_report_rendered_by_chromium(hostile, tmp_path):
 def test_prompt_folders_are_unique_by_construction():
     import hashlib
 
-    from spurcli.sample import prompt_folders
+    from spurcli.generate.sample import prompt_folders
 
     hashed = f"a-b-{hashlib.sha1(b'a b').hexdigest()[:8]}"
     prompts = [hashed, "a b", "a-b", "A B", "a  b"]  # the first is literally the second's hash
@@ -555,7 +556,7 @@ def test_prompt_folders_are_unique_by_construction():
 def test_a_one_image_job_is_not_padded_to_the_batch_size(tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
-    from spurcli.sample import SampleConfig, sample
+    from spurcli.generate.sample import SampleConfig, sample
 
     rows = []
     real = StableDiffusionPipeline.__call__
@@ -574,7 +575,7 @@ def test_a_one_image_job_is_not_padded_to_the_batch_size(tmp_path, monkeypatch):
 def test_prior_images_of_another_prompt_are_regenerated(refs, tmp_path, caplog):
     from PIL import Image
 
-    from spurcli.finetune import finetune
+    from spurcli.generate.finetune import finetune
 
     class_dir = tmp_path / "priors"
     base = dreambooth(refs, tmp_path / "one", steps=1, prior_weight=1.0, num_class_images=1,
@@ -588,7 +589,7 @@ def test_prior_images_of_another_prompt_are_regenerated(refs, tmp_path, caplog):
 
 
 def test_a_pipeline_folder_of_pickled_bin_files_is_refused(spurcli, tmp_path):
-    from spurcli.diffusion import build_tiny_pipeline
+    from spurcli.generate.pipelines import build_tiny_pipeline
 
     build_tiny_pipeline().save_pretrained(tmp_path / "model", safe_serialization=False)
     code, _, err = spurcli("sample", tmp_path / "model", "-p", "x", "--out", tmp_path / "s")

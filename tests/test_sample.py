@@ -17,19 +17,17 @@ import pytest
 from PIL import Image
 
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.sample import (
-    MANIFEST,
+from spurcli.generate.sample import (
     SampleConfig,
     derive_seed,
     fill_identifier,
-    png_record,
     prompt_folders,
-    read_manifest,
     sample,
-    slugify,
     with_recontext,
     without_identifier,
 )
+from spurcli.records import MANIFEST, png_record, read_manifest
+from spurcli.text import slugify
 
 PROMPTS = ["a photo of a red flower", "a red feeder"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    from spurcli.diffusion import load_pipeline
+    from spurcli.generate.pipelines import load_pipeline
 
     return load_pipeline("tiny")
 
@@ -164,7 +162,7 @@ def test_changed_settings_are_refused(tmp_path, tiny_pipe):
 
 
 def test_finetune_run_supplies_the_identifier(tmp_path, tiny_pipe, caplog):
-    from spurcli.diffusion import resolve_model
+    from spurcli.generate.pipelines import resolve_model
 
     run = tmp_path / "run"  # what `spurcli finetune` leaves (a pipeline folder is all it takes
     (run / "pipeline").mkdir(parents=True)  # to be recognised; the loaded pipe stands in for it)

@@ -19,11 +19,12 @@ import pytest
 from _score_helpers import FACTORY_CALLS, MODES, ScoreTestPlugin, expected_prob, write_solid
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from spurcli import imagepass, plugins
+from spurcli import plugins
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.metrics import wilson_interval
+from spurcli.evaluate import imagepass
+from spurcli.evaluate.metrics import wilson_interval
+from spurcli.evaluate.score import score_images, score_spurious_imagenet
 from spurcli.plugins import get_plugins, load_classifiers
-from spurcli.score import score_images, score_spurious_imagenet
 
 K = 94  # hummingbird
 DET = ["det-r", "det-g", "det-b"]
@@ -484,7 +485,7 @@ def test_two_processes_equal_one(tmp_path):
 
 
 def test_per_image_numbers_read_back_from_their_rows():
-    from spurcli.imagepass import PerImage
+    from spurcli.evaluate.imagepass import PerImage
 
     per_image = PerImage(
         ["a", "b"],

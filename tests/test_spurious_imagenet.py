@@ -1,4 +1,4 @@
-"""spurcli.spurious_imagenet (the released Spurious ImageNet protocol) and the joint score.
+"""spurcli.evaluate.spurious_imagenet (the released Spurious ImageNet protocol) and the joint score.
 
 Pixels against PIL's bicubic resize / crop with hand-derived sizes and offsets (and against
 torchvision's transforms, composed as the released code composes them, when installed); the
@@ -20,8 +20,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from spurcli import imagenet
 from spurcli.errors import SpurcliError
-from spurcli.metrics import joint_ranking_scores
-from spurcli.spurious_imagenet import (
+from spurcli.evaluate.metrics import joint_ranking_scores
+from spurcli.evaluate.spurious_imagenet import (
     ACCEPTED_OUTPUTS,
     SPURIOUS_SCORE_COLUMNS,
     check_head_has_class,
@@ -40,7 +40,7 @@ BICUBIC = Image.Resampling.BICUBIC
 
 
 # Reference implementations of the released code's arithmetic, written out in numpy for the
-# tests (production reads probabilities with spurcli.metrics.target_prob at the mapped columns,
+# tests (production reads probabilities with spurcli.evaluate.metrics.target_prob at the mapped columns,
 # and feeds uint8 / 255 on the device).
 
 
@@ -576,8 +576,8 @@ def _sin_photos(root: Path) -> tuple[Path, Path]:
 
 
 def _score_sin(sin: Path, val: Path, classifiers: list[str], preprocess: str = "model", **more):
-    from spurcli.config import ScoreConfig
-    from spurcli.score import score
+    from spurcli.evaluate.config import ScoreConfig
+    from spurcli.evaluate.score import score
 
     cfg = ScoreConfig(
         classifiers=classifiers,
@@ -669,7 +669,7 @@ def test_a_21k_head_scores_through_the_map(tmp_path, sin_plugins):
             per_image.images, per_image.target, per_image.target_prob[0], per_image.top1[0],
             strict=True,
         ):  # fmt: skip
-            from spurcli.imagepass import SquareImages
+            from spurcli.evaluate.imagepass import SquareImages
 
             _, square, _, _ = SquareImages([root / name], 384)[0]
             with torch.no_grad():
@@ -781,9 +781,9 @@ def test_only_a_non_square_protocol_image_gets_the_no_crop_explanation(tmp_path,
 
 
 def test_compare_under_the_protocol_records_it_in_json_and_report(tmp_path, sin_plugins):
-    from spurcli.compare import compare
-    from spurcli.config import CompareConfig
-    from spurcli.report import write_report
+    from spurcli.evaluate.compare import compare
+    from spurcli.evaluate.config import CompareConfig
+    from spurcli.experiment.report import write_report
 
     sin, val = _sin_photos(tmp_path)
     cfg = CompareConfig(

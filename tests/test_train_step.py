@@ -14,9 +14,9 @@ import pytest
 import torch
 from _finetune_helpers import fast_config, make_refs
 
-from spurcli.config import FinetuneConfig
 from spurcli.errors import SpurcliError
-from spurcli.finetune import (
+from spurcli.generate.config import FinetuneConfig
+from spurcli.generate.finetune import (
     LOSS_KEYS,
     Training,
     load_training_models,

@@ -131,7 +131,7 @@ def main() -> None:
         vae = load_vae(Path(sys.argv[1]))
         label = sys.argv[1]
     else:
-        from spurcli.diffusion import load_pipeline
+        from spurcli.generate.pipelines import load_pipeline
 
         vae = load_pipeline("mini").vae
         label = "committed mini"

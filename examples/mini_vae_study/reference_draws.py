@@ -9,7 +9,7 @@ plus the nearest ones. An exact match at bank_size 128 would be the reference pi
 
 import numpy as np
 
-from spurcli.mini import PHOTOS
+from spurcli.generate.mini import PHOTOS
 
 REFS = [(0, 0), (256, 256), (128, 0), (0, 256), (256, 0), (128, 128), (0, 128), (128, 256)]
 names = sorted(PHOTOS)

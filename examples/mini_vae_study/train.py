@@ -6,7 +6,7 @@
 Each variant is make_mini_model.py's VAE stage (same photos, same crop_bank, same seeds, one CPU
 thread, deterministic algorithms) with some settings changed; VARIANTS lists them. Options:
 
-- arch: "mini" (spurcli.mini.mini_vae: 16-32-64-64, 8x) | "wide" (32-64-128-128, 8x) |
+- arch: "mini" (spurcli.generate.mini.mini_vae: 16-32-64-64, 8x) | "wide" (32-64-128-128, 8x) |
   "f4" (16-32-64, 4x downsampling: 32 x 32 x 4 latents at 128 px)
 - bank_size / size: crops are made at bank_size px; each step trains on random size x size
   patches of them (bank_size == size: whole crops, as make_mini_model.py). bank_size 128 puts
@@ -77,7 +77,7 @@ VARIANTS = {
 def build_vae(arch: str, scaling_factor: float = 1.0):
     from diffusers import AutoencoderKL
 
-    from spurcli.mini import RESOLUTION, mini_vae
+    from spurcli.generate.mini import RESOLUTION, mini_vae
 
     if arch == "mini":
         return mini_vae(scaling_factor)

@@ -5,7 +5,7 @@
 
     import torch
     from spurcli import imagenet
-    from spurcli.detect import object_query
+    from spurcli.evaluate.detect import object_query
     from spurcli.plugins import detectors
     owl = detectors().load("owlv2", weights="random").module      # a tiny random OWLv2
     owl(torch.rand(2, 3, 64, 64), object_query(imagenet.resolve_class(94)))  # (2,) in [0, 1]
@@ -76,7 +76,7 @@ def tiny_random(seed: int = 0) -> tuple[Any, Any]:
     import torch
     from transformers import Owlv2Config, Owlv2ForObjectDetection
 
-    from spurcli.diffusion import _tiny_tokenizer  # CLIP tokenizer over bytes, built offline
+    from spurcli.generate.pipelines import _tiny_tokenizer
 
     tokenizer = _tiny_tokenizer()
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}

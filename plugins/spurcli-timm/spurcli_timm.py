@@ -77,8 +77,8 @@ def make_vit(weights: str | None) -> Any:
 def make_classifier(weights: str | None, variant: str, name: str | None = None) -> Any:
     """timm model ``variant`` as an ImageNet classifier taking any image size in [0, 1]: a 1k
     head, or a 21k one (21843 or 21841 outputs; core reads its 1k classes' columns)."""
+    from spurcli.evaluate.spurious_imagenet import ACCEPTED_OUTPUTS
     from spurcli.preprocess import preprocessed
-    from spurcli.spurious_imagenet import ACCEPTED_OUTPUTS
 
     net = create(variant, weights, name=name or f"timm:{variant}")
     if net.num_classes not in ACCEPTED_OUTPUTS:
@@ -182,7 +182,7 @@ def data_config(net: Any) -> dict[str, Any]:
 
 def protocol_size(net: Any) -> int:
     """The side the Spurious ImageNet protocol evaluates ``net`` at (its test_input_size)."""
-    from spurcli.spurious_imagenet import protocol_input_size
+    from spurcli.evaluate.spurious_imagenet import protocol_input_size
 
     return protocol_input_size(getattr(net, "pretrained_cfg", None) or {})
 

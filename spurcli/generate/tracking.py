@@ -1,6 +1,6 @@
 """Experiment tracking for `spurcli finetune --report-to tensorboard|wandb`: accelerate's trackers.
 
-    from spurcli.tracking import accelerator_kwargs, start, log_images
+    from spurcli.generate.tracking import accelerator_kwargs, start, log_images
     accelerator = Accelerator(**accelerator_kwargs(cfg))   # log_with + project_dir, or nothing
     start(accelerator, cfg)                                # the run's config as hyperparameters
     accelerator.log({"loss": 0.1, "lr": 1e-6}, step=1)     # a no-op without a tracker
@@ -34,7 +34,7 @@ def start(accelerator: Any, cfg: Any) -> None:
     """Open the tracker (main process) with the config as its hyperparameters."""
     if cfg.report_to == "none":
         return
-    from spurcli.config import to_dict
+    from spurcli.settings import to_dict
 
     # Trackers take numbers, text and booleans; lists and None become text.
     config = {

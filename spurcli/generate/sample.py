@@ -1,6 +1,6 @@
 """`spurcli sample`: many images per prompt from a (fine-tuned) Stable Diffusion, resumable.
 
-    from spurcli.sample import SampleConfig, sample
+    from spurcli.generate.sample import SampleConfig, sample
     result = sample(SampleConfig(model="tiny", prompts=["a photo of a red flower"], n=8,
                                  out="samples/", steps=4))
     result.generated, result.skipped        # 8, 0 (a second call: 0, 8)
@@ -11,7 +11,7 @@
 Layout: ``OUT/<prompt-slug>/000123.png`` (the parameters in PNG text chunks, the whole record as
 JSON in the ``spurcli`` chunk) and ``OUT/manifest.jsonl``, one line per image (``file``, ``prompt``,
 ``seed``, ``steps``, ``guidance``, ``scheduler``, ``model``, and ``model_id``: the exact weights,
-e.g. the hub commit or the folder's content hash, see `spurcli.diffusion.model_identity`), sorted
+e.g. the hub commit or the folder's content hash, see `spurcli.generate.pipelines.model_identity`), sorted
 by file.
 
 Reproducibility, and why the code looks the way it does:
@@ -43,16 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spurcli.config import SampleConfig
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.generate.config import SampleConfig
+from spurcli.records import MANIFEST, PNG_CHUNK, png_record, read_manifest
+from spurcli.text import slugify
 
 log = logging.getLogger(__name__)
 
 IDENTIFIER = "[V]"  # stands for the fine-tuned run's identifier token in prompts
 # DreamBooth's recontextualisation: the subject in places the references never showed.
 RECONTEXT = ("on the beach", "on Mount Fuji", "in a garden", "in a market")
-MANIFEST = "manifest.jsonl"
-PNG_CHUNK = "spurcli"  # the PNG text chunk holding the image's whole record as JSON
 # Fields that make two images "the same image": a finished file made with other values is an error.
 IDENTITY = (
     "prompt",
@@ -164,11 +164,6 @@ def fill_identifier(prompts: Sequence[str], identifier: str | None, tuned: bool)
     return out
 
 
-def slugify(prompt: str, limit: int = 60) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].strip("-")
-    return slug or "prompt"
-
-
 def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, str]:
     """prompt -> folder name; a slug already used by another prompt gets a hash suffix.
 
@@ -199,23 +194,6 @@ def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, s
 # --------------------------------------------------------------------------------------- manifest
 
 
-def read_manifest(out: Path) -> dict[str, dict[str, Any]]:
-    """file -> record; a torn last line (a kill mid-append) and repeated files are dropped."""
-    path = out / MANIFEST
-    if not path.is_file():
-        return {}
-    records: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            records[record["file"]] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            log.warning("%s line %d is not a manifest record; dropped", path, number)
-    return records
-
-
 def write_manifest(out: Path, records: dict[str, dict[str, Any]]) -> None:
     """The manifest sorted by file; left untouched when already so (its mtime means "changed")."""
     from spurcli.fileio import write_text
@@ -236,18 +214,6 @@ def append_manifest(out: Path, records: Sequence[dict[str, Any]]) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
-
-
-def png_record(path: Path) -> dict[str, Any] | None:
-    """The record stored in a spurcli PNG's text chunk (None for other PNGs)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            text = img.text.get(PNG_CHUNK) if hasattr(img, "text") else None
-    except OSError:
-        return None
-    return json.loads(text) if text else None
 
 
 def reconcile(out: Path) -> dict[str, dict[str, Any]]:
@@ -290,7 +256,7 @@ def model_label(ref: Any) -> str:
 
 
 def scheduler_label(scheduler: Any) -> str:
-    from spurcli.diffusion import SCHEDULERS
+    from spurcli.generate.pipelines import SCHEDULERS
 
     name = type(scheduler).__name__
     return next((short for short, cls in SCHEDULERS.items() if cls == name), name)
@@ -312,8 +278,8 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
     The first process owns and locks the output folder while it samples (`output_folder`).
     """
     from spurcli.console import is_main_process
-    from spurcli.diffusion import resolve_model
     from spurcli.fileio import output_folder
+    from spurcli.generate.pipelines import resolve_model
 
     started = time.perf_counter()
     check_sample_config(config)
@@ -333,13 +299,13 @@ def _sample(
     config: SampleConfig, out: Path, pipe: Any, model_ref: Any, started: float
 ) -> SampleResult:
     from spurcli.console import progress_bar
-    from spurcli.diffusion import (
+    from spurcli.finite import check_model_finite
+    from spurcli.generate.pipelines import (
         load_pipeline,
         make_scheduler,
         model_identity,
         set_attention_slicing,
     )
-    from spurcli.finite import check_model_finite
     from spurcli.parallel import Processes
 
     ref = model_ref

@@ -1,7 +1,7 @@
 """`spurcli score`: how spurious a set of images is, per classifier and across classifiers.
 
     from spurcli.plugins import load_classifiers
-    from spurcli.score import score_images, score_spurious_imagenet
+    from spurcli.evaluate.score import score_images, score_spurious_imagenet
     result = score_images("samples/", target="hummingbird", classifiers=["resnet", "clip"],
                           real_dir="val/n01833805", weights={"resnet": "random"})
     result.to_json()              # {"target": {...}, "n_images": .., "classifiers": {..}, ..}
@@ -14,7 +14,7 @@
     b = score_images("run_b/", target=94, classifiers=models)
     # ... or in one pass, with feature extractors' features of each folder (what `compare` does):
     from spurcli.plugins import load_extractors
-    from spurcli.score import score_folders
+    from spurcli.evaluate.score import score_folders
     [robust] = load_extractors(["robust-resnet50"])
     a, b = score_folders(["run_a/", "run_b/"], 94, models, extractors=[robust])
     a.features["robust-resnet50"]  # (a.n_images, 2048), rows as a.spurious.images
@@ -23,8 +23,8 @@
     sin = score_spurious_imagenet("spurious_imagenet/images", "imagenet/val", ["resnet"])
     sin.to_json()["classifiers"]["resnet"]["mean_roc_auc"]
 
-The images go through `spurcli.imagepass` (decoded once for every classifier, sharded over
-processes; how and why is told there); the metric definitions live in `spurcli.metrics`.
+The images go through `spurcli.evaluate.imagepass` (decoded once for every classifier, sharded over
+processes; how and why is told there); the metric definitions live in `spurcli.evaluate.metrics`.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from spurcli import imagenet, metrics
-from spurcli.config import ScoreConfig, check_bootstrap
+from spurcli import imagenet
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.imagepass import PerImage, find_items, protocol_size, score_items
+from spurcli.evaluate import metrics
+from spurcli.evaluate.config import ImagePass, ScoreConfig
+from spurcli.evaluate.imagepass import PerImage, find_items, protocol_size, score_items
 from spurcli.plugins import LoadedModel, load_classifiers, parse_weights
 from spurcli.text import rich_text
 
@@ -280,7 +281,7 @@ def score_folders(
     folders: Sequence[str | os.PathLike[str]],
     target: str | int,
     classifiers: Sequence[str | LoadedModel],
-    options: ScoreConfig | None = None,
+    options: ImagePass | None = None,
     *,
     real_dir: str | os.PathLike[str] | None = None,
     weights: dict[str, str] | None = None,
@@ -291,9 +292,10 @@ def score_folders(
     """`score_images` of each folder, in one pass: every file (the real images too) is decoded
     and scored once, and ``extractors`` (loaded models) take their features of each folder's
     images from the same batches (`ScoreResult.features`)."""
-    options = options or ScoreConfig()
+    options = options or ImagePass()
     options.check()
-    check_bootstrap(bootstrap)
+    if bootstrap < 0:
+        raise UsageError(f"bootstrap must be 0 (no bootstrap intervals) or more, not {bootstrap}")
     k = imagenet.resolve_class(target)
     roots = [Path(folder) for folder in folders]
     items = [
@@ -387,7 +389,7 @@ class SpuriousImageNetResult(_Rows):
 
     def class_rows(self) -> list[dict[str, Any]]:
         """The released code's per-class table (spurious_score.txt) for every classifier."""
-        from spurcli.spurious_imagenet import spurious_score_rows
+        from spurcli.evaluate.spurious_imagenet import spurious_score_rows
 
         rows = []
         for c, m in enumerate(self.models):
@@ -405,7 +407,7 @@ class SpuriousImageNetResult(_Rows):
         return rows
 
     def write_class_csv(self, path: str | os.PathLike[str]) -> None:
-        from spurcli.spurious_imagenet import write_spurious_score_csv
+        from spurcli.evaluate.spurious_imagenet import write_spurious_score_csv
 
         write_spurious_score_csv(self.class_rows(), path)
 
@@ -569,10 +571,10 @@ def joint_scores(
 ) -> dict[str, Any]:
     """The pooled ("joint") ROC-AUC and AP of classifier row ``c``: every real image a
     positive and every spurious image a negative, each scored by p of its *own* class (the
-    released "Joint SpuriousScore" is the AP; `spurcli.metrics.joint_ranking_scores` says why
+    released "Joint SpuriousScore" is the AP; `spurcli.evaluate.metrics.joint_ranking_scores` says why
     this is not a mean over classes), each with a percentile bootstrap ``_ci`` of ``bootstrap``
     resamples, real and spurious images resampled independently (None with 0)."""
-    from spurcli.spurious_imagenet import spurious_score_joint
+    from spurcli.evaluate.spurious_imagenet import spurious_score_joint
 
     out: dict[str, Any] = spurious_score_joint(
         real.target, real.target_prob[c], spurious.target, spurious.target_prob[c]

@@ -1,6 +1,6 @@
 """`spurcli curate`: turn a folder of generated images into a test set one can publish.
 
-    from spurcli.curate import CurateConfig, curate
+    from spurcli.evaluate.curate import CurateConfig, curate
     result = curate("samples/generated", "datasets/hummingbird", CurateConfig(
         target="hummingbird", classifiers=["resnet", "vit"], min_fooled=1,
         detectors=["owlv2"], max_presence=0.5,
@@ -24,7 +24,7 @@ Every image gets a verdict: kept, or rejected with every reason that applies:
 - ``over-limit``: it passed every filter but ``limit`` images were already kept (file order).
 
 The classifiers (selection and evaluation), the detectors and the extractor run in one pass of
-`spurcli.imagepass.score_items` over the same decoded batches; per image only a few numbers are kept
+`spurcli.evaluate.imagepass.score_items` over the same decoded batches; per image only a few numbers are kept
 (the extractor's features are reduced to the nearest reference's cosine batch by batch), so
 memory is flat in the number of images. Nothing in the input folder is changed.
 
@@ -50,12 +50,12 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from spurcli.config import CurateConfig
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.evaluate.config import CurateConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ UNCHECKED_NOTE = (
 
 def spurious_rate(fooled: Sequence[bool]) -> dict[str, Any]:
     """``{"k", "n", "rate", "ci95"}`` of a classifier on a set (rate None for an empty set)."""
-    from spurcli.metrics import wilson_interval
+    from spurcli.evaluate.metrics import wilson_interval
 
     k, n = int(sum(fooled)), len(fooled)
     if n == 0:
@@ -124,7 +124,7 @@ def decide(
 
 def check_curate_config(config: CurateConfig, images_dir: Path, out: Path) -> None:
     """Everything that can be checked before a model loads (one line each)."""
-    from spurcli.config import check_fields
+    from spurcli.settings import check_fields
 
     check_fields(config)
     if config.target is None:
@@ -254,10 +254,9 @@ def curate(
 ) -> CurateResult:
     """Filter the images below ``images_dir`` and write the kept ones to ``out``."""
     from spurcli import console, imagenet, plugins
-    from spurcli.compare import extract_features, nearest_neighbours
-    from spurcli.config import ScoreConfig
-    from spurcli.detect import object_query
-    from spurcli.imagepass import find_items, score_items
+    from spurcli.evaluate.compare import extract_features, nearest_neighbours
+    from spurcli.evaluate.detect import object_query
+    from spurcli.evaluate.imagepass import find_items, score_items
     from spurcli.images import find_images
     from spurcli.plugins import load_classifiers, load_detectors, load_extractors, parse_weights
 
@@ -275,7 +274,7 @@ def curate(
     if config.references is not None:
         find_images(config.references)  # a missing folder: one line before models load
     # The pass skips unreadable files; --strict fails on them below, with their name.
-    options = ScoreConfig.like(config, strict=False)
+    options = replace(config, strict=False)
     options.check()
     names = [*config.classifiers, *config.evaluate_with]
     models = load_classifiers(names, parse_weights(config.weights))
@@ -497,15 +496,14 @@ def _why_empty(counts: dict[str, int]) -> str:
 def generation(images_dir: Path, kept: Sequence[str], files: Sequence[str]) -> dict[str, Any]:
     """What made the images: `spurcli sample`'s records (manifest.jsonl, else each PNG's own
     chunk), and for a fine-tuned model its run card (spurcli-run.json) with its sha256."""
-    from spurcli.diffusion import RUN_FILE
-    from spurcli.sample import png_record, read_manifest
+    from spurcli.records import FINETUNE_CARD, png_record, read_manifest
 
     manifest = read_manifest(images_dir)
     records = {f: manifest.get(f) or png_record(images_dir / f) for f in files}
     known = {f: r for f, r in records.items() if r}
     cards = []
     for model in sorted({str(r.get("model")) for r in known.values() if r.get("model")}):
-        card = Path(model) / RUN_FILE
+        card = Path(model) / FINETUNE_CARD
         if card.is_file():
             info = json.loads(card.read_text(encoding="utf-8"))
             cards.append(
@@ -543,7 +541,7 @@ def _record_fields(record: dict[str, Any]) -> dict[str, Any]:
 
 def class_folder(datasheet: dict[str, Any]) -> str:
     """``class_spurious_<index>_<slug>``: the Spurious ImageNet layout `score` reads back."""
-    from spurcli.sample import slugify
+    from spurcli.text import slugify
 
     target = datasheet["target"]
     feature = datasheet["filters"]["object-present"]["feature"]

@@ -1,7 +1,7 @@
 """The HTML report of `compare` and `run`: one self-contained file a browser opens offline.
 
-    from spurcli.compare import compare
-    from spurcli.report import write_report
+    from spurcli.evaluate.compare import compare
+    from spurcli.experiment.report import write_report
     result = compare("generated/", "refs/", config)
     write_report("report.html", [result], title="hummingbird: red flower")
 
@@ -87,7 +87,7 @@ def write_report(
     ``curations`` `CurateResult`s or theirs.
 
     ``summary`` (from `spurcli run`): ``{"columns": [...], "rows": [[...], ...], "caption": str}``.
-    A cell is a pre-formatted ``{"text", "css"}`` dict, a `spurcli.metrics.rate_difference`
+    A cell is a pre-formatted ``{"text", "css"}`` dict, a `spurcli.evaluate.metrics.rate_difference`
     dict (shown with its interval, coloured only when that excludes 0), or a number (in a
     column named "Δ ..." or "+...": a difference without an interval, never coloured).
     """
@@ -163,7 +163,7 @@ def _delta_cell(value: float | dict[str, Any] | None, metric: str | None = None)
     Coloured only when the interval excludes 0 (red where the first set is the more spurious
     one, green where less); a number without an interval is never coloured.
     """
-    from spurcli.compare import excludes_zero, fmt_p
+    from spurcli.evaluate.compare import excludes_zero, fmt_p
 
     if value is None:
         return "<td>&ndash;</td>"
@@ -198,7 +198,7 @@ def _consensus_rate(consensus: dict[str, Any], key: str) -> str:
 
 def _differences_note(diffs: dict[str, Any], la: str, lb: str) -> str:
     """The consensus differences, the pairing and the methods, as a sentence (HTML)."""
-    from spurcli.compare import fmt_difference, fmt_p
+    from spurcli.evaluate.compare import fmt_difference, fmt_p
 
     if not diffs:
         return ""
@@ -239,7 +239,9 @@ def _summary(summary: dict[str, Any]) -> str:
     for row in summary["rows"]:
         cells = [f'<td class="name">{_e(row[0])}</td>']
         for column, value in zip(summary["columns"][1:], row[1:], strict=True):
-            if isinstance(value, dict) and "text" in value:  # pre-formatted (spurcli.summary)
+            if (
+                isinstance(value, dict) and "text" in value
+            ):  # pre-formatted (spurcli.experiment.summary)
                 cells.append(f'<td class="{_e(value["css"])}">{_e(value["text"])}</td>')
             elif isinstance(value, dict) or str(column).startswith(("Δ", "+")):
                 cells.append(_delta_cell(value))
@@ -254,7 +256,7 @@ def _summary(summary: dict[str, Any]) -> str:
 
 
 def _comparison(data: dict[str, Any], number: int, max_images: int) -> str:
-    from spurcli.score import METRICS
+    from spurcli.evaluate.score import METRICS
 
     la, lb = data["labels"]["a"], data["labels"]["b"]
     a, b = data["a"], data["b"]
@@ -404,7 +406,7 @@ def _rate_cell(r: dict[str, Any]) -> str:
 
 def _curation(data: dict[str, Any], number: int) -> str:
     """A curated set: warnings, rates (held-out first), filter counts, kept and rejected images."""
-    from spurcli.curate import REASONS, SELECTION_NOTE, UNCHECKED_NOTE
+    from spurcli.evaluate.curate import REASONS, SELECTION_NOTE, UNCHECKED_NOTE
 
     sheet, c = data["datasheet"], data["datasheet"]["counts"]
     out = [

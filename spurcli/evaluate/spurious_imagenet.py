@@ -2,7 +2,7 @@
 
     import numpy as np
     from PIL import Image
-    from spurcli.spurious_imagenet import (
+    from spurcli.evaluate.spurious_imagenet import (
         in21k_index, head_in1k_top1, protocol_image, spurious_score_joint,
         spurious_score_rows, write_spurious_score_csv,
     )
@@ -40,7 +40,7 @@ What the released code does, and so what this module does (file:line in that rep
   21k), p_k read at class k's column; per class k, the real images of k are positives and the
   spurious images of k negatives, scored by sklearn's ``average_precision_score`` (the output
   calls it "AUC"; it is AP). The "Mean SpuriousScore" is the mean of those APs; the "Joint
-  SpuriousScore" the AP of all classes' images pooled (`spurcli.metrics.joint_ranking_scores`).
+  SpuriousScore" the AP of all classes' images pooled (`spurcli.evaluate.metrics.joint_ranking_scores`).
   "Frac ... labeled as": the fraction whose argmax over the whole head is class k.
 - 21k heads (dataset/spurious_score.py:34-111): 21843 outputs use Google's ImageNet-21k list,
   21841 the fall11 list; each 1k class's column is the position of its WordNet id in the list
@@ -60,8 +60,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from spurcli import imagenet, metrics
+from spurcli import imagenet
 from spurcli.errors import SpurcliError
+from spurcli.evaluate import metrics
 from spurcli.fileio import atomic_path
 from spurcli.text import csv_cell
 
@@ -293,7 +294,7 @@ def spurious_score_joint(
     spurious_target: Sequence[int] | np.ndarray,
     spurious_prob: Sequence[float] | np.ndarray,
 ) -> dict[str, float]:
-    """The pooled ROC-AUC and AP (`spurcli.metrics.joint_ranking_scores`) over the classes of the
+    """The pooled ROC-AUC and AP (`spurcli.evaluate.metrics.joint_ranking_scores`) over the classes of the
     spurious images, each image scored by the probability of its own class; real images of
     other classes are left out, as in `spurious_score_rows`. The released "Joint SpuriousScore"
     is ``joint_average_precision``."""

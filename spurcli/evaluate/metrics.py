@@ -1,7 +1,7 @@
 """The numbers `score` and `compare` report, and their uncertainty (numpy + scipy.stats).
 
     import numpy as np
-    from spurcli.metrics import average_precision, consensus, joint_ranking_scores, roc_auc
+    from spurcli.evaluate.metrics import average_precision, consensus, joint_ranking_scores, roc_auc
 
     y_true = np.array([1, 1, 0, 0, 0])               # 1: real image of the class, 0: spurious image
     p_k = np.array([0.9, 0.4, 0.4, 0.2, 0.1])        # softmax probability of the target class
@@ -21,7 +21,7 @@ data with many ties.
 
 Uncertainty (every method, its reference and the pairing rule: docs/statistics.md):
 
-    from spurcli.metrics import wilson_interval, bootstrap_interval, rate_difference
+    from spurcli.evaluate.metrics import wilson_interval, bootstrap_interval, rate_difference
     wilson_interval(5, 20)                      # [0.1119, 0.4687]: 95% Wilson score interval
     bootstrap_interval([real_p, scored_p], roc_auc_of_sets, resamples=1000, seed=0)
                                                 # seeded percentile interval, samples resampled

@@ -1,17 +1,17 @@
 """`spurcli compare`: two image sets side by side, by classifier scores and in feature spaces.
 
-    from spurcli.compare import compare
+    from spurcli.evaluate.compare import compare
     result = compare("samples/generated", "refs/", target="hummingbird",
                      classifiers=["resnet", "clip"], extractors=["robust-resnet50"])
     result.to_json()    # {"a": <score json>, "b": <score json>, "similarity": {"robust-resnet50":
                         #   {"mean_cosine", "frechet", "nn_cosine_mean", "nn_cosine_max", ...}}}
-    from spurcli.report import write_report
+    from spurcli.experiment.report import write_report
     write_report("report.html", [result.report_data()])     # the HTML report
 
     spurcli compare samples/ refs/ --target 94 --classifiers resnet,clip \
         --extractors robust-resnet50 --report report.html --json compare.json
 
-Scores come from `spurcli.score` (same numbers as `spurcli score` on each folder): one pass over
+Scores come from `spurcli.evaluate.score` (same numbers as `spurcli score` on each folder): one pass over
 both folders (and the real images) decodes every image once, and the classifiers and the feature
 extractors run on the same batches. Similarity, per feature extractor (a plugin's penultimate
 features):
@@ -34,7 +34,7 @@ Differences (A - B), per classifier and for the consensus rates, under ``differe
 JSON, each ``{"delta", "delta_ci", "p_value", "test", "interval"}`` (methods, references and the
 pairing rule: docs/statistics.md):
 
-- ``spurious_rate``, ``top5_rate``, consensus ``all``/``any``: `spurcli.metrics.rate_difference`,
+- ``spurious_rate``, ``top5_rate``, consensus ``all``/``any``: `spurcli.evaluate.metrics.rate_difference`,
   the exact McNemar test when the sets are paired, Fisher's exact test otherwise, with Newcombe's
   (paired) hybrid score interval on the difference.
 - ``mean_target_prob``, ``roc_auc``: a seeded percentile bootstrap of the difference (pairs
@@ -64,9 +64,10 @@ from typing import Any
 
 import numpy as np
 
-from spurcli import metrics
-from spurcli.config import CompareConfig
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.evaluate import metrics
+from spurcli.evaluate.config import CompareConfig
+from spurcli.records import sample_records
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +188,12 @@ def extract_features(
 ) -> Features:
     """``extractor``'s (a `LoadedModel`) features of every image below ``root``.
 
-    The pass is `spurcli.imagepass.score_items` with no classifiers, so an image is decoded
+    The pass is `spurcli.evaluate.imagepass.score_items` with no classifiers, so an image is decoded
     and squared exactly as the classifiers see it. Sharded over the processes of a
     torchrun/accelerate group.
     """
-    from spurcli.config import ScoreConfig
-    from spurcli.imagepass import find_items, score_items
+    from spurcli.evaluate.config import ScoreConfig
+    from spurcli.evaluate.imagepass import find_items, score_items
 
     size = image_size or ScoreConfig.image_size
     options = ScoreConfig(batch_size=batch_size, device=device, strict=strict, image_size=size)
@@ -230,26 +231,6 @@ def excludes_zero(diff: dict[str, Any] | None) -> bool:
     """The difference's interval lies wholly above or below 0 (False without an interval)."""
     ci = (diff or {}).get("delta_ci")
     return ci is not None and (ci[0] > 0 or ci[1] < 0)
-
-
-def sample_records(root: str | os.PathLike[str], names: Sequence[str]) -> list[dict | None]:
-    """The `spurcli sample` record of each image (manifest line, else the PNG chunk), or None."""
-    from spurcli.sample import png_record, read_manifest
-
-    root = Path(root)
-    base = root if root.is_dir() else root.parent
-    manifest = read_manifest(base)
-    records: list[dict | None] = []
-    for name in names:
-        record = manifest.get(name)
-        if record is None and name.lower().endswith(".png"):
-            try:
-                record = png_record(base / name)
-            except ValueError:  # a damaged chunk: not a record
-                record = None
-        ok = isinstance(record, dict) and "seed" in record and "prompt" in record
-        records.append(record if ok else None)
-    return records
 
 
 def _prompt_keys(records_a: list[dict], records_b: list[dict]) -> tuple[list[Any], list[Any]]:
@@ -504,7 +485,7 @@ class CompareResult:
         """Rich tables: the score metrics side by side, then the similarity numbers."""
         from rich.table import Table
 
-        from spurcli.score import METRICS, RANDOM_NOTE, fmt_metric, plain
+        from spurcli.evaluate.score import METRICS, RANDOM_NOTE, fmt_metric, plain
         from spurcli.text import rich_text, terminal
 
         target = self.a["target"]
@@ -610,11 +591,10 @@ def compare(
     One pass over both folders (and the real images) serves the classifiers and extractors.
     """
     from spurcli import imagenet
-    from spurcli.config import ScoreConfig, check_bootstrap
-    from spurcli.imagepass import find_items
+    from spurcli.evaluate.imagepass import find_items
+    from spurcli.evaluate.score import score_folders
     from spurcli.images import find_images
     from spurcli.plugins import load_classifiers, load_extractors, parse_weights
-    from spurcli.score import score_folders
 
     if config.target is None:
         raise UsageError("--target CLASS is required (an ImageNet index or name)")
@@ -622,9 +602,6 @@ def compare(
     imagenet.resolve_class(config.target)  # "did you mean" before anything slow
     for folder in (dir_a, dir_b):
         find_images(folder)  # missing or empty set: one line now, not after loading models
-    options = ScoreConfig.like(config)
-    options.check()
-    check_bootstrap(config.bootstrap)
     if config.paired not in PAIRED:
         raise UsageError(f"--paired must be one of {', '.join(PAIRED)}, got '{config.paired}'")
     if config.paired == "yes":  # sets that cannot pair: say so before loading any model
@@ -637,7 +614,7 @@ def compare(
         [dir_a, dir_b],
         config.target,
         models,
-        options,
+        config,
         real_dir=config.real,
         extractors=extractors,
         bootstrap=config.bootstrap,

@@ -1,12 +1,12 @@
 """`spurcli finetune`: DreamBooth + prior preservation + SFSL on accelerate, in one file.
 
     from spurcli.config import FinetuneConfig
-    from spurcli.finetune import finetune
+    from spurcli.generate.finetune import finetune
     cfg = FinetuneConfig(model="tiny", instance_dir=Path("refs"), class_noun="flower",
                          target="hummingbird", output_dir=Path("runs/a"), resolution=64,
                          steps=10, num_class_images=4, extractor="effnet-lite0")
     out = finetune(cfg)                  # -> the run folder; SpurcliError on bad input
-    load_pipeline(out)                   # spurcli.diffusion: the fine-tuned pipeline
+    load_pipeline(out)                   # spurcli.generate.pipelines: the fine-tuned pipeline
 
     # the same from the shell, on one CPU/GPU or many processes:
     spurcli finetune exp.toml --steps 10
@@ -48,8 +48,8 @@ The run folder:
                                 norm on the trained weights) and grad_norm (all, before clipping)
     OUT/pipeline/               StableDiffusionPipeline.save_pretrained (plain diffusers loads it)
     OUT/lora/                   instead of pipeline/ with --lora-rank: the adapters in diffusers'
-                                LoRA format (pipe.load_lora_weights(OUT/lora)); see spurcli.lora
-    OUT/tensorboard/            with --report-to tensorboard (spurcli.tracking)
+                                LoRA format (pipe.load_lora_weights(OUT/lora)); see spurcli.generate.lora
+    OUT/tensorboard/            with --report-to tensorboard (spurcli.generate.tracking)
     OUT/validation/step-N/*.png validation images every --validate-every steps and at the end
     OUT/checkpoints/step-N/     model (LoRA: adapters only), optimizer, lr scheduler, grad
                                 scaler, RNG states, step
@@ -59,8 +59,8 @@ Reproducibility: everything random in a step (which images, crops, noise, timest
 posterior sample) is drawn from a generator seeded by (seed, micro-step, process), never from
 global state, so a run resumed from a checkpoint continues exactly where it left off: on CPU an
 interrupted + resumed run ends with bit-identical weights to an uninterrupted one (a test).
-The batches live in `spurcli.data`; checkpoints (what they hold, resume, Ctrl-C/SIGTERM) in
-`spurcli.checkpoints`.
+The batches live in `spurcli.generate.training_data`; checkpoints (what they hold, resume, Ctrl-C/SIGTERM) in
+`spurcli.generate.checkpoints`.
 """
 
 from __future__ import annotations
@@ -80,8 +80,11 @@ from typing import Any
 
 import torch
 
-from spurcli import console, lora, tracking
-from spurcli.checkpoints import (
+from spurcli import console
+from spurcli.errors import SpurcliError, UsageError
+from spurcli.fileio import atomic_dir, is_inside, output_folder, write_json
+from spurcli.generate import lora, tracking
+from spurcli.generate.checkpoints import (
     LOG_FILE,
     Checkpointable,
     Interrupted,
@@ -96,21 +99,20 @@ from spurcli.checkpoints import (
     save_checkpoint,
     truncate_log,
 )
-from spurcli.config import FinetuneConfig, to_dict
-from spurcli.data import Batch, Data, LatentCache
-from spurcli.diffusion import (
-    RUN_FILE,
-    RUN_PIPELINE_DIR,
+from spurcli.generate.config import FinetuneConfig
+from spurcli.generate.losses import SFSL, step_losses, term_grad_norms
+from spurcli.generate.pipelines import (
+    PIPELINE_DIR,
     cast_frozen,
     load_pipeline,
     load_taesd,
     quiet_library_progress_bars,
     set_training_attention_slicing,
 )
-from spurcli.errors import SpurcliError, UsageError
-from spurcli.fileio import atomic_dir, is_inside, output_folder, write_json
+from spurcli.generate.training_data import Batch, LatentCache, TrainingData
 from spurcli.images import find_images, read_folder, read_image, sha256_file, write_png
-from spurcli.losses import SFSL, step_losses, term_grad_norms
+from spurcli.records import FINETUNE_CARD
+from spurcli.settings import to_dict
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +238,7 @@ def base_model(cfg: FinetuneConfig, out: Path) -> Any:
     """The `ModelRef` to fine-tune: ``cfg.model`` at ``cfg.revision``; a resumed run that did not
     pin one stays on the hub commit it started from, even if the hub's main moved since (a
     preempted cluster job resumed a day later must not mix two base models)."""
-    from spurcli.diffusion import resolve_model
+    from spurcli.generate.pipelines import resolve_model
 
     started = _started_commit(cfg, out)
     return resolve_model(cfg.model, revision=cfg.revision or started)
@@ -244,7 +246,7 @@ def base_model(cfg: FinetuneConfig, out: Path) -> Any:
 
 def base_identity(base: Any, out: Path, cfg: FinetuneConfig) -> dict[str, Any]:
     """`model_identity` of the loaded base model; a resumed run must be on its first commit."""
-    from spurcli.diffusion import model_identity
+    from spurcli.generate.pipelines import model_identity
 
     identity = model_identity(base)
     started = _started_commit(cfg, out)
@@ -262,7 +264,7 @@ def _started_commit(cfg: FinetuneConfig, out: Path) -> str | None:
     if not cfg.resume:
         return None
     try:
-        card = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        card = json.loads((out / FINETUNE_CARD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     recorded = card.get("model_id") or {}
@@ -318,7 +320,7 @@ def start_run_record(
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if finished is None:  # a finished run keeps its record until the new one is done
-            write_json(out / RUN_FILE, record)
+            write_json(out / FINETUNE_CARD, record)
     tracking.start(accelerator, cfg)
     return record
 
@@ -450,7 +452,7 @@ class Training(Checkpointable):
 
     pipe: Any  # the base pipeline; its unet and text_encoder are the trained ones, unwrapped
     train_vae: Any  # the VAE the loss encodes and decodes with, in the compute dtype
-    data: Data
+    data: TrainingData
     encoder: LatentCache
     sfsl: SFSL | None  # None: no SFSL term
     alphas_cumprod: torch.Tensor  # the noise schedule, on the device
@@ -502,7 +504,7 @@ def prepare_training(
     train_vae, sfsl_decoder = _set_up_weights(cfg, pipe, device, weight_dtype)
 
     # Images resized once, latents encoded once per (image, crop).
-    data = Data(
+    data = TrainingData(
         [img for _, img in inputs.references],
         [read_image(p) for p in class_images],
         cfg,
@@ -595,7 +597,9 @@ def _set_up_weights(
     train_vae.to(device).eval()
     if train_vae is not vae:
         vae.to("cpu")  # the fp32 original is only needed again for saving the pipeline
-    if cfg.lora_rank:  # frozen base weights in the compute dtype, fp32 adapters (spurcli.lora)
+    if (
+        cfg.lora_rank
+    ):  # frozen base weights in the compute dtype, fp32 adapters (spurcli.generate.lora)
         lora.add_adapters(unet, text_encoder, cfg, weight_dtype)
     else:
         unet.requires_grad_(True)
@@ -783,8 +787,8 @@ def validate(training: Training, step: int) -> None:
     if accelerator.is_main_process:
         from diffusers import StableDiffusionPipeline
 
+        from spurcli.generate.losses import decode_to_unit
         from spurcli.images import to_pil
-        from spurcli.losses import decode_to_unit
 
         unet = accelerator.unwrap_model(training.unet)
         text_encoder = accelerator.unwrap_model(training.text_encoder)
@@ -841,7 +845,7 @@ def save_run(training: Training, started: float) -> None:
                 te = pipe.text_encoder if cfg.train_text_encoder else None
                 lora.save_lora(tmp, pipe.unet, te)
         else:
-            with atomic_dir(out / RUN_PIPELINE_DIR) as tmp:
+            with atomic_dir(out / PIPELINE_DIR) as tmp:
                 pipe.save_pretrained(tmp, safe_serialization=True)
         training.record.update(
             status="finished",
@@ -850,6 +854,6 @@ def save_run(training: Training, started: float) -> None:
             prediction_type=training.prediction_type,
             seconds=round(time.time() - started, 1),
         )
-        write_json(out / RUN_FILE, training.record)
+        write_json(out / FINETUNE_CARD, training.record)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the tracker

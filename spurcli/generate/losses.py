@@ -1,6 +1,6 @@
 """The finetune objective: DreamBooth + prior preservation + spurious feature similarity (SFSL).
 
-    from spurcli.losses import SFSL, step_losses
+    from spurcli.generate.losses import SFSL, step_losses
     sfsl = SFSL(extractor, reference_features, weight=0.1)          # features computed once
     losses = step_losses(unet, vae, alphas_cumprod, "epsilon", latents=z0, noise=eps,
                          timesteps=t, encoder_hidden_states=text, n_instance=1,

@@ -1,12 +1,12 @@
 """Checkpoints of a `spurcli finetune` run: save, prune, find and resume; Ctrl-C and SIGTERM.
 
-    from spurcli.checkpoints import StopFlag, load_checkpoint, resume_point, save_checkpoint
+    from spurcli.generate.checkpoints import StopFlag, load_checkpoint, resume_point, save_checkpoint
     start = resume_point(cfg, out)             # None (a new run) or the checkpoint to resume
     step = load_checkpoint(training, start)    # weights, optimizer, lr schedule, scaler, RNG
     with StopFlag().installed() as stop:       # SIGINT/SIGTERM only set stop.requested ...
         save_checkpoint(training, step, losses)  # ... and the loop saves OUT/checkpoints/step-N
 
-``training`` is a `Checkpointable` (in finetune: the `spurcli.finetune.Training` of the run).
+``training`` is a `Checkpointable` (in finetune: the `spurcli.generate.finetune.Training` of the run).
 
 A checkpoint folder (written into a temporary folder and renamed: never half a checkpoint):
 
@@ -16,7 +16,7 @@ A checkpoint folder (written into a temporary folder and renamed: never half a c
     rng-R.pt                                                   process R's global RNG states
     state.json                                                 step, losses, config, world size
 
-Together with `spurcli.data`'s per-sample generators (seeded by sample number, not by global
+Together with `spurcli.generate.training_data`'s per-sample generators (seeded by sample number, not by global
 state), this is everything a step depends on: a resumed run ends bit-identical to an
 uninterrupted one on CPU.
 """
@@ -37,11 +37,12 @@ from typing import Any
 import torch
 
 from spurcli import console
-from spurcli.config import FinetuneConfig, to_dict
-from spurcli.diffusion import RUN_FILE
 from spurcli.errors import Signalled, SpurcliError, UsageError
 from spurcli.fileio import atomic_dir, write_json, write_text
 from spurcli.finite import all_finite
+from spurcli.generate.config import FinetuneConfig
+from spurcli.records import FINETUNE_CARD
+from spurcli.settings import to_dict
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def finished_run(out: Path) -> dict[str, Any] | None:
     with contextlib.suppress(OSError, ValueError):
-        info = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        info = json.loads((out / FINETUNE_CARD).read_text(encoding="utf-8"))
         if info.get("status") == "finished":
             return info
     return None
@@ -115,7 +116,7 @@ def finished_run(out: Path) -> dict[str, Any] | None:
 
 def is_run(out: Path) -> bool:
     """``out`` holds (part of) a finetune run."""
-    return any((out / name).exists() for name in (RUN_FILE, LOG_FILE, CHECKPOINTS))
+    return any((out / name).exists() for name in (FINETUNE_CARD, LOG_FILE, CHECKPOINTS))
 
 
 def resume_point(cfg: FinetuneConfig, out: Path) -> Path | None:
@@ -227,7 +228,7 @@ def _state_dict(training: Checkpointable, model: Any) -> dict[str, torch.Tensor]
     """The trained tensors: every weight, or (LoRA) the adapters alone."""
     model = training.accelerator.unwrap_model(model)
     if training.cfg.lora_rank:
-        from spurcli.lora import adapter_state
+        from spurcli.generate.lora import adapter_state
 
         return adapter_state(model)
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -236,7 +237,7 @@ def _state_dict(training: Checkpointable, model: Any) -> dict[str, torch.Tensor]
 def _load_state_dict(training: Checkpointable, model: Any, state: dict[str, torch.Tensor]) -> None:
     model = training.accelerator.unwrap_model(model)
     if training.cfg.lora_rank:
-        from spurcli.lora import load_adapter_state
+        from spurcli.generate.lora import load_adapter_state
 
         load_adapter_state(model, state)
     else:
@@ -327,7 +328,7 @@ def _read_checkpoint(training: Checkpointable, path: Path) -> dict[str, Any]:
             ) from None
         own = accelerator.unwrap_model(model)
         if cfg.lora_rank:  # a LoRA checkpoint holds the adapters alone
-            from spurcli.lora import adapter_state
+            from spurcli.generate.lora import adapter_state
 
             wrong = _mismatch(saved, adapter_state(own))
         else:

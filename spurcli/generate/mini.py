@@ -1,13 +1,13 @@
 """`mini`: the quickstart's embedded Stable Diffusion, small enough to learn on a CPU in minutes.
 
-    from spurcli.diffusion import load_pipeline
+    from spurcli.generate.pipelines import load_pipeline
     pipe = load_pipeline("mini")                      # offline, ~0.2 s, committed weights
     image = pipe("a photo of grass", num_inference_steps=10).images[0]     # 128 x 128
 
     spurcli sample --model mini --prompt "a photo of gravel" -n 4 -o out/
     python examples/make_mini_model.py                # rebuilds the weights, bit for bit
 
-`tiny` (spurcli.diffusion) is random: its VAE decodes every latent to noise, so nothing can be
+`tiny` (spurcli.generate.pipelines) is random: its VAE decodes every latent to noise, so nothing can be
 learned through it and SFSL's gradient dies in the decoder. `mini` has the same Stable Diffusion
 1.x structure (a VAE with 8x downsampling and 4 latent channels, a cross-attention UNet, tiny's
 byte-level CLIP tokenizer and its seeded random 2-layer text encoder), 128 px native, with two
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 MINI = "mini"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "mini"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "data" / "mini"
 RECIPE_FILE = "mini.json"
 RESOLUTION = 128  # native image size: 16 x 16 latents
 # The scikit-image photos (CC0 or public domain, per skimage.data's docstrings) -> what they show;
@@ -108,7 +108,7 @@ def build_mini_pipeline() -> Any:
     import torch
     from safetensors.torch import load_file
 
-    from spurcli.diffusion import build_tiny_pipeline
+    from spurcli.generate.pipelines import build_tiny_pipeline
 
     info = recipe()
     pipe = build_tiny_pipeline()  # tokenizer, seeded text encoder, SD 1.x scheduler

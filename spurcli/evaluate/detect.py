@@ -1,7 +1,7 @@
 """Object-presence detectors: is the class object itself in an image? (`spurcli curate`)
 
     from spurcli import imagenet
-    from spurcli.detect import object_query
+    from spurcli.evaluate.detect import object_query
     from spurcli.plugins import load_detectors
     query = object_query(imagenet.resolve_class("hummingbird"), feature="red flower")
     query.names                      # ('hummingbird',) + WordNet synonyms + any extra prompts

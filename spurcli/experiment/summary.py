@@ -2,18 +2,18 @@
 target class, with 95% intervals, and whether the differences that matter are real.
 
     from spurcli.experiment import load_experiment
-    from spurcli.summary import summarize, summary_table
+    from spurcli.experiment.summary import summarize, summary_table
     summary = summarize(load_experiment("examples/quickstart.toml"))   # after the run's scores
     summary["classifiers"]["effnet-lite0"]["differences"]["generated-vs-baseline"]
     # {"delta": 0.31, "delta_ci": [0.12, 0.48], "p_value": 0.002, "test": "McNemar exact", ...}
     summary_table(summary)      # {"columns", "rows", "caption"} for the report and the terminal
 
-The differences (`spurcli.metrics.rate_difference`):
+The differences (`spurcli.evaluate.metrics.rate_difference`):
 
 - SFSL vs the untuned baseline, DreamBooth-only vs the baseline, and SFSL vs DreamBooth-only
   (SFSL's own contribution) are *paired*: image i of each set was sampled from the same seed and
   the same prompt (without [V] for the baseline), so the exact McNemar test applies. The pairs
-  are matched by `spurcli.compare.find_pairs` (seed and prompt from each image's sample record,
+  are matched by `spurcli.evaluate.compare.find_pairs` (seed and prompt from each image's sample record,
   the tuned identifier ignored), as `spurcli compare` matches them; sets that do not pair one to
   one fall back to the unpaired test, and the summary's notes say so.
 - Generated vs references is *unpaired* (Fisher's exact test); the references judged against are
@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from spurcli import metrics
+from spurcli.evaluate import metrics
 
 
 def _differences(exp: Any) -> list[tuple[str, str, bool]]:
     """(set a, set b, paired by construction) for every difference the summary tests."""
-    from spurcli.experiment import DREAMBOOTH_ARM, REFERENCES, SFSL_ARM
+    from spurcli.experiment.run import DREAMBOOTH_ARM, REFERENCES, SFSL_ARM
 
     sets = exp.sample_sets()
     pairs = [(arm, "baseline", True) for arm in exp.arms() if "baseline" in sets]
@@ -53,8 +53,8 @@ def _differences(exp: Any) -> list[tuple[str, str, bool]]:
 
 def summarize(exp: Any) -> dict[str, Any]:
     """The run's answer, from the score files of every set (see the module docstring)."""
-    from spurcli.compare import find_pairs
-    from spurcli.experiment import (
+    from spurcli.evaluate.compare import find_pairs
+    from spurcli.experiment.run import (
         REFERENCES,
         _all_sets,
         _score_paths,
@@ -180,7 +180,7 @@ def _delta(diff: dict[str, Any] | None) -> dict[str, str]:
 
 def summary_table(summary: dict[str, Any]) -> dict[str, Any]:
     """The summary as columns and rows of cells ``{"text", "css"}`` (report and terminal)."""
-    from spurcli.experiment import LABELS
+    from spurcli.experiment.run import LABELS
 
     sets = [s for s in summary["n_images"] if not s.endswith("-recontext")]
     first = next(iter(summary["classifiers"].values()))

@@ -12,28 +12,28 @@ Stages, each writing into the experiment folder ``out`` (top-level key of the co
 
     references out/references/{train,held-out}/     the reference folder split by the seed:
                `train_references` images are trained on, the rest held out for judging
-    finetune   out/finetune/ (or [finetune] output_dir)    `spurcli.finetune.finetune`, resumed
+    finetune   out/finetune/ (or [finetune] output_dir)    `spurcli.generate.finetune.finetune`, resumed
                out/finetune-dreambooth/: the DreamBooth-only arm, the same settings and seeds
                with sfsl_weight = 0 (`dreambooth_arm`), so SFSL's own effect can be measured
-    sample     out/samples/<set>/                          `spurcli.sample.sample`, per image
+    sample     out/samples/<set>/                          `spurcli.generate.sample.sample`, per image
                sets: generated (the prompts with [V] on the SFSL arm), dreambooth (the same on
                the DreamBooth-only arm), their -recontext variants ("on the beach", ...), and
                baseline(-recontext) (the untuned model, the prompts without [V]). Every set uses
                the same seeds: image i of each starts from the same noise, so sets are paired.
-    score      out/scores/<set>.json + .csv                `spurcli.score.score_folders`
-    features   out/features/<set>/<extractor>.npz          `spurcli.compare.extract_features`
-    compare    out/compare/<a>-vs-<b>.json                 `spurcli.compare.similarity`
-    curate     out/curated/ + out/curated.json             `spurcli.curate.curate` of the SFSL
+    score      out/scores/<set>.json + .csv                `spurcli.evaluate.score.score_folders`
+    features   out/features/<set>/<extractor>.npz          `spurcli.evaluate.compare.extract_features`
+    compare    out/compare/<a>-vs-<b>.json                 `spurcli.evaluate.compare.similarity`
+    curate     out/curated/ + out/curated.json             `spurcli.evaluate.curate.curate` of the SFSL
                set, only with a ``[curate]`` table (near-copies judged against the training
                references unless the table names ``references``)
-    report     out/report.html, out/summary.json           `spurcli.report.write_report`
+    report     out/report.html, out/summary.json           `spurcli.experiment.report.write_report`
 
 A stage is up to date when its outputs exist, are newer than its inputs (make's rule) and were
 made with the settings the config asks for now (a settings stamp beside them, and for finetune
 the run card's recorded config and reference hashes). A stale sample set is made again; a
 finished fine-tuning run whose settings changed is refused unless ``--retrain`` (it may have cost
 GPU hours). ``ExperimentResult.reasons`` (and ``--json``) say per stage why it ran or was skipped.
-The summary (`spurcli.summary`) puts SFSL, DreamBooth-only and the untuned baseline side by side
+The summary (`spurcli.experiment.summary`) puts SFSL, DreamBooth-only and the untuned baseline side by side
 per classifier, every rate with its Wilson interval and every difference tested.
 
 The config file: top-level keys shared by the stages (``out``, ``model``, ``target``,
@@ -58,19 +58,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from spurcli.config import (
-    ExperimentConfig,
-    FinetuneConfig,
-    load_config,
-    read_toml,
-    to_dict,
-)
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.experiment.config import TABLES, ExperimentConfig
 from spurcli.fileio import output_folder
+from spurcli.generate.config import FinetuneConfig
+from spurcli.settings import load_config, read_toml, to_dict
 
 log = logging.getLogger(__name__)
 
-TABLES = ("finetune", "sample", "compare", "curate")
 REFERENCES = "references"  # the held-out references (all of them when none could be held out)
 TRAIN_REFERENCES = "references-train"  # the references the arms were trained on
 SFSL_ARM, DREAMBOOTH_ARM = "generated", "dreambooth"
@@ -121,7 +116,7 @@ class Experiment:
 
     def sample_sets(self) -> dict[str, tuple[str | None, list[str]]]:
         """set name -> (the arm whose model samples it, None: the base model; prompts)."""
-        from spurcli.sample import with_recontext, without_identifier
+        from spurcli.generate.sample import with_recontext, without_identifier
 
         prompts = list(self.sample.prompts)
         places = with_recontext(prompts)[len(prompts) :]
@@ -233,8 +228,8 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
     ``sets``: ``--set key=value`` for a top-level key, ``--set table.key=value`` for a table's
     (``--set finetune.steps=10``, ``--set sample.n=4``).
     """
-    from spurcli.compare import CompareConfig
-    from spurcli.sample import SampleConfig
+    from spurcli.evaluate.compare import CompareConfig
+    from spurcli.generate.sample import SampleConfig
 
     path = Path(path)
     data = read_toml(path)
@@ -294,7 +289,7 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
     )
     sample = section(SampleConfig, "sample")
     if not sample.prompts:
-        from spurcli.finetune import fill_prompt
+        from spurcli.generate.finetune import fill_prompt
 
         sample = replace(
             sample, prompts=[fill_prompt(finetune.instance_prompt, "[V]", top.class_noun)]
@@ -305,7 +300,7 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
         raise UsageError(f'{path}: [compare] classifiers is required, e.g. ["resnet", "clip"]')
     curate = None
     if "curate" in data:
-        from spurcli.curate import CurateConfig
+        from spurcli.evaluate.curate import CurateConfig
 
         curate = section(CurateConfig, "curate")
         # The stage owns out/curated/; the references default to those trained on.
@@ -492,7 +487,7 @@ def check_tables(exp: Experiment) -> None:
     """The [sample] and [compare] settings too, before the first stage starts (not hours later,
     at their turn); an experiment folder inside the references is refused."""
     from spurcli.fileio import is_inside
-    from spurcli.sample import check_sample_config
+    from spurcli.generate.sample import check_sample_config
 
     check_sample_config(exp.sample)
     exp.compare.check()
@@ -541,7 +536,7 @@ def run_references(exp: Experiment, stages: Stages, main: bool) -> None:
 
 def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
     """Options of ``cfg`` that differ from a run's recorded config (those that change weights)."""
-    from spurcli.checkpoints import RESUME_FREE
+    from spurcli.generate.checkpoints import RESUME_FREE
 
     now = to_dict(cfg)
     free = RESUME_FREE | {"class_dir"}
@@ -549,15 +544,15 @@ def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str
 
 
 def run_finetune(exp: Experiment, arm: str, stages: Stages, *, retrain: bool = False) -> None:
-    from spurcli.checkpoints import STEP_FREE_SCHEDULES
-    from spurcli.diffusion import RUN_FILE
-    from spurcli.finetune import finetune
+    from spurcli.generate.checkpoints import STEP_FREE_SCHEDULES
+    from spurcli.generate.finetune import finetune
     from spurcli.images import sha256_file
+    from spurcli.records import FINETUNE_CARD
 
     cfg = exp.arms()[arm]
     folder = Path(cfg.output_dir)  # type: ignore[arg-type]
     name = "finetune" if arm == SFSL_ARM else f"finetune:{arm}"
-    info_path = folder / RUN_FILE
+    info_path = folder / FINETUNE_CARD
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     why = None
     if info:
@@ -596,7 +591,7 @@ def run_finetune(exp: Experiment, arm: str, stages: Stages, *, retrain: bool = F
 
 
 def _sample_config(exp: Experiment, name: str) -> Any:
-    from spurcli.sample import SampleConfig
+    from spurcli.generate.sample import SampleConfig
 
     arm, prompts = exp.sample_sets()[name]
     model = exp.arms()[arm].output_dir if arm else exp.config.model
@@ -609,11 +604,11 @@ def base_revision(exp: Experiment) -> str | None:
     """The base model's revision for the baseline: as pinned, else the commit the SFSL arm was
     fine-tuned from (its run card), so that the baseline and the arms share one base model even
     if the hub's main moved since."""
-    from spurcli.diffusion import RUN_FILE
+    from spurcli.records import FINETUNE_CARD
 
     if exp.config.revision:
         return exp.config.revision
-    card = _read_json(Path(exp.finetune_dir) / RUN_FILE) or {}
+    card = _read_json(Path(exp.finetune_dir) / FINETUNE_CARD) or {}
     started = card.get("model_id") or {}
     if card.get("model") == exp.config.model and started.get("source") == "hub":
         return started.get("revision")
@@ -631,7 +626,7 @@ def _read_json(path: Path) -> Any:
 def _model_stamp(exp: Experiment, arm: str | None) -> Any:
     """What identifies the model a set is sampled from: the base model's name, or the arm's run
     (its config, steps and finishing time: a retrained arm is another model)."""
-    from spurcli.diffusion import RUN_FILE
+    from spurcli.records import FINETUNE_CARD
 
     if arm is None:  # a pinned revision is part of the model: another commit, other images
         revision = base_revision(exp)
@@ -640,7 +635,7 @@ def _model_stamp(exp: Experiment, arm: str | None) -> Any:
             if revision is None
             else {"model": exp.config.model, "revision": revision}
         )
-    info_path = Path(exp.arms()[arm].output_dir) / RUN_FILE  # type: ignore[arg-type]
+    info_path = Path(exp.arms()[arm].output_dir) / FINETUNE_CARD  # type: ignore[arg-type]
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     return {k: info.get(k) for k in ("config", "steps_done", "seconds", "references")}
 
@@ -653,8 +648,9 @@ SAMPLE_STAMP_KEYS = (
 
 def run_sampling(exp: Experiment, stages: Stages) -> None:
     from spurcli.console import is_main_process
-    from spurcli.diffusion import load_pipeline, resolve_model
-    from spurcli.sample import MANIFEST, count_missing, sample
+    from spurcli.generate.pipelines import load_pipeline, resolve_model
+    from spurcli.generate.sample import count_missing, sample
+    from spurcli.records import MANIFEST
 
     pipes: dict[str | None, Any] = {}
     for name, (arm, prompts) in exp.sample_sets().items():
@@ -700,9 +696,8 @@ def _real_rows_path(exp: Experiment) -> Path:
 
 
 def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.config import ScoreConfig
+    from spurcli.evaluate.score import score_folders
     from spurcli.plugins import parse_weights
-    from spurcli.score import score_folders
 
     cfg = exp.compare
     stamp = {
@@ -723,7 +718,7 @@ def run_scoring(exp: Experiment, stages: Stages, main: bool) -> None:
             [exp.set_dir(name) for name in stale],
             exp.config.target,  # type: ignore[arg-type]
             cfg.classifiers,
-            ScoreConfig.like(cfg),
+            cfg,
             real_dir=cfg.real,
             weights=parse_weights(cfg.weights),
             bootstrap=cfg.bootstrap,
@@ -763,12 +758,13 @@ def _weights_entry(model: Any) -> dict[str, Any]:
 def model_identities(exp: Experiment) -> dict[str, Any]:
     """The exact weights behind a run's numbers (for the summary): the base model the arms were
     fine-tuned from, each arm's pipeline (content hashes) and SFSL extractor, the extractors."""
-    from spurcli.diffusion import RUN_FILE, model_identity, resolve_model
+    from spurcli.generate.pipelines import model_identity, resolve_model
+    from spurcli.records import FINETUNE_CARD
 
     arms = {}
     base = None
     for arm, cfg in exp.arms().items():
-        card = _read_json(Path(cfg.output_dir) / RUN_FILE) or {}  # type: ignore[arg-type]
+        card = _read_json(Path(cfg.output_dir) / FINETUNE_CARD) or {}  # type: ignore[arg-type]
         base = base or card.get("model_id")
         arms[arm] = {
             "model_id": model_identity(resolve_model(cfg.output_dir)),  # type: ignore[arg-type]
@@ -780,7 +776,7 @@ def model_identities(exp: Experiment) -> dict[str, Any]:
 
 
 def run_features(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.compare import extract_features
+    from spurcli.evaluate.compare import extract_features
     from spurcli.fileio import write_json
     from spurcli.plugins import load_extractors, parse_weights
 
@@ -854,13 +850,13 @@ class SavedScores:
     takes a `ScoreResult` (the real images' from ``scores/real-images.csv``, when scored)."""
 
     target: Any  # ImageNetClass
-    spurious: Any  # spurcli.imagepass.PerImage
-    real: Any  # spurcli.imagepass.PerImage or None
+    spurious: Any  # spurcli.evaluate.imagepass.PerImage
+    real: Any  # spurcli.evaluate.imagepass.PerImage or None
 
 
 def saved_scores(exp: Experiment, name: str) -> SavedScores:
     from spurcli import imagenet
-    from spurcli.imagepass import PerImage
+    from spurcli.evaluate.imagepass import PerImage
 
     target = imagenet.resolve_class(exp.config.target)  # type: ignore[arg-type]
     rows = read_rows(_score_paths(exp, name)[1])
@@ -874,7 +870,13 @@ def saved_scores(exp: Experiment, name: str) -> SavedScores:
 
 
 def run_comparisons(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.compare import CompareResult, Features, differences, find_pairs, similarity
+    from spurcli.evaluate.compare import (
+        CompareResult,
+        Features,
+        differences,
+        find_pairs,
+        similarity,
+    )
     from spurcli.fileio import write_json
 
     for a, b in exp.comparisons():
@@ -930,7 +932,7 @@ def run_curate(exp: Experiment, stages: Stages, main: bool) -> None:
         return
     from dataclasses import asdict
 
-    from spurcli.curate import curate
+    from spurcli.evaluate.curate import curate
     from spurcli.fileio import write_json
 
     folder, data = _curate_paths(exp)
@@ -947,9 +949,9 @@ def run_curate(exp: Experiment, stages: Stages, main: bool) -> None:
 
 
 def run_report(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[str, Any]]:
+    from spurcli.experiment.report import write_report
+    from spurcli.experiment.summary import summarize, summary_table
     from spurcli.fileio import write_json
-    from spurcli.report import write_report
-    from spurcli.summary import summarize, summary_table
 
     report, summary_path = exp.out / "report.html", exp.out / "summary.json"
     comparisons = [_compare_path(exp, a, b) for a, b in exp.comparisons()]

@@ -1,7 +1,7 @@
 """What each finetune step sees: deterministic batches from (seed, micro-step, process).
 
-    from spurcli.data import Data, LatentCache
-    data = Data(references, class_images, cfg, rank=0, world=1)  # PIL images, resized once
+    from spurcli.generate.training_data import TrainingData, LatentCache
+    data = TrainingData(references, class_images, cfg, rank=0, world=1)  # PIL images, resized once
     batch = data.batch(micro_step)        # images, crops, noise, timesteps of that micro-step
     latents = LatentCache(vae, "cpu").latents(batch)  # encoded once per (image, crop), sampled
 
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from spurcli.config import FinetuneConfig
+from spurcli.generate.config import FinetuneConfig
 from spurcli.images import to_tensor
 
 
@@ -51,7 +51,7 @@ class Batch:
     n_instance: int
 
 
-class Data:
+class TrainingData:
     """Instance and class images, resized once; every sample is a pure function of its number."""
 
     def __init__(

@@ -1,8 +1,8 @@
 """Loading Stable Diffusion: a hub id, a local diffusers folder, a finetune run, `tiny` or `mini`.
 
-    from spurcli.diffusion import load_pipeline, resolve_model
+    from spurcli.generate.pipelines import load_pipeline, resolve_model
     pipe = load_pipeline("tiny")                      # random tiny SD from config, offline, ~0.1 s
-    pipe = load_pipeline("mini")                      # the quickstart's trained SD (spurcli.mini)
+    pipe = load_pipeline("mini")                      # the quickstart's trained SD (spurcli.generate.mini)
     pipe = load_pipeline("runs/hummingbird")          # a `spurcli finetune` output folder
     pipe = load_pipeline("runs/lora")                 # a LoRA run: base model + adapters, fused
     pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler="dpm")
@@ -30,23 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.generate.config import MINI, SCHEDULERS, TINY
+from spurcli.records import FINETUNE_CARD, PIPELINE_DIR
 from spurcli.weights import cached_commit, folder_identity, offline
-
-TINY = "tiny"
-MINI = "mini"  # spurcli.mini: small SD with a trained VAE and base UNet (the quickstart's)
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-RUN_FILE = "spurcli-run.json"  # written by `spurcli finetune` next to its `pipeline/` folder
-RUN_PIPELINE_DIR = "pipeline"
-
-# Scheduler names users know from the diffusers docs -> diffusers class names.
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "ddpm": "DDPMScheduler",
-}
 
 
 @dataclass(frozen=True)
@@ -85,9 +71,9 @@ def _resolve_model(model: str | os.PathLike[str]) -> ModelRef:
         return ModelRef(text, text)
     path = Path(text).expanduser()
     if path.is_dir():
-        if (path / RUN_FILE).is_file():
-            run = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
-            pipeline_dir = path / RUN_PIPELINE_DIR
+        if (path / FINETUNE_CARD).is_file():
+            run = json.loads((path / FINETUNE_CARD).read_text(encoding="utf-8"))
+            pipeline_dir = path / PIPELINE_DIR
             if run.get("lora") and (path / run["lora"]["weights"]).is_file():
                 return ModelRef("run", str(path / Path(run["lora"]["weights"]).parent), run)
             if not (pipeline_dir / "model_index.json").is_file():
@@ -122,15 +108,15 @@ def load_pipeline(
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     dtype = dtype or torch.float32
     if ref.kind == "run" and (ref.run or {}).get("lora"):
-        from spurcli.lora import load_lora_pipeline  # the base model + the run's adapters
+        from spurcli.generate.lora import load_lora_pipeline
 
         pipe = load_lora_pipeline(ref.location, ref.run, dtype=dtype)  # type: ignore[arg-type]
     elif ref.kind == TINY:
         pipe = build_tiny_pipeline()
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
-    elif ref.kind == MINI:  # the quickstart's embedded model: spurcli.mini
-        from spurcli.mini import build_mini_pipeline
+    elif ref.kind == MINI:  # the quickstart's embedded model: spurcli.generate.mini
+        from spurcli.generate.mini import build_mini_pipeline
 
         pipe = build_mini_pipeline()
         if dtype != torch.float32:
@@ -199,12 +185,14 @@ def model_identity(ref: ModelRef) -> dict[str, Any]:
     hashes of its committed weights.
     """
     if ref.kind == MINI:  # committed weights: their hashes, and the recipe that made them
-        from spurcli.mini import RECIPE_FILE, WEIGHTS_DIR
+        from spurcli.generate.mini import RECIPE_FILE, WEIGHTS_DIR
 
         identity = folder_identity(WEIGHTS_DIR)
         return {**identity, "source": MINI, "recipe": f"spurcli/data/mini/{RECIPE_FILE}"}
     if ref.kind == TINY:
-        recipe = "spurcli.diffusion.build_tiny_pipeline"  # drawn from fixed seeds: no files
+        recipe = (
+            "spurcli.generate.pipelines.build_tiny_pipeline"  # drawn from fixed seeds: no files
+        )
         return {"source": TINY, "recipe": recipe, "seed": 0, "spurcli": _spurcli_version()}
     if ref.kind == "hub":
         identity = {"source": "hub", "repo": ref.location}

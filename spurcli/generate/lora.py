@@ -1,6 +1,6 @@
 """LoRA for `spurcli finetune --lora-rank R`: peft adapters, their checkpoints, diffusers' format.
 
-    from spurcli.lora import add_adapters, adapter_state, save_lora, load_lora_pipeline
+    from spurcli.generate.lora import add_adapters, adapter_state, save_lora, load_lora_pipeline
     add_adapters(unet, text_encoder, cfg)     # freezes the base weights, adds trainable adapters
     state = adapter_state(unet)               # only the adapters' tensors (for a checkpoint)
     save_lora(out / "lora", unet, text_encoder or None)  # pytorch_lora_weights.safetensors
@@ -48,8 +48,8 @@ def lora_config(cfg: Any, targets: list[str]) -> Any:
 def add_adapters(unet: Any, text_encoder: Any, cfg: Any, base_dtype: Any = torch.float32) -> None:
     """Freeze ``unet`` and the text encoder in ``base_dtype`` (the compute dtype: frozen weights
     need no fp32 master copy), then add trainable fp32 adapters to them."""
-    from spurcli.diffusion import cast_frozen
     from spurcli.errors import UsageError
+    from spurcli.generate.pipelines import cast_frozen
 
     for model in (unet, text_encoder):
         cast_frozen(model.requires_grad_(False), base_dtype)
@@ -116,8 +116,8 @@ def save_lora(folder: Path, unet: Any, text_encoder: Any | None) -> None:
 
 def load_lora_pipeline(folder: str | os.PathLike[str], run: dict[str, Any], **kwargs: Any) -> Any:
     """The run's base model with its adapters fused in: as fast as a full pipeline to sample."""
-    from spurcli.diffusion import load_pipeline, quiet_library_progress_bars, resolve_model
     from spurcli.errors import SpurcliError
+    from spurcli.generate.pipelines import load_pipeline, quiet_library_progress_bars, resolve_model
 
     base = run.get("lora", {}).get("base_model") or run["model"]
     identity = run.get("model_id") or {}
@@ -136,7 +136,7 @@ def load_lora_pipeline(folder: str | os.PathLike[str], run: dict[str, Any], **kw
 
 def run_card(cfg: Any) -> dict[str, Any]:
     """What spurcli-run.json says of a LoRA run: the adapters and the base model they apply to."""
-    from spurcli.diffusion import TINY
+    from spurcli.generate.pipelines import TINY
 
     model = cfg.model
     if model != TINY and Path(model).expanduser().is_dir():

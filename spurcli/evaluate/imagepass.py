@@ -2,14 +2,14 @@
 
     from spurcli import plugins
     from spurcli.config import Preprocessing, ScoreConfig
-    from spurcli.imagepass import find_items, score_items
+    from spurcli.evaluate.imagepass import find_items, score_items
     models = plugins.load_classifiers(["resnet"], {"resnet": "random"})
     items = find_items(Path("samples/"), target=94, real=False)
     found = score_items(items, models, ScoreConfig())
     found.per_image.target_prob      # (classifiers, readable images) p(target) of each image
     found.skipped                    # [(item number, "bad.png: not an image Pillow can read")]
 
-`spurcli.score`, `spurcli.compare`, `spurcli.curate` and the experiment all feed images to models
+`spurcli.evaluate.score`, `spurcli.evaluate.compare`, `spurcli.evaluate.curate` and the experiment all feed images to models
 through `score_items`, so an image is read, squared and checked the same way wherever it is scored.
 
 How a pass goes, and why:
@@ -34,7 +34,7 @@ How a pass goes, and why:
   computed from the full set exactly as in a one-process run.
 - Scored images S (of one or several folders) and real images R go through one DataLoader in one
   pass (R are the positives of the ROC-AUC/AP, shared by every folder; the extractors skip them);
-  the metric definitions live in `spurcli.metrics`.
+  the metric definitions live in `spurcli.evaluate.metrics`.
 """
 
 from __future__ import annotations
@@ -52,14 +52,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from spurcli import console, imagenet, metrics
-from spurcli.config import Preprocessing, ScoreConfig
+from spurcli import console, imagenet
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.evaluate import metrics
+from spurcli.evaluate.config import Preprocessing, ScoreConfig
+from spurcli.evaluate.spurious_imagenet import ACCEPTED_OUTPUTS
 from spurcli.fileio import atomic_path
 from spurcli.images import ImageReadError, find_images, read_image
 from spurcli.parallel import Processes
 from spurcli.plugins import LoadedModel
-from spurcli.spurious_imagenet import ACCEPTED_OUTPUTS
 from spurcli.text import csv_cell
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class SquareImages(torch.utils.data.Dataset):
 
     ``protocol_sizes`` (with ``real``, one flag per path): also each image as the released
     Spurious ImageNet code feeds it to a model of each of those input sizes
-    (`spurcli.spurious_imagenet.protocol_image`, from the file, not from the square).
+    (`spurcli.evaluate.spurious_imagenet.protocol_image`, from the file, not from the square).
     """
 
     def __init__(
@@ -121,7 +122,7 @@ class SquareImages(torch.utils.data.Dataset):
             return i, None, str(exc), {}
         protocol = {}
         if self.protocol_sizes:
-            from spurcli.spurious_imagenet import protocol_image, released_loader
+            from spurcli.evaluate.spurious_imagenet import protocol_image, released_loader
 
             # From the file as the released loader reads it (no EXIF rotation, alpha dropped,
             # 16-bit clipped), not from `read_image`'s normalised copy.
@@ -216,7 +217,7 @@ def head_numbers(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ..
     outputs, p(target) is read at the target's column (`in21k_index`), and the top-1 is the
     argmax over all of them, so an image put in a 21k-only class is nobody's hit.
     """
-    from spurcli.spurious_imagenet import check_head_has_class, head_in1k_top1, in21k_index
+    from spurcli.evaluate.spurious_imagenet import check_head_has_class, head_in1k_top1, in21k_index
 
     n = logits.shape[1]
     columns = in21k_index(n)[target]
@@ -390,7 +391,7 @@ def score_items(
     detector's presence scores) of the items that are not real, in one pass: each file is
     decoded once for all of them. Runs sharded when launched as a group.
 
-    ``queries``: ImageNet index -> the `spurcli.detect.ObjectQuery` detectors get for items of
+    ``queries``: ImageNet index -> the `spurcli.evaluate.detect.ObjectQuery` detectors get for items of
     that target. ``reducers``: extractor name -> a function of a batch's (b, D) features whose
     (b, ...) result is kept instead of them, so memory stays flat in the number of images
     (e.g. the cosine to the nearest reference image).

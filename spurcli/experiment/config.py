@@ -1,0 +1,63 @@
+"""The top level of a `spurcli run` config: the experiment's own keys, and those it shares with
+its tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from spurcli.errors import UsageError
+from spurcli.generate.config import DEFAULT_MODEL
+from spurcli.settings import check_finite, option
+
+TABLES = ("finetune", "sample", "compare", "curate")  # the tables of a run config
+
+
+@dataclass
+class ExperimentConfig:
+    """The top level of a `spurcli run` config: the experiment's own keys, and keys shared with
+    the tables where the names match (model, target, seed, ...: a table may override them)."""
+
+    out: Path | None = option(None, "The experiment folder.", required=True)
+    model: str = option(DEFAULT_MODEL, "The base model of every arm.", maybe_path=True)
+    revision: str | None = option(None, "The base hub model's branch, tag or commit (None: main).")
+    target: int | str | None = option(
+        None, "The ImageNet class the feature fools classifiers into.", required=True
+    )
+    class_noun: str | None = option(None, "What the references show, e.g. flower.", required=True)
+    instance_dir: Path | None = option(
+        None, "The reference images of the spurious feature.", required=True
+    )
+    identifier: str = option("sks", "The rare token [V] stands for.")
+    seed: int = option(0, "Shared by finetune and sample unless their tables say otherwise.")
+    title: str | None = option(None, "Report title; none: '<target>: <class_noun>'.")
+    # Shown at the top of the report, before the numbers, so a reader of the report alone knows.
+    notes: list[str] = option(
+        [], "Lines heading the report: what the experiment can and cannot show."
+    )
+    recontext: bool = option(True, "Also sample every prompt in the recontextualisation settings.")
+    baseline: bool = option(True, "Also sample the untuned model (prompts without [V]).")
+    # DreamBooth recipes use 3-5 images; the rest judge the generated images.
+    train_references: int = option(
+        5, "Train on this many references (drawn by the seed), hold out the rest; 0: all.", min=0
+    )
+    # Without that arm nothing says what SFSL adds over DreamBooth.
+    dreambooth_arm: bool = option(
+        True, "Also train DreamBooth alone (sfsl_weight 0, the same settings and seeds)."
+    )
+    exclude_circular: bool = option(
+        True,
+        "Keep a victim that is also the SFSL extractor (trained against) out of the consensus.",
+    )
+
+    def check(self, path: str | os.PathLike[str] = "run config") -> None:
+        """One line naming the file and the key: a run config has no command-line options."""
+        check_finite(self)
+        for fld in dataclasses.fields(self):
+            value = getattr(self, fld.name)
+            if fld.metadata.get("required") and value in (None, ""):
+                raise UsageError(f"{path}: `{fld.name}` is required at the top of a run config")
+        if self.train_references < 0:
+            raise UsageError(f"{path}: train_references must be 0 (all) or more")
