@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spurcli.experiment.run import load_experiment
+from spurcli.experiment.plan import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "examples" / "classes").glob("*.toml"))
@@ -85,11 +85,11 @@ def test_class_config_runs_end_to_end(config, tmp_path, cli_main):
     exp = load_experiment(copy)
     assert result["references"]["judged_against"] == "held-out"
     assert len(result["references"]["train"]) == exp.config.train_references == 5
-    assert set(result["arms"]) == {"generated", "dreambooth"}
+    assert set(result["arms"]) == {"sfsl", "dreambooth"}
     robust = result["classifiers"]["robust-resnet50"]
     assert robust["circular"] is True  # the SFSL extractor is also a victim
     assert "robust-resnet50" not in result["consensus"]["classifiers"]
-    assert robust["differences"]["generated-vs-dreambooth"]["test"] == "McNemar exact"
+    assert robust["differences"]["sfsl-vs-dreambooth"]["test"] == "McNemar exact"
     run_dir = exp.out
     assert (run_dir / "report.html").is_file()
     card = json.loads((run_dir / "finetune" / "spurcli-run.json").read_text())

@@ -290,18 +290,18 @@ def test_run_stage_curates_the_sfsl_set_once(fake_plugin, tmp_path):
     assert exp.curate.references == tmp_path / "out" / "references" / "train"
     assert exp.curate.target == 94 and exp.curate.overwrite
     for name, colour in COLOURS.items():
-        _image(exp.set_dir("generated") / f"{name}.png", colour)
+        _image(exp.set_dir("sfsl") / f"{name}.png", colour)
     _image(exp.curate.references / "ref.png", COLOURS["copy"])
     stages = experiment.Stages()
-    experiment.run_curate(exp, stages, True)
+    experiment.curate_stage(exp, stages, True)
     assert stages.done == {"curate": "ran"}
     data = json.loads((tmp_path / "out" / "curated.json").read_text())
     assert [v["file"] for v in data["kept"]] == ["red.png"]
     assert set(data["rejected"]) == {"object-present", "not-fooling", "near-copy"}
-    experiment.run_curate(exp, stages, True)
+    experiment.curate_stage(exp, stages, True)
     assert stages.done == {"curate": "skipped"}
     exp.curate.max_presence = 1.0  # a changed setting redoes the stage
-    experiment.run_curate(exp, stages, True)
+    experiment.curate_stage(exp, stages, True)
     assert stages.done == {"curate": "ran"} and "max_presence" in stages.reasons["curate"]
     no_table = tmp_path / "plain.toml"
     no_table.write_text(config.read_text().split("[curate]")[0])

@@ -370,7 +370,7 @@ def test_training_attention_slicing_is_exact_and_saves_memory(part):
     """Query slices recomputed in backward: same output and gradients, less kept for backward."""
     from diffusers.models.attention_processor import AttnProcessor
 
-    from spurcli.generate.pipelines import set_training_attention_slicing
+    from spurcli.generate.modules import set_training_attention_slicing
 
     torch.manual_seed(0)
     pipe = build_tiny_pipeline()

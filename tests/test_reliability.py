@@ -457,7 +457,7 @@ def test_csv_cells_never_start_a_formula_and_read_back_exactly(hostile, tmp_path
     import csv
 
     from spurcli.evaluate.score import score_folders
-    from spurcli.experiment.run import read_rows
+    from spurcli.experiment.stages import read_rows
 
     path = tmp_path / "rows.csv"
 

@@ -13,7 +13,8 @@ import pytest
 from spurcli import cli
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.experiment import run as experiment
-from spurcli.experiment.run import load_experiment, run_experiment
+from spurcli.experiment.plan import load_experiment
+from spurcli.experiment.run import run_experiment
 
 
 def assert_same_numbers(got: object, want: object, where: str = "") -> None:
@@ -111,17 +112,17 @@ def test_config_shares_top_level_keys_and_fills_defaults(tmp_path):
     assert exp.sample.prompts == ["a photo of [V] flower"]  # the instance prompt, [V] kept
     assert exp.compare.target == "hummingbird"
     arms = exp.arms()
-    assert list(arms) == ["generated", "dreambooth"]
-    assert arms["dreambooth"].sfsl_weight == 0 and arms["generated"].sfsl_weight == 0.5
+    assert list(arms) == ["sfsl", "dreambooth"]
+    assert arms["dreambooth"].sfsl_weight == 0 and arms["sfsl"].sfsl_weight == 0.5
     assert arms["dreambooth"].output_dir == tmp_path / "out" / "finetune-dreambooth"
-    assert arms["dreambooth"].class_dir == arms["generated"].class_dir  # shared prior images
+    assert arms["dreambooth"].class_dir == arms["sfsl"].class_dir  # shared prior images
     assert dataclasses.replace(arms["dreambooth"], sfsl_weight=0.5, output_dir=None) == (
-        dataclasses.replace(arms["generated"], output_dir=None)
+        dataclasses.replace(arms["sfsl"], output_dir=None)
     )  # otherwise identical settings and seeds
     sets = exp.sample_sets()
     assert list(sets) == [
-        "generated",
-        "generated-recontext",
+        "sfsl",
+        "sfsl-recontext",
         "dreambooth",
         "dreambooth-recontext",
         "baseline",
@@ -129,21 +130,21 @@ def test_config_shares_top_level_keys_and_fills_defaults(tmp_path):
     ]
     assert sets["baseline"] == (None, ["a photo of flower"])
     assert sets["dreambooth"] == ("dreambooth", ["a photo of [V] flower"])
-    assert sets["generated-recontext"][1][0] == "a photo of [V] flower on the beach"
+    assert sets["sfsl-recontext"][1][0] == "a photo of [V] flower on the beach"
     assert exp.comparisons() == [
-        ("generated", "references"),
+        ("sfsl", "references"),
         ("dreambooth", "references"),
-        ("generated", "dreambooth"),
-        ("generated", "references-train"),
-        ("generated", "baseline"),
+        ("sfsl", "dreambooth"),
+        ("sfsl", "references-train"),
+        ("sfsl", "baseline"),
         ("dreambooth", "baseline"),
-        ("generated-recontext", "baseline-recontext"),
+        ("sfsl-recontext", "baseline-recontext"),
         ("dreambooth-recontext", "baseline-recontext"),
     ]
     no_baseline = load_experiment(
         write_config(tmp_path, "baseline = false\ndreambooth_arm = false\n" + CONFIG)
     )
-    assert list(no_baseline.sample_sets()) == ["generated", "generated-recontext"]
+    assert list(no_baseline.sample_sets()) == ["sfsl", "sfsl-recontext"]
 
 
 def test_references_split_by_seed_into_trained_and_held_out(tmp_path):
@@ -170,7 +171,7 @@ def test_circular_victims_are_the_sfsl_extractor_with_the_same_weights(tmp_path)
     )
     assert other.circular() == []
     no_sfsl = load_experiment(write_config(tmp_path), sets=["finetune.sfsl_weight=0"])
-    assert no_sfsl.circular() == [] and list(no_sfsl.arms()) == ["generated"]
+    assert no_sfsl.circular() == [] and list(no_sfsl.arms()) == ["sfsl"]
 
 
 def test_set_overrides_top_level_and_tables(tmp_path):
@@ -231,7 +232,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "run_comparisons", crash)
+    monkeypatch.setattr(experiment, "compare_stage", crash)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(path)
     monkeypatch.undo()
@@ -259,7 +260,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     sheet = json.loads((out / "curated" / "datasheet.json").read_text())
     assert sheet["counts"]["images"] == 2 and "template-linear" in sheet["evaluation"]
     assert sheet["references"][0]["file"] in {r["file"] for r in split["train"]}
-    assert result.reasons["compare:generated-vs-baseline"] == "no generated-vs-baseline.json yet"
+    assert result.reasons["compare:sfsl-vs-baseline"] == "no sfsl-vs-baseline.json yet"
     assert result.report == out / "report.html" and result.report.is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary == result.summary
@@ -272,20 +273,20 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert set(clf["spurious_rate"]) == {*experiment.LABELS}
     rate = clf["spurious_rate"]
     for pair, test in [
-        ("generated-vs-baseline", "McNemar exact"),
-        ("generated-vs-dreambooth", "McNemar exact"),
+        ("sfsl-vs-baseline", "McNemar exact"),
+        ("sfsl-vs-dreambooth", "McNemar exact"),
         ("dreambooth-vs-baseline", "McNemar exact"),
-        ("generated-vs-references", "Fisher exact"),
+        ("sfsl-vs-references", "Fisher exact"),
     ]:
         diff = clf["differences"][pair]
         a, b = pair.split("-vs-")
         assert diff["delta"] == pytest.approx(rate[a] - rate[b]) and diff["test"] == test
         assert diff["delta_ci"][0] <= diff["delta"] <= diff["delta_ci"][1]
-    lo, hi = clf["spurious_rate_ci"]["generated"]
-    assert lo <= rate["generated"] <= hi
+    lo, hi = clf["spurious_rate_ci"]["sfsl"]
+    assert lo <= rate["sfsl"] <= hi
     assert summary["n_images"] == {
-        "generated": 2,
-        "generated-recontext": 8,
+        "sfsl": 2,
+        "sfsl-recontext": 8,
         "dreambooth": 2,
         "dreambooth-recontext": 8,
         "baseline": 2,
@@ -296,21 +297,19 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert summary["references"]["judged_against"] == "held-out"
     manifest = (out / "samples" / "baseline" / "manifest.jsonl").read_text().splitlines()
     assert json.loads(manifest[0])["prompt"] == "a photo of flower"  # no identifier
-    tuned = json.loads(
-        (out / "samples" / "generated" / "manifest.jsonl").read_text().splitlines()[0]
-    )
+    tuned = json.loads((out / "samples" / "sfsl" / "manifest.jsonl").read_text().splitlines()[0])
     assert tuned["prompt"] == "a photo of sks flower"
     assert tuned["seed"] == json.loads(manifest[0])["seed"]  # paired noise
-    saved = json.loads((out / "compare" / "generated-vs-baseline.json").read_text())
+    saved = json.loads((out / "compare" / "sfsl-vs-baseline.json").read_text())
     assert saved["differences"]["pairing"]["paired"] is True
     assert saved["differences"]["classifiers"]["template-linear"]["spurious_rate"]["test"] == (
         "McNemar exact"
     )
-    to_refs = json.loads((out / "compare" / "generated-vs-references.json").read_text())
+    to_refs = json.loads((out / "compare" / "sfsl-vs-references.json").read_text())
     assert to_refs["differences"]["pairing"]["paired"] is False
     # the exact weights: base model, fine-tuned pipeline (content hash), every model's identity
     models = summary["models"]
-    arm = models["arms"]["generated"]
+    arm = models["arms"]["sfsl"]
     assert models["base"]["source"] == "tiny" and arm["sfsl_extractor"] == {"source": "random"}
     assert arm["model_id"]["source"] == "run" and arm["model_id"]["base"] == models["base"]
     assert "unet/diffusion_pytorch_model.safetensors" in arm["model_id"]["files"]
@@ -334,14 +333,14 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
 
     # Removing outputs redoes exactly what depends on them.
     (out / "scores" / "baseline.json").unlink()
-    first = out / "samples" / "generated" / tuned["file"]
+    first = out / "samples" / "sfsl" / tuned["file"]
     png = first.read_bytes()
     first.unlink()
     third = run_experiment(path)
     ran = {k for k, v in third.stages.items() if v == "ran"}
     assert "finetune" not in ran and "sample:baseline" not in ran
-    assert {"sample:generated", "score:generated", "score:baseline", "report"} <= ran
-    assert "score:references" not in ran and "score:generated-recontext" not in ran
+    assert {"sample:sfsl", "score:sfsl", "score:baseline", "report"} <= ran
+    assert "score:references" not in ran and "score:sfsl-recontext" not in ran
     assert first.read_bytes() == png  # the same image again
     # The re-made image and the set re-scored around it may come out of another batch size:
     # the same numbers up to floating-point summation order, not bit for bit.

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.generate.prompts import without_identifier
 from spurcli.generate.sample import (
     SampleConfig,
     derive_seed,
@@ -24,7 +25,6 @@ from spurcli.generate.sample import (
     prompt_folders,
     sample,
     with_recontext,
-    without_identifier,
 )
 from spurcli.records import MANIFEST, png_record, read_manifest
 from spurcli.text import slugify

@@ -64,7 +64,7 @@ def check(paths: list[Path]) -> list[str]:
     the classifier and extractor names (with "did you mean")."""
     from spurcli import imagenet, plugins
     from spurcli.errors import SpurcliError, UsageError
-    from spurcli.experiment.run import load_experiment
+    from spurcli.experiment.plan import load_experiment
 
     problems = []
     for path in paths:

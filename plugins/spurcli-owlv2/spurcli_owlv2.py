@@ -76,7 +76,7 @@ def tiny_random(seed: int = 0) -> tuple[Any, Any]:
     import torch
     from transformers import Owlv2Config, Owlv2ForObjectDetection
 
-    from spurcli.generate.pipelines import _tiny_tokenizer
+    from spurcli.generate.tiny import _tiny_tokenizer
 
     tokenizer = _tiny_tokenizer()
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}

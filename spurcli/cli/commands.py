@@ -31,6 +31,7 @@ from spurcli.errors import SpurcliError, UsageError
 from spurcli.evaluate.config import CompareConfig, CurateConfig, ScoreConfig
 from spurcli.experiment.config import TABLES
 from spurcli.generate.config import FinetuneConfig, SampleConfig
+from spurcli.generate.prompts import read_prompts_file
 from spurcli.records import FINETUNE_CARD, PIPELINE_DIR
 from spurcli.settings import read_toml
 from spurcli.text import rich_text, terminal
@@ -165,7 +166,7 @@ def sample_command(
     if model is not None:
         given["model"] = model
     if prompts_file is not None:  # the command line's prompts replace the file's
-        given["prompts"] = [*given.get("prompts", ()), *sample.read_prompts_file(prompts_file)]
+        given["prompts"] = [*given.get("prompts", ()), *read_prompts_file(prompts_file)]
     cfg = load_settings(SampleConfig, config, "sample", sets, given, TABLES)
     # The field's default ("tiny") serves Python callers; on the command line a model is named.
     given_sets = {s.partition("=")[0].strip().replace("-", "_") for s in sets or ()}

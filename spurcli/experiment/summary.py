@@ -32,16 +32,18 @@ from typing import Any
 import numpy as np
 
 from spurcli.evaluate import metrics
+from spurcli.evaluate.compare import find_pairs
+from spurcli.experiment.layout import REFERENCES
+from spurcli.experiment.plan import BASELINE, DREAMBOOTH, SFSL, Experiment
+from spurcli.experiment.results import model_identities, saved_scores
 
 
-def _differences(exp: Any) -> list[tuple[str, str, bool]]:
+def _differences(exp: Experiment) -> list[tuple[str, str, bool]]:
     """(set a, set b, paired by construction) for every difference the summary tests."""
-    from spurcli.experiment.run import DREAMBOOTH_ARM, REFERENCES, SFSL_ARM
-
     sets = exp.sample_sets()
-    pairs = [(arm, "baseline", True) for arm in exp.arms() if "baseline" in sets]
-    if DREAMBOOTH_ARM in sets:
-        pairs.append((SFSL_ARM, DREAMBOOTH_ARM, True))
+    pairs = [(arm, BASELINE, True) for arm in exp.arms() if BASELINE in sets]
+    if DREAMBOOTH in sets:
+        pairs.append((SFSL, DREAMBOOTH, True))
     pairs += [
         (f"{arm}-recontext", "baseline-recontext", True)
         for arm in exp.arms()
@@ -51,19 +53,10 @@ def _differences(exp: Any) -> list[tuple[str, str, bool]]:
     return pairs
 
 
-def summarize(exp: Any) -> dict[str, Any]:
+def summarize(exp: Experiment) -> dict[str, Any]:
     """The run's answer, from the score files of every set (see the module docstring)."""
-    from spurcli.evaluate.compare import find_pairs
-    from spurcli.experiment.run import (
-        REFERENCES,
-        _all_sets,
-        _score_paths,
-        model_identities,
-        saved_scores,
-    )
-
-    names = _all_sets(exp)
-    scores = {n: json.loads(_score_paths(exp, n)[0].read_text(encoding="utf-8")) for n in names}
+    names = exp.all_sets()
+    scores = {n: json.loads(exp.layout.scores(n).read_text(encoding="utf-8")) for n in names}
     saved = {n: saved_scores(exp, n) for n in names}
     target = scores[names[0]]["target"]
     k = target["index"]
@@ -180,7 +173,7 @@ def _delta(diff: dict[str, Any] | None) -> dict[str, str]:
 
 def summary_table(summary: dict[str, Any]) -> dict[str, Any]:
     """The summary as columns and rows of cells ``{"text", "css"}`` (report and terminal)."""
-    from spurcli.experiment.run import LABELS
+    from spurcli.experiment.plan import LABELS
 
     sets = [s for s in summary["n_images"] if not s.endswith("-recontext")]
     first = next(iter(summary["classifiers"].values()))

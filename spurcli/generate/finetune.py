@@ -101,14 +101,14 @@ from spurcli.generate.checkpoints import (
 )
 from spurcli.generate.config import FinetuneConfig
 from spurcli.generate.losses import SFSL, step_losses, term_grad_norms
+from spurcli.generate.modules import cast_frozen, set_training_attention_slicing
 from spurcli.generate.pipelines import (
     PIPELINE_DIR,
-    cast_frozen,
     load_pipeline,
     load_taesd,
     quiet_library_progress_bars,
-    set_training_attention_slicing,
 )
+from spurcli.generate.prompts import fill_prompt
 from spurcli.generate.training_data import Batch, LatentCache, TrainingData
 from spurcli.images import find_images, read_folder, read_image, sha256_file, write_png
 from spurcli.records import FINETUNE_CARD
@@ -271,12 +271,6 @@ def _started_commit(cfg: FinetuneConfig, out: Path) -> str | None:
     if card.get("model") != cfg.model or recorded.get("source") != "hub":
         return None
     return recorded.get("revision")
-
-
-def fill_prompt(template: str, identifier: str, noun: str | None) -> str:
-    """``{identifier}`` and ``[V]`` become the identifier, ``{noun}`` the class noun."""
-    text = template.replace("[V]", identifier).replace("{identifier}", identifier)
-    return text.replace("{noun}", noun or "")
 
 
 # ----------------------------------------------------------------------------------------------

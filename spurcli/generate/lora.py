@@ -1,10 +1,10 @@
 """LoRA for `spurcli finetune --lora-rank R`: peft adapters, their checkpoints, diffusers' format.
 
-    from spurcli.generate.lora import add_adapters, adapter_state, save_lora, load_lora_pipeline
+    from spurcli.generate.lora import add_adapters, adapter_state, save_lora
     add_adapters(unet, text_encoder, cfg)     # freezes the base weights, adds trainable adapters
     state = adapter_state(unet)               # only the adapters' tensors (for a checkpoint)
     save_lora(out / "lora", unet, text_encoder or None)  # pytorch_lora_weights.safetensors
-    pipe = load_lora_pipeline(lora_dir, run)  # the base model + the adapters, fused
+    load_pipeline(run_folder)                 # spurcli.generate.pipelines: base + adapters, fused
 
 The adapters sit on the UNet's attention projections (to_q, to_k, to_v, to_out.0, and add_k/v_proj
 where a UNet has them: diffusers' examples/dreambooth/train_dreambooth_lora.py's list) and, when
@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from spurcli.errors import SpurcliError
+from spurcli.generate.config import TINY
+from spurcli.generate.modules import cast_frozen, quiet_library_progress_bars
 
 LORA_DIR = "lora"  # OUT/lora/ in a LoRA run, in place of OUT/pipeline/
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default file name
@@ -49,7 +53,6 @@ def add_adapters(unet: Any, text_encoder: Any, cfg: Any, base_dtype: Any = torch
     """Freeze ``unet`` and the text encoder in ``base_dtype`` (the compute dtype: frozen weights
     need no fp32 master copy), then add trainable fp32 adapters to them."""
     from spurcli.errors import UsageError
-    from spurcli.generate.pipelines import cast_frozen
 
     for model in (unet, text_encoder):
         cast_frozen(model.requires_grad_(False), base_dtype)
@@ -114,16 +117,16 @@ def save_lora(folder: Path, unet: Any, text_encoder: Any | None) -> None:
     )
 
 
-def load_lora_pipeline(folder: str | os.PathLike[str], run: dict[str, Any], **kwargs: Any) -> Any:
-    """The run's base model with its adapters fused in: as fast as a full pipeline to sample."""
-    from spurcli.errors import SpurcliError
-    from spurcli.generate.pipelines import load_pipeline, quiet_library_progress_bars, resolve_model
+def lora_base(card: dict[str, Any]) -> tuple[str, str | None]:
+    """The base model a LoRA run's adapters apply to, and its commit: the one the run was trained
+    on, not whatever the hub's main is now."""
+    base = card.get("lora", {}).get("base_model") or card["model"]
+    identity = card.get("model_id") or {}
+    return base, identity.get("revision") if identity.get("source") == "hub" else None
 
-    base = run.get("lora", {}).get("base_model") or run["model"]
-    identity = run.get("model_id") or {}
-    # The adapters apply to the commit the run was trained on, not whatever main is now.
-    revision = identity.get("revision") if identity.get("source") == "hub" else None
-    pipe = load_pipeline(resolve_model(base, revision), **kwargs)
+
+def fuse_lora(pipe: Any, folder: str | os.PathLike[str], base: str) -> None:
+    """The adapters in ``folder`` fused into the base pipeline's weights."""
     quiet_library_progress_bars()
     try:
         pipe.load_lora_weights(os.fspath(folder), weight_name=LORA_WEIGHTS)
@@ -131,13 +134,10 @@ def load_lora_pipeline(folder: str | os.PathLike[str], run: dict[str, Any], **kw
         pipe.unload_lora_weights()  # the fused weights stay; the adapter modules go
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise SpurcliError(f"cannot apply the LoRA adapters in {folder} to {base}: {exc}") from exc
-    return pipe
 
 
 def run_card(cfg: Any) -> dict[str, Any]:
     """What spurcli-run.json says of a LoRA run: the adapters and the base model they apply to."""
-    from spurcli.generate.pipelines import TINY
-
     model = cfg.model
     if model != TINY and Path(model).expanduser().is_dir():
         model = os.fspath(Path(model).expanduser().resolve())  # loadable from any folder

@@ -30,6 +30,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from spurcli.generate.tiny import build_tiny_pipeline, small_unet
+
 MINI = "mini"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "data" / "mini"
 RECIPE_FILE = "mini.json"
@@ -74,20 +76,7 @@ def mini_vae(scaling_factor: float = 1.0) -> Any:
 
 def mini_unet() -> Any:
     """The mini UNet's architecture (untrained): tiny's, on 16 x 16 latents."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=RESOLUTION // 8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,  # = tiny's text encoder's hidden size
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    return small_unet(sample_size=RESOLUTION // 8)
 
 
 def recipe() -> dict[str, Any]:
@@ -107,8 +96,6 @@ def build_mini_pipeline() -> Any:
     """The `mini` StableDiffusionPipeline (float32, CPU) from the committed weights."""
     import torch
     from safetensors.torch import load_file
-
-    from spurcli.generate.pipelines import build_tiny_pipeline
 
     info = recipe()
     pipe = build_tiny_pipeline()  # tokenizer, seeded text encoder, SD 1.x scheduler

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.generate.config import MINI, SCHEDULERS, TINY
+from spurcli.generate.lora import fuse_lora, lora_base
+from spurcli.generate.mini import RECIPE_FILE, WEIGHTS_DIR, build_mini_pipeline
+from spurcli.generate.modules import quiet_library_progress_bars
+from spurcli.generate.tiny import build_tiny_pipeline
 from spurcli.records import FINETUNE_CARD, PIPELINE_DIR
 from spurcli.weights import cached_commit, folder_identity, offline
 
@@ -108,16 +111,15 @@ def load_pipeline(
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     dtype = dtype or torch.float32
     if ref.kind == "run" and (ref.run or {}).get("lora"):
-        from spurcli.generate.lora import load_lora_pipeline
-
-        pipe = load_lora_pipeline(ref.location, ref.run, dtype=dtype)  # type: ignore[arg-type]
+        # The run's base model with its adapters fused in: as fast as a full pipeline to sample.
+        base, revision = lora_base(ref.run)  # type: ignore[arg-type]
+        pipe = load_pipeline(resolve_model(base, revision), dtype=dtype)
+        fuse_lora(pipe, ref.location, base)
     elif ref.kind == TINY:
         pipe = build_tiny_pipeline()
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
     elif ref.kind == MINI:  # the quickstart's embedded model: spurcli.generate.mini
-        from spurcli.generate.mini import build_mini_pipeline
-
         pipe = build_mini_pipeline()
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
@@ -185,8 +187,6 @@ def model_identity(ref: ModelRef) -> dict[str, Any]:
     hashes of its committed weights.
     """
     if ref.kind == MINI:  # committed weights: their hashes, and the recipe that made them
-        from spurcli.generate.mini import RECIPE_FILE, WEIGHTS_DIR
-
         identity = folder_identity(WEIGHTS_DIR)
         return {**identity, "source": MINI, "recipe": f"spurcli/data/mini/{RECIPE_FILE}"}
     if ref.kind == TINY:
@@ -215,30 +215,6 @@ def _spurcli_version() -> str | None:
         return None
 
 
-def quiet_library_progress_bars() -> None:
-    """Silence diffusers' and transformers' own load/save bars: spurcli draws its own on stderr."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
-
-def cast_frozen(module: Any, dtype: Any) -> Any:
-    """``module.to(dtype)`` without diffusers' "keep in float32" hint (it is about loading)."""
-    import torch
-    from diffusers.utils import logging as diffusers_logging
-
-    if dtype == torch.float32 and all(p.dtype == dtype for p in module.parameters()):
-        return module
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        return module.to(dtype)
-    finally:
-        diffusers_logging.set_verbosity(level)
-
-
 def make_scheduler(name: str, config: Any) -> Any:
     """A diffusers scheduler by short name, configured like the pipeline's own."""
     import diffusers
@@ -247,230 +223,6 @@ def make_scheduler(name: str, config: Any) -> Any:
     if key not in SCHEDULERS:
         raise UsageError(f"unknown scheduler '{name}'; choose from {', '.join(SCHEDULERS)}")
     return getattr(diffusers, SCHEDULERS[key]).from_config(config)
-
-
-def set_attention_slicing(module: Any, mode: str | int | None) -> None:
-    """Attention slicing (the memory saver that needs no xformers) on a pipeline or a UNet.
-
-    ``mode``: "auto" (half the heads at a time), "max" (one slice at a time), an int slice size,
-    or "off"/None.
-    """
-    value: str | int | None
-    if mode in (None, "off", "none"):
-        value = None
-    elif mode in ("auto", "max"):
-        value = str(mode)
-    else:
-        try:
-            value = int(mode)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise UsageError(
-                f"attention slicing must be auto, max, off or an int, not {mode!r}"
-            ) from None
-    if not hasattr(module, "set_attention_slice"):
-        raise TypeError(f"{type(module).__name__} has no attention slicing")
-    module.set_attention_slice(value)
-
-
-def set_training_attention_slicing(module: Any, mode: str | int | None) -> int | None:
-    """Attention slicing that saves memory in *training* too, on a UNet or a VAE.
-
-    diffusers' sliced processor splits the batch x heads axis, which helps inference; in training
-    autograd keeps every slice's attention matrix for the backward pass, so the peak stays (or
-    grows). This one splits the query axis (so single-head VAE attention slices too) and, when
-    gradients are on, recomputes each slice in the backward pass: at most one slice's
-    queries x keys matrix exists at any time. Exact: softmax runs over keys, whole per query.
-
-    ``mode``: "auto" (two slices), "max" (128 queries per slice), an int (queries per slice), or
-    "off"/None (the default processor, SDPA: memory-efficient already on CUDA). Returns the
-    queries per slice (None: two halves, or off).
-    """
-    if mode in (None, "off", "none"):
-        return None
-    if mode not in ("auto", "max"):
-        try:
-            size = int(mode)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            size = 0
-        if size < 1:
-            raise UsageError(f"attention slicing must be auto, max, off or an int, not {mode!r}")
-    else:
-        size = None if mode == "auto" else 128
-    module.set_attn_processor(SlicedAttention(size))
-    return size
-
-
-class SlicedAttention:
-    """A diffusers attention processor: queries in slices, each recomputed in backward."""
-
-    def __init__(self, slice_size: int | None = None) -> None:
-        self.slice_size = slice_size  # queries per slice; None: two halves
-
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: Any,
-        encoder_hidden_states: Any = None,
-        attention_mask: Any = None,
-        temb: Any = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> Any:
-        import torch
-        from torch.utils.checkpoint import checkpoint
-
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        image = hidden_states.ndim == 4  # the VAE's attention sees (B, C, H, W)
-        if image:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        batch, keys, _ = context.shape
-        attention_mask = attn.prepare_attention_mask(attention_mask, keys, batch)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            context = hidden_states
-        elif attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        query = attn.head_to_batch_dim(query)
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
-
-        def attend(q: Any, k: Any, v: Any, mask: Any) -> Any:
-            return torch.bmm(attn.get_attention_scores(q, k, mask), v)
-
-        n = query.shape[1]
-        size = self.slice_size or -(-n // 2)
-        recompute = torch.is_grad_enabled() and query.requires_grad
-        parts = []
-        for start in range(0, n, size):
-            q = query[:, start : start + size]
-            mask = attention_mask
-            if mask is not None and mask.shape[1] > 1:
-                mask = mask[:, start : start + size]
-            if recompute:
-                parts.append(checkpoint(attend, q, key, value, mask, use_reentrant=False))
-            else:
-                parts.append(attend(q, key, value, mask))
-        hidden_states = attn.batch_to_head_dim(torch.cat(parts, dim=1))
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))  # linear, dropout
-        if image:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-
-def build_tiny_pipeline(seed: int = 0) -> Any:
-    """The `tiny` Stable Diffusion: SD 1.x structure, a few hundred thousand parameters."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = _tiny_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        # Same weights in every process: each component is drawn from its own fixed seed.
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=8,  # 64 px images / the VAE's 8x downsampling
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,  # = the text encoder's hidden size
-            attention_head_dim=8,
-            norm_num_groups=32,
-        )
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(8, 16, 32, 32),  # 4 blocks: 8x downsampling, as in SD
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            norm_num_groups=8,
-            sample_size=64,
-        )
-        torch.manual_seed(seed + 2)
-        vocab = tokenizer.get_vocab()
-        end = vocab["<|endoftext|>"]
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(vocab),
-                hidden_size=32,
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                max_position_embeddings=tokenizer.model_max_length,
-                projection_dim=32,
-                bos_token_id=vocab["<|startoftext|>"],
-                eos_token_id=end,
-                pad_token_id=end,
-            )
-        )
-    # Stable Diffusion 1.x's noise schedule and default scheduler.
-    scheduler = PNDMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        steps_offset=1,
-        set_alpha_to_one=False,
-    )
-    return StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet.eval(),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def _tiny_tokenizer() -> Any:
-    """A CLIP tokenizer over single bytes (no merges): any prompt tokenizes, nothing to download."""
-    from transformers import CLIPTokenizer
-
-    chars = list(_bytes_to_unicode().values())
-    tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
-    with tempfile.TemporaryDirectory(prefix="spurcli-tiny-tokenizer-") as folder:
-        # Written as files, the format every transformers version reads.
-        vocab = {token: i for i, token in enumerate(tokens)}
-        Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        Path(folder, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table (byte-level BPE alphabet)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return dict(sorted(table.items()))
 
 
 TAESD_RANDOM = "random"

@@ -36,23 +36,20 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spurcli.errors import SpurcliError, UsageError
+from spurcli.errors import SpurcliError
 from spurcli.generate.config import SampleConfig
+from spurcli.generate.prompts import fill_identifier, with_recontext
 from spurcli.records import MANIFEST, PNG_CHUNK, png_record, read_manifest
 from spurcli.text import slugify
 
 log = logging.getLogger(__name__)
 
-IDENTIFIER = "[V]"  # stands for the fine-tuned run's identifier token in prompts
-# DreamBooth's recontextualisation: the subject in places the references never showed.
-RECONTEXT = ("on the beach", "on Mount Fuji", "in a garden", "in a market")
 # Fields that make two images "the same image": a finished file made with other values is an error.
 IDENTITY = (
     "prompt",
@@ -116,52 +113,6 @@ def derive_seed(seed: int, index: int) -> int:
 
     state = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, index]).generate_state(2)
     return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFFFFFFFFFFFFFF  # fits int64
-
-
-def read_prompts_file(path: str | os.PathLike[str]) -> list[str]:
-    """One prompt per line; blank lines and lines starting with # are ignored."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise SpurcliError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise SpurcliError(f"prompts file {path} holds no prompt")
-    return prompts
-
-
-def with_recontext(prompts: Sequence[str]) -> list[str]:
-    """The prompts followed by each one in the recontextualisation settings."""
-    extra = [f"{p.rstrip(' .')} {place}" for p in prompts for place in RECONTEXT]
-    return list(dict.fromkeys([*prompts, *extra]))  # keep order, drop repeats
-
-
-def without_identifier(prompt: str) -> str:
-    """The untuned baseline's prompt: "a photo of [V] flower" -> "a photo of flower"."""
-    return re.sub(r"\s+", " ", prompt.replace(IDENTIFIER, " ")).strip()
-
-
-def fill_identifier(prompts: Sequence[str], identifier: str | None, tuned: bool) -> list[str]:
-    """Replace `[V]`; a tuned model prompted without it gets a warning (its token goes unused)."""
-    out = []
-    for prompt in prompts:
-        if IDENTIFIER in prompt:
-            if not identifier:
-                raise UsageError(
-                    f"prompt '{prompt}' uses {IDENTIFIER} but the model is not a spurcli finetune "
-                    "run; pass --identifier TOKEN or remove [V]"
-                )
-            prompt = prompt.replace(IDENTIFIER, identifier)
-        elif tuned and identifier and identifier not in prompt.split():
-            log.warning(
-                "prompt '%s' has no %s: the tuned token '%s' is not used",
-                prompt,
-                IDENTIFIER,
-                identifier,
-            )
-        out.append(prompt)
-    return out
 
 
 def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, str]:
@@ -300,12 +251,8 @@ def _sample(
 ) -> SampleResult:
     from spurcli.console import progress_bar
     from spurcli.finite import check_model_finite
-    from spurcli.generate.pipelines import (
-        load_pipeline,
-        make_scheduler,
-        model_identity,
-        set_attention_slicing,
-    )
+    from spurcli.generate.modules import set_attention_slicing
+    from spurcli.generate.pipelines import load_pipeline, make_scheduler, model_identity
     from spurcli.parallel import Processes
 
     ref = model_ref

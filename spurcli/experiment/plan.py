@@ -1,0 +1,232 @@
+"""The plan of an experiment: its arms, image sets and comparisons, resolved from a run config.
+
+    from spurcli.experiment.plan import load_experiment
+    exp = load_experiment("examples/quickstart.toml", ["sample.n=4"])
+    exp.arms()            # {"sfsl": FinetuneConfig, "dreambooth": FinetuneConfig (sfsl_weight 0)}
+    exp.sample_sets()     # {"sfsl": ("sfsl", prompts), ..., "baseline": (None, prompts without [V])}
+    exp.comparisons()     # [("sfsl", "references"), ("sfsl", "dreambooth"), ...]
+
+The arms are fine-tuning runs: ``sfsl`` (the method) and ``dreambooth`` (the same settings and
+seeds with ``sfsl_weight = 0``, so SFSL's own effect can be measured); ``baseline`` is the
+untuned model sampled with the prompts without [V]. Every set is sampled with the same seeds, so
+image i of each starts from the same noise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from spurcli import plugins
+from spurcli.errors import UsageError
+from spurcli.evaluate.config import CompareConfig, CurateConfig
+from spurcli.experiment.config import TABLES, ExperimentConfig
+from spurcli.experiment.layout import REFERENCES, TRAIN_REFERENCES, Layout
+from spurcli.experiment.references import ReferenceSplit, split_references
+from spurcli.generate.config import FinetuneConfig, SampleConfig
+from spurcli.generate.prompts import fill_prompt, with_recontext, without_identifier
+from spurcli.plugins import parse_weights
+from spurcli.settings import load_config, read_toml
+
+# The image sets of an experiment, named after what made them. Each arm is a fine-tuning run.
+SFSL, DREAMBOOTH, BASELINE = "sfsl", "dreambooth", "baseline"
+LABELS = {
+    SFSL: "SFSL",
+    f"{SFSL}-recontext": "SFSL (recontext)",
+    DREAMBOOTH: "DreamBooth only",
+    f"{DREAMBOOTH}-recontext": "DreamBooth only (recontext)",
+    BASELINE: "baseline",
+    f"{BASELINE}-recontext": "baseline (recontext)",
+    REFERENCES: "held-out references",
+    TRAIN_REFERENCES: "training references",
+}
+
+
+@dataclass
+class Experiment:
+    """Everything an experiment needs, resolved from the config file."""
+
+    config: ExperimentConfig  # the file's top level; the tables are the fields below
+    finetune: FinetuneConfig
+    sample: Any  # SampleConfig (prompts, n, steps, ... ; model and out are set per set)
+    compare: Any  # CompareConfig
+    path: Path
+    curate: Any = None  # CurateConfig from the [curate] table; None: no curate stage
+
+    @cached_property
+    def split(self) -> ReferenceSplit:
+        """The references trained on and held out (reads the reference folder once)."""
+        source = Path(self.config.instance_dir)  # type: ignore[arg-type]
+        return split_references(source, self.config.train_references, self.config.seed)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)  # type: ignore[arg-type]
+
+    @cached_property
+    def layout(self) -> Layout:
+        """Every path of the experiment folder."""
+        return Layout(self.out, held_out=bool(self.split.held_out))
+
+    @property
+    def finetune_dir(self) -> Path:
+        return Path(self.finetune.output_dir)  # type: ignore[arg-type]
+
+    def arms(self) -> dict[str, FinetuneConfig]:
+        """Sample-set name -> the fine-tuning run behind it (SFSL, and DreamBooth alone)."""
+        arms = {SFSL: self.finetune}
+        if self.config.dreambooth_arm and self.finetune.sfsl_weight != 0:
+            folder = self.finetune_dir.with_name(self.finetune_dir.name + "-dreambooth")
+            arms[DREAMBOOTH] = replace(self.finetune, sfsl_weight=0.0, output_dir=folder)
+        return arms
+
+    def sample_sets(self) -> dict[str, tuple[str | None, list[str]]]:
+        """set name -> (the arm whose model samples it, None: the base model; prompts)."""
+        prompts = list(self.sample.prompts)
+        places = with_recontext(prompts)[len(prompts) :]
+        sets: dict[str, tuple[str | None, list[str]]] = {}
+        for arm in self.arms():
+            sets[arm] = (arm, prompts)
+            if self.config.recontext:
+                sets[f"{arm}-recontext"] = (arm, places)
+        if self.config.baseline:
+            sets[BASELINE] = (None, [without_identifier(p) for p in prompts])
+            if self.config.recontext:
+                sets[f"{BASELINE}-recontext"] = (None, [without_identifier(p) for p in places])
+        return sets
+
+    def reference_sets(self) -> list[str]:
+        return [REFERENCES, TRAIN_REFERENCES] if self.split.held_out else [REFERENCES]
+
+    def set_dir(self, name: str) -> Path:
+        return self.layout.set_dir(name)
+
+    def all_sets(self) -> list[str]:
+        """Every image set: the sampled ones, then the references."""
+        return [*self.sample_sets(), *self.reference_sets()]
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        arms = list(self.arms())
+        pairs = [(arm, REFERENCES) for arm in arms]
+        if DREAMBOOTH in arms:
+            pairs.append((SFSL, DREAMBOOTH))  # SFSL's own contribution
+        if self.split.held_out:
+            pairs.append((SFSL, TRAIN_REFERENCES))  # the memorisation check
+        if self.config.baseline:
+            pairs += [(arm, BASELINE) for arm in arms]
+            if self.config.recontext:
+                pairs += [(f"{arm}-recontext", f"{BASELINE}-recontext") for arm in arms]
+        return pairs
+
+    def circular(self) -> list[str]:
+        """Victim classifiers that are the SFSL extractor itself (same model, same weights)."""
+        if self.finetune.sfsl_weight == 0:
+            return []
+
+        def identity(registry: Any, name: str) -> tuple[str, str | None]:
+            entry, variant = registry.resolve(name)
+            return entry.name, variant
+
+        extractor = identity(plugins.extractors(), self.finetune.extractor)
+        weights = parse_weights(self.compare.weights)
+        return [
+            name
+            for name in self.compare.classifiers
+            if identity(plugins.classifiers(), name) == extractor
+            and weights.get(name) == self.finetune.extractor_weights
+        ]
+
+
+def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> Experiment:
+    """Read and check a run config.
+
+    ``sets``: ``--set key=value`` for a top-level key, ``--set table.key=value`` for a table's
+    (``--set finetune.steps=10``, ``--set sample.n=4``).
+    """
+    path = Path(path)
+    data = read_toml(path)
+    unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in TABLES]
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown table [{unknown[0]}]; a run config has the tables "
+            + ", ".join(f"[{t}]" for t in TABLES)
+        )
+    by_table: dict[str | None, list[str]] = {}
+    for item in sets:
+        key = item.partition("=")[0]
+        table, dot, _ = key.partition(".")
+        if dot and table not in TABLES:
+            raise UsageError(f"--set {item}: no table [{table}]; use one of {', '.join(TABLES)}")
+        by_table.setdefault(table if dot else None, []).append(
+            item.split(".", 1)[1] if dot else item
+        )
+    top = load_config(ExperimentConfig, path, sets=by_table.get(None, ()))
+    # "examples/../runs/x" -> "runs/x": the folders appear in logs and in the report.
+    top = replace(top, **{k: _norm(getattr(top, k)) for k in ("out", "instance_dir")})
+    top.check(path)
+    shared = {
+        "model": top.model,
+        "revision": top.revision,
+        "target": top.target,
+        "class_noun": top.class_noun,
+        "instance_dir": top.out / "references" / "train",  # type: ignore[operator]
+        "identifier": top.identifier,
+        "seed": top.seed,
+    }
+
+    def section(cls: type, name: str) -> Any:
+        fields = cls.__dataclass_fields__
+        table_sets = by_table.get(name, ())
+        # Shared keys not set in the table (or by --set) follow the top level's resolved values.
+        given = {k.replace("-", "_") for k in data.get(name, {})}
+        given |= {item.partition("=")[0].strip().replace("-", "_") for item in table_sets}
+        if name in data:
+            cfg = load_config(cls, path, section=name, sets=table_sets)
+        else:  # no table: only the shared values (the file's other keys are the top level's)
+            own = {k: v for k, v in shared.items() if k in fields and k not in given}
+            cfg = load_config(cls, None, sets=table_sets, overrides=own)
+        return replace(cfg, **{k: v for k, v in shared.items() if k in fields and k not in given})
+
+    finetune = section(FinetuneConfig, "finetune")
+    if "instance_dir" in {k.replace("-", "_") for k in data.get("finetune", {})}:
+        raise UsageError(
+            f"{path}: [finetune] instance_dir is set by the run (the training share of the "
+            "top-level instance_dir); remove it from the table"
+        )
+    finetune = replace(
+        finetune,
+        output_dir=_norm(finetune.output_dir) or top.out / "finetune",  # type: ignore[operator]
+        # Both arms share the prior images (the frozen model's, the same for both).
+        class_dir=_norm(finetune.class_dir) or top.out / "class-images",  # type: ignore[operator]
+    )
+    sample = section(SampleConfig, "sample")
+    if not sample.prompts:
+        sample = replace(
+            sample, prompts=[fill_prompt(finetune.instance_prompt, "[V]", top.class_noun)]
+        )
+    compare = section(CompareConfig, "compare")
+    compare = replace(compare, real=_norm(compare.real))
+    if not compare.classifiers:
+        raise UsageError(f'{path}: [compare] classifiers is required, e.g. ["resnet", "clip"]')
+    curate = None
+    if "curate" in data:
+        curate = section(CurateConfig, "curate")
+        # The stage owns out/curated/; the references default to those trained on.
+        refs = _norm(curate.references) or top.out / "references" / "train"  # type: ignore[operator]
+        curate = replace(curate, references=refs, overwrite=True)
+    return Experiment(
+        config=top, finetune=finetune, sample=sample, compare=compare, path=path, curate=curate
+    )
+
+
+def is_experiment_config(path: str | os.PathLike[str]) -> bool:
+    """A `spurcli run` config: an experiment folder ``out`` at its top level."""
+    return isinstance(read_toml(Path(path)).get("out"), str)
+
+
+def _norm(path: Path | None) -> Path | None:
+    return None if path is None else Path(os.path.normpath(path))
