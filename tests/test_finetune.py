@@ -31,8 +31,9 @@ from PIL import Image
 
 from spurcli import cli, hookimpl, plugins
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.generate.finetune import Interrupted, finetune
+from spurcli.generate.finetune import finetune
 from spurcli.generate.pipelines import build_tiny_pipeline, load_pipeline, resolve_model
+from spurcli.generate.training import Interrupted
 from spurcli.images import sha256_file
 
 LOG_KEYS = {"step", "loss", "loss_instance", "loss_prior", "loss_sfsl", "lr"}

@@ -21,8 +21,9 @@ from _finetune_helpers import fast_config, make_refs, same_weights, weights
 from safetensors.torch import load_file
 
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.generate.finetune import Interrupted, finetune
+from spurcli.generate.finetune import finetune
 from spurcli.generate.pipelines import build_tiny_pipeline, load_pipeline, load_taesd, resolve_model
+from spurcli.generate.training import Interrupted
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -292,7 +292,8 @@ def test_sample_records_the_commit_in_json_manifest_and_png(sd_hub, cli_main, tm
 def test_finetune_run_card_records_base_commit_and_resume_stays_on_it(sd_hub, tmp_path):
     import dataclasses
 
-    from spurcli.generate.finetune import base_identity, base_model, finetune
+    from spurcli.generate.finetune import finetune
+    from spurcli.generate.inputs import base_identity, base_model
     from spurcli.records import FINETUNE_CARD
 
     hub, old, main = sd_hub

@@ -13,7 +13,7 @@ import pytest
 from spurcli import cli
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.experiment import run as experiment
-from spurcli.experiment.plan import load_experiment
+from spurcli.experiment.plan import LABELS, load_experiment
 from spurcli.experiment.run import run_experiment
 
 
@@ -270,7 +270,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     )
     assert summary["consensus"]["classifiers"] == ["timm:test_resnet"]
     assert "template-linear" in summary["excluded_from_consensus"]
-    assert set(clf["spurious_rate"]) == {*experiment.LABELS}
+    assert set(clf["spurious_rate"]) == {*LABELS}
     rate = clf["spurious_rate"]
     for pair, test in [
         ("sfsl-vs-baseline", "McNemar exact"),

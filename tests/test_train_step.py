@@ -17,14 +17,13 @@ from _finetune_helpers import fast_config, make_refs
 from spurcli.errors import SpurcliError
 from spurcli.generate.config import FinetuneConfig
 from spurcli.generate.finetune import (
-    LOSS_KEYS,
     Training,
     load_training_models,
     make_accelerator,
     prepare_training,
     read_inputs,
-    train_step,
 )
+from spurcli.generate.training import LOSS_KEYS, train_step
 
 
 @pytest.fixture(scope="module")

@@ -360,9 +360,10 @@ def finetune_command(
 ) -> None:
     """Fine-tune Stable Diffusion on reference images: DreamBooth + prior preservation + SFSL."""
     from spurcli.experiment import run
+    from spurcli.experiment.plan import is_experiment_config
     from spurcli.generate import finetune
 
-    if config is not None and config.is_file() and run.is_experiment_config(config):
+    if config is not None and config.is_file() and is_experiment_config(config):
         cfg = run.finetune_config(config, sets or (), given)  # as `spurcli run` trains it
     else:  # a misspelled [finetun] is an error here too
         cfg = load_settings(FinetuneConfig, config, "finetune", sets, given, TABLES)
