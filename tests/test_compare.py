@@ -10,17 +10,9 @@ import pytest
 from _compare_helpers import make_sets
 
 from spurcli.errors import SpurcliError
-from spurcli.evaluate.compare import (
-    CompareConfig,
-    CompareResult,
-    Features,
-    compare,
-    frechet_distance,
-    mean_cosine,
-    nearest_neighbours,
-    similarity,
-)
+from spurcli.evaluate.compare import CompareConfig, CompareResult, Features, compare, similarity
 from spurcli.evaluate.metrics import rate_difference
+from spurcli.evaluate.similarity import frechet_distance, mean_cosine, nearest_neighbours
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
@@ -129,7 +121,7 @@ def test_compare_decodes_each_image_once_for_classifiers_and_extractors(
     its features are those `extract_features` (what `run` uses) takes folder by folder."""
     from spurcli import plugins
     from spurcli.evaluate import imagepass
-    from spurcli.evaluate.compare import extract_features
+    from spurcli.evaluate.similarity import extract_features
 
     a, b = make_sets(tmp_path)
     real = shutil.copytree(a, tmp_path / "real")

@@ -277,7 +277,9 @@ def test_curate_with_the_builtin_owlv2_on_random_weights(fake_plugin, folders, t
 
 
 def test_run_stage_curates_the_sfsl_set_once(fake_plugin, tmp_path):
-    from spurcli.experiment import run as experiment
+    from spurcli.experiment.freshness import Stages
+    from spurcli.experiment.plan import load_experiment
+    from spurcli.experiment.stages import curate_stage
 
     config = tmp_path / "exp.toml"
     config.write_text(
@@ -286,23 +288,23 @@ def test_run_stage_curates_the_sfsl_set_once(fake_plugin, tmp_path):
         '[curate]\nclassifiers = ["fake"]\ndetectors = ["fake"]\nextractor = "fake"\n'
         "max_similarity = 0.99\n"
     )
-    exp = experiment.load_experiment(config)
+    exp = load_experiment(config)
     assert exp.curate.references == tmp_path / "out" / "references" / "train"
     assert exp.curate.target == 94 and exp.curate.overwrite
     for name, colour in COLOURS.items():
         _image(exp.set_dir("sfsl") / f"{name}.png", colour)
     _image(exp.curate.references / "ref.png", COLOURS["copy"])
-    stages = experiment.Stages()
-    experiment.curate_stage(exp, stages, True)
+    stages = Stages()
+    curate_stage(exp, stages, True)
     assert stages.done == {"curate": "ran"}
     data = json.loads((tmp_path / "out" / "curated.json").read_text())
     assert [v["file"] for v in data["kept"]] == ["red.png"]
     assert set(data["rejected"]) == {"object-present", "not-fooling", "near-copy"}
-    experiment.curate_stage(exp, stages, True)
+    curate_stage(exp, stages, True)
     assert stages.done == {"curate": "skipped"}
     exp.curate.max_presence = 1.0  # a changed setting redoes the stage
-    experiment.curate_stage(exp, stages, True)
+    curate_stage(exp, stages, True)
     assert stages.done == {"curate": "ran"} and "max_presence" in stages.reasons["curate"]
     no_table = tmp_path / "plain.toml"
     no_table.write_text(config.read_text().split("[curate]")[0])
-    assert experiment.load_experiment(no_table).curate is None  # off unless present
+    assert load_experiment(no_table).curate is None  # off unless present

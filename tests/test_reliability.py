@@ -89,7 +89,7 @@ def test_a_huge_lr_stops_at_the_first_update_instead_of_saving_nan(refs, tmp_pat
 def test_weights_poisoned_by_an_update_name_only_a_finite_checkpoint(refs, tmp_path, monkeypatch):
     # An update that writes NaN while the loss before it is finite: the old guard (the loss
     # only) saved it as a checkpoint and named it "last good".
-    from spurcli.generate import finetune as finetune_module
+    from spurcli.generate import training as finetune_module
 
     real = finetune_module._optimizer
 

@@ -22,8 +22,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from spurcli import plugins
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.evaluate import imagepass
+from spurcli.evaluate.benchmark import score_spurious_imagenet
 from spurcli.evaluate.metrics import wilson_interval
-from spurcli.evaluate.score import score_images, score_spurious_imagenet
+from spurcli.evaluate.score import score_images
 from spurcli.plugins import get_plugins, load_classifiers
 
 K = 94  # hummingbird

@@ -26,11 +26,9 @@ TRAIN_REFERENCES = "references-train"  # the references the arms were trained on
 
 @dataclass(frozen=True)
 class Layout:
-    """The paths of the experiment folder ``out``. ``held_out``: some references were held out
-    (else the set "references" is the training references themselves)."""
+    """The paths of the experiment folder ``out``."""
 
     out: Path
-    held_out: bool = True
 
     def references(self, part: str) -> Path:
         """``part``: "train" or "held-out"."""
@@ -48,10 +46,11 @@ class Layout:
     def finetune(self) -> Path:
         return self.out / "finetune"
 
-    def set_dir(self, name: str) -> Path:
-        """The folder of an image set: a sample set, or one of the two reference sets."""
+    def set_dir(self, name: str, held_out: bool = True) -> Path:
+        """The folder of an image set: a sample set, or one of the two reference sets
+        (``held_out``: some references were held out, else "references" are those trained on)."""
         if name == REFERENCES:
-            return self.references("held-out" if self.held_out else "train")
+            return self.references("held-out" if held_out else "train")
         if name == TRAIN_REFERENCES:
             return self.references("train")
         return self.out / "samples" / name

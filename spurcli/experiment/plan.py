@@ -67,10 +67,10 @@ class Experiment:
     def out(self) -> Path:
         return Path(self.config.out)  # type: ignore[arg-type]
 
-    @cached_property
+    @property
     def layout(self) -> Layout:
         """Every path of the experiment folder."""
-        return Layout(self.out, held_out=bool(self.split.held_out))
+        return Layout(self.out)
 
     @property
     def finetune_dir(self) -> Path:
@@ -103,6 +103,8 @@ class Experiment:
         return [REFERENCES, TRAIN_REFERENCES] if self.split.held_out else [REFERENCES]
 
     def set_dir(self, name: str) -> Path:
+        if name == REFERENCES:  # which references judge depends on the split
+            return self.layout.set_dir(name, held_out=bool(self.split.held_out))
         return self.layout.set_dir(name)
 
     def all_sets(self) -> list[str]:

@@ -163,7 +163,8 @@ def _delta_cell(value: float | dict[str, Any] | None, metric: str | None = None)
     Coloured only when the interval excludes 0 (red where the first set is the more spurious
     one, green where less); a number without an interval is never coloured.
     """
-    from spurcli.evaluate.compare import excludes_zero, fmt_p
+    from spurcli.evaluate.compare import fmt_p
+    from spurcli.evaluate.differences import excludes_zero
 
     if value is None:
         return "<td>&ndash;</td>"

@@ -23,16 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from spurcli.errors import SpurcliError
-from spurcli.evaluate.compare import (
-    CompareResult,
-    Features,
-    differences,
-    extract_features,
-    find_pairs,
-    similarity,
-)
+from spurcli.evaluate.compare import CompareResult, Features, differences, find_pairs, similarity
 from spurcli.evaluate.curate import curate
 from spurcli.evaluate.score import score_folders
+from spurcli.evaluate.similarity import extract_features
 from spurcli.experiment.freshness import Stages, staleness, write_stamp
 from spurcli.experiment.plan import LABELS, SFSL, Experiment
 from spurcli.experiment.report import write_report

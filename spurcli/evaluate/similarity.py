@@ -1,0 +1,160 @@
+"""How alike two image sets are in a feature extractor's space (a plugin's penultimate
+features), and the features themselves.
+
+- ``mean_cosine``: the mean cosine similarity over all pairs (a in A, b in B); it equals the dot
+  product of the two sets' mean unit vectors, so it costs O(N), not O(N^2).
+- ``frechet`` (shown as ``frechet_<extractor>``): the Fréchet distance between Gaussians fitted
+  to the two feature sets, ``|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))``: FID's formula
+  in another feature space, so not called FID. The trace of the matrix square root is computed as
+  ``sum sqrt(eig(C_a^(1/2) C_b C_a^(1/2)))`` (symmetric PSD, `eigh`, negative rounding clipped),
+  which needs no eps and is exact also for singular covariances. But with fewer images than
+  dimensions (n <= dim, the usual case for a few dozen images) the covariances are rank-deficient
+  sample estimates: the number is biased upwards and comparable only between set pairs of the
+  same sizes; the JSON's ``frechet_note`` says so whenever it applies.
+- ``nn_cosine_mean`` / ``nn_cosine_max``: for each image of A, the cosine to its nearest
+  neighbour in B; with B = the training references, values near 1 flag memorised copies (the
+  report shows the closest pairs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spurcli.errors import SpurcliError
+
+log = logging.getLogger(__name__)
+
+SIMILARITY_KEYS = ("mean_cosine", "frechet", "nn_cosine_mean", "nn_cosine_max")
+
+
+NN_CHUNK = 1024  # rows of A per similarity block: memory stays O(chunk * |B|)
+
+
+@dataclass
+class Features:
+    """One extractor's features of one image set."""
+
+    names: list[str]  # image paths relative to the set's folder
+    values: np.ndarray  # (N, D) float32
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        from spurcli.fileio import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, names=np.array(self.names), values=self.values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Features:
+        with np.load(path) as data:
+            return cls([str(n) for n in data["names"]], data["values"])
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean of cos(a_i, b_j) over all pairs = <mean of unit a, mean of unit b>."""
+    return float(unit(a).mean(axis=0) @ unit(b).mean(axis=0))
+
+
+def nearest_neighbours(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``a``: the index of its most cosine-similar row of ``b``, and the cosine."""
+    ua, ub = unit(a), unit(b)
+    index = np.empty(len(ua), np.int64)
+    cosine = np.empty(len(ua), np.float64)
+    for start in range(0, len(ua), NN_CHUNK):
+        sims = ua[start : start + NN_CHUNK] @ ub.T
+        index[start : start + NN_CHUNK] = sims.argmax(axis=1)
+        cosine[start : start + NN_CHUNK] = sims.max(axis=1)
+    return index, cosine
+
+
+def _psd_sqrt(c: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(c)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of ``a`` and ``b`` (see docstring)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("the Fréchet distance needs at least 2 samples per set")
+    mu = a.mean(axis=0) - b.mean(axis=0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ca, cb = np.atleast_2d(ca), np.atleast_2d(cb)
+    root_a = _psd_sqrt(ca)
+    middle = root_a @ cb @ root_a
+    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)  # symmetric up to rounding
+    trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+    distance = mu @ mu + np.trace(ca) + np.trace(cb) - 2.0 * trace_sqrt
+    return float(max(distance, 0.0))  # >= 0 in exact arithmetic
+
+
+def similarity(a: Features, b: Features) -> dict[str, Any]:
+    """The four similarity numbers of A vs B in one feature space, and each A image's neighbour."""
+    n_a, n_b, dim = len(a.names), len(b.names), a.values.shape[1]
+    index, cosine = nearest_neighbours(a.values, b.values)
+    frechet: float | None = None
+    note = None
+    if min(n_a, n_b) < 2:
+        note = "needs at least 2 images per set"
+    else:
+        frechet = frechet_distance(a.values, b.values)
+        if min(n_a, n_b) <= dim:
+            note = (
+                f"fewer images than dimensions ({n_a} and {n_b} vs {dim}): singular sample "
+                "covariances, a high-variance estimate biased upwards; compare only between "
+                "pairs of sets of the same sizes"
+            )
+    return {
+        "mean_cosine": mean_cosine(a.values, b.values),
+        "frechet": frechet,
+        "nn_cosine_mean": float(cosine.mean()),
+        "nn_cosine_max": float(cosine.max()),
+        "n_a": n_a,
+        "n_b": n_b,
+        "dim": int(dim),
+        "frechet_note": note,
+        "nearest": [
+            {"image": name, "neighbour": b.names[j], "cosine": float(c)}
+            for name, j, c in zip(a.names, index, cosine, strict=True)
+        ],
+    }
+
+
+def extract_features(
+    root: str | os.PathLike[str],
+    extractor: Any,
+    *,
+    batch_size: int = 32,
+    device: str | None = None,
+    image_size: int | None = None,
+    strict: bool = False,
+) -> Features:
+    """``extractor``'s (a `LoadedModel`) features of every image below ``root``.
+
+    The pass is `spurcli.evaluate.imagepass.score_items` with no classifiers, so an image is decoded
+    and squared exactly as the classifiers see it. Sharded over the processes of a
+    torchrun/accelerate group.
+    """
+    from spurcli.evaluate.config import ScoreConfig
+    from spurcli.evaluate.imagepass import find_items, score_items
+
+    size = image_size or ScoreConfig.image_size
+    options = ScoreConfig(batch_size=batch_size, device=device, strict=strict, image_size=size)
+    options.check()
+    root = Path(root)
+    items = find_items(root, 0, real=False)  # the target class is unused: no classifiers
+    desc = f"features ({extractor.name}) of {root}"
+    found = score_items(items, [], options, [extractor], desc=desc)
+    if not len(found.index):
+        raise SpurcliError(f"no readable images in {root}")
+    return Features(found.per_image.images, found.features[extractor.name])
