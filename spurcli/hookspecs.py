@@ -60,7 +60,8 @@ def register_detectors(register: Any) -> None:
     """Register object-presence detectors (`spurcli curate`): same call shape as classifiers.
 
     The module is called as ``module(images, query)``: images in [0, 1] of shape (B, 3, H, W),
-    any H and W (it does its own resizing), and a `spurcli.evaluate.detect.ObjectQuery` naming the class
+    any H and W (it does its own resizing), and a `spurcli.evaluate.detect.ObjectQuery` naming the
+    class
     object (``query.names``: the class's ImageNet name, synonyms and any ``--object-prompt``;
     ``query.feature``: the spurious feature's text, or None). It returns a (B,) tensor of
     presence scores in [0, 1]: near 1 the object is in the image, 0.5 undecided.

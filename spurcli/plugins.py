@@ -157,7 +157,7 @@ class Registry:
                 self.resolve(name)
             elif name.name in weights:
                 raise UsageError(f"'{name.name}' is already loaded; its weights are fixed")
-        with weights_module.classifier_weights_option(self.option):
+        with weights_module.weights_option(self.option):
             return [self.load(n, weights.get(n)) if isinstance(n, str) else n for n in names]
 
     def _unknown_message(self, name: str) -> str:

@@ -2,7 +2,7 @@
 generation side (`spurcli sample`, `spurcli finetune`) and everything that reads its outputs.
 
     from spurcli.records import sample_records
-    sample_records("samples/", ["a-photo-of-sks-flower/000000.png"])   # [{"prompt": ..., "seed": ...}]
+    sample_records("samples/", ["a-photo-of-sks-flower/000000.png"])  # [{"prompt", "seed", ...}]
 
 - ``manifest.jsonl`` in a sample folder: one JSON record per image (file, prompt, seed, steps,
   guidance, scheduler, model, model_id), written by `spurcli sample`;

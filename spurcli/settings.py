@@ -76,7 +76,8 @@ def option(
     field name), the bounds check (`check_fields`) and docs/settings.md all derive from it.
 
     ``min``: the smallest value allowed; ``zero``: what 0 means, for a ``min=0`` option whose
-    error should say it ("0 (no bootstrap intervals) or more"); ``above``/``below``: exclusive bounds; ``None`` values
+    error should say it ("0 (no bootstrap intervals) or more"); ``above``/``below``: exclusive
+    bounds; ``None`` values
     (the "not set" of an optional field) are never out of bounds. ``required``: the check fails
     while the value is None or empty (a dataclass needs a default for every field after the
     first, and a config is built before all of its values are known). ``maybe_path``: a hub

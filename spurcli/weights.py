@@ -151,7 +151,7 @@ _weights_option: contextvars.ContextVar[str] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def classifier_weights_option(option: str) -> Iterator[None]:
+def weights_option(option: str) -> Iterator[None]:
     """Inside the block, `weights_hint` names ``option`` (core wraps each model load)."""
     token = _weights_option.set(option)
     try:

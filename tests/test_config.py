@@ -23,7 +23,8 @@ SETTINGS = ROOT / "docs" / "settings.md"
 
 def test_settings_reference_is_up_to_date():
     assert SETTINGS.read_text(encoding="utf-8") == settings_doc.settings_markdown(), (
-        "docs/settings.md is out of date: python -m spurcli.cli.settings_doc --write-docs docs/settings.md"
+        "docs/settings.md is out of date: "
+        "python -m spurcli.cli.settings_doc --write-docs docs/settings.md"
     )
 
 

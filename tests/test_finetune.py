@@ -29,7 +29,8 @@ from _finetune_helpers import (
 )
 from PIL import Image
 
-from spurcli import cli, hookimpl, plugins
+from spurcli import hookimpl, plugins
+from spurcli.cli import commands
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.generate.finetune import finetune
 from spurcli.generate.pipelines import build_tiny_pipeline, load_pipeline, resolve_model
@@ -548,7 +549,7 @@ def test_every_config_key_is_a_command_line_option():
 
     from spurcli.generate.config import FinetuneConfig
 
-    params = set(inspect.signature(cli.finetune_command).parameters)
+    params = set(inspect.signature(commands.finetune_command).parameters)
     assert {f.name for f in dataclasses.fields(FinetuneConfig)} <= params
 
 

@@ -1,4 +1,4 @@
-"""The finetune objective (spurcli.generate.losses) on the tiny Stable Diffusion: exact, small, fast.
+"""The finetune objective (spurcli.generate.losses) on the tiny SD: exact, small, fast.
 
 What must hold: the SFSL gradient reaches the UNet and the text encoder (through the frozen VAE
 decoder and extractor, which themselves get none); with weight 0 the objective is DreamBooth's to

@@ -1,4 +1,4 @@
-"""spurcli.evaluate.metrics against scikit-learn (ties included) and against hand-computed values."""
+"""spurcli.evaluate.metrics against scikit-learn (ties included) and hand-computed values."""
 
 from __future__ import annotations
 

@@ -90,6 +90,7 @@ def test_weights_poisoned_by_an_update_name_only_a_finite_checkpoint(refs, tmp_p
     # An update that writes NaN while the loss before it is finite: the old guard (the loss
     # only) saved it as a checkpoint and named it "last good".
     from spurcli.generate import training as finetune_module
+    from spurcli.generate.finetune import finetune
 
     real = finetune_module._optimizer
 
@@ -109,9 +110,7 @@ def test_weights_poisoned_by_an_update_name_only_a_finite_checkpoint(refs, tmp_p
     monkeypatch.setattr(finetune_module, "_optimizer", poisoning)
     out = tmp_path / "run"
     with pytest.raises(SpurcliError, match="update of step 3") as info:
-        finetune_module.finetune(
-            dreambooth(refs, out, steps=4, checkpoint_every=1, keep_checkpoints=0)
-        )
+        finetune(dreambooth(refs, out, steps=4, checkpoint_every=1, keep_checkpoints=0))
     assert str(out / "checkpoints" / "step-2") in str(info.value)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
     log = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]

@@ -40,7 +40,8 @@ BICUBIC = Image.Resampling.BICUBIC
 
 
 # Reference implementations of the released code's arithmetic, written out in numpy for the
-# tests (production reads probabilities with spurcli.evaluate.metrics.target_prob at the mapped columns,
+# tests (production reads probabilities with spurcli.evaluate.metrics.target_prob at the mapped
+# columns,
 # and feeds uint8 / 255 on the device).
 
 

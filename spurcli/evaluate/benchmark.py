@@ -265,7 +265,8 @@ def joint_scores(
 ) -> dict[str, Any]:
     """The pooled ("joint") ROC-AUC and AP of classifier row ``c``: every real image a
     positive and every spurious image a negative, each scored by p of its *own* class (the
-    released "Joint SpuriousScore" is the AP; `spurcli.evaluate.metrics.joint_ranking_scores` says why
+    released "Joint SpuriousScore" is the AP; `spurcli.evaluate.metrics.joint_ranking_scores` says
+    why
     this is not a mean over classes), each with a percentile bootstrap ``_ci`` of ``bootstrap``
     resamples, real and spurious images resampled independently (None with 0)."""
     from spurcli.evaluate.spurious_imagenet import spurious_score_joint

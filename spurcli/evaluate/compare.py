@@ -11,7 +11,8 @@
     spurcli compare samples/ refs/ --target 94 --classifiers resnet,clip \
         --extractors robust-resnet50 --report report.html --json compare.json
 
-Scores come from `spurcli.evaluate.score` (same numbers as `spurcli score` on each folder): one pass over
+Scores come from `spurcli.evaluate.score` (same numbers as `spurcli score` on each folder): one
+pass over
 both folders (and the real images) decodes every image once, and the classifiers and the feature
 extractors run on the same batches. Similarity, per feature extractor (a plugin's penultimate
 features):

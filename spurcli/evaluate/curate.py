@@ -24,7 +24,8 @@ Every image gets a verdict: kept, or rejected with every reason that applies:
 - ``over-limit``: it passed every filter but ``limit`` images were already kept (file order).
 
 The classifiers (selection and evaluation), the detectors and the extractor run in one pass of
-`spurcli.evaluate.imagepass.score_items` over the same decoded batches; per image only a few numbers are kept
+`spurcli.evaluate.imagepass.score_items` over the same decoded batches; per image only a few
+numbers are kept
 (the extractor's features are reduced to the nearest reference's cosine batch by batch), so
 memory is flat in the number of images. Nothing in the input folder is changed.
 

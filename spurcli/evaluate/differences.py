@@ -2,7 +2,8 @@
 JSON, each ``{"delta", "delta_ci", "p_value", "test", "interval"}`` (methods, references and the
 pairing rule: docs/statistics.md):
 
-- ``spurious_rate``, ``top5_rate``, consensus ``all``/``any``: `spurcli.evaluate.metrics.rate_difference`,
+- ``spurious_rate``, ``top5_rate``, consensus ``all``/``any``:
+`spurcli.evaluate.metrics.rate_difference`,
   the exact McNemar test when the sets are paired, Fisher's exact test otherwise, with Newcombe's
   (paired) hybrid score interval on the difference.
 - ``mean_target_prob``, ``roc_auc``: a seeded percentile bootstrap of the difference (pairs

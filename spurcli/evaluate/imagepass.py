@@ -9,7 +9,8 @@
     found.per_image.target_prob      # (classifiers, readable images) p(target) of each image
     found.skipped                    # [(item number, "bad.png: not an image Pillow can read")]
 
-`spurcli.evaluate.score`, `spurcli.evaluate.compare`, `spurcli.evaluate.curate` and the experiment all feed images to models
+`spurcli.evaluate.score`, `spurcli.evaluate.compare`, `spurcli.evaluate.curate` and the experiment
+all feed images to models
 through `score_items`, so an image is read, squared and checked the same way wherever it is scored.
 
 How a pass goes, and why:
@@ -391,7 +392,8 @@ def score_items(
     detector's presence scores) of the items that are not real, in one pass: each file is
     decoded once for all of them. Runs sharded when launched as a group.
 
-    ``queries``: ImageNet index -> the `spurcli.evaluate.detect.ObjectQuery` detectors get for items of
+    ``queries``: ImageNet index -> the `spurcli.evaluate.detect.ObjectQuery` detectors get for
+    items of
     that target. ``reducers``: extractor name -> a function of a batch's (b, D) features whose
     (b, ...) result is kept instead of them, so memory stays flat in the number of images
     (e.g. the cosine to the nearest reference image).

@@ -40,7 +40,8 @@ What the released code does, and so what this module does (file:line in that rep
   21k), p_k read at class k's column; per class k, the real images of k are positives and the
   spurious images of k negatives, scored by sklearn's ``average_precision_score`` (the output
   calls it "AUC"; it is AP). The "Mean SpuriousScore" is the mean of those APs; the "Joint
-  SpuriousScore" the AP of all classes' images pooled (`spurcli.evaluate.metrics.joint_ranking_scores`).
+  SpuriousScore" the AP of all classes' images pooled
+  (`spurcli.evaluate.metrics.joint_ranking_scores`).
   "Frac ... labeled as": the fraction whose argmax over the whole head is class k.
 - 21k heads (dataset/spurious_score.py:34-111): 21843 outputs use Google's ImageNet-21k list,
   21841 the fall11 list; each 1k class's column is the position of its WordNet id in the list
@@ -294,7 +295,8 @@ def spurious_score_joint(
     spurious_target: Sequence[int] | np.ndarray,
     spurious_prob: Sequence[float] | np.ndarray,
 ) -> dict[str, float]:
-    """The pooled ROC-AUC and AP (`spurcli.evaluate.metrics.joint_ranking_scores`) over the classes of the
+    """The pooled ROC-AUC and AP (`spurcli.evaluate.metrics.joint_ranking_scores`) over the
+    classes of the
     spurious images, each image scored by the probability of its own class; real images of
     other classes are left out, as in `spurious_score_rows`. The released "Joint SpuriousScore"
     is ``joint_average_precision``."""

@@ -3,7 +3,7 @@
     from spurcli.experiment.plan import load_experiment
     exp = load_experiment("examples/quickstart.toml", ["sample.n=4"])
     exp.arms()            # {"sfsl": FinetuneConfig, "dreambooth": FinetuneConfig (sfsl_weight 0)}
-    exp.sample_sets()     # {"sfsl": ("sfsl", prompts), ..., "baseline": (None, prompts without [V])}
+    exp.sample_sets()     # {"sfsl": ("sfsl", prompts), ..., "baseline": (None, no [V])}
     exp.comparisons()     # [("sfsl", "references"), ("sfsl", "dreambooth"), ...]
 
 The arms are fine-tuning runs: ``sfsl`` (the method) and ``dreambooth`` (the same settings and

@@ -13,7 +13,8 @@ The differences (`spurcli.evaluate.metrics.rate_difference`):
 - SFSL vs the untuned baseline, DreamBooth-only vs the baseline, and SFSL vs DreamBooth-only
   (SFSL's own contribution) are *paired*: image i of each set was sampled from the same seed and
   the same prompt (without [V] for the baseline), so the exact McNemar test applies. The pairs
-  are matched by `spurcli.evaluate.compare.find_pairs` (seed and prompt from each image's sample record,
+  are matched by `spurcli.evaluate.compare.find_pairs` (seed and prompt from each image's sample
+  record,
   the tuned identifier ignored), as `spurcli compare` matches them; sets that do not pair one to
   one fall back to the unpaired test, and the summary's notes say so.
 - Generated vs references is *unpaired* (Fisher's exact test); the references judged against are

@@ -1,12 +1,13 @@
 """Checkpoints of a `spurcli finetune` run: save, prune, find and resume; Ctrl-C and SIGTERM.
 
-    from spurcli.generate.checkpoints import StopFlag, load_checkpoint, resume_point, save_checkpoint
+    from spurcli.generate.checkpoints import load_checkpoint, resume_point, save_checkpoint
     start = resume_point(cfg, out)             # None (a new run) or the checkpoint to resume
     step = load_checkpoint(training, start)    # weights, optimizer, lr schedule, scaler, RNG
     with StopFlag().installed() as stop:       # SIGINT/SIGTERM only set stop.requested ...
         save_checkpoint(training, step, losses)  # ... and the loop saves OUT/checkpoints/step-N
 
-``training`` is a `Checkpointable` (in finetune: the `spurcli.generate.finetune.Training` of the run).
+``training`` is a `Checkpointable` (in finetune: the `spurcli.generate.finetune.Training` of the
+run).
 
 A checkpoint folder (written into a temporary folder and renamed: never half a checkpoint):
 
@@ -16,7 +17,8 @@ A checkpoint folder (written into a temporary folder and renamed: never half a c
     rng-R.pt                                                   process R's global RNG states
     state.json                                                 step, losses, config, world size
 
-Together with `spurcli.generate.training_data`'s per-sample generators (seeded by sample number, not by global
+Together with `spurcli.generate.training_data`'s per-sample generators (seeded by sample number,
+not by global
 state), this is everything a step depends on: a resumed run ends bit-identical to an
 uninterrupted one on CPU.
 """

@@ -41,7 +41,8 @@ The run folder:
                                 norm on the trained weights) and grad_norm (all, before clipping)
     OUT/pipeline/               StableDiffusionPipeline.save_pretrained (plain diffusers loads it)
     OUT/lora/                   instead of pipeline/ with --lora-rank: the adapters in diffusers'
-                                LoRA format (pipe.load_lora_weights(OUT/lora)); see spurcli.generate.lora
+                                LoRA format (pipe.load_lora_weights(OUT/lora)); see
+                                spurcli.generate.lora
     OUT/tensorboard/            with --report-to tensorboard (spurcli.generate.tracking)
     OUT/validation/step-N/*.png validation images every --validate-every steps and at the end
     OUT/checkpoints/step-N/     model (LoRA: adapters only), optimizer, lr scheduler, grad
@@ -52,7 +53,8 @@ Reproducibility: everything random in a step (which images, crops, noise, timest
 posterior sample) is drawn from a generator seeded by (seed, micro-step, process), never from
 global state, so a run resumed from a checkpoint continues exactly where it left off: on CPU an
 interrupted + resumed run ends with bit-identical weights to an uninterrupted one (a test).
-The batches live in `spurcli.generate.training_data`; checkpoints (what they hold, resume, Ctrl-C/SIGTERM) in
+The batches live in `spurcli.generate.training_data`; checkpoints (what they hold, resume,
+Ctrl-C/SIGTERM) in
 `spurcli.generate.checkpoints`.
 """
 

@@ -7,7 +7,8 @@
     spurcli sample --model mini --prompt "a photo of gravel" -n 4 -o out/
     python examples/make_mini_model.py                # rebuilds the weights, bit for bit
 
-`tiny` (spurcli.generate.pipelines) is random: its VAE decodes every latent to noise, so nothing can be
+`tiny` (spurcli.generate.pipelines) is random: its VAE decodes every latent to noise, so nothing
+can be
 learned through it and SFSL's gradient dies in the decoder. `mini` has the same Stable Diffusion
 1.x structure (a VAE with 8x downsampling and 4 latent channels, a cross-attention UNet, tiny's
 byte-level CLIP tokenizer and its seeded random 2-layer text encoder), 128 px native, with two

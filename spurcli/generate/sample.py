@@ -11,7 +11,8 @@
 Layout: ``OUT/<prompt-slug>/000123.png`` (the parameters in PNG text chunks, the whole record as
 JSON in the ``spurcli`` chunk) and ``OUT/manifest.jsonl``, one line per image (``file``, ``prompt``,
 ``seed``, ``steps``, ``guidance``, ``scheduler``, ``model``, and ``model_id``: the exact weights,
-e.g. the hub commit or the folder's content hash, see `spurcli.generate.pipelines.model_identity`), sorted
+e.g. the hub commit or the folder's content hash, see `spurcli.generate.pipelines.model_identity`),
+sorted
 by file.
 
 Reproducibility, and why the code looks the way it does:
