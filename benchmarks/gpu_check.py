@@ -11,7 +11,8 @@ tokenizer stands in for CLIP's BPE, which changes no shape), saved as a diffuser
 robust ResNet-50 extractor and the resnet / vit / clip victims come from spurcli's plugins with
 ``random`` weights, taesd (`--sfsl-decoder taesd`) is ``random`` too.
 
-What it measures, through spurcli's own functions (`spurcli.generate.finetune.finetune`, `spurcli.generate.sample.
+What it measures, through spurcli's own functions (`spurcli.generate.finetune.finetune`,
+`spurcli.generate.sample.
 sample`, `spurcli.evaluate.score.score_images`), not a re-implementation:
 
 - finetune at 512 px, fp16 autocast, batch 1 + 1 prior image, text encoder trained: ms/step

@@ -216,7 +216,8 @@ def main() -> None:
 def lora_and_taesd(full: dict, count: dict, context: float, vae_gc: float, rank: int = 8) -> None:
     """The LoRA (`--lora-rank 8`) and taesd (`--sfsl-decoder taesd`) rows, measured the same way.
 
-    LoRA: the UNet and text encoder frozen in fp16 (as `spurcli.generate.lora` keeps them), adapters on
+    LoRA: the UNet and text encoder frozen in fp16 (as `spurcli.generate.lora` keeps them),
+    adapters on
     diffusers' LoRA script's targets; a frozen layer's backward computes only the input gradient,
     so the backward pass is cheaper, and it saves fewer activations. taesd's decoder is one
     checkpointed segment (its recomputation holds all of it again), so its activations count in

@@ -7,13 +7,16 @@ Deterministic: one CPU thread, torch's deterministic algorithms, every random dr
 seed, so the same torch/diffusers versions on a CPU reproduce the committed files exactly (the
 versions used are recorded in mini.json). Two stages, each on its own crop bank:
 
-1. VAE (spurcli.generate.mini.mini_vae): random square crops of every photo in spurcli.generate.mini.PHOTOS, 64 px,
+1. VAE (spurcli.generate.mini.mini_vae): random square crops of every photo in
+spurcli.generate.mini.PHOTOS, 64 px,
    random flips; L1 + MSE reconstruction + a tiny KL term (as SD's VAE, without its perceptual
    and adversarial terms, which need networks we do not ship). The latent scale (SD's 0.18215)
    is 1 / std of the posterior means over the bank.
-2. UNet (spurcli.generate.mini.mini_unet): DreamBooth's objective without DreamBooth, i.e. plain epsilon-
+2. UNet (spurcli.generate.mini.mini_unet): DreamBooth's objective without DreamBooth, i.e. plain
+epsilon-
    prediction denoising under SD 1.x's noise schedule, on 128 px crops of every photo *except*
-   brick (spurcli.generate.mini.UNET_HELD_OUT), captioned "a photo of <noun>" through tiny's frozen text
+   brick (spurcli.generate.mini.UNET_HELD_OUT), captioned "a photo of <noun>" through tiny's frozen
+   text
    encoder. This is the "base model" the quickstart's untuned baseline samples from.
 """
 

@@ -3,7 +3,8 @@
     HF_HUB_OFFLINE=1 python examples/mini_vae_study/baseline_check.py \
         runs/mini-vae-study/VARIANT [--retrain-unet]
 
-Builds `mini` (spurcli.generate.mini.build_mini_pipeline) with the variant's VAE swapped in, in memory
+Builds `mini` (spurcli.generate.mini.build_mini_pipeline) with the variant's VAE swapped in, in
+memory
 (nothing in spurcli/data/mini changes). Without --retrain-unet the committed UNet is kept; its
 latents were learned through the *old* VAE, so that pairing is only a smoke test. With it, the
 UNet is retrained exactly as make_mini_model.py's stage 2 (same recipe and seeds, brick held
