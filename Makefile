@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (see README.md):
 #   make demo   set up .venv and run the offline quickstart experiment (the embedded mini Stable Diffusion, CPU)
-#   make test   set up .venv, lint, and run the test suite
+#   make test   set up .venv, lint, and run the test suite (what CI runs)
+#   make test-fast  lint and the suite without the slow end-to-end runs (for development)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ PLUGINS := plugins/spurcli-timm plugins/spurcli-openclip plugins/spurcli-robust 
 # Nothing here may reach the model hub: everything runs on tiny/mini/random/bundled weights.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test test-fast lint format clean
 
 # pip's and setuptools' build chatter goes to $(VENV)/install.log, shown only if the install fails.
 $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/plugin-template/pyproject.toml
@@ -25,12 +26,17 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/spurcli run examples/quickstart.toml
 
+# ruff, then the layers on disk (import-linter: no upward import, no cycle; pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 format: install
 	$(BIN)/ruff check --fix .

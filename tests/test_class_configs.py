@@ -1,10 +1,12 @@
 """The documented GPU experiment, as shipped, through `spurcli run` on the tiny model.
 
 Every `examples/classes/*.toml` is copied unchanged into a folder laid out like the repository
-(its references where the download script puts them) and run end to end with only the model,
-the weights, the sizes and the counts overridden: hub-only classifiers are swapped for offline
-ones of the same kind. Everything else (fp16, checkpointing, SFSL on the robust ResNet-50, the
-DreamBooth-only arm, held-out references, the circular victim) runs as a GPU user gets it.
+(its references where the download script puts them) and checked as `spurcli run` checks a config
+before its first stage. The six share one recipe and differ only in the class, its feature and
+prompts (a test says so), so one of them runs end to end, with only the model, the weights, the
+sizes and the counts overridden: hub-only classifiers are swapped for offline ones of the same
+kind. Everything else (fp16, checkpointing, SFSL on the robust ResNet-50, the DreamBooth-only arm,
+held-out references, the circular victim) runs as a GPU user gets it.
 """
 
 from __future__ import annotations
@@ -12,11 +14,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 from spurcli.experiment.plan import load_experiment
+from spurcli.experiment.run import check_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "examples" / "classes").glob("*.toml"))
@@ -24,7 +33,8 @@ CONFIGS = sorted((ROOT / "examples" / "classes").glob("*.toml"))
 OFFLINE = {"resnet": "timm:test_resnet", "vit": "timm:test_vit", "clip": "effnet-lite0"}
 RANDOM = ("timm:test_resnet", "timm:test_vit", "robust-resnet50")
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+# The keys in which the class configs may differ: the class, its feature, its folders, prompts.
+PER_CLASS = {"out", "target", "class_noun", "instance_dir", "title", "notes", "prompts"}
 
 
 def overrides(config: Path) -> list[str]:
@@ -75,7 +85,40 @@ def repository_copy(config: Path, root: Path) -> Path:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_class_config_runs_end_to_end(config, tmp_path, cli_main):
+def test_class_config_passes_every_check_before_the_first_stage(config, tmp_path):
+    copy = repository_copy(config, tmp_path)
+    assert copy.read_bytes() == config.read_bytes()
+    exp = load_experiment(copy, overrides(copy))
+    check_experiment(exp)  # the class, every model name, every table's settings
+    assert len(exp.split.train) == exp.config.train_references == 5 and exp.split.held_out
+    assert list(exp.arms()) == ["sfsl", "dreambooth"] and exp.circular() == ["robust-resnet50"]
+
+
+def _recipe(config: Path) -> dict[str, object]:
+    """A class config's settings, minus what names its class."""
+    data = tomllib.loads(config.read_text(encoding="utf-8"))
+
+    def strip(table: dict[str, object]) -> dict[str, object]:
+        return {
+            k: strip(v) if isinstance(v, dict) else v
+            for k, v in table.items()
+            if k not in PER_CLASS
+        }
+
+    return strip(data)
+
+
+def test_class_configs_share_one_recipe():
+    """What the one end-to-end run below covers holds for all six: only the class differs."""
+    first = _recipe(CONFIGS[0])
+    for config in CONFIGS[1:]:
+        assert _recipe(config) == first, config.name
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_class_config_runs_end_to_end(tmp_path, cli_main):
+    config = ROOT / "examples" / "classes" / "hummingbird.toml"
     copy = repository_copy(config, tmp_path)
     assert copy.read_bytes() == config.read_bytes()
     sets = [arg for item in overrides(copy) for arg in ("--set", item)]

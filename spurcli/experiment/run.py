@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spurcli import console, imagenet, plugins
 from spurcli.errors import UsageError
 from spurcli.experiment.freshness import Stages
 from spurcli.experiment.plan import Experiment, load_experiment
@@ -104,19 +105,8 @@ def run_experiment(
     ``retrain``: a finished fine-tuning arm whose recorded settings differ from the config is
     discarded and trained again (without it, that is an error: it may have cost GPU hours).
     """
-    from spurcli import console
-
     exp = load_experiment(path, sets)
-    from spurcli import imagenet, plugins
-
-    imagenet.resolve_class(exp.config.target)  # type: ignore[arg-type]
-    for name in exp.compare.classifiers:  # unknown names: fail before hours of fine-tuning
-        plugins.classifiers().resolve(name)
-    for name in exp.compare.extractors:
-        plugins.extractors().resolve(name)
-    for arm in exp.arms().values():
-        arm.check()
-    check_tables(exp)
+    check_experiment(exp)
     stages = Stages()
     main = console.is_main_process()
 
@@ -133,6 +123,19 @@ def run_experiment(
     return ExperimentResult(
         out=exp.out, report=report, summary=summary, stages=stages.done, reasons=stages.reasons
     )
+
+
+def check_experiment(exp: Experiment) -> None:
+    """Everything that can be checked before the first stage: the class, every model name, every
+    table's settings (a typo must fail in seconds, not after hours of fine-tuning)."""
+    imagenet.resolve_class(exp.config.target)  # type: ignore[arg-type]
+    for name in exp.compare.classifiers:
+        plugins.classifiers().resolve(name)
+    for name in exp.compare.extractors:
+        plugins.extractors().resolve(name)
+    for arm in exp.arms().values():
+        arm.check()
+    check_tables(exp)
 
 
 def check_tables(exp: Experiment) -> None:
