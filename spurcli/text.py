@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 from typing import Any
 
 # C0 and C1 control characters except tab, plus the bidi embeddings/overrides/isolates that
@@ -78,3 +79,76 @@ def html_attribute(text: Any) -> str:
 def slugify(prompt: str, limit: int = 60) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].strip("-")
     return slug or "prompt"
+
+
+def render_html(folder: Path, template: str, **context: Any) -> str:
+    """A Jinja2 template as HTML: every value escaped (`html_attribute`'s rules) unless marked
+    safe; ``|bdi`` puts user text in an isolating ``<bdi>`` (`html_text`)."""
+    import jinja2
+
+    def show(value: Any) -> Any:  # control characters shown, as everywhere else
+        return (
+            terminal(value) if isinstance(value, str) and not hasattr(value, "__html__") else value
+        )
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        autoescape=True,
+        finalize=show,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["bdi"] = lambda text: markup(html_text(text))
+    return env.get_template(template).render(**context)
+
+
+def markup(html_fragment: str) -> Any:
+    """An HTML fragment spurcli made itself (an SVG plot, a data URI): not escaped again."""
+    import markupsafe
+
+    return markupsafe.Markup(html_fragment)
+
+
+def markdown_text(text: Any) -> str:
+    """``text`` as Markdown inline text (mid-line, as every template puts it): the characters
+    that start emphasis, code, links, HTML, entities or GFM table cells are backslash-escaped,
+    control characters shown, lines joined (a value cannot start a heading or a list)."""
+    flat = " ".join(terminal(text).split("\\x0a"))
+    return re.sub(r"([\\`*_\[\]<>&|~])", r"\\\1", flat)
+
+
+def markdown_code(text: Any) -> str:
+    """``text`` as a Markdown code span: a fence longer than any backtick run inside (CommonMark),
+    ``|`` escaped for GFM tables, control characters shown."""
+    flat = " ".join(terminal(text).split("\\x0a")).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
+
+
+def render_markdown(folder: Path, template: str, **context: Any) -> str:
+    """A Jinja2 template as Markdown: every value escaped by `markdown_text` unless it goes
+    through ``|code`` (`markdown_code`) or ``|safe``."""
+    import jinja2
+    import markupsafe
+
+    class Escaped(markupsafe.Markup):
+        """Markdown already escaped (jinja2's autoescape machinery with Markdown's rules)."""
+
+    def finalize(value: Any) -> Any:
+        if isinstance(value, markupsafe.Markup) or not isinstance(value, str):
+            return value
+        return Escaped(markdown_text(value))
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        autoescape=False,
+        finalize=finalize,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["code"] = lambda text: markupsafe.Markup(markdown_code(text))
+    return env.get_template(template).render(**context)

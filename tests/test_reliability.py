@@ -618,3 +618,20 @@ def test_the_manifest_counts_exactly_the_images_on_disk(spurcli, tmp_path):
     records = [json.loads(line)["file"] for line in manifest.read_text().splitlines()]
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert sorted(records) == on_disk == [f"a-red-flower/00000{i}.png" for i in range(3)]
+
+
+def test_markdown_values_cannot_add_structure_and_code_spans_hold_any_text(tmp_path):
+    """datasheet.md: a prompt or file name is text, never a heading, link, HTML or table cell."""
+    from spurcli.text import markdown_code, markdown_text, render_markdown
+
+    forged = "x\n## Results\n| 1.000 | <img src=x> [a](http://e) *b* `c` &lt;"
+    text = markdown_text(forged)
+    assert "\n" not in text and "## Results" in text  # one line: no heading can start
+    for raw in ("|", "<", "[", "*", "`", "&"):
+        assert raw not in text.replace("\\" + raw, "")  # every special character escaped
+    span = markdown_code("a `b` | c")
+    assert span == "``a `b` \\| c``"  # a longer fence than any backtick run inside; | escaped
+    assert markdown_code("`x`") == "`` `x` ``"
+    (tmp_path / "t.md.j2").write_text("| {{ v }} | {{ v|code }} | {{ n }} |\n")
+    out = render_markdown(tmp_path, "t.md.j2", v="a|b<c>", n=3)
+    assert out == "| a\\|b\\<c\\> | `a\\|b<c>` | 3 |\n"

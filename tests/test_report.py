@@ -115,22 +115,22 @@ def test_report_renders_in_headless_chromium(tmp_path, comparison, chromium):
 
 
 def test_a_difference_is_coloured_only_when_its_interval_excludes_zero():
-    from spurcli.experiment.report import _delta_cell
+    from spurcli.experiment.report import delta_cell
 
-    def css(cell: str) -> str:
-        return re.search(r'class="([^"]*)"', cell).group(1)
+    def css(cell: dict) -> str:
+        return cell["css"]
 
     above = {"delta": 0.4, "delta_ci": [0.1, 0.6], "p_value": 0.01, "test": "t", "interval": "i"}
     across = {**above, "delta_ci": [-0.1, 0.6], "p_value": 0.2}
     below = {**above, "delta": -0.4, "delta_ci": [-0.6, -0.1]}
-    assert css(_delta_cell(above, "spurious_rate")) == "pos"  # A more spurious
-    assert css(_delta_cell(below, "spurious_rate")) == "neg"
-    assert css(_delta_cell(above, "roc_auc")) == "neg"  # higher AUC: A less spurious
-    assert css(_delta_cell(across, "spurious_rate")) == ""  # the interval holds 0
-    assert css(_delta_cell(0.4, "spurious_rate")) == ""  # no interval: never coloured
+    assert css(delta_cell(above, "spurious_rate")) == "pos"  # A more spurious
+    assert css(delta_cell(below, "spurious_rate")) == "neg"
+    assert css(delta_cell(above, "roc_auc")) == "neg"  # higher AUC: A less spurious
+    assert css(delta_cell(across, "spurious_rate")) == ""  # the interval holds 0
+    assert css(delta_cell(0.4, "spurious_rate")) == ""  # no interval: never coloured
     unmatched_ap = {**above, "delta_ci": None, "matched_size": 3, "subsamples": 200}
-    assert css(_delta_cell(unmatched_ap, "average_precision")) == ""
-    assert "[+0.100, +0.600]" in _delta_cell(above) and "p = 0.01" in _delta_cell(above)
+    assert css(delta_cell(unmatched_ap, "average_precision")) == ""
+    assert delta_cell(above)["ci"] == "[+0.100, +0.600]" and delta_cell(above)["p"] == "0.01"
 
 
 def test_report_shows_intervals_and_colours_by_them(tmp_path, comparison):

@@ -20,7 +20,9 @@ from spurcli.evaluate.verdicts import (
     spurious_rate,
 )
 from spurcli.records import FINETUNE_CARD, png_record, read_manifest
-from spurcli.text import slugify
+from spurcli.text import markup, render_markdown, slugify
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 log = logging.getLogger(__name__)
 
@@ -206,98 +208,26 @@ def class_folder(datasheet: dict[str, Any]) -> str:
     return f"class_spurious_{target['index']}_{slug}"
 
 
-def _fmt_rate(r: dict[str, Any]) -> str:
+def _fmt_rate(r: dict[str, Any]) -> Any:
+    """A rate with its count and Wilson interval, as spurcli formats it (not escaped again)."""
     if r["rate"] is None:
-        return "- (no images)"
+        return markup("- (no images)")
     low, high = r["ci95"]
-    return f"{r['rate']:.3f} ({r['k']}/{r['n']}; 95% CI [{low:.3f}, {high:.3f}])"
+    return markup(f"{r['rate']:.3f} ({r['k']}/{r['n']}; 95% CI [{low:.3f}, {high:.3f}])")
 
 
 def datasheet_markdown(sheet: dict[str, Any]) -> str:
-    """datasheet.md: the warnings first, then the held-out result, selection, filters, origin."""
-    t, c = sheet["target"], sheet["counts"]
-    lines = [f"# Datasheet: spurious images for ImageNet class {t['index']} {t['name']}", ""]
-    if not sheet["object_checked"]:
-        lines += [f"**{UNCHECKED_NOTE}**", ""]
-    if sheet["why_empty"]:
-        lines += [f"**No image was kept: {sheet['why_empty']}.**", ""]
-    lines += [
-        f"{c['kept']} of {c['images']} images kept ({c['rejected']} rejected) from "
-        f"`{sheet['images_dir']}`, made by spurcli {sheet['spurcli_version']}. The images are "
-        f"in `{sheet.get('class_folder', '')}/`; `metadata.jsonl` has one row per kept image, "
-        "`verdicts.jsonl` one per input image.",
-        "",
-        "## Spurious rate on held-out classifiers (the result)",
-        "",
-    ]
-    if sheet["evaluation"]:
-        lines += ["| classifier | weights | kept set | all readable images |", "|---|---|---|---|"]
-        for name, r in sheet["evaluation"].items():
-            lines.append(
-                f"| {name} | {r['weights']} | {_fmt_rate(r['kept'])} | "
-                f"{_fmt_rate(r['all_readable'])} |"
-            )
-    else:
-        lines.append(
-            "No `--evaluate-with` classifier: this set has no unbiased spurious rate. Score it "
-            "with classifiers that did not select it (`spurcli score --layout spurious-imagenet`)."
-        )
-    lines += [
-        "",
-        "## Selection classifiers (biased by construction)",
-        "",
-        "These classifiers chose which images to keep, so their rate on the kept set is at "
-        "least what the selection demanded; it says nothing about them.",
-        "",
-        "| classifier | weights | kept set | all readable images |",
-        "|---|---|---|---|",
-    ]
-    for name, r in sheet["selection"].items():
-        lines.append(
-            f"| {name} | {r['weights']} | {_fmt_rate(r['kept'])} | {_fmt_rate(r['all_readable'])} |"
-        )
-    lines += ["", "## Filters", "", "| reason | rule | images | only this reason |"]
-    lines.append("|---|---|---|---|")
-    for reason in REASONS:
-        rule = sheet["filters"][reason]["rule"]
-        lines.append(f"| {reason} | {rule} | {c[reason]} | {sheet['removed_only_by'][reason]} |")
-    queries = sheet["filters"]["object-present"]["queries"]
-    if queries:
-        lines += ["", f"Detector queries: {', '.join(queries)}."]
-    if sheet["filters"]["object-present"]["feature"]:
-        lines.append(f"Spurious feature text: {sheet['filters']['object-present']['feature']}.")
-    for message in sheet["filters"]["unreadable"]["files"]:
-        lines.append(f"- unreadable: {message}")
-    lines += ["", "## Models", ""]
-    models = sheet["models"]
-    for kind in ("classifiers", "detectors"):
-        for m in models[kind]:
-            note = " (random weights: an untrained model)" if m["random"] else ""
-            lines.append(f"- {kind[:-1]} `{m['name']}`: {m['weights']} ({m['plugin']}){note}")
-    if models["extractor"]:
-        e = models["extractor"]
-        lines.append(f"- extractor `{e['name']}`: {e['weights']} ({e['plugin']})")
-    lines.append(f"- classifier pixels: `--preprocess {models['preprocess']}`")
-    gen = sheet["generation"]
-    lines += ["", "## How the images were made", ""]
-    lines.append(
-        f"{gen['records']} images have a `spurcli sample` record, {gen['without_record']} none."
+    """datasheet.md: the warnings first, then the held-out result, selection, filters, origin
+    (templates/datasheet.md.j2, every value escaped for Markdown)."""
+    return render_markdown(
+        TEMPLATES,
+        "datasheet.md.j2",
+        sheet=sheet,
+        t=sheet["target"],
+        c=sheet["counts"],
+        gen=sheet["generation"],
+        seeds=[s for s in sheet["generation"]["seeds"] if s is not None],
+        reasons=REASONS,
+        unchecked_note=UNCHECKED_NOTE,
+        rate=_fmt_rate,
     )
-    for model in gen["models"]:
-        lines.append(f"- model: `{model}`")
-    for card in gen["run_cards"]:
-        lines.append(
-            f"- run card `{card['run_card']}` sha256 {card['run_card_sha256']}; base model "
-            f"`{card['base_model']}`, identifier `{card['identifier']}`"
-        )
-        for ref in card["references"]:
-            lines.append(f"  - training reference `{ref['file']}` sha256 {ref['sha256']}")
-    for prompt, n in gen["prompts"].items():
-        lines.append(f"- prompt ({n} kept): {prompt}")
-    seeds = [s for s in gen["seeds"] if s is not None]
-    if seeds:
-        lines.append(f"- seeds of the kept images: {', '.join(map(str, seeds))}")
-    if sheet["references"]:
-        lines += ["", "## Near-copy references", ""]
-        lines += [f"- `{r['file']}` sha256 {r['sha256']}" for r in sheet["references"]]
-    return "\n".join(lines) + "\n"
