@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.logging import RichHandler
 
+from spurcli.text import terminal
+
 T = TypeVar("T")
 
 # emoji=False: a message quoting "timm:cat:..." must not turn into a cat.
@@ -68,7 +70,6 @@ def configure(*, verbose: int = 0, quiet: bool = False) -> None:
 def _plain_text(record: logging.LogRecord) -> bool:
     """Log lines quote prompts and file names: their control characters are shown, not obeyed
     (an escape sequence in a prompt must not clear or retitle the terminal)."""
-    from spurcli.text import terminal
 
     message = record.getMessage()
     cleaned = terminal(message)

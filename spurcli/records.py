@@ -60,7 +60,6 @@ def png_record(path: Path) -> dict[str, Any] | None:
 
 def sample_records(root: str | os.PathLike[str], names: Sequence[str]) -> list[dict | None]:
     """The `spurcli sample` record of each image (manifest line, else the PNG chunk), or None."""
-    from spurcli.records import png_record, read_manifest
 
     root = Path(root)
     base = root if root.is_dir() else root.parent

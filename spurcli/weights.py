@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from spurcli.errors import SpurcliError
+from spurcli.fileio import write_json
+from spurcli.images import sha256_file
 
 RANDOM = "random"
 HASH_CACHE = "sha256.json"  # in cache_dir(): path -> size, mtime_ns, sha256
@@ -299,7 +301,6 @@ def cache_dir() -> Path:
 
 def sha256_cached(path: str | os.PathLike[str]) -> str:
     """sha256 of a file, remembered by (absolute path, size, mtime) across processes."""
-    from spurcli.images import sha256_file
 
     resolved = Path(path).expanduser().resolve()
     stat = resolved.stat()
@@ -313,8 +314,6 @@ def sha256_cached(path: str | os.PathLike[str]) -> str:
     cache = _read_hash_cache(store)  # another process may have added entries meanwhile
     cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     with contextlib.suppress(OSError):  # a read-only home only costs a re-hash next time
-        from spurcli.fileio import write_json
-
         write_json(store, cache)
     return digest
 

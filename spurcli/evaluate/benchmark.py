@@ -34,6 +34,11 @@ from spurcli.evaluate.results import (
     protocol_json,
     uncertainty_json,
 )
+from spurcli.evaluate.spurious_imagenet import (
+    spurious_score_joint,
+    spurious_score_rows,
+    write_spurious_score_csv,
+)
 from spurcli.plugins import LoadedModel, load_classifiers
 
 log = logging.getLogger(__name__)
@@ -83,7 +88,6 @@ class SpuriousImageNetResult(Rows):
 
     def class_rows(self) -> list[dict[str, Any]]:
         """The released code's per-class table (spurious_score.txt) for every classifier."""
-        from spurcli.evaluate.spurious_imagenet import spurious_score_rows
 
         rows = []
         for c, m in enumerate(self.models):
@@ -101,7 +105,6 @@ class SpuriousImageNetResult(Rows):
         return rows
 
     def write_class_csv(self, path: str | os.PathLike[str]) -> None:
-        from spurcli.evaluate.spurious_imagenet import write_spurious_score_csv
 
         write_spurious_score_csv(self.class_rows(), path)
 
@@ -269,7 +272,6 @@ def joint_scores(
     why
     this is not a mean over classes), each with a percentile bootstrap ``_ci`` of ``bootstrap``
     resamples, real and spurious images resampled independently (None with 0)."""
-    from spurcli.evaluate.spurious_imagenet import spurious_score_joint
 
     out: dict[str, Any] = spurious_score_joint(
         real.target, real.target_prob[c], spurious.target, spurious.target_prob[c]

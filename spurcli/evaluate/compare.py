@@ -35,10 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spurcli import imagenet
 from spurcli.errors import UsageError
 from spurcli.evaluate.config import CompareConfig
 from spurcli.evaluate.differences import PAIRED, differences, find_pairs, fmt_difference, fmt_p
+from spurcli.evaluate.imagepass import find_items
+from spurcli.evaluate.score import METRICS, RANDOM_NOTE, fmt_metric, plain, score_folders
 from spurcli.evaluate.similarity import Features, similarity
+from spurcli.images import find_images
+from spurcli.plugins import load_classifiers, load_extractors, parse_weights
+from spurcli.text import rich_text, terminal
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +128,6 @@ class CompareResult:
     def tables(self) -> list[Any]:
         """Rich tables: the score metrics side by side, then the similarity numbers."""
         from rich.table import Table
-
-        from spurcli.evaluate.score import METRICS, RANDOM_NOTE, fmt_metric, plain
-        from spurcli.text import rich_text, terminal
 
         target = self.a["target"]
         la, lb = self.label_a, self.label_b
@@ -228,11 +231,6 @@ def compare(
 
     One pass over both folders (and the real images) serves the classifiers and extractors.
     """
-    from spurcli import imagenet
-    from spurcli.evaluate.imagepass import find_items
-    from spurcli.evaluate.score import score_folders
-    from spurcli.images import find_images
-    from spurcli.plugins import load_classifiers, load_extractors, parse_weights
 
     if config.target is None:
         raise UsageError("--target CLASS is required (an ImageNet index or name)")

@@ -54,6 +54,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from spurcli import console, imagenet, plugins
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.evaluate.config import CurateConfig
 from spurcli.evaluate.datasheet import (
@@ -62,6 +63,9 @@ from spurcli.evaluate.datasheet import (
     curate_settings,
     datasheet_markdown,
 )
+from spurcli.evaluate.detect import object_query
+from spurcli.evaluate.imagepass import find_items, score_items
+from spurcli.evaluate.similarity import extract_features, nearest_neighbours
 from spurcli.evaluate.verdicts import (
     NO_DETECTOR,
     REASONS,
@@ -72,6 +76,10 @@ from spurcli.evaluate.verdicts import (
     default_feature,
     detector_names,
 )
+from spurcli.fileio import atomic_dir
+from spurcli.images import find_images
+from spurcli.plugins import load_classifiers, load_detectors, load_extractors, parse_weights
+from spurcli.settings import check_fields
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +92,6 @@ log = logging.getLogger(__name__)
 
 def check_curate_config(config: CurateConfig, images_dir: Path, out: Path) -> None:
     """Everything that can be checked before a model loads (one line each)."""
-    from spurcli.settings import check_fields
 
     check_fields(config)
     if config.target is None:
@@ -202,12 +209,6 @@ def curate(
     images_dir: str | os.PathLike[str], out: str | os.PathLike[str], config: CurateConfig
 ) -> CurateResult:
     """Filter the images below ``images_dir`` and write the kept ones to ``out``."""
-    from spurcli import console, imagenet, plugins
-    from spurcli.evaluate.detect import object_query
-    from spurcli.evaluate.imagepass import find_items, score_items
-    from spurcli.evaluate.similarity import extract_features, nearest_neighbours
-    from spurcli.images import find_images
-    from spurcli.plugins import load_classifiers, load_detectors, load_extractors, parse_weights
 
     images_dir, out = Path(images_dir), Path(out)
     check_curate_config(config, images_dir, out)
@@ -317,7 +318,6 @@ def _verdicts(
 
 def write_dataset(result: CurateResult, images_dir: Path, out: Path, mode: str) -> None:
     """DATASET_DIR, complete or absent (atomic rename of a temporary sibling folder)."""
-    from spurcli.fileio import atomic_dir
 
     sheet = result.datasheet
     folder = class_folder(sheet)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spurcli import __version__
 from spurcli.evaluate.config import CurateConfig
 from spurcli.evaluate.verdicts import (
     REASONS,
@@ -19,6 +20,7 @@ from spurcli.evaluate.verdicts import (
     detector_names,
     spurious_rate,
 )
+from spurcli.images import find_images, sha256_file
 from spurcli.records import FINETUNE_CARD, png_record, read_manifest
 from spurcli.text import markup, render_markdown, slugify
 
@@ -91,8 +93,6 @@ def build_datasheet(
     extractors: Sequence[Any],
     have_refs: bool,
 ) -> dict[str, Any]:
-    from spurcli import __version__
-    from spurcli.images import find_images
 
     kept = [v for v in verdicts if v.kept]
     readable = [v for v in verdicts if "unreadable" not in v.reasons]
@@ -147,7 +147,6 @@ def _model(m: Any) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    from spurcli.images import sha256_file
 
     return sha256_file(path)
 

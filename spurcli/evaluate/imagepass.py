@@ -57,11 +57,19 @@ from spurcli import console, imagenet
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.evaluate import metrics
 from spurcli.evaluate.config import Preprocessing, ScoreConfig
-from spurcli.evaluate.spurious_imagenet import ACCEPTED_OUTPUTS
+from spurcli.evaluate.spurious_imagenet import (
+    ACCEPTED_OUTPUTS,
+    check_head_has_class,
+    head_in1k_top1,
+    in21k_index,
+    protocol_image,
+    released_loader,
+)
 from spurcli.fileio import atomic_path
 from spurcli.images import ImageReadError, find_images, read_image
 from spurcli.parallel import Processes
 from spurcli.plugins import LoadedModel
+from spurcli.preprocess import NormalisedOnly, Preprocessed
 from spurcli.text import csv_cell
 
 log = logging.getLogger(__name__)
@@ -123,8 +131,6 @@ class SquareImages(torch.utils.data.Dataset):
             return i, None, str(exc), {}
         protocol = {}
         if self.protocol_sizes:
-            from spurcli.evaluate.spurious_imagenet import protocol_image, released_loader
-
             # From the file as the released loader reads it (no EXIF rotation, alpha dropped,
             # 16-bit clipped), not from `read_image`'s normalised copy.
             try:
@@ -156,7 +162,6 @@ PROTOCOLS = typing.get_args(Preprocessing)  # what `ScoreConfig.preprocess` may 
 def protocol_view(model: LoadedModel) -> Any:
     """``model`` as the Spurious ImageNet protocol feeds it: only its normalisation, then its
     network (the protocol does the resize and crop), or a one-line error if it has none apart."""
-    from spurcli.preprocess import NormalisedOnly, Preprocessed
 
     if not isinstance(model.module, Preprocessed):
         raise UsageError(
@@ -218,7 +223,6 @@ def head_numbers(logits: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ..
     outputs, p(target) is read at the target's column (`in21k_index`), and the top-1 is the
     argmax over all of them, so an image put in a 21k-only class is nobody's hit.
     """
-    from spurcli.evaluate.spurious_imagenet import check_head_has_class, head_in1k_top1, in21k_index
 
     n = logits.shape[1]
     columns = in21k_index(n)[target]

@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from spurcli.errors import SpurcliError
+from spurcli.evaluate.config import ScoreConfig
+from spurcli.evaluate.imagepass import find_items, score_items
+from spurcli.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,6 @@ class Features:
     values: np.ndarray  # (N, D) float32
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        from spurcli.fileio import atomic_path
 
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, names=np.array(self.names), values=self.values)
@@ -145,8 +147,6 @@ def extract_features(
     and squared exactly as the classifiers see it. Sharded over the processes of a
     torchrun/accelerate group.
     """
-    from spurcli.evaluate.config import ScoreConfig
-    from spurcli.evaluate.imagepass import find_items, score_items
 
     size = image_size or ScoreConfig.image_size
     options = ScoreConfig(batch_size=batch_size, device=device, strict=strict, image_size=size)

@@ -65,6 +65,7 @@ from spurcli import imagenet
 from spurcli.errors import SpurcliError
 from spurcli.evaluate import metrics
 from spurcli.fileio import atomic_path
+from spurcli.images import ImageReadError
 from spurcli.text import csv_cell
 
 # The head sizes the released code scores (dataset/spurious_score.py:96-111): ImageNet-1k,
@@ -138,7 +139,6 @@ def released_loader(path: str | os.PathLike[str]) -> Image.Image:
     ``Image.open(...).convert("RGB")``, so no EXIF rotation, an alpha channel dropped (not
     composited on white), 16-bit values clipped: unlike `spurcli.images.read_image`, on purpose.
     An unreadable file raises `spurcli.images.ImageReadError`."""
-    from spurcli.images import ImageReadError
 
     try:
         with Image.open(path) as img:

@@ -9,6 +9,7 @@ from typing import Any
 
 from spurcli import imagenet
 from spurcli.evaluate.config import CurateConfig
+from spurcli.evaluate.metrics import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ UNCHECKED_NOTE = (
 
 def spurious_rate(fooled: Sequence[bool]) -> dict[str, Any]:
     """``{"k", "n", "rate", "ci95"}`` of a classifier on a set (rate None for an empty set)."""
-    from spurcli.evaluate.metrics import wilson_interval
 
     k, n = int(sum(fooled)), len(fooled)
     if n == 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spurcli.fileio import write_json
+from spurcli.images import find_images
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ def _mtime(paths: Iterable[Path]) -> float:
     newest = 0.0
     for path in paths:
         if path.is_dir():
-            from spurcli.images import find_images
-
             files = [p for p in path.rglob("*") if p.name == "manifest.jsonl"] or find_images(path)
             newest = max([newest, *(p.stat().st_mtime for p in files)])
         elif path.exists():

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from spurcli import console, imagenet, plugins
+from spurcli.console import is_main_process
 from spurcli.errors import UsageError
 from spurcli.experiment.freshness import Stages
 from spurcli.experiment.plan import Experiment, load_experiment
@@ -48,8 +49,9 @@ from spurcli.experiment.stages import (
     sample_stage,
     score_stage,
 )
-from spurcli.fileio import output_folder
+from spurcli.fileio import is_inside, output_folder
 from spurcli.generate.config import FinetuneConfig
+from spurcli.generate.sample import check_sample_config
 from spurcli.settings import load_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,6 @@ def finetune_config(
     ``sets`` are finetune keys (``lr=1e-5``) or, with a table, any of the run's
     (``sample.n=4``), so one file and one syntax serve both commands.
     """
-    from spurcli.console import is_main_process
 
     exp = load_experiment(
         path, [s if "." in s.partition("=")[0] else f"finetune.{s}" for s in sets]
@@ -141,8 +142,6 @@ def check_experiment(exp: Experiment) -> None:
 def check_tables(exp: Experiment) -> None:
     """The [sample] and [compare] settings too, before the first stage starts (not hours later,
     at their turn); an experiment folder inside the references is refused."""
-    from spurcli.fileio import is_inside
-    from spurcli.generate.sample import check_sample_config
 
     check_sample_config(exp.sample)
     exp.compare.check()

@@ -22,6 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from spurcli.console import is_main_process
 from spurcli.errors import SpurcliError
 from spurcli.evaluate.compare import CompareResult, Features, differences, find_pairs, similarity
 from spurcli.evaluate.curate import curate
@@ -39,9 +40,9 @@ from spurcli.generate.finetune import finetune
 from spurcli.generate.pipelines import load_pipeline, resolve_model
 from spurcli.generate.sample import count_missing, sample
 from spurcli.images import sha256_file
-from spurcli.parallel import launched_distributed
+from spurcli.parallel import Processes, launched_distributed
 from spurcli.plugins import load_extractors, parse_weights
-from spurcli.records import FINETUNE_CARD
+from spurcli.records import FINETUNE_CARD, MANIFEST
 from spurcli.settings import to_dict
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str
 
 
 def finetune_stage(exp: Experiment, arm: str, stages: Stages, *, retrain: bool = False) -> None:
-    from spurcli.records import FINETUNE_CARD
 
     cfg = exp.arms()[arm]
     folder = Path(cfg.output_dir)  # type: ignore[arg-type]
@@ -174,8 +174,6 @@ SAMPLE_STAMP_KEYS = (
 
 
 def sample_stage(exp: Experiment, stages: Stages) -> None:
-    from spurcli.console import is_main_process
-    from spurcli.records import MANIFEST
 
     pipes: dict[str | None, Any] = {}
     for name, (arm, prompts) in exp.sample_sets().items():
@@ -241,8 +239,6 @@ def score_stage(exp: Experiment, stages: Stages, main: bool) -> None:
             bootstrap_seed=cfg.bootstrap_seed,
         )
         if main:
-            from spurcli.fileio import write_json
-
             for name, result in zip(stale, results, strict=True):
                 json_path, csv_path = exp.layout.scores(name), exp.layout.score_rows(name)
                 result.write_csv(csv_path)
@@ -259,7 +255,6 @@ def score_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
 
 def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.fileio import write_json
 
     cfg = exp.compare
     needed = sorted({s for pair in exp.comparisons() for s in pair})
@@ -309,7 +304,6 @@ def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
 
 def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
-    from spurcli.fileio import write_json
 
     for a, b in exp.comparisons():
         out = exp.layout.comparison(a, b)
@@ -361,8 +355,6 @@ def curate_stage(exp: Experiment, stages: Stages, main: bool) -> None:
     if exp.curate is None:
         return
 
-    from spurcli.fileio import write_json
-
     folder, data = exp.layout.curated, exp.layout.curated_record
     stamp = asdict(exp.curate)
     inputs = [exp.set_dir(SFSL), Path(exp.curate.references)]
@@ -377,7 +369,6 @@ def curate_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
 
 def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[str, Any]]:
-    from spurcli.fileio import write_json
 
     report, summary_path = exp.layout.report, exp.layout.summary
     comparisons = [exp.layout.comparison(a, b) for a, b in exp.comparisons()]
@@ -435,6 +426,4 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
 def _barrier(device: str | None) -> None:
 
     if launched_distributed():
-        from spurcli.parallel import Processes
-
         Processes(device).barrier()

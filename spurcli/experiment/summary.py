@@ -35,7 +35,7 @@ import numpy as np
 from spurcli.evaluate import metrics
 from spurcli.evaluate.compare import find_pairs
 from spurcli.experiment.layout import REFERENCES
-from spurcli.experiment.plan import BASELINE, DREAMBOOTH, SFSL, Experiment
+from spurcli.experiment.plan import BASELINE, DREAMBOOTH, LABELS, SFSL, Experiment
 from spurcli.experiment.results import model_identities, saved_scores
 
 
@@ -174,7 +174,6 @@ def _delta(diff: dict[str, Any] | None) -> dict[str, str]:
 
 def summary_table(summary: dict[str, Any]) -> dict[str, Any]:
     """The summary as columns and rows of cells ``{"text", "css"}`` (report and terminal)."""
-    from spurcli.experiment.plan import LABELS
 
     sets = [s for s in summary["n_images"] if not s.endswith("-recontext")]
     first = next(iter(summary["classifiers"].values()))

@@ -43,8 +43,10 @@ from spurcli.errors import Signalled, SpurcliError, UsageError
 from spurcli.fileio import atomic_dir, write_json, write_text
 from spurcli.finite import all_finite
 from spurcli.generate.config import FinetuneConfig
+from spurcli.generate.lora import adapter_state, load_adapter_state
 from spurcli.records import FINETUNE_CARD
 from spurcli.settings import to_dict
+from spurcli.weights import _load_failure
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +232,6 @@ def _state_dict(training: Checkpointable, model: Any) -> dict[str, torch.Tensor]
     """The trained tensors: every weight, or (LoRA) the adapters alone."""
     model = training.accelerator.unwrap_model(model)
     if training.cfg.lora_rank:
-        from spurcli.generate.lora import adapter_state
-
         return adapter_state(model)
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
@@ -239,8 +239,6 @@ def _state_dict(training: Checkpointable, model: Any) -> dict[str, torch.Tensor]
 def _load_state_dict(training: Checkpointable, model: Any, state: dict[str, torch.Tensor]) -> None:
     model = training.accelerator.unwrap_model(model)
     if training.cfg.lora_rank:
-        from spurcli.generate.lora import load_adapter_state
-
         load_adapter_state(model, state)
     else:
         model.load_state_dict(state)
@@ -303,8 +301,6 @@ def _read_checkpoint(training: Checkpointable, path: Path) -> dict[str, Any]:
     """Everything of a checkpoint, read and checked before any of it touches the run."""
     from safetensors.torch import load_file
 
-    from spurcli.weights import _load_failure
-
     cfg, accelerator = training.cfg, training.accelerator
     record = path / "state.json"
     try:
@@ -330,8 +326,6 @@ def _read_checkpoint(training: Checkpointable, path: Path) -> dict[str, Any]:
             ) from None
         own = accelerator.unwrap_model(model)
         if cfg.lora_rank:  # a LoRA checkpoint holds the adapters alone
-            from spurcli.generate.lora import adapter_state
-
             wrong = _mismatch(saved, adapter_state(own))
         else:
             wrong = _mismatch(saved, own.state_dict())

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
+from spurcli import imagenet, plugins
 from spurcli.errors import SpurcliError
 from spurcli.generate.config import FinetuneConfig
 from spurcli.generate.modules import set_training_attention_slicing
-from spurcli.generate.pipelines import load_pipeline
+from spurcli.generate.pipelines import load_pipeline, model_identity, resolve_model
 from spurcli.generate.prompts import fill_prompt
 from spurcli.images import read_folder
 from spurcli.records import FINETUNE_CARD
@@ -34,7 +35,6 @@ class Inputs:
 
 def read_inputs(cfg: FinetuneConfig) -> Inputs:
     """The class, the prompts with the identifier filled in, the reference images."""
-    from spurcli import imagenet, plugins
 
     target = imagenet.resolve_class(cfg.target)  # type: ignore[arg-type]
     instance_prompt = fill_prompt(cfg.instance_prompt, cfg.identifier, cfg.class_noun)
@@ -59,8 +59,6 @@ class Models:
 def load_training_models(cfg: FinetuneConfig, out: Path, accelerator: Any) -> Models:
     """The base pipeline (the hub commit a resumed run started from), the SFSL extractor."""
     from diffusers import DDPMScheduler
-
-    from spurcli import plugins
 
     device, weight_dtype = accelerator.device, compute_dtype(cfg)
     base = base_model(cfg, out)
@@ -97,7 +95,6 @@ def base_model(cfg: FinetuneConfig, out: Path) -> Any:
     """The `ModelRef` to fine-tune: ``cfg.model`` at ``cfg.revision``; a resumed run that did not
     pin one stays on the hub commit it started from, even if the hub's main moved since (a
     preempted cluster job resumed a day later must not mix two base models)."""
-    from spurcli.generate.pipelines import resolve_model
 
     started = _started_commit(cfg, out)
     return resolve_model(cfg.model, revision=cfg.revision or started)
@@ -105,7 +102,6 @@ def base_model(cfg: FinetuneConfig, out: Path) -> Any:
 
 def base_identity(base: Any, out: Path, cfg: FinetuneConfig) -> dict[str, Any]:
     """`model_identity` of the loaded base model; a resumed run must be on its first commit."""
-    from spurcli.generate.pipelines import model_identity
 
     identity = model_identity(base)
     started = _started_commit(cfg, out)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from spurcli.errors import SpurcliError
+from spurcli.errors import SpurcliError, UsageError
 from spurcli.generate.config import TINY
 from spurcli.generate.modules import cast_frozen, quiet_library_progress_bars
 
@@ -52,7 +52,6 @@ def lora_config(cfg: Any, targets: list[str]) -> Any:
 def add_adapters(unet: Any, text_encoder: Any, cfg: Any, base_dtype: Any = torch.float32) -> None:
     """Freeze ``unet`` and the text encoder in ``base_dtype`` (the compute dtype: frozen weights
     need no fp32 master copy), then add trainable fp32 adapters to them."""
-    from spurcli.errors import UsageError
 
     for model in (unet, text_encoder):
         cast_frozen(model.requires_grad_(False), base_dtype)

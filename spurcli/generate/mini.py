@@ -31,6 +31,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from spurcli.errors import SpurcliError
 from spurcli.generate.tiny import build_tiny_pipeline, small_unet
 
 MINI = "mini"
@@ -84,8 +85,6 @@ def recipe() -> dict[str, Any]:
     """spurcli/data/mini/mini.json: how the weights were made, their hashes, the VAE's scale."""
     path = WEIGHTS_DIR / RECIPE_FILE
     if not path.is_file():
-        from spurcli.errors import SpurcliError
-
         raise SpurcliError(
             f"the mini model's weights are missing ({path}); rebuild them with "
             "`python examples/make_mini_model.py`"

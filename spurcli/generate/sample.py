@@ -43,9 +43,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spurcli.console import is_main_process, progress_bar
 from spurcli.errors import SpurcliError
+from spurcli.fileio import output_folder, write_text
+from spurcli.finite import check_model_finite
 from spurcli.generate.config import SampleConfig
+from spurcli.generate.modules import set_attention_slicing
+from spurcli.generate.pipelines import (
+    SCHEDULERS,
+    load_pipeline,
+    make_scheduler,
+    model_identity,
+    resolve_model,
+)
 from spurcli.generate.prompts import fill_identifier, with_recontext
+from spurcli.images import write_png
+from spurcli.parallel import Processes
 from spurcli.records import MANIFEST, PNG_CHUNK, png_record, read_manifest
 from spurcli.text import slugify
 
@@ -148,7 +161,6 @@ def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, s
 
 def write_manifest(out: Path, records: dict[str, dict[str, Any]]) -> None:
     """The manifest sorted by file; left untouched when already so (its mtime means "changed")."""
-    from spurcli.fileio import write_text
 
     text = "".join(json.dumps(records[f], sort_keys=True) + "\n" for f in sorted(records))
     path = out / MANIFEST
@@ -208,7 +220,6 @@ def model_label(ref: Any) -> str:
 
 
 def scheduler_label(scheduler: Any) -> str:
-    from spurcli.generate.pipelines import SCHEDULERS
 
     name = type(scheduler).__name__
     return next((short for short, cls in SCHEDULERS.items() if cls == name), name)
@@ -229,9 +240,6 @@ def sample(config: SampleConfig, *, pipe: Any = None, model_ref: Any = None) -> 
     left alone); ``model_ref``: the `ModelRef` it came from (for the identifier and the manifest).
     The first process owns and locks the output folder while it samples (`output_folder`).
     """
-    from spurcli.console import is_main_process
-    from spurcli.fileio import output_folder
-    from spurcli.generate.pipelines import resolve_model
 
     started = time.perf_counter()
     check_sample_config(config)
@@ -250,11 +258,6 @@ def is_sample_folder(out: Path) -> bool:
 def _sample(
     config: SampleConfig, out: Path, pipe: Any, model_ref: Any, started: float
 ) -> SampleResult:
-    from spurcli.console import progress_bar
-    from spurcli.finite import check_model_finite
-    from spurcli.generate.modules import set_attention_slicing
-    from spurcli.generate.pipelines import load_pipeline, make_scheduler, model_identity
-    from spurcli.parallel import Processes
 
     ref = model_ref
     tuned = ref is not None and ref.kind == "run"
@@ -393,7 +396,6 @@ def check_same(path: Path, record: dict[str, Any] | None, expected: dict[str, An
 
 
 def save_image(path: Path, image: Any, record: dict[str, Any]) -> None:
-    from spurcli.images import write_png
 
     readable = {k: record[k] for k in ("prompt", "negative_prompt", "seed", "steps", "guidance")}
     readable.update(scheduler=record["scheduler"], model=record["model"])

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from spurcli.settings import to_dict
+
 TENSORBOARD_DIR = "tensorboard"  # OUT/tensorboard/
 
 
@@ -34,7 +36,6 @@ def start(accelerator: Any, cfg: Any) -> None:
     """Open the tracker (main process) with the config as its hyperparameters."""
     if cfg.report_to == "none":
         return
-    from spurcli.settings import to_dict
 
     # Trackers take numbers, text and booleans; lists and None become text.
     config = {

@@ -43,7 +43,7 @@ from spurcli.generate.checkpoints import (
 )
 from spurcli.generate.config import FinetuneConfig
 from spurcli.generate.inputs import Inputs, Models, compute_dtype
-from spurcli.generate.losses import SFSL, step_losses, term_grad_norms
+from spurcli.generate.losses import SFSL, decode_to_unit, step_losses, term_grad_norms
 from spurcli.generate.modules import cast_frozen
 from spurcli.generate.pipelines import (
     load_taesd,
@@ -51,7 +51,7 @@ from spurcli.generate.pipelines import (
 from spurcli.generate.prior import generate_seeded
 from spurcli.generate.prompts import fill_prompt
 from spurcli.generate.training_data import Batch, LatentCache, TrainingData
-from spurcli.images import read_image, write_png
+from spurcli.images import read_image, to_pil, write_png
 
 log = logging.getLogger(__name__)
 
@@ -398,9 +398,6 @@ def validate(training: Training, step: int) -> None:
     pipe, vae = training.pipe, training.train_vae
     if accelerator.is_main_process:
         from diffusers import StableDiffusionPipeline
-
-        from spurcli.generate.losses import decode_to_unit
-        from spurcli.images import to_pil
 
         unet = accelerator.unwrap_model(training.unet)
         text_encoder = accelerator.unwrap_model(training.text_encoder)
