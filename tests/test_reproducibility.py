@@ -114,13 +114,13 @@ def test_hub_file_revision_selects_a_cached_commit(hub, tmp_path):
 def test_local_file_records_path_and_sha256_and_the_hash_is_cached(
     hub, hub_plugin, tmp_path, monkeypatch
 ):
-    import spurcli.images
+    import spurcli.weights
 
     path = tmp_path / "mine.safetensors"
     path.write_bytes(safetensors_bytes(tmp_path, 4.0))
     calls = []
-    real = spurcli.images.sha256_file
-    monkeypatch.setattr(spurcli.images, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = spurcli.weights.sha256_file  # where weights.py looks it up
+    monkeypatch.setattr(spurcli.weights, "sha256_file", lambda p: calls.append(p) or real(p))
 
     loaded = plugins.classifiers().load("hubby", weights=str(path))
     assert loaded.weights == str(path)

@@ -340,12 +340,12 @@ def _curation(data: dict[str, Any]) -> dict[str, Any]:
     grids = [
         {
             "heading": f"Kept ({len(data['kept'])} of {c['kept']} shown)",
-            "cells": _verdicts(data["kept"], root),
+            "cells": _verdict_cells(data["kept"], root),
         }
     ]
     for reason, rows in data["rejected"].items():
         heading = f"Rejected: {reason} ({len(rows)} of {c[reason]} shown)"
-        grids.append({"heading": heading, "cells": _verdicts(rows, root)})
+        grids.append({"heading": heading, "cells": _verdict_cells(rows, root)})
     return {
         "kept": c["kept"],
         "images": c["images"],
@@ -360,7 +360,7 @@ def _curation(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _verdicts(verdicts: Sequence[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
+def _verdict_cells(verdicts: Sequence[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
     cells = []
     for v in verdicts:
         lines = [
