@@ -1,11 +1,11 @@
 """The image pass: every file decoded once, every classifier (extractor, detector) on each batch.
 
     from spurcli import plugins
-    from spurcli.config import Preprocessing, ScoreConfig
+    from spurcli.evaluate.config import ImagePass
     from spurcli.evaluate.imagepass import find_items, score_items
     models = plugins.load_classifiers(["resnet"], {"resnet": "random"})
     items = find_items(Path("samples/"), target=94, real=False)
-    found = score_items(items, models, ScoreConfig())
+    found = score_items(items, models, ImagePass())
     found.per_image.target_prob      # (classifiers, readable images) p(target) of each image
     found.skipped                    # [(item number, "bad.png: not an image Pillow can read")]
 
@@ -56,7 +56,7 @@ from PIL import Image, ImageOps
 from spurcli import console, imagenet
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.evaluate import metrics
-from spurcli.evaluate.config import Preprocessing, ScoreConfig
+from spurcli.evaluate.config import ImagePass, Preprocessing
 from spurcli.evaluate.spurious_imagenet import (
     ACCEPTED_OUTPUTS,
     check_head_has_class,
@@ -156,7 +156,7 @@ def _collate(samples: list[Decoded]) -> tuple[Any, ...]:
     return ids, torch.stack([x for _, x, _ in good]), failed, [p for _, _, p in good]
 
 
-PROTOCOLS = typing.get_args(Preprocessing)  # what `ScoreConfig.preprocess` may name
+PROTOCOLS = typing.get_args(Preprocessing)  # what `ImagePass.preprocess` may name
 
 
 def protocol_view(model: LoadedModel) -> Any:
@@ -384,7 +384,7 @@ class Pass:
 def score_items(
     items: Sequence[Item],
     models: Sequence[LoadedModel],
-    options: ScoreConfig,
+    options: ImagePass,
     extractors: Sequence[LoadedModel] = (),
     desc: str | None = None,
     *,
@@ -397,12 +397,10 @@ def score_items(
     decoded once for all of them. Runs sharded when launched as a group.
 
     ``queries``: ImageNet index -> the `spurcli.evaluate.detect.ObjectQuery` detectors get for
-    items of
-    that target. ``reducers``: extractor name -> a function of a batch's (b, D) features whose
-    (b, ...) result is kept instead of them, so memory stays flat in the number of images
-    (e.g. the cosine to the nearest reference image).
+    items of that target. ``reducers``: extractor name -> a function of a batch's (b, D)
+    features whose (b, ...) result is kept instead of them, so memory stays flat in the number
+    of images (e.g. the cosine to the nearest reference image).
     """
-    queries, reducers = dict(queries or {}), dict(reducers or {})
     procs = Processes(options.device)
     mine = procs.shard(range(len(items)))
     if procs.world > 1:
@@ -416,102 +414,143 @@ def score_items(
     # Under the Spurious ImageNet protocol the classifiers see the protocol's pixels, each at
     # its own input size, and only their own normalisation; extractors and detectors do not.
     views = [protocol_view(m) for m in models] if options.preprocess != "model" else []
-    sizes = [v.size for v in views]
     for model in (*models, *extractors, *detectors):
         model.module.to(procs.device).eval()
+    shard = _Shard(items, mine, models, extractors, detectors, views)
+    shard.queries, shard.reducers = dict(queries or {}), dict(reducers or {})
+    if desc is None:
+        n_real = sum(item.real for item in items)
+        desc = f"scoring {len(items) - n_real} images" + (f" + {n_real} real" if n_real else "")
+    loader = _loader(items, mine, options, sorted({v.size for v in views}), procs)
+    for ids, batch, failed, protocol in console.track(loader, desc, total=len(loader)):
+        for i, message in failed:
+            if options.strict and procs.world == 1:
+                raise SpurcliError(f"{message} (--strict: unreadable images are errors)")
+            log.warning("skipped %s", message)
+            shard.skipped.append((int(shard.index[i]), message))
+        if batch is not None:
+            shard.score_batch(ids.numpy(), batch, protocol, procs.device)
+    return _gathered(shard, procs, options.strict)
+
+
+def _loader(
+    items: Sequence[Item],
+    mine: Sequence[int],
+    options: ImagePass,
+    protocol_sizes: list[int],
+    procs: Processes,
+) -> torch.utils.data.DataLoader:
     workers = options.num_workers
     if workers is None:
         workers = _default_workers(len(mine), options.batch_size, procs.world, procs.device)
     dataset = SquareImages(
         [items[i].path for i in mine],
         options.image_size,
-        protocol_sizes=sorted(set(sizes)),
+        protocol_sizes=protocol_sizes,
         real=[items[i].real for i in mine],
     )
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         dataset,
         batch_size=options.batch_size,
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=procs.device.type == "cuda",
     )
-    n_models, n_mine = len(models), len(mine)
-    targets = np.array([items[i].target for i in mine], dtype=np.int64)
-    extracted = np.array([not items[i].real for i in mine], bool)  # what the extractors see
-    top1 = np.zeros((n_models, n_mine), np.int32)
-    prob = np.zeros((n_models, n_mine), np.float64)
-    rank = np.zeros((n_models, n_mine), np.int32)
-    done = np.zeros(n_mine, bool)
-    mine_index = np.asarray(mine, np.int64)
-    features: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in extractors]
-    presence: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in detectors]
-    skipped: list[tuple[int, str]] = []
-    if desc is None:
-        n_real = sum(item.real for item in items)
-        desc = f"scoring {len(items) - n_real} images" + (f" + {n_real} real" if n_real else "")
-    for ids, batch, failed, protocol in console.track(loader, desc, total=len(loader)):
-        for i, message in failed:
-            if options.strict and procs.world == 1:
-                raise SpurcliError(f"{message} (--strict: unreadable images are errors)")
-            log.warning("skipped %s", message)
-            skipped.append((int(mine_index[i]), message))
-        if batch is None:
-            continue
-        ids = ids.numpy()
-        seen = extracted[ids]
+
+
+class _Shard:
+    """This process's share of a pass: the numbers of its items, batch by batch."""
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        mine: Sequence[int],
+        models: Sequence[LoadedModel],
+        extractors: Sequence[LoadedModel],
+        detectors: Sequence[LoadedModel],
+        views: Sequence[Any],
+    ) -> None:
+        self.items, self.models, self.extractors, self.detectors = (
+            items,
+            models,
+            extractors,
+            detectors,
+        )
+        self.views, self.sizes = views, [v.size for v in views]
+        self.queries: dict[int, Any] = {}
+        self.reducers: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        n = len(mine)
+        self.index = np.asarray(mine, np.int64)
+        self.targets = np.array([items[i].target for i in mine], dtype=np.int64)
+        self.extracted = np.array([not items[i].real for i in mine], bool)  # what extractors see
+        self.top1 = np.zeros((len(models), n), np.int32)
+        self.prob = np.zeros((len(models), n), np.float64)
+        self.rank = np.zeros((len(models), n), np.int32)
+        self.done = np.zeros(n, bool)
+        self.features: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in extractors]
+        self.presence: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in detectors]
+        self.skipped: list[tuple[int, str]] = []
+
+    def score_batch(self, ids: np.ndarray, batch: Any, protocol: Any, device: Any) -> None:
+        """Every model on one decoded batch (``ids``: positions in this shard)."""
+        seen = self.extracted[ids]
         # Made outside inference mode so the tensors keep a version counter (see `_forward`).
         with torch.no_grad():
-            x = batch.to(procs.device, non_blocking=True).float().div_(255)
-            some = extractors or detectors
+            x = batch.to(device, non_blocking=True).float().div_(255)
+            some = self.extractors or self.detectors
             x_seen = x if seen.all() or not some else x[torch.from_numpy(seen).to(x.device)]
-        t = targets[ids]
+        t = self.targets[ids]
         protocol_logits = [
-            _protocol_forward(model, views[c], sizes[c], protocol, procs.device)
-            for c, model in enumerate(models if views else ())
+            _protocol_forward(model, self.views[c], self.sizes[c], protocol, device)
+            for c, model in enumerate(self.models if self.views else ())
         ]
         with torch.inference_mode():
-            for c, model in enumerate(models):
-                if views:
+            for c, model in enumerate(self.models):
+                if self.views:
                     logits = protocol_logits[c]
                 else:
                     logits = _forward(model, x, "classifier", ACCEPTED_OUTPUTS)
-                top1[c, ids], prob[c, ids], rank[c, ids] = head_numbers(logits, t)
-            for e, extractor in enumerate(extractors if seen.any() else ()):
+                self.top1[c, ids], self.prob[c, ids], self.rank[c, ids] = head_numbers(logits, t)
+            for e, extractor in enumerate(self.extractors if seen.any() else ()):
                 values = _forward(extractor, x_seen, "feature extractor", ())
-                if extractor.name in reducers:
-                    values = reducers[extractor.name](values)
-                features[e].append((mine_index[ids[seen]], values))
+                if extractor.name in self.reducers:
+                    values = self.reducers[extractor.name](values)
+                self.features[e].append((self.index[ids[seen]], values))
             t_seen = t[seen]
-            for d, detector in enumerate(detectors):
+            for d, detector in enumerate(self.detectors):
                 for k in np.unique(t_seen):  # one query per class; curate has a single class
                     rows = t_seen == k
                     part = x_seen if rows.all() else x_seen[torch.from_numpy(rows).to(x.device)]
-                    values = _forward(detector, part, "detector", (), queries[int(k)])
-                    presence[d].append((mine_index[ids[seen][rows]], values))
-        done[ids] = True
+                    values = _forward(detector, part, "detector", (), self.queries[int(k)])
+                    self.presence[d].append((self.index[ids[seen][rows]], values))
+        self.done[ids] = True
 
-    # Every process gets every process's numbers; then all of them compute the same metrics.
+
+def _gathered(shard: _Shard, procs: Processes, strict: bool) -> Pass:
+    """Every process gets every process's numbers; then all of them compute the same metrics."""
+    done = shard.done
     parts = procs.gather(
         [
             {
-                "index": mine_index[done],
-                "top1": top1[:, done],
-                "prob": prob[:, done],
-                "rank": rank[:, done],
-                "features": features,
-                "presence": presence,
-                "skipped": skipped,
+                "index": shard.index[done],
+                "top1": shard.top1[:, done],
+                "prob": shard.prob[:, done],
+                "rank": shard.rank[:, done],
+                "features": shard.features,
+                "presence": shard.presence,
+                "skipped": shard.skipped,
             }
         ]
     )
+    items = shard.items
     index = np.concatenate([p["index"] for p in parts])
     order = np.argsort(index, kind="stable")
     index = index[order]
     skipped_all = sorted(s for p in parts for s in p["skipped"])
-    if options.strict and skipped_all:
+    if strict and skipped_all:
         raise SpurcliError(f"{skipped_all[0][1]} (--strict: unreadable images are errors)")
     per_image = PerImage(
-        classifiers=[m.name for m in models],
+        classifiers=[m.name for m in shard.models],
         images=[items[i].name for i in index],
         target=np.array([items[i].target for i in index], np.int64),
         top1=np.concatenate([p["top1"] for p in parts], axis=1)[:, order],
@@ -520,11 +559,11 @@ def score_items(
     )
     found = {
         extractor.name: _in_item_order([c for p in parts for c in p["features"][e]], 2)
-        for e, extractor in enumerate(extractors)
+        for e, extractor in enumerate(shard.extractors)
     }
     scores = {
         detector.name: _in_item_order([c for p in parts for c in p["presence"][d]], 1)
-        for d, detector in enumerate(detectors)
+        for d, detector in enumerate(shard.detectors)
     }
     return Pass(index, per_image, found, skipped_all, scores)
 
