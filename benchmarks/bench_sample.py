@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from spurcli.generate.pipelines import load_pipeline
-from spurcli.generate.sample import SampleConfig, derive_seed, sample
+from spurcli.generate.sample import SampleConfig, sample
+from spurcli.seeds import derive_seed
 
 PROMPTS = ["a photo of a red flower", "a photo of a hummingbird feeder"]
 

@@ -196,7 +196,8 @@ def _sample_set(root, prompt: str, red: list[int], base_seed: int = 0, manifest:
     the seed derived from (base_seed, i); red ones are hummingbirds to the fake classifier."""
     from PIL import Image
 
-    from spurcli.generate.sample import derive_seed, save_image, write_manifest
+    from spurcli.generate.sample import save_image, write_manifest
+    from spurcli.seeds import derive_seed
     from spurcli.text import slugify
 
     records = {}

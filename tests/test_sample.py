@@ -20,13 +20,13 @@ from spurcli.errors import SpurcliError, UsageError
 from spurcli.generate.prompts import without_identifier
 from spurcli.generate.sample import (
     SampleConfig,
-    derive_seed,
     fill_identifier,
     prompt_folders,
     sample,
     with_recontext,
 )
 from spurcli.records import MANIFEST, png_record, read_manifest
+from spurcli.seeds import derive_seed
 from spurcli.text import slugify
 
 PROMPTS = ["a photo of a red flower", "a red feeder"]

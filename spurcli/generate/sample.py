@@ -60,6 +60,7 @@ from spurcli.generate.prompts import fill_identifier, with_recontext
 from spurcli.images import write_png
 from spurcli.parallel import Processes
 from spurcli.records import MANIFEST, PNG_CHUNK, png_record, read_manifest
+from spurcli.seeds import derive_seed
 from spurcli.text import slugify
 
 log = logging.getLogger(__name__)
@@ -119,14 +120,6 @@ class SampleResult:
 
 
 # ---------------------------------------------------------------------------------------- prompts
-
-
-def derive_seed(seed: int, index: int) -> int:
-    """The seed of image ``index``: a hash of (seed, index); --seed 0 and --seed 1 share nothing."""
-    import numpy as np
-
-    state = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, index]).generate_state(2)
-    return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFFFFFFFFFFFFFF  # fits int64
 
 
 def prompt_folders(prompts: Sequence[str], taken: dict[str, str]) -> dict[str, str]:
