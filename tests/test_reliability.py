@@ -635,3 +635,71 @@ def test_markdown_values_cannot_add_structure_and_code_spans_hold_any_text(tmp_p
     (tmp_path / "t.md.j2").write_text("| {{ v }} | {{ v|code }} | {{ n }} |\n")
     out = render_markdown(tmp_path, "t.md.j2", v="a|b<c>", n=3)
     assert out == "| a\\|b\\<c\\> | `a\\|b<c>` | 3 |\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# nothing lost: a resume that cannot use the run refuses and touches nothing
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file of ``folder`` and its bytes (the lock marker's pid and time aside)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".spurcli-folder"
+    }
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"lora_rank": 4, "steps": 4, "checkpoint_every": 2}, {"lora_rank": 8, "steps": 6}),
+        ({"lora_rank": 4}, {"lora_rank": 0}),
+        ({}, {"lora_rank": 4}),
+        ({}, {"train_text_encoder": False}),
+        ({"lora_rank": 4, "checkpoint_every": 0}, {"lora_rank": 0, "steps": 3}),
+    ],
+    ids=["rank-4-to-8", "lora-to-full", "full-to-lora", "text-encoder-off", "finished-no-ckpt"],
+)
+def test_a_resume_with_other_weights_refuses_and_touches_nothing(refs, tmp_path, before, after):
+    from spurcli.generate.finetune import finetune
+
+    out = tmp_path / "run"
+    cfg = dreambooth(
+        refs, out, **{"steps": 2, "checkpoint_every": 1, "keep_checkpoints": 0, **before}
+    )
+    finetune(cfg)
+    saved = folder_state(out)
+    with pytest.raises(SpurcliError) as info:
+        finetune(dataclasses.replace(cfg, resume="latest", **after))
+    text = str(info.value)
+    assert "\n" not in text and "saved with other weights" in text, text
+    assert folder_state(out) == saved  # no checkpoint, adapter, pipeline or record changed
+
+
+def test_resume_latest_refuses_when_no_checkpoint_loads(refs, checkpointed):
+    from spurcli.generate.finetune import finetune
+
+    for step in (1, 2):
+        unet = checkpointed / "checkpoints" / f"step-{step}" / "unet.safetensors"
+        unet.write_bytes(unet.read_bytes()[:500])
+    before = {p.name: p.read_bytes() for p in (checkpointed / "pipeline" / "unet").iterdir()}
+    cfg = dreambooth(refs, checkpointed, steps=3, checkpoint_every=1, keep_checkpoints=0)
+    with pytest.raises(SpurcliError, match=r"no checkpoint in .* loads"):
+        finetune(dataclasses.replace(cfg, resume="latest"))
+    after = {p.name: p.read_bytes() for p in (checkpointed / "pipeline" / "unet").iterdir()}
+    assert after == before  # the finished pipeline was not overwritten by a run from step 0
+
+
+def test_resume_latest_names_the_checkpoint_it_resumed_from(refs, checkpointed, caplog):
+    import logging
+
+    from spurcli.generate.finetune import finetune
+
+    step2 = checkpointed / "checkpoints" / "step-2" / "unet.safetensors"
+    step2.write_bytes(step2.read_bytes()[:500])
+    cfg = dreambooth(refs, checkpointed, steps=3, checkpoint_every=1, keep_checkpoints=0)
+    with caplog.at_level(logging.INFO):
+        finetune(dataclasses.replace(cfg, resume="latest"))
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed")]
+    assert resumed == [f"resumed from {checkpointed / 'checkpoints' / 'step-1'} (step 1)"], resumed

@@ -135,14 +135,43 @@ def resume_point(cfg: FinetuneConfig, out: Path) -> Path | None:
     if cfg.resume == "latest":
         path = latest_checkpoint(out)
         if path is None:
+            if (out / FINETUNE_CARD).is_file():  # a run kept without checkpoints
+                _check_format(cfg, out / FINETUNE_CARD)
             log.info("no checkpoint in %s: starting from step 0", out)
             return None
     else:
         path = Path(cfg.resume)
         if not (path / "state.json").is_file():
             raise UsageError(f"--resume: {path} is not a spurcli checkpoint (no state.json)")
+    _check_format(cfg, path / "state.json")
     _check_schedule(cfg, path)
     return path
+
+
+# What the saved weights are: another value here means no checkpoint of the run can be loaded,
+# and a new run would overwrite its checkpoints and leave the other format's result beside.
+FORMAT = ("model", "lora_rank", "lora_targets", "train_text_encoder")
+
+
+def _check_format(cfg: FinetuneConfig, record: Path) -> None:
+    """Refuse, before anything is loaded or written, a resume whose options make other weights
+    than the run in ``record`` (a checkpoint's state.json or the run card) saved."""
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # read and reported by the checkpoint loader
+    if not isinstance(saved, dict):
+        return
+    own = to_dict(cfg)
+    changed = [k for k in FORMAT if k in saved and saved[k] != own.get(k)]
+    if changed:
+        what = ", ".join(
+            f"--{k.replace('_', '-')} {saved[k]!r} there, {own.get(k)!r} now" for k in changed
+        )
+        raise UsageError(
+            f"--resume: {record.parent} was saved with other weights ({what}); resume with its "
+            "options, or fine-tune into a new --output-dir (nothing was changed)"
+        )
 
 
 # Schedules whose learning rate at a step does not depend on the total number of steps.
@@ -369,7 +398,8 @@ def load_checkpoint(training: Checkpointable, path: Path, *, skip_bad: bool = Fa
 
     Nothing is changed unless the whole checkpoint reads and fits (a `BadCheckpoint` naming the
     file otherwise). ``skip_bad`` (``--resume latest``): a checkpoint that does not load is
-    reported and the next older one tried; none left means starting from step 0.
+    reported and the next older one tried; none left is a `BadCheckpoint` (never a silent
+    restart from step 0 over the run).
     """
     candidates = [path]
     if skip_bad:
@@ -383,9 +413,13 @@ def load_checkpoint(training: Checkpointable, path: Path, *, skip_bad: bool = Fa
             log.warning("skipping checkpoint %s: %s", candidate, exc)
             continue
         _apply_checkpoint(training, loaded)
-        return int(loaded["state"]["step"])
-    log.warning("no checkpoint in %s loads: starting from step 0", training.out)
-    return 0
+        step = int(loaded["state"]["step"])
+        log.info("resumed from %s (step %d)", candidate, step)
+        return step
+    raise BadCheckpoint(
+        f"no checkpoint in {training.out / CHECKPOINTS} loads (each skipped above); resume with "
+        "the options they were saved with, or delete the folder to start over"
+    )
 
 
 def _apply_checkpoint(training: Checkpointable, loaded: dict[str, Any]) -> None:

@@ -242,7 +242,6 @@ def resume_training(training: Training, checkpoint: Path | None) -> None:
     cfg, out = training.cfg, training.out
     if checkpoint is not None:
         training.step = load_checkpoint(training, checkpoint, skip_bad=cfg.resume == "latest")
-        log.info("resumed from %s (step %d)", checkpoint, training.step)
     if training.accelerator.is_main_process:
         truncate_log(out / LOG_FILE, training.step)
 
