@@ -92,6 +92,24 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def scratch_dir(folder: str | os.PathLike[str], name: str) -> Iterator[Path]:
+    """A temporary folder ``folder/.tmp-NAME.*`` to build a result in and move it out of, file by
+    file (modes already the umask's); removed on exit, and, if a kill skipped that, by the next
+    `output_folder` of ``folder``."""
+    tmp = _tmp_sibling(Path(folder) / name)
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def holds_only_our_files(folder: str | os.PathLike[str]) -> bool:
+    """``folder`` holds nothing but a marker, temporaries and stamps (of a command that failed)."""
+    return all(_ours(p.name) for p in Path(folder).iterdir())
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
@@ -149,7 +167,7 @@ def _owner(fd: int) -> dict[str, Any]:
     return {}
 
 
-def _scan(root: Path) -> None:
+def _scan(root: Path, links_below: tuple[str, ...] = ()) -> None:
     """Refuse symlinks below ``root`` and remove leftover temporaries; sub-folders owned by
     another command (their own marker) are theirs to check."""
     for folder, dirs, files in os.walk(root):
@@ -157,9 +175,11 @@ def _scan(root: Path) -> None:
         if here != root and FOLDER_FILE in files:
             dirs.clear()
             continue
+        top = here.relative_to(root).parts[:1]
+        linked = bool(links_below) and bool(top) and top[0].startswith(links_below)
         for name in [*dirs, *files]:
             entry = here / name
-            if entry.is_symlink():
+            if entry.is_symlink() and not (linked and name in files):
                 raise SpurcliError(
                     f"{entry} is a symbolic link inside the output folder {root}; spurcli never "
                     "writes through links (they could point anywhere): remove it"
@@ -179,12 +199,15 @@ def output_folder(
     *,
     recognise: Callable[[Path], bool] = lambda p: False,
     enabled: bool = True,
+    links_below: tuple[str, ...] = (),
 ) -> Iterator[Path]:
     """Own and lock ``path`` as the output folder of a ``kind`` command (see the docstring).
 
     ``recognise``: whether a folder without a marker is this command's result all the same (made
     before markers existed). ``enabled=False`` (the other processes of a multi-process run, whose
-    first process holds the folder): only the path is returned.
+    first process holds the folder): only the path is returned. ``links_below``: name prefixes of
+    first-level sub-folders whose files may be symbolic links the command made itself (curate's
+    ``--mode link``); the command only ever deletes those, never writes through them.
     """
     path = Path(path)
     if not enabled:
@@ -231,7 +254,7 @@ def output_folder(
                 f"{path} is not empty ({shown}) and not a spurcli {kind} folder; spurcli only "
                 "writes into a new or empty folder or its own results: choose another one"
             )
-        _scan(path)
+        _scan(path, links_below)
         record = {
             "kind": kind,
             "pid": os.getpid(),

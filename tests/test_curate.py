@@ -308,3 +308,57 @@ def test_run_stage_curates_the_sfsl_set_once(fake_plugin, tmp_path):
     no_table = tmp_path / "plain.toml"
     no_table.write_text(config.read_text().split("[curate]")[0])
     assert load_experiment(no_table).curate is None  # off unless present
+
+
+# ------------------------------------------------------------------------------------------------
+# the output folder: owned, locked, only its own files replaced
+
+
+def test_overwrite_never_deletes_files_curate_did_not_make(fake_plugin, folders, tmp_path):
+    images, _ = folders
+    mine = tmp_path / "u"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("x")
+    (mine / ".bashrc").write_text("y")
+    with pytest.raises(UsageError, match="not a spurcli curate folder"):
+        curate(images, mine, _config(overwrite=True))
+    assert sorted(p.name for p in mine.iterdir()) == [".bashrc", "thesis.txt"]  # not even a marker
+
+
+def test_overwrite_replaces_only_the_previous_datasets_files(fake_plugin, folders, tmp_path):
+    images, _ = folders
+    out = tmp_path / "d"
+    curate(images, out, _config(mode="link"))  # links inside: a second curate may replace them
+    (out / "notes.txt").write_text("added by hand")
+    (out / ".tmp-dataset.deadbeef").mkdir()  # what a curate killed during its copy leaves
+    result = curate(images, out, _config(overwrite=True))
+    assert (out / "notes.txt").read_text() == "added by hand"
+    assert not list(out.glob(".tmp-*"))
+    kept = sorted(p.name for p in out.glob("class_spurious_94_*/*"))
+    assert kept == sorted(v.file for v in result.kept) and not any(
+        p.is_symlink() for p in out.rglob("*")
+    )
+
+
+def test_a_second_curate_into_a_folder_in_use_is_refused_before_the_work(
+    fake_plugin, folders, tmp_path
+):
+    from spurcli.fileio import output_folder
+
+    images, _ = folders
+    out = tmp_path / "d"
+    curate(images, out, _config())
+    loaded = len(fake_plugin.calls)
+    # another curate holds it (a lock on its own file descriptor)
+    busy = pytest.raises(SpurcliError, match="is in use by another spurcli curate")
+    with output_folder(out, "curate"), busy:
+        curate(images, out, _config(overwrite=True))
+    assert len(fake_plugin.calls) == loaded  # refused before any model loaded
+
+
+def test_a_failed_first_curate_leaves_no_folder(fake_plugin, folders, tmp_path):
+    images, _ = folders
+    out = tmp_path / "new"
+    with pytest.raises(SpurcliError):
+        curate(images, out, _config(strict=True))  # broken.png: an error under --strict
+    assert not out.exists()

@@ -29,7 +29,9 @@ numbers are kept
 (the extractor's features are reduced to the nearest reference's cosine batch by batch), so
 memory is flat in the number of images. Nothing in the input folder is changed.
 
-The output folder, written atomically (a temporary sibling renamed into place):
+The output folder is owned and locked like every command's (`spurcli.fileio.output_folder`):
+new, empty or a dataset curate made; one curate at a time; nothing but a previous dataset's
+own files is ever replaced. The dataset is built in a temporary folder inside it and moved in:
 
     DATASET_DIR/class_spurious_<index>_<slug>/<the kept files, relative paths kept>
     DATASET_DIR/metadata.jsonl    one row per kept image (Hugging Face `imagefolder` format)
@@ -45,6 +47,7 @@ classifiers apart, marked as biased by construction. See docs/curate.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -76,7 +79,7 @@ from spurcli.evaluate.verdicts import (
     default_feature,
     detector_names,
 )
-from spurcli.fileio import atomic_dir
+from spurcli.fileio import holds_only_our_files, output_folder, scratch_dir
 from spurcli.images import find_images
 from spurcli.plugins import load_classifiers, load_detectors, load_extractors, parse_weights
 from spurcli.settings import check_fields
@@ -223,6 +226,22 @@ def curate(
     items = find_items(images_dir, k.index, real=False)
     if config.references is not None:
         find_images(config.references)  # a missing folder: one line before models load
+    main, existed = console.is_main_process(), out.exists()
+    # One curate at a time, only into a new folder or a dataset: taken before the work.
+    try:
+        with output_folder(
+            out, "curate", recognise=is_dataset, enabled=main, links_below=(CLASS_PREFIX,)
+        ):
+            return _curate(images_dir, out, config, k, items)
+    except BaseException:
+        if main and not existed:  # a failed first curate leaves no folder behind
+            _remove_if_unused(out)
+        raise
+
+
+def _curate(
+    images_dir: Path, out: Path, config: CurateConfig, k: Any, items: Sequence[Any]
+) -> CurateResult:
     # The pass skips unreadable files; --strict fails on them below, with their name.
     options = replace(config, strict=False)
     options.check()
@@ -316,14 +335,33 @@ def _verdicts(
 # --------------------------------------------------------------------------------- the output
 
 
+CLASS_PREFIX = "class_spurious_"  # the kept images' folder (`class_folder`)
+DATASET_FILES = ("metadata.jsonl", "verdicts.jsonl", "datasheet.md", "datasheet.json")
+
+
+def is_dataset(out: Path) -> bool:
+    """``out`` is a dataset curate wrote (before folders had a marker)."""
+    return (out / "datasheet.json").is_file() or (out / "verdicts.jsonl").is_file()
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Remove ``out`` when it holds nothing but the marker and temporaries of this curate."""
+    with contextlib.suppress(OSError):
+        if holds_only_our_files(out):
+            shutil.rmtree(out)
+
+
 def write_dataset(result: CurateResult, images_dir: Path, out: Path, mode: str) -> None:
-    """DATASET_DIR, complete or absent (atomic rename of a temporary sibling folder)."""
+    """The dataset in DATASET_DIR (an owned, locked folder), written into a temporary folder
+    inside it, then moved in; only a previous dataset's own files are replaced (anything else
+    in the folder is left alone). datasheet.json goes first and comes back last, so a dataset
+    with one is complete; a killed curate's temporary is removed by the next one."""
 
     sheet = result.datasheet
     folder = class_folder(sheet)
     sheet["class_folder"] = folder
     per_file = sheet["generation"]["per_file"]
-    with atomic_dir(out) as tmp:
+    with scratch_dir(out, "dataset") as tmp:
         rows = []
         for v in result.kept:
             src, dst = images_dir / v.file, tmp / folder / v.file
@@ -349,6 +387,19 @@ def write_dataset(result: CurateResult, images_dir: Path, out: Path, mode: str) 
             json.dumps(sheet, indent=2, default=str) + "\n", encoding="utf-8"
         )
         (tmp / "datasheet.md").write_text(datasheet_markdown(sheet), encoding="utf-8")
+        _replace_dataset(tmp, out)
+
+
+def _replace_dataset(new: Path, out: Path) -> None:
+    """Move the dataset in ``new`` into ``out``, the previous dataset's files out of the way."""
+    (out / "datasheet.json").unlink(missing_ok=True)
+    for old in out.iterdir():
+        if old.name.startswith(CLASS_PREFIX) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)  # removes links, never follows them
+        elif old.name in DATASET_FILES:
+            old.unlink()
+    for entry in sorted(new.iterdir(), key=lambda p: p.name == "datasheet.json"):
+        os.replace(entry, out / entry.name)
 
 
 def _jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
