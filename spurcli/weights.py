@@ -139,6 +139,7 @@ def hub_file(repo_id: str, filename: str, *, model: str, revision: str | None = 
             "repo": repo_id,
             "revision": snapshot_commit(path) or revision or "main",
             "file": filename,
+            "sha256": sha256_cached(path),  # the same file by path or by default is one
         }
     )
     return path
@@ -344,3 +345,29 @@ def folder_identity(
         "sha256": hashlib.sha256(listing.encode()).hexdigest(),
         "files": hashes,
     }
+
+
+def content_key(weights: str | os.PathLike[str] | None) -> str | None:
+    """What a weights value (``--weights NAME=VALUE``) stands for, by content: a local file's or
+    folder's sha256 (``sha256:...``), so that new bytes under an old name are new weights and
+    one file under two names is one; else the value itself (``random``, a hub id, None: the
+    plugin's default)."""
+    if weights is None or is_random(weights):
+        return None if weights is None else RANDOM
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return "sha256:" + sha256_cached(path)
+    if path.is_dir():
+        return "sha256:" + folder_identity(path)["sha256"]
+    return os.fspath(weights)
+
+
+def identity_key(weights_id: dict[str, Any] | None) -> str | None:
+    """The content key of a recorded ``weights_id`` (`identify`), comparable to `content_key`."""
+    if not weights_id:
+        return None
+    if weights_id.get("sha256"):
+        return "sha256:" + str(weights_id["sha256"])
+    if weights_id.get("source") == RANDOM:
+        return RANDOM
+    return json.dumps(weights_id, sort_keys=True, default=str)

@@ -94,7 +94,9 @@ def test_hub_weights_record_the_resolved_commit_in_the_score_json(hub, hub_plugi
         "repo": REPO,
         "revision": commit,
         "file": "model.safetensors",
+        "sha256": entry["weights_id"]["sha256"],  # the content: the same file by path is one
     }
+    assert len(entry["weights_id"]["sha256"]) == 64
     # A new commit on main is what the next load resolves to, and records.
     newer = hub.add(REPO, {"model.safetensors": safetensors_bytes(tmp_path, 5.0)})
     loaded = plugins.classifiers().load("hubby")
@@ -108,7 +110,15 @@ def test_hub_file_revision_selects_a_cached_commit(hub, tmp_path):
     with weights.recording() as seen:
         path = weights.hub_file(REPO, "model.safetensors", model="hubby", revision=first)
     assert weights.load_state_dict(path)["scale"].item() == 1.0
-    assert seen == [{"source": "hub", "repo": REPO, "revision": first, "file": "model.safetensors"}]
+    assert seen == [
+        {
+            "source": "hub",
+            "repo": REPO,
+            "revision": first,
+            "file": "model.safetensors",
+            "sha256": weights.sha256_cached(path),
+        }
+    ]
 
 
 def test_local_file_records_path_and_sha256_and_the_hash_is_cached(

@@ -419,3 +419,62 @@ def test_download_script_unpacks_and_links_by_class(tmp_path):
     ).exists()
     again = subprocess.run(cmd, capture_output=True, text=True)  # idempotent, no download
     assert again.returncode == 0 and "(0 new links)" in again.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# weights by content: new bytes under an old name are new weights, one file by two names is one
+
+
+def test_run_keys_the_staleness_of_scores_on_the_weights_files_content(tmp_path, monkeypatch):
+    from spurcli.experiment.freshness import staleness, write_stamp
+    from spurcli.experiment.stages import score_stamp
+
+    monkeypatch.setenv("SPURCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"old weights")
+    path = write_config(tmp_path)
+    sets = ['compare.weights=["template-linear=w.pt", "timm:test_resnet=random"]']
+    exp = load_experiment(path, sets=sets)
+    scores = tmp_path / "scores.json"
+    scores.write_text("{}")
+    write_stamp(scores, score_stamp(exp))
+    assert staleness([scores], [], score_stamp(exp)) is None
+    weights.write_bytes(b"new weights")  # the same name, other bytes
+    assert staleness([scores], [], score_stamp(exp)) == "settings changed: weights_content"
+
+
+def test_circular_victims_are_found_by_the_weights_content(tmp_path, monkeypatch):
+    from spurcli.weights import file_identity
+
+    monkeypatch.setenv("SPURCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.pt").write_bytes(b"the extractor's weights")
+    (tmp_path / "b.pt").write_bytes(b"the extractor's weights")  # a copy under another name
+    (tmp_path / "c.pt").write_bytes(b"other weights")
+    path = write_config(tmp_path)
+
+    def circular(extractor, classifier, recorded=None):
+        exp = load_experiment(
+            path,
+            sets=[
+                f"finetune.extractor_weights={extractor}",
+                f'compare.weights=["template-linear={classifier}"]',
+            ],
+        )
+        return exp.circular(recorded)
+
+    assert circular("a.pt", "b.pt") == ["template-linear"]  # one file, two paths
+    assert circular("a.pt", "c.pt") == []
+    # the extractor on the plugin's default (which is the file b.pt), the victim given b.pt
+    default = load_experiment(path, sets=['compare.weights=["template-linear=b.pt"]'])
+    default.finetune.extractor_weights = None
+    recorded = {"extractor": {"source": "hub", "repo": "x/y", **_sha(tmp_path / "a.pt")}}
+    assert default.circular(recorded) == ["template-linear"]
+    assert file_identity(tmp_path / "b.pt")["sha256"] == recorded["extractor"]["sha256"]
+
+
+def _sha(path: Path) -> dict[str, str]:
+    from spurcli.images import sha256_file
+
+    return {"sha256": sha256_file(path)}

@@ -31,6 +31,7 @@ from spurcli.generate.config import FinetuneConfig, SampleConfig
 from spurcli.generate.prompts import fill_prompt, with_recontext, without_identifier
 from spurcli.plugins import parse_weights
 from spurcli.settings import load_config, read_toml
+from spurcli.weights import content_key, identity_key
 
 # The image sets of an experiment, named after what made them. Each arm is a fine-tuning run.
 SFSL, DREAMBOOTH, BASELINE = "sfsl", "dreambooth", "baseline"
@@ -124,22 +125,33 @@ class Experiment:
                 pairs += [(f"{arm}-recontext", f"{BASELINE}-recontext") for arm in arms]
         return pairs
 
-    def circular(self) -> list[str]:
-        """Victim classifiers that are the SFSL extractor itself (same model, same weights)."""
+    def circular(self, recorded: dict[str, Any] | None = None) -> list[str]:
+        """Victim classifiers that are the SFSL extractor itself: the same model, and the same
+        weights by content (one file by two paths, or by path and as the plugin's default).
+
+        ``recorded``: the weights identities a run recorded, ``{"extractor": weights_id,
+        "classifiers": {name: weights_id}}``; they stand for weights left to the plugin's
+        default, whose file is known only once loaded."""
         if self.finetune.sfsl_weight == 0:
             return []
+        recorded = recorded or {}
 
         def identity(registry: Any, name: str) -> tuple[str, str | None]:
             entry, variant = registry.resolve(name)
             return entry.name, variant
 
+        def key(value: str | None, weights_id: Any) -> str | None:
+            return identity_key(weights_id) if value is None and weights_id else content_key(value)
+
         extractor = identity(plugins.extractors(), self.finetune.extractor)
+        extractor_key = key(self.finetune.extractor_weights, recorded.get("extractor"))
         weights = parse_weights(self.compare.weights)
+        ids = recorded.get("classifiers") or {}
         return [
             name
             for name in self.compare.classifiers
             if identity(plugins.classifiers(), name) == extractor
-            and weights.get(name) == self.finetune.extractor_weights
+            and key(weights.get(name), ids.get(name)) == extractor_key
         ]
 
 

@@ -44,6 +44,7 @@ from spurcli.parallel import Processes, launched_distributed
 from spurcli.plugins import load_extractors, parse_weights
 from spurcli.records import FINETUNE_CARD, MANIFEST
 from spurcli.settings import to_dict
+from spurcli.weights import content_key, identity_key
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ def references_stage(exp: Experiment, stages: Stages, main: bool) -> None:
     stages.ran("references", f"{n_train} to train on, {n_held} held out")
 
 
+def weights_content(pairs: list[str], option: str = "--weights") -> dict[str, str | None]:
+    """``NAME=PATH`` values by content (`spurcli.weights.content_key`), for the stamps."""
+    return {name: content_key(value) for name, value in parse_weights(pairs, option).items()}
+
+
 def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
     """Options of ``cfg`` that differ from a run's recorded config (those that change weights)."""
 
@@ -98,6 +104,10 @@ def finetune_stage(exp: Experiment, arm: str, stages: Stages, *, retrain: bool =
         refs = sorted(sha256_file(p) for p in exp.split.train)
         if sorted(r["sha256"] for r in info.get("references", [])) != refs:
             changed.append("reference images")
+        if cfg.sfsl_weight != 0 and cfg.extractor_weights is not None:
+            recorded = identity_key((info.get("extractor") or {}).get("weights_id"))
+            if recorded is not None and recorded != content_key(cfg.extractor_weights):
+                changed.append("extractor weights (the file's content)")
         done = info.get("steps_done", 0)
         if not changed and done > cfg.steps:
             changed.append(f"steps (trained {done}, asked {cfg.steps})")
@@ -206,17 +216,24 @@ def sample_stage(exp: Experiment, stages: Stages) -> None:
         stages.ran(f"sample:{name}", why or f"{missing} images to make")
 
 
-def score_stage(exp: Experiment, stages: Stages, main: bool) -> None:
-
+def score_stamp(exp: Experiment) -> dict[str, Any]:
+    """What the score files were made with; weights files by content (`content_key`)."""
     cfg = exp.compare
-    stamp = {
+    return {
         "target": exp.config.target,
         "classifiers": cfg.classifiers,
         "weights": cfg.weights,
+        "weights_content": weights_content(cfg.weights),  # new bytes under an old name: stale
         "real": cfg.real,
         "bootstrap": [cfg.bootstrap, cfg.bootstrap_seed],  # the intervals in the score JSON
         "preprocess": cfg.preprocess,  # another protocol gives the classifiers other pixels
     }
+
+
+def score_stage(exp: Experiment, stages: Stages, main: bool) -> None:
+
+    cfg = exp.compare
+    stamp = score_stamp(exp)
     names = exp.all_sets()
     real = [cfg.real] if cfg.real else []
     why = {
@@ -261,7 +278,8 @@ def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
     weights = parse_weights(cfg.extractor_weights, "--extractor-weights")
 
     def stamp(extractor: str) -> dict[str, Any]:
-        return {"extractor": extractor, "weights": weights.get(extractor)}
+        value = weights.get(extractor)
+        return {"extractor": extractor, "weights": value, "content": content_key(value)}
 
     why = {
         (name, extractor): staleness(
@@ -357,6 +375,11 @@ def curate_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
     folder, data = exp.layout.curated, exp.layout.curated_record
     stamp = asdict(exp.curate)
+    stamp["weights_content"] = {
+        "weights": weights_content(exp.curate.weights),
+        "detector_weights": weights_content(exp.curate.detector_weights, "--detector-weights"),
+        "extractor_weights": content_key(exp.curate.extractor_weights),
+    }
     inputs = [exp.set_dir(SFSL), Path(exp.curate.references)]
     if not stages.check("curate", staleness([data, folder], inputs, stamp)):
         return

@@ -28,6 +28,7 @@ unless the config says ``exclude_circular = false``; ``excluded_from_consensus``
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,8 @@ from spurcli.evaluate import metrics
 from spurcli.evaluate.compare import find_pairs
 from spurcli.experiment.layout import REFERENCES
 from spurcli.experiment.plan import BASELINE, DREAMBOOTH, LABELS, SFSL, Experiment
-from spurcli.experiment.results import model_identities, saved_scores
+from spurcli.experiment.results import model_identities, read_json, saved_scores
+from spurcli.records import FINETUNE_CARD
 
 
 def _differences(exp: Experiment) -> list[tuple[str, str, bool]]:
@@ -61,7 +63,16 @@ def summarize(exp: Experiment) -> dict[str, Any]:
     saved = {n: saved_scores(exp, n) for n in names}
     target = scores[names[0]]["target"]
     k = target["index"]
-    circular = exp.circular()
+    sfsl_card = read_json(Path(exp.arms()[SFSL].output_dir) / FINETUNE_CARD) or {}
+    circular = exp.circular(
+        {
+            "extractor": (sfsl_card.get("extractor") or {}).get("weights_id"),
+            "classifiers": {
+                c: scores[names[0]]["classifiers"][c].get("weights_id")
+                for c in exp.compare.classifiers
+            },
+        }
+    )
     consensus_members = [
         c for c in exp.compare.classifiers if not (exp.config.exclude_circular and c in circular)
     ]
