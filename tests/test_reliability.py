@@ -703,3 +703,27 @@ def test_resume_latest_names_the_checkpoint_it_resumed_from(refs, checkpointed, 
         finetune(dataclasses.replace(cfg, resume="latest"))
     resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed")]
     assert resumed == [f"resumed from {checkpointed / 'checkpoints' / 'step-1'} (step 1)"], resumed
+
+
+@pytest.mark.parametrize("change", ["edit", "add"])
+def test_a_resume_after_the_references_changed_is_refused(refs, tmp_path, change):
+    import shutil
+
+    from PIL import Image
+
+    from spurcli.generate.finetune import finetune
+
+    mine = tmp_path / "refs"
+    shutil.copytree(refs, mine)
+    out = tmp_path / "run"
+    cfg = dreambooth(mine, out, steps=2, checkpoint_every=1, keep_checkpoints=0)
+    finetune(cfg)
+    card = (out / "spurcli-run.json").read_bytes()
+    if change == "edit":
+        first = sorted(mine.iterdir())[0]
+        Image.new("RGB", (44, 36), (1, 2, 3)).save(first)
+    else:
+        Image.new("RGB", (44, 36), (1, 2, 3)).save(mine / "new.png")
+    with pytest.raises(SpurcliError, match=r"are not those .* was trained on"):
+        finetune(dataclasses.replace(cfg, resume="latest", steps=3))
+    assert (out / "spurcli-run.json").read_bytes() == card

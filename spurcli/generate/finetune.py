@@ -124,6 +124,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
     inputs = read_inputs(cfg)
     # The output folder: new, or a run to resume (checked before any model loads).
     checkpoint = resume_point(cfg, out)
+    check_same_references(cfg, out, inputs)
     finished = finished_run(out)
     if finished is not None and cfg.resume and finished.get("steps_done", 0) >= cfg.steps:
         log.info("%s already finished %s steps; nothing to do", out, finished["steps_done"])
@@ -136,6 +137,27 @@ def _finetune(cfg: FinetuneConfig, out: Path, on_step: Callable[[int], None] | N
     train(training, on_step)
     save_run(training, started)
     return out
+
+
+def check_same_references(cfg: FinetuneConfig, out: Path, inputs: Inputs) -> None:
+    """A resume trains on the reference images the run started with (`run` checks the same)."""
+    import json
+
+    if not cfg.resume:
+        return
+    try:
+        card = json.loads((out / FINETUNE_CARD).read_text(encoding="utf-8"))
+        saved = sorted(str(r["sha256"]) for r in card["references"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record of them (a run killed before its first write)
+    now = sorted(sha256_file(p) for p, _ in inputs.references)
+    if saved != now:
+        added, gone = len(set(now) - set(saved)), len(set(saved) - set(now))
+        raise UsageError(
+            f"--resume: the reference images in {cfg.instance_dir} are not those {out} was "
+            f"trained on ({added} new or edited, {gone} missing or edited); restore them, or "
+            "fine-tune into a new --output-dir"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
