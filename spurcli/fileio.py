@@ -145,8 +145,9 @@ def check_output_file(path: str | os.PathLike[str], option: str) -> None:
         raise UsageError(f"{option} {path} is a folder; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path.parent / f".tmp-probe-{path.name}"):
-            pass  # created and removed: the folder takes new files
+        probe = _tmp_sibling(path)
+        probe.touch(exist_ok=False)  # the folder takes new files ...
+        probe.unlink()  # ... and the probe is gone again
         if path.exists() and not os.access(path, os.W_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
     except OSError as exc:

@@ -727,3 +727,11 @@ def test_a_resume_after_the_references_changed_is_refused(refs, tmp_path, change
     with pytest.raises(SpurcliError, match=r"are not those .* was trained on"):
         finetune(dataclasses.replace(cfg, resume="latest", steps=3))
     assert (out / "spurcli-run.json").read_bytes() == card
+
+
+def test_checking_a_result_path_leaves_nothing_behind(tmp_path):
+    from spurcli.fileio import check_output_file
+
+    check_output_file(tmp_path / "out" / "scores.json", "--json")
+    check_output_file(tmp_path / "out" / "rows.csv", "--csv")
+    assert list((tmp_path / "out").iterdir()) == []  # no 0-byte .tmp-probe-* file
