@@ -63,6 +63,7 @@ def option(
     help: str,
     *,
     min: float | None = None,
+    max: float | None = None,
     zero: str | None = None,
     above: float | None = None,
     below: float | None = None,
@@ -75,7 +76,9 @@ def option(
     option (`spurcli.cli` builds it from the field), the ``--help`` default, the TOML key (the
     field name), the bounds check (`check_fields`) and docs/settings.md all derive from it.
 
-    ``min``: the smallest value allowed; ``zero``: what 0 means, for a ``min=0`` option whose
+    ``min``: the smallest value allowed; ``max``: the largest (every count and size has one that
+    real use never meets, so a typo such as ``--steps 1000000000`` is an error before the work,
+    not an out-of-memory kill hours later); ``zero``: what 0 means, for a ``min=0`` option whose
     error should say it ("0 (no bootstrap intervals) or more"); ``above``/``below``: exclusive
     bounds; ``None`` values
     (the "not set" of an optional field) are never out of bounds. ``required``: the check fails
@@ -89,6 +92,7 @@ def option(
     metadata: dict[str, Any] = {
         "help": help,
         "min": min,
+        "max": max,
         "zero": zero,
         "above": above,
         "below": below,
@@ -135,6 +139,12 @@ def check_fields(config: Any) -> None:
         if value is None or isinstance(value, (bool, str, list)):
             continue  # bounds are about numbers ("off" of an int | str field is not one)
         low, above, below = (fld.metadata.get(k) for k in ("min", "above", "below"))
+        high = fld.metadata.get("max")
+        if high is not None and value > high:
+            raise UsageError(
+                f"{option_name(fld)} must be at most {_number(high)}, not {_number(value)} (a "
+                "limit no real use meets: a typo?)"
+            )
         if low is not None and value < low:
             bound = "not be negative" if low == 0 else f"be at least {low}"
             if low == 0 and fld.metadata.get("zero"):
@@ -145,6 +155,13 @@ def check_fields(config: Any) -> None:
             raise UsageError(f"{option_name(fld)} must {bound}, not {value}")
         if below is not None and not value < below:
             raise UsageError(f"{option_name(fld)} must be below {below}, not {value}")
+
+
+def _number(value: float) -> str:
+    """A bound or a value as an error shows it: 10000000, 1e+22, 0.5."""
+    if isinstance(value, int) and abs(value) < 10**12:
+        return str(value)
+    return f"{value:g}"
 
 
 def device_option() -> Any:

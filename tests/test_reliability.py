@@ -735,3 +735,34 @@ def test_checking_a_result_path_leaves_nothing_behind(tmp_path):
     check_output_file(tmp_path / "out" / "scores.json", "--json")
     check_output_file(tmp_path / "out" / "rows.csv", "--csv")
     assert list((tmp_path / "out").iterdir()) == []  # no 0-byte .tmp-probe-* file
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["sample", "tiny", "-p", "x", "--steps", "1000000000"], "--steps"),
+        (["sample", "tiny", "-p", "x", "--height", "1000000000"], "--height"),
+        (["sample", "tiny", "-p", "x", "-n", "2000000000"], "-n"),
+        (["sample", "tiny", "-p", "x", "--guidance", "1e38"], "--guidance"),
+        (["sample", "tiny", "-p", "x", "--set", "steps=10000000000000000000000"], "--steps"),
+        (["finetune", "--model", "tiny", "--lora-rank", "100000"], "--lora-rank"),
+        (["finetune", "--model", "tiny", "--steps", "100000000000"], "--steps"),
+        (["compare", "A", "B", "-t", "94", "-c", "fake", "--bootstrap", "99" * 6], "--bootstrap"),
+        (["score", "A", "-t", "94", "-c", "fake", "-b", "10000000"], "--batch-size"),
+    ],
+)  # fmt: skip
+def test_every_count_and_size_has_a_bound_checked_before_the_work(
+    spurcli, refs, tmp_path, fake_plugin, args, option
+):
+    from _compare_helpers import make_sets
+
+    a, b = make_sets(tmp_path)
+    args = [{"A": a, "B": b}.get(x, x) for x in args]
+    if args[0] == "finetune":
+        args += ["--instance-dir", refs, "--class-noun", "flower", "--target", "94"]
+        args += ["--output-dir", tmp_path / "out"]
+    else:
+        args += ["--out" if args[0] == "sample" else "--json", tmp_path / "out"]
+    code, _, err = spurcli(*args)
+    assert code == 2 and len(err) == 1 and option in err[0] and "at most" in err[0], err
+    assert not (tmp_path / "out").exists() and fake_plugin.calls == []

@@ -103,6 +103,8 @@ def _bounds_text(fld: dataclasses.Field[Any]) -> str:
     parts = []
     if fld.metadata.get("min") is not None:
         parts.append(f">= {fld.metadata['min']}")
+    if fld.metadata.get("max") is not None:
+        parts.append(f"<= {fld.metadata['max']}")
     if fld.metadata.get("above") is not None:
         parts.append(f"> {fld.metadata['above']}")
     if fld.metadata.get("below") is not None:

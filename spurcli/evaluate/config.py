@@ -40,7 +40,11 @@ def classifier_weights_option() -> Any:
 
 def bootstrap_option() -> Any:
     return option(
-        1000, "Bootstrap resamples of the intervals; 0: off.", min=0, zero="no bootstrap intervals"
+        1000,
+        "Bootstrap resamples of the intervals; 0: off.",
+        min=0,
+        max=1_000_000,
+        zero="no bootstrap intervals",
     )
 
 
@@ -64,14 +68,19 @@ class ImagePass:
         "normalisation).",
     )
     # Lower it if a big classifier runs out of memory; it changes no number.
-    batch_size: int = option(32, "Images per forward pass.", min=1, flags=("--batch-size", "-b"))
+    batch_size: int = option(
+        32, "Images per forward pass.", min=1, max=65_536, flags=("--batch-size", "-b")
+    )
     device: str | None = device_option()
     strict: bool = option(False, "Fail on an unreadable image instead of skipping it.")
     num_workers: int | None = option(
-        None, "Decoding processes (none: by device).", min=0, flags=("--workers",)
+        None, "Decoding processes (none: by device).", min=0, max=1024, flags=("--workers",)
     )
     image_size: int = option(
-        384, "Side of the central square each image is resized to for the classifiers.", min=8
+        384,
+        "Side of the central square each image is resized to for the classifiers.",
+        min=8,
+        max=8192,
     )
 
     def check(self) -> None:
@@ -121,7 +130,7 @@ class CompareConfig(ImagePass):
         None, "Real images of the class: ROC-AUC and AP in both score tables."
     )
     # All images are scored; this only bounds the report's grids.
-    report_images: int = option(48, "Images per set shown in the report.", min=0)
+    report_images: int = option(48, "Images per set shown in the report.", min=0, max=100_000)
     bootstrap: int = bootstrap_option()
     bootstrap_seed: int = bootstrap_seed_option()
     # auto: pairs when both sets name their images alike (the run's sets share seeds).
@@ -162,12 +171,12 @@ class CurateConfig(ImagePass):
     evaluate_with: list[str] = option(
         [], "Held-out classifiers, comma-separated: the result.", comma=True
     )
-    limit: int | None = option(None, "Keep at most N images (file order).")
+    limit: int | None = option(None, "Keep at most N images (file order).", min=1, max=10**9)
     # On the command line --link/--copy.
     mode: Literal["copy", "link"] = option("copy", "copy the kept files, or symlink them.")
     overwrite: bool = option(False, "Replace an existing output folder.")
     strict: bool = option(False, "Unreadable image or nothing kept: an error.")
     # Kept images: 4x as many.
     report_images: int = option(
-        12, "Rejected images shown per reason in the report of spurcli run.", min=0
+        12, "Rejected images shown per reason in the report of spurcli run.", min=0, max=100_000
     )

@@ -41,7 +41,10 @@ class ExperimentConfig:
     baseline: bool = option(True, "Also sample the untuned model (prompts without [V]).")
     # DreamBooth recipes use 3-5 images; the rest judge the generated images.
     train_references: int = option(
-        5, "Train on this many references (drawn by the seed), hold out the rest; 0: all.", min=0
+        5,
+        "Train on this many references (drawn by the seed), hold out the rest; 0: all.",
+        min=0,
+        max=1_000_000,
     )
     # Without that arm nothing says what SFSL adds over DreamBooth.
     dreambooth_arm: bool = option(

@@ -70,15 +70,17 @@ class FinetuneConfig:
         None, "Prior (class) images, reused across runs (none: OUT/class-images)."
     )
     # diffusers' default: enough variety for the prior term.
-    num_class_images: int = option(100, "Prior images wanted.", min=0)
-    class_inference_steps: int = option(50, "Sampler steps per prior image.", min=1)
-    class_guidance: float = option(7.5, "Classifier-free guidance for prior images.", min=0)
-    class_batch_size: int = option(4, "Prior images generated per pipeline call.", min=1)
+    num_class_images: int = option(100, "Prior images wanted.", min=0, max=1_000_000)
+    class_inference_steps: int = option(50, "Sampler steps per prior image.", min=1, max=10_000)
+    class_guidance: float = option(
+        7.5, "Classifier-free guidance for prior images.", min=0, max=1000
+    )
+    class_batch_size: int = option(4, "Prior images generated per pipeline call.", min=1, max=4096)
     prior_weight: float = option(
         1.0, "Weight of the prior-preservation loss (DreamBooth's 1.0); 0: off.", min=0
     )
     # --- data ----------------------------------------------------------------------------------
-    resolution: int = option(512, "Training size in pixels (a multiple of 8).", min=1)
+    resolution: int = option(512, "Training size in pixels (a multiple of 8).", min=1, max=8192)
     # False: a random crop of the resized image, as diffusers does.
     center_crop: bool = option(
         False,
@@ -86,12 +88,15 @@ class FinetuneConfig:
         flags=("--center-crop/--random-crop",),
     )
     batch_size: int = option(
-        1, "Instance images per process and micro-step (plus as many prior images).", min=1
+        1,
+        "Instance images per process and micro-step (plus as many prior images).",
+        min=1,
+        max=4096,
     )
     # --- optimisation --------------------------------------------------------------------------
     # diffusers' DreamBooth recipe with the text encoder trained: 800 steps at 2e-6.
-    steps: int = option(800, "Optimizer steps.", min=1)
-    grad_accum: int = option(1, "Micro-steps per optimizer step.", min=1)
+    steps: int = option(800, "Optimizer steps.", min=1, max=10_000_000)
+    grad_accum: int = option(1, "Micro-steps per optimizer step.", min=1, max=100_000)
     lr: float = option(2e-6, "Learning rate.", above=0)
     text_encoder_lr: float | None = option(
         None, "Learning rate of the text encoder (none: --lr).", above=0
@@ -99,7 +104,9 @@ class FinetuneConfig:
     lr_scheduler: str = option(
         "constant", "Any diffusers.optimization schedule: constant, linear, cosine, ..."
     )
-    warmup_steps: int = option(0, "Learning-rate warm-up steps (ignored by constant).", min=0)
+    warmup_steps: int = option(
+        0, "Learning-rate warm-up steps (ignored by constant).", min=0, max=10_000_000
+    )
     max_grad_norm: float = option(1.0, "Gradient clipping; 0: off.", min=0)
     weight_decay: float = option(1e-2, "AdamW weight decay.", min=0)
     use_8bit_adam: bool = option(
@@ -127,12 +134,12 @@ class FinetuneConfig:
         "cosine", "1 - cos (cosine) or the mean squared difference (l2)."
     )
     sfsl_max_timestep: int | None = option(
-        None, "Apply SFSL only where t <= this (none: always).", min=0
+        None, "Apply SFSL only where t <= this (none: always).", min=0, max=100_000
     )
     # None decodes at full resolution, as the method describes; 256 cuts the VAE-decoder part
     # of SFSL (the bulk of its cost) by 4x. The latent is resized first.
     sfsl_decode_size: int | None = option(
-        None, "Decode x0_hat at this size, a multiple of 8 (none: full size)."
+        None, "Decode x0_hat at this size, a multiple of 8 (none: full size).", min=8, max=8192
     )
     # The model's own VAE is the method's fidelity; taesd (diffusers' AutoencoderTiny) costs a
     # few % of the VAE decoder, but the gradient then flows through another decoder.
@@ -147,7 +154,10 @@ class FinetuneConfig:
     )
     # --- LoRA (peft): low-rank adapters instead of the full weights (docs/finetune-scale.md) --
     lora_rank: int = option(
-        0, "Train LoRA adapters of this rank; 0: the full weights, as the paper does.", min=0
+        0,
+        "Train LoRA adapters of this rank; 0: the full weights, as the paper does.",
+        min=0,
+        max=4096,
     )
     lora_alpha: float | None = option(
         None, "The adapters' scale is alpha / rank (none: alpha = rank).", above=0
@@ -168,19 +178,21 @@ class FinetuneConfig:
     # torch 2's SDPA needs none.
     attention_slicing: int | str = option("off", "auto, max, N or off.")
     # --- checkpoints, validation ---------------------------------------------------------------
-    checkpoint_every: int = option(200, "Steps between checkpoints; 0: only on interrupt.", min=0)
-    keep_checkpoints: int = option(2, "Newest checkpoints kept; 0: all.", min=0)
+    checkpoint_every: int = option(
+        200, "Steps between checkpoints; 0: only on interrupt.", min=0, max=10_000_000
+    )
+    keep_checkpoints: int = option(2, "Newest checkpoints kept; 0: all.", min=0, max=1_000_000)
     resume: str | None = option(None, "'latest' or a checkpoint folder.", maybe_path=True)
     validate_every: int = option(
-        200, "Steps between validation images, and at the end; 0: never.", min=0
+        200, "Steps between validation images, and at the end; 0: never.", min=0, max=10_000_000
     )
     validation_prompt: list[str] = option(
         [], "Validation prompt, repeatable (none: the instance prompt)."
     )
-    num_validation_images: int = option(4, "Images per validation prompt.", min=1)
-    validation_steps: int = option(25, "Sampler steps per validation image.", min=1)
+    num_validation_images: int = option(4, "Images per validation prompt.", min=1, max=10_000)
+    validation_steps: int = option(25, "Sampler steps per validation image.", min=1, max=10_000)
     validation_guidance: float = option(
-        7.5, "Classifier-free guidance for validation images.", min=0
+        7.5, "Classifier-free guidance for validation images.", min=0, max=1000
     )
     # --- monitoring ----------------------------------------------------------------------------
     report_to: Literal["none", "tensorboard", "wandb"] = option(
@@ -192,6 +204,7 @@ class FinetuneConfig:
         50,
         "Every N steps, log the gradient norm each loss term puts on the trained weights; 0: off.",
         min=0,
+        max=10_000_000,
     )
 
     def check(self) -> None:
@@ -255,13 +268,13 @@ class SampleConfig:
     prompts: list[str] = option(
         [], "Prompt, repeatable; [V] becomes the run's identifier.", flags=("--prompt", "-p")
     )
-    n: int = option(4, "Images per prompt.", min=1, flags=("-n", "--n"))
+    n: int = option(4, "Images per prompt.", min=1, max=1_000_000, flags=("-n", "--n"))
     out: Path = option(Path("samples"), "Output folder.", flags=("--out", "-o"))
     # Derived from the seed and i alone, not the prompt: prompts sharing an index share the
     # noise, which pairs a tuned model's images with the baseline's.
     seed: int = option(0, "Base seed; image i of every prompt gets a seed derived from it.")
-    steps: int = option(50, "Denoising steps (diffusers' default).", min=1)
-    guidance: float = option(7.5, "Classifier-free guidance scale; <= 1: off.", min=0)
+    steps: int = option(50, "Denoising steps (diffusers' default).", min=1, max=10_000)
+    guidance: float = option(7.5, "Classifier-free guidance scale; <= 1: off.", min=0, max=1000)
     negative_prompt: str | None = option(
         None, "What guidance steers away from (none: the empty prompt)."
     )
@@ -269,10 +282,14 @@ class SampleConfig:
         None, "ddim, pndm, dpm, euler, euler-a, ddpm (none: the model's own)."
     )
     batch_size: int = option(
-        4, "Images per UNet call, per process.", min=1, flags=("--batch-size", "-b")
+        4, "Images per UNet call, per process.", min=1, max=4096, flags=("--batch-size", "-b")
     )
-    height: int | None = option(None, "Pixels, a multiple of 8 (none: the model's native size).")
-    width: int | None = option(None, "Pixels, a multiple of 8 (none: the model's native size).")
+    height: int | None = option(
+        None, "Pixels, a multiple of 8 (none: the model's native size).", min=8, max=8192
+    )
+    width: int | None = option(
+        None, "Pixels, a multiple of 8 (none: the model's native size).", min=8, max=8192
+    )
     recontext: bool = option(
         False, "Also each prompt on the beach, on Mount Fuji, in a garden, in a market."
     )
