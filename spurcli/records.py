@@ -53,7 +53,7 @@ def png_record(path: Path) -> dict[str, Any] | None:
     try:
         with Image.open(path) as img:
             text = img.text.get(PNG_CHUNK) if hasattr(img, "text") else None
-    except OSError:
+    except (OSError, ValueError, Image.DecompressionBombError):  # the readers name the file
         return None
     return json.loads(text) if text else None
 

@@ -362,3 +362,27 @@ def test_a_failed_first_curate_leaves_no_folder(fake_plugin, folders, tmp_path):
     with pytest.raises(SpurcliError):
         curate(images, out, _config(strict=True))  # broken.png: an error under --strict
     assert not out.exists()
+
+
+def decompression_bomb(path: Path, side: int = 40000) -> None:
+    """A PNG header claiming side x side pixels (1.6 G at 40000): Pillow refuses to open it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_skipped_by_name_and_the_rest_curated(
+    fake_plugin, folders, tmp_path
+):
+    images, _ = folders
+    decompression_bomb(images / "bomb.png")
+    result = curate(images, tmp_path / "d", _config())
+    bomb = next(v for v in result.verdicts if v.file == "bomb.png")
+    assert bomb.reasons == ["unreadable"] and "bomb.png" in bomb.message
+    assert (tmp_path / "d" / "datasheet.json").is_file()

@@ -766,3 +766,15 @@ def test_every_count_and_size_has_a_bound_checked_before_the_work(
     code, _, err = spurcli(*args)
     assert code == 2 and len(err) == 1 and option in err[0] and "at most" in err[0], err
     assert not (tmp_path / "out").exists() and fake_plugin.calls == []
+
+
+def test_a_decompression_bomb_in_a_prompt_folder_does_not_stop_sample(spurcli, tmp_path):
+    from test_curate import decompression_bomb
+
+    out = tmp_path / "s"
+    code, _, err = spurcli(*SAMPLE, "-n", "1", "--out", out)
+    assert code == 0, err
+    folder = next(p.parent for p in out.rglob("*.png"))
+    decompression_bomb(folder / "bomb.png")
+    code, _, err = spurcli(*SAMPLE, "-n", "2", "--out", out)
+    assert code == 0, err

@@ -97,7 +97,7 @@ def _stale_prior(path: Path, prompt: str, cfg: FinetuneConfig) -> bool:
     try:
         with Image.open(path) as img:
             text, size = dict(getattr(img, "text", {})), img.size
-    except OSError:
+    except (OSError, ValueError, Image.DecompressionBombError):
         return False  # unreadable: left for the reader to report
     if not {"prompt", "model", "seed"} <= set(text):
         return False  # not one of ours: the user's own class image
