@@ -56,6 +56,7 @@ else:  # pragma: no cover - Python 3.10
 T = TypeVar("T")
 
 MAYBE_PATH = {"path": "maybe"}  # field metadata: a name or a path; resolve it only if it is a path
+NAMED_PATHS = {"path": "pairs"}  # field metadata: NAME=PATH items, PATH resolved like MAYBE_PATH
 
 
 def option(
@@ -71,6 +72,7 @@ def option(
     maybe_path: bool = False,
     flags: tuple[str, ...] = (),
     comma: bool = False,
+    named_paths: bool = False,
 ) -> Any:
     """A config field declared once: its default, its help and its bounds. The command-line
     option (`spurcli.cli` builds it from the field), the ``--help`` default, the TOML key (the
@@ -102,6 +104,8 @@ def option(
     }
     if maybe_path:
         metadata.update(MAYBE_PATH)
+    if named_paths:  # NAME=PATH items (--weights): a config file's PATH is relative to it
+        metadata.update(NAMED_PATHS)
     if isinstance(default, list):  # a mutable default: each config gets its own copy
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -333,6 +337,10 @@ def _coerce(value: Any, hint: Any, fld: Any, where: str, base: Path | None = Non
         return _resolve(Path(value), base)
     if hint is str and base is not None and fld.metadata.get("path") == "maybe":
         return _maybe_resolve(value, base)
+    if hint is str and base is not None and fld.metadata.get("path") == "pairs":
+        name, sep, target = value.partition("=")
+        if sep and target.strip():  # NAME=PATH: relative to the config file, as other paths
+            return f"{name}={_maybe_resolve(target.strip(), base)}"
     return value
 
 

@@ -478,3 +478,26 @@ def _sha(path: Path) -> dict[str, str]:
     from spurcli.images import sha256_file
 
     return {"sha256": sha256_file(path)}
+
+
+def test_weights_files_in_a_config_are_relative_to_it(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "w.pt").write_bytes(b"next to the config")
+    (tmp_path / "w.pt").write_bytes(b"another file of that name, in the working directory")
+    monkeypatch.chdir(tmp_path)
+    text = CONFIG.replace('"template-linear=random", "timm', '"template-linear=w.pt", "timm', 1)
+    exp = load_experiment(write_config(folder, text))
+    assert exp.compare.weights[0] == f"template-linear={folder / 'w.pt'}"
+
+
+def test_run_checks_every_weights_file_and_the_revision_before_the_first_stage(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    missing = CONFIG.replace('"template-linear=random", "timm', '"template-linear=no.pt", "timm', 1)
+    with pytest.raises(UsageError, match=r"\[compare\] weights: the weights of 'template-linear'"):
+        run_experiment(write_config(tmp_path, missing))
+    with pytest.raises(UsageError, match="--revision pins a hub model"):
+        run_experiment(write_config(tmp_path), sets=["revision=deadbeef"])
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing deleted

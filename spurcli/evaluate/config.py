@@ -35,7 +35,7 @@ def classifiers_option(default: list[str], help: str) -> Any:
 
 
 def classifier_weights_option() -> Any:
-    return option([], "Classifier NAME=PATH or NAME=random; repeatable.")
+    return option([], "Classifier NAME=PATH or NAME=random; repeatable.", named_paths=True)
 
 
 def bootstrap_option() -> Any:
@@ -125,7 +125,9 @@ class CompareConfig(ImagePass):
         flags=("--extractors", "-e"),
         comma=True,
     )
-    extractor_weights: list[str] = option([], "Extractor NAME=PATH or NAME=random; repeatable.")
+    extractor_weights: list[str] = option(
+        [], "Extractor NAME=PATH or NAME=random; repeatable.", named_paths=True
+    )
     real: Path | None = option(
         None, "Real images of the class: ROC-AUC and AP in both score tables."
     )
@@ -156,7 +158,9 @@ class CurateConfig(ImagePass):
         flags=("--detectors", "-d"),
         comma=True,
     )
-    detector_weights: list[str] = option([], "Detector NAME=PATH or NAME=random; repeatable.")
+    detector_weights: list[str] = option(
+        [], "Detector NAME=PATH or NAME=random; repeatable.", named_paths=True
+    )
     max_presence: float = option(0.5, "Reject above this presence score (in [0, 1]).")
     object_prompts: list[str] = option(
         [], "Another text naming the object; repeatable.", flags=("--object-prompt",)

@@ -51,8 +51,11 @@ from spurcli.experiment.stages import (
 )
 from spurcli.fileio import is_inside, output_folder
 from spurcli.generate.config import FinetuneConfig
+from spurcli.generate.pipelines import resolve_model
 from spurcli.generate.sample import check_sample_config
+from spurcli.plugins import parse_weights
 from spurcli.settings import load_config, to_dict
+from spurcli.weights import is_random
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,34 @@ def check_experiment(exp: Experiment) -> None:
         plugins.extractors().resolve(name)
     for arm in exp.arms().values():
         arm.check()
+        resolve_model(arm.model, revision=arm.revision)  # type: ignore[arg-type]
     check_tables(exp)
+    check_weights_files(exp)
+
+
+def check_weights_files(exp: Experiment) -> None:
+    """Every weights file the run will read exists, before the first stage (not after hours of
+    fine-tuning and sampling, when the score stage gets to it)."""
+    given: list[tuple[str, str, str]] = []  # (table and key, model name, value)
+    if exp.finetune.sfsl_weight != 0 and exp.finetune.extractor_weights is not None:
+        given.append(
+            ("[finetune] extractor_weights", exp.finetune.extractor, exp.finetune.extractor_weights)
+        )
+    tables = [("compare", exp.compare)] + ([("curate", exp.curate)] if exp.curate else [])
+    for table, cfg in tables:
+        for key in ("weights", "extractor_weights", "detector_weights"):
+            value = getattr(cfg, key, None)
+            if isinstance(value, list):
+                pairs = parse_weights(value, f"[{table}] {key}")
+                given += [(f"[{table}] {key}", n, v) for n, v in pairs.items()]
+            elif value is not None:
+                given.append((f"[{table}] {key}", getattr(cfg, "extractor", "?"), value))
+    for where, name, value in given:
+        if not is_random(value) and not os.path.exists(value):
+            raise UsageError(
+                f"{exp.path}: {where}: the weights of '{name}' are not there: {value} (a "
+                "relative path is relative to the config file's folder)"
+            )
 
 
 def check_tables(exp: Experiment) -> None:
