@@ -501,3 +501,15 @@ def test_run_checks_every_weights_file_and_the_revision_before_the_first_stage(
     with pytest.raises(UsageError, match="--revision pins a hub model"):
         run_experiment(write_config(tmp_path), sets=["revision=deadbeef"])
     assert not (tmp_path / "out").exists()  # nothing trained, nothing deleted
+
+
+def test_a_config_behind_a_symlink_puts_out_where_the_os_resolves_it(tmp_path, monkeypatch):
+    real = tmp_path / "deep" / "a" / "b"
+    real.mkdir(parents=True)
+    (tmp_path / "cfglink").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path / "cfglink", CONFIG.replace('out = "out"', 'out = "../exp"'))
+    exp = load_experiment(path)
+    # what finetune (and open()) make of cfglink/../exp: beside the link's target
+    assert exp.out.resolve() == (tmp_path / "deep" / "a" / "exp").resolve()
+    assert Path(exp.finetune.output_dir).resolve() == tmp_path / "deep" / "a" / "exp" / "finetune"

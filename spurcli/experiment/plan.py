@@ -243,4 +243,13 @@ def is_experiment_config(path: str | os.PathLike[str]) -> bool:
 
 
 def _norm(path: Path | None) -> Path | None:
-    return None if path is None else Path(os.path.normpath(path))
+    """``path`` tidied by the operating system's rule, the one `finetune` and every file access
+    follow: ``a/link/../x`` is ``x`` beside the link's *target*, not ``a/x`` (a lexical
+    normpath would write somewhere else than `finetune` on the same config)."""
+    if path is None:
+        return None
+    parts = Path(path).parts
+    if ".." not in parts:
+        return Path(os.path.normpath(path))
+    last = len(parts) - parts[::-1].index("..")  # up to and including the last ".."
+    return Path(os.path.realpath(Path(*parts[:last]))).joinpath(*parts[last:])
