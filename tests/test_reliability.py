@@ -778,3 +778,27 @@ def test_a_decompression_bomb_in_a_prompt_folder_does_not_stop_sample(spurcli, t
     decompression_bomb(folder / "bomb.png")
     code, _, err = spurcli(*SAMPLE, "-n", "2", "--out", out)
     assert code == 0, err
+
+
+def test_compare_prints_its_caption_lines_as_lines(spurcli, tmp_path, fake_plugin):
+    from _compare_helpers import make_sets
+
+    a, b = make_sets(tmp_path)
+    code, out, err = spurcli(
+        "compare", a, b, "-t", "94", "-c", "fake", "-e", "", "--bootstrap", "10"
+    )
+    assert code == 0, err
+    assert "\\x0a" not in out and "95% intervals" in out
+
+
+def test_an_interrupted_finetune_says_to_continue_with_resume(spurcli, refs, tmp_path, monkeypatch):
+    from spurcli.errors import Signalled
+    from spurcli.generate import finetune
+
+    def interrupted(cfg):
+        raise Signalled("SIGINT")  # what Ctrl-C raises (cli._sigterm_interrupts)
+
+    monkeypatch.setattr(finetune, "finetune", interrupted)
+    args = ["--model", "tiny", "--instance-dir", refs, "--class-noun", "flower", "--target", "94"]
+    code, _, err = spurcli("finetune", *args, "--output-dir", tmp_path / "out")
+    assert code == 130 and len(err) == 1 and "--resume latest" in err[0], err

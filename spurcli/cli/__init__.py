@@ -41,7 +41,7 @@ def main() -> None:
     except SpurcliError as exc:
         _fail(str(exc), exc.exit_code)
     except (KeyboardInterrupt, Signalled):
-        _fail("interrupted; finished results are kept: run the same command to continue", 130)
+        _fail(f"interrupted; finished results are kept: {_how_to_continue(sys.argv)}", 130)
     except OSError as exc:  # a full disk, a read-only or vanished path, something in the way
         _fail(describe_os_error(exc), 1)
     except Exception as exc:
@@ -50,6 +50,14 @@ def main() -> None:
     finally:
         for signum, handler in previous.items():  # main() may run inside another program
             signal.signal(signum, handler)
+
+
+def _how_to_continue(argv: list[str]) -> str:
+    """What continues the interrupted command: `finetune` refuses its own folder without
+    --resume, every other command picks up where it stopped."""
+    if "finetune" in argv[1:] and not any(a.startswith("--resume") for a in argv):
+        return "continue with the same command and --resume latest"
+    return "run the same command to continue"
 
 
 def _sigterm_interrupts() -> dict[int, object]:

@@ -197,7 +197,7 @@ class CompareResult:
                 )
         if any(a["weights"] == "random" for a in self.a["classifiers"].values()):
             lines.append(RANDOM_NOTE)
-        scores.caption = plain(terminal("\n".join(lines)))
+        scores.caption = plain("\n".join(terminal(line) for line in lines))  # lines stay lines
         out = [scores]
         if self.similarity:
             sims = Table(title=rich_text(f"similarity of {la} to {lb} in feature spaces"))
