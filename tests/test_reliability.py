@@ -802,3 +802,30 @@ def test_an_interrupted_finetune_says_to_continue_with_resume(spurcli, refs, tmp
     args = ["--model", "tiny", "--instance-dir", refs, "--class-noun", "flower", "--target", "94"]
     code, _, err = spurcli("finetune", *args, "--output-dir", tmp_path / "out")
     assert code == 130 and len(err) == 1 and "--resume latest" in err[0], err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lora-alpha", "8"], "--lora-alpha scales LoRA adapters: it needs --lora-rank"),
+        (["--identifier", " "], "--identifier must not be empty"),
+        (["--instance-prompt", "a photo of {noun}"], "has no [V]"),
+    ],
+)
+def test_settings_that_would_do_nothing_are_refused(spurcli, refs, tmp_path, args, message):
+    code, _, err = spurcli(
+        "finetune", "--model", "tiny", "--instance-dir", refs, "--class-noun", "flower",
+        "--target", "94", "--output-dir", tmp_path / "out", *args,
+    )  # fmt: skip
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_set_for_a_table_the_run_config_lacks_is_refused(tmp_path):
+    from test_run import CONFIG, write_config
+
+    from spurcli.errors import UsageError
+    from spurcli.experiment.plan import load_experiment
+
+    with pytest.raises(UsageError, match=r"has no \[curate\] table"):
+        load_experiment(write_config(tmp_path, CONFIG), sets=["curate.limit=-1"])

@@ -227,6 +227,11 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
     if not compare.classifiers:
         raise UsageError(f'{path}: [compare] classifiers is required, e.g. ["resnet", "clip"]')
     curate = None
+    if "curate" in by_table and "curate" not in data:
+        raise UsageError(
+            f"--set {by_table['curate'][0]!r} for curate: {path} has no [curate] table, so "
+            "the run curates nothing; add the table to curate"
+        )
     if "curate" in data:
         curate = section(CurateConfig, "curate")
         # The stage owns out/curated/; the references default to those trained on.

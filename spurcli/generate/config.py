@@ -222,6 +222,15 @@ class FinetuneConfig:
             self.sfsl_decode_size < 8 or self.sfsl_decode_size % 8
         ):
             raise UsageError("--sfsl-decode-size must be a positive multiple of 8")
+        if self.lora_alpha is not None and not self.lora_rank:
+            raise UsageError("--lora-alpha scales LoRA adapters: it needs --lora-rank N")
+        if not self.identifier.strip():
+            raise UsageError("--identifier must not be empty: it is the rare token, such as sks")
+        if not any(t in self.instance_prompt for t in ("[V]", "{identifier}")):
+            raise UsageError(
+                f"--instance-prompt {self.instance_prompt!r} has no [V] (or {{identifier}}): "
+                "without the identifier nothing ties the feature to a token"
+            )
         if self.lora_rank and find_spec("peft") is None:
             raise SpurcliError("--lora-rank needs peft: pip install peft")
         if self.report_to == "tensorboard" and find_spec("tensorboard") is None:
