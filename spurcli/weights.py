@@ -87,12 +87,30 @@ def _load_failure(exc: Exception) -> str:
     refused = re.search(r"GLOBAL ([\w.]+)", text)
     if refused:
         return f"it contains the pickled Python object {refused.group(1)}, which is refused"
-    if "Weights only load failed" in text:  # an operand or object the safe unpickler refuses
+    if "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
         return "it holds pickled Python code or objects, which are refused"
     if isinstance(exc, KeyError | EOFError) or "magic number" in text or "zip archive" in text:
         return "not a PyTorch checkpoint, or a truncated one"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def load_error_text(exc: BaseException) -> str:
+    """One line saying why weights did not load, for plugins' messages: a refused pickle as
+    `read_weights_file` says it (never torch's advice to set weights_only=False), else the
+    first line of the error, with the line it introduces when it ends in a colon (torch's
+    "Error(s) in loading state_dict for ResNet:" says nothing by itself)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    pickled = "weights_only" in text or type(exc).__name__ == "UnpicklingError"
+    if pickled and isinstance(exc, Exception):
+        return _load_failure(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if first.endswith(":") and len(lines) > 1:
+        first = f"{first} {lines[1]}"
+    return first if len(first) <= 300 else first[:300].rstrip(", ") + " ..."
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:

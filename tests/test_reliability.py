@@ -829,3 +829,44 @@ def test_a_set_for_a_table_the_run_config_lacks_is_refused(tmp_path):
 
     with pytest.raises(UsageError, match=r"has no \[curate\] table"):
         load_experiment(write_config(tmp_path, CONFIG), sets=["curate.limit=-1"])
+
+
+def test_plugin_weight_errors_are_one_whole_line_without_torchs_advice(tmp_path):
+    import pickle
+
+    from safetensors.torch import save_file
+
+    from spurcli import plugins
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(Payload(tmp_path / "ran")))
+    with pytest.raises(SpurcliError) as info:
+        plugins.detectors().load("owlv2", evil)  # a file: never taken for a hub id
+    assert "is a file; OWLv2 weights are a folder" in str(info.value)
+    folder = tmp_path / "owl"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(evil.read_bytes())
+    with pytest.raises(SpurcliError) as info:
+        plugins.detectors().load("owlv2", folder)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+    assert "Unpickling" not in str(info.value)
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"fc.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(SpurcliError) as info:
+        plugins.classifiers().load("timm:test_resnet", wrong)
+    text = str(info.value)
+    assert "\n" not in text and not text.rstrip().endswith(":"), text
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_features_file_holding_a_pickle_is_refused_by_name(tmp_path):
+    import numpy as np
+
+    from spurcli.evaluate.similarity import Features
+
+    path = tmp_path / "features.npz"
+    np.savez(path, names=np.array([{"evil": 1}], dtype=object), values=np.zeros((1, 2)))
+    with pytest.raises(SpurcliError) as info:
+        Features.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -211,8 +211,10 @@ def create(variant: str, weights: str | None, *, name: str) -> tuple[str, Any, d
         try:  # open_clip reads safetensors, or torch.load(weights_only=True)
             model = open_clip.create_model(arch, pretrained=path, **options)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SpurcliError(f"{path} does not hold open_clip {arch} weights: {first}") from exc
+            from spurcli.weights import load_error_text
+
+            first = load_error_text(exc)
+            raise SpurcliError(f"{path} does not hold open_clip {arch} weights: {first}") from None
     pcfg = open_clip.get_model_preprocess_cfg(model)
     size = pcfg["size"]
     prep = {

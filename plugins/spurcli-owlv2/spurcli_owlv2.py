@@ -102,15 +102,25 @@ def tiny_random(seed: int = 0) -> tuple[Any, Any]:
 def _pretrained(source: str) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, Owlv2ForObjectDetection
 
-    from spurcli.weights import offline
+    from spurcli.weights import load_error_text, offline
 
+    if os.path.isfile(source):  # never taken for a hub id
+        raise SpurcliError(
+            f"{source} is a file; OWLv2 weights are a folder (config.json, model.safetensors, "
+            f"tokenizer files): --detector-weights {NAME}=FOLDER"
+        )
+    local = os.path.isdir(source)
     try:
-        model = Owlv2ForObjectDetection.from_pretrained(source, trust_remote_code=False)
+        model = Owlv2ForObjectDetection.from_pretrained(
+            source, trust_remote_code=False, **({"use_safetensors": True} if local else {})
+        )
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    except OSError as exc:
-        if os.path.isdir(source):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SpurcliError(f"{source} does not hold an OWLv2 model: {first}") from exc
+    except Exception as exc:
+        if local:
+            first = load_error_text(exc)
+            raise SpurcliError(f"{source} does not hold an OWLv2 model: {first}") from None
+        if not isinstance(exc, OSError):
+            raise
         raise SpurcliError(
             f"weights for '{NAME}' are not available{' offline' if offline() else ''}: need the "
             f"hub model {source} (`hf download {source}` where online), then pass its folder "

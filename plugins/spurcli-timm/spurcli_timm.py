@@ -218,8 +218,9 @@ def _strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    from spurcli.weights import load_error_text
+
+    return load_error_text(exc)
 
 
 # --- what earlier versions of this plugin shared with the others -----------------------------

@@ -53,8 +53,15 @@ class Features:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Features:
-        with np.load(path) as data:
-            return cls([str(n) for n in data["names"]], data["values"])
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls([str(n) for n in data["names"]], data["values"])
+        except (OSError, ValueError, KeyError, EOFError) as exc:  # a pickle in it is refused
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise SpurcliError(
+                f"{path} is not a features file spurcli can read safely ({reason}); delete it "
+                "and its features are computed again"
+            ) from None
 
 
 def unit(x: np.ndarray) -> np.ndarray:
