@@ -699,7 +699,7 @@ def test_resume_latest_names_the_checkpoint_it_resumed_from(refs, checkpointed, 
     step2 = checkpointed / "checkpoints" / "step-2" / "unet.safetensors"
     step2.write_bytes(step2.read_bytes()[:500])
     cfg = dreambooth(refs, checkpointed, steps=3, checkpoint_every=1, keep_checkpoints=0)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="spurcli.generate.checkpoints"):
         finetune(dataclasses.replace(cfg, resume="latest"))
     resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed")]
     assert resumed == [f"resumed from {checkpointed / 'checkpoints' / 'step-1'} (step 1)"], resumed
@@ -870,3 +870,19 @@ def test_a_features_file_holding_a_pickle_is_refused_by_name(tmp_path):
     with pytest.raises(SpurcliError) as info:
         Features.load(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sampling_that_goes_non_finite_stops_instead_of_saving_black_images(tmp_path):
+    from spurcli.generate.config import SampleConfig
+    from spurcli.generate.pipelines import load_pipeline, resolve_model
+    from spurcli.generate.sample import sample
+
+    ref = resolve_model("tiny")
+    pipe = load_pipeline(ref)
+    # finite weights, but the decoder overflows (what --guidance 1e38 did to the latents)
+    pipe.vae.decoder.register_forward_hook(lambda module, args, out: out * float("nan"))
+    cfg = SampleConfig(model="tiny", prompts=["a red flower"], n=1, steps=2, height=32, width=32)
+    cfg.out = tmp_path / "s"
+    with pytest.raises(SpurcliError, match="NaN or infinite pixels"):
+        sample(cfg, pipe=pipe, model_ref=ref)
+    assert not list((tmp_path / "s").rglob("*.png"))

@@ -420,6 +420,7 @@ def generate_batch(
     pipe: Any, batch: Sequence[Job], size: int, embeddings: PromptCache, settings: dict[str, Any]
 ) -> list[Any]:
     """Images for ``batch``, run as a batch of exactly ``size`` (filled up, see the docstring)."""
+    import numpy as np
     import torch
 
     rows = list(batch) + [batch[-1]] * (size - len(batch))
@@ -435,5 +436,13 @@ def generate_batch(
         height=settings["height"],
         width=settings["width"],
         generator=generators,
+        output_type="np",  # floats, checked before they become 8-bit (NaN would be black)
     )
-    return result.images[: len(batch)]
+    images = result.images[: len(batch)]
+    if not np.isfinite(images).all():
+        raise SpurcliError(
+            f"sampling {batch[0].prompt!r} (seed {batch[0].seed}) gave NaN or infinite pixels "
+            f"(guidance {settings['guidance']}, {settings['steps']} steps): nothing of this "
+            "batch was saved; lower --guidance or check the model"
+        )
+    return pipe.numpy_to_pil(images)
