@@ -886,3 +886,29 @@ def test_sampling_that_goes_non_finite_stops_instead_of_saving_black_images(tmp_
     with pytest.raises(SpurcliError, match="NaN or infinite pixels"):
         sample(cfg, pipe=pipe, model_ref=ref)
     assert not list((tmp_path / "s").rglob("*.png"))
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_with_the_path(refs, tmp_path, monkeypatch):
+    from spurcli.generate import checkpoints
+    from spurcli.generate.finetune import finetune
+
+    real_save = torch.save
+    calls = []
+
+    def full_disk(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 3:  # the first checkpoint is written, the second finds the disk full
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed "
+                "writing file data/0: file write failed"
+            )
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(SpurcliError) as info:
+        finetune(dreambooth(refs, out, steps=2, checkpoint_every=1, keep_checkpoints=0))
+    text = str(info.value)
+    assert "\n" not in text and "step-2" in text and "the disk is full" in text, text
+    assert "--resume latest" in text and str(out / "checkpoints" / "step-1") in text
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"]

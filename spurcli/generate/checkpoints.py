@@ -238,7 +238,7 @@ def save_checkpoint(training: Checkpointable, step: int, losses: dict[str, float
                     f"not saving {target}: the {name} weights are not finite; last good "
                     f"checkpoint: {last_good_checkpoint(out) or 'none'}"
                 )
-        with atomic_dir(target) as tmp:
+        with _saving(target, out), atomic_dir(target) as tmp:
             for name, weights in models.items():
                 save_file(weights, tmp / f"{name}.safetensors")
             torch.save(training.optimizer.state_dict(), tmp / "optimizer.pt")
@@ -255,6 +255,30 @@ def save_checkpoint(training: Checkpointable, step: int, losses: dict[str, float
                 shutil.rmtree(old, ignore_errors=True)
         log.info("saved checkpoint %s", target)
     accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _saving(target: Path, out: Path) -> Any:
+    """A checkpoint that cannot be written (a full disk: torch's RuntimeError, safetensors' own
+    error, an OSError) is one line with the path and what to do; the temporary folder is gone
+    and the previous checkpoints stand."""
+    try:
+        yield
+    except SpurcliError:
+        raise
+    except Exception as exc:  # torch and safetensors report a full disk in their own types
+        text = " ".join(str(exc).split())
+        full = any(
+            k in text for k in ("No space left", "StorageFull", "os error 28", "write failed")
+        )
+        if isinstance(exc, OSError):
+            full = full or exc.errno == 28
+        why = "the disk is full" if full else f"{type(exc).__name__}: {text[:160]}"
+        raise SpurcliError(
+            f"cannot write the checkpoint {target} ({why}); nothing half-written was left, the "
+            f"last checkpoint is {latest_checkpoint(out) or 'none'}: free space and continue "
+            "with --resume latest"
+        ) from None
 
 
 def _state_dict(training: Checkpointable, model: Any) -> dict[str, torch.Tensor]:
