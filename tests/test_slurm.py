@@ -106,3 +106,33 @@ def test_the_sbatch_script_runs_the_helper_and_requeues_on_sigterm():
     subprocess.run(["bash", "-n", str(SBATCH)], check=True)  # valid shell
     assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:TERM@" in text
     assert '--task "$SLURM_ARRAY_TASK_ID"' in text and "scontrol requeue" in text
+
+
+def test_dry_run_checks_the_set_values_and_configs_sharing_an_out(folder):
+    bad_set = helper(str(folder), "--dry-run", "--set", "sample.n=-3")
+    assert bad_set.returncode == 1, bad_set.stderr
+    assert "-n must be a positive number" in bad_set.stderr
+    (folder / "d-same.toml").write_text(CONFIG.format(name="b-dam", target="dam"))
+    shared = helper(str(folder), "--dry-run")
+    errors = shared.stderr.strip().splitlines()
+    assert shared.returncode == 1 and len(errors) == 1, errors
+    assert "d-same.toml" in errors[0] and "also the experiment folder of b-dam.toml" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "threads"), [("16", "a100:4", "4"), ("2", "4", "1"), ("8", "", "8")]
+)
+def test_the_sbatch_script_sets_at_least_one_thread_per_gpu_process(tmp_path, cpus, gpus, threads):
+    # The script up to its thread count, run as Slurm would (set -euo pipefail included).
+    text = SBATCH.read_text()
+    head = text[: text.index('python "$HELPER"')]
+    script = tmp_path / "head.sh"
+    script.write_text(head + 'echo "threads=$OMP_NUM_THREADS"\n')
+    env = {"PATH": "/usr/bin:/bin", "SLURM_CPUS_PER_TASK": cpus}
+    if gpus:
+        env["SLURM_GPUS_ON_NODE"] = gpus
+    result = subprocess.run(
+        ["bash", str(script), "configs"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"threads={threads}"

@@ -59,24 +59,31 @@ def command(config: Path, task: int, gpus: int, sets: list[str]) -> list[str]:
     return [*launch, *run]
 
 
-def check(paths: list[Path]) -> list[str]:
-    """One line per config that `spurcli run` would refuse: tables, keys, values, the class and
-    the classifier and extractor names (with "did you mean")."""
-    from spurcli import imagenet, plugins
+def check(paths: list[Path], sets: list[str] = ()) -> list[str]:
+    """One line per config that `spurcli run` would refuse (with the ``--set`` values the tasks
+    get): tables, keys, values, the class, the model names (with "did you mean"), the weights
+    files; and one per experiment folder that two configs share (their tasks would write into
+    one folder, or wait on each other's lock)."""
     from spurcli.errors import SpurcliError, UsageError
     from spurcli.experiment.plan import load_experiment
+    from spurcli.experiment.run import check_experiment
 
     problems = []
+    outs: dict[Path, str] = {}
     for path in paths:
         try:
-            exp = load_experiment(path)
-            imagenet.resolve_class(exp.config.target)
-            for name in exp.compare.classifiers:
-                plugins.classifiers().resolve(name)
-            for name in exp.compare.extractors:
-                plugins.extractors().resolve(name)
+            exp = load_experiment(path, sets)
+            check_experiment(exp)
         except (SpurcliError, UsageError) as exc:
             problems.append(f"{path.name}: {exc}")
+            continue
+        out = Path(exp.out).resolve()
+        if out in outs:
+            problems.append(
+                f"{path.name}: out {exp.out} is also the experiment folder of {outs[out]}; give "
+                "each config its own out"
+            )
+        outs.setdefault(out, path.name)
     return problems
 
 
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(tasks 0-{len(paths) - 1})", file=sys.stderr)  # fmt: skip
         return 1
     if args.dry_run:
-        problems = check(paths if task is None else [paths[task]])
+        problems = check(paths if task is None else [paths[task]], args.sets)
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
         chosen = range(len(paths)) if task is None else [task]
