@@ -513,3 +513,23 @@ def test_a_config_behind_a_symlink_puts_out_where_the_os_resolves_it(tmp_path, m
     # what finetune (and open()) make of cfglink/../exp: beside the link's target
     assert exp.out.resolve() == (tmp_path / "deep" / "a" / "exp").resolve()
     assert Path(exp.finetune.output_dir).resolve() == tmp_path / "deep" / "a" / "exp" / "finetune"
+
+
+def test_a_copied_experiment_folder_continues_without_retraining(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # after the fine-tuning: the rest is not needed here
+
+    monkeypatch.setattr(experiment, "sample_stage", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(path)
+    shutil.copytree(tmp_path / "out", tmp_path / "copy", symlinks=True)  # cp -a out copy
+    card = (tmp_path / "copy" / "finetune" / "spurcli-run.json").read_bytes()
+    copied = write_config(tmp_path, CONFIG.replace('out = "out"', 'out = "copy"'))
+    with pytest.raises(KeyboardInterrupt):  # not "trained with other settings ... --retrain"
+        run_experiment(copied)
+    assert (tmp_path / "copy" / "finetune" / "spurcli-run.json").read_bytes() == card

@@ -87,7 +87,9 @@ def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str
     """Options of ``cfg`` that differ from a run's recorded config (those that change weights)."""
 
     now = to_dict(cfg)
-    free = RESUME_FREE | {"class_dir"}
+    # Paths inside the experiment folder: a copied or moved folder is the same run (the
+    # references themselves are compared by content, below).
+    free = RESUME_FREE | {"class_dir", "instance_dir"}
     return sorted(k for k in now if k not in free and recorded.get(k, now[k]) != now[k])
 
 
