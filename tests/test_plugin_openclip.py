@@ -339,3 +339,22 @@ def test_presence_is_the_calibrated_sigmoid_of_cosine_differences(tiny_arch):
         expected = torch.sigmoid(100 * (image @ c - torch.maximum(image @ f, image @ n)))
     assert got.shape == (3,) and ((got >= 0) & (got <= 1)).all()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_pickled_payload_is_refused_without_torchs_advice(tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(SpurcliError) as info:
+        extractors().load(f"open_clip:{TINY}", path)
+    text = str(info.value)
+    assert "evil.pt" in text and "pickled Python" in text, text
+    assert "weights_only" not in text and "\n" not in text and not marker.exists()
