@@ -912,3 +912,16 @@ def test_a_full_disk_while_checkpointing_is_one_line_with_the_path(refs, tmp_pat
     assert "\n" not in text and "step-2" in text and "the disk is full" in text, text
     assert "--resume latest" in text and str(out / "checkpoints" / "step-1") in text
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"]
+
+
+def test_class_images_inside_the_reference_folder_are_refused(spurcli, refs, tmp_path):
+    import shutil
+
+    mine = tmp_path / "refs"
+    shutil.copytree(refs, mine)
+    code, _, err = spurcli(
+        "finetune", "--model", "tiny", "--instance-dir", mine, "--class-noun", "flower",
+        "--target", "94", "--output-dir", tmp_path / "out", "--class-dir", mine / "class",
+    )  # fmt: skip
+    assert code == 2 and len(err) == 1 and "would be read as reference images" in err[0], err
+    assert not (tmp_path / "out").exists() and not (mine / "class").exists()

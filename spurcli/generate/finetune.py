@@ -113,6 +113,11 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[int], None] | None = 
                 f"--output-dir {out} is inside the image folder {refs}: the run would train on "
                 "its own outputs; choose a folder outside it"
             )
+    if config.class_dir is not None and is_inside(config.class_dir, config.instance_dir):  # type: ignore[arg-type]
+        raise UsageError(
+            f"--class-dir {config.class_dir} is inside --instance-dir {config.instance_dir}: the "
+            "prior images would be read as reference images; keep them in another folder"
+        )
     # The first process owns and locks the folder (the others write only what it tells them).
     with output_folder(out, "finetune", recognise=is_run, enabled=console.is_main_process()):
         return _finetune(config, out, on_step)
