@@ -386,3 +386,13 @@ def test_a_decompression_bomb_is_skipped_by_name_and_the_rest_curated(
     bomb = next(v for v in result.verdicts if v.file == "bomb.png")
     assert bomb.reasons == ["unreadable"] and "bomb.png" in bomb.message
     assert (tmp_path / "d" / "datasheet.json").is_file()
+
+
+def test_a_folder_a_killed_curate_left_empty_needs_no_overwrite(fake_plugin, folders, tmp_path):
+    images, _ = folders
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".spurcli-folder").write_text('{"kind": "curate"}')  # killed before any dataset
+    (out / ".tmp-dataset.0123").mkdir()
+    curate(images, out, _config())
+    assert (out / "datasheet.json").is_file() and not list(out.glob(".tmp-*"))

@@ -79,7 +79,7 @@ from spurcli.evaluate.verdicts import (
     default_feature,
     detector_names,
 )
-from spurcli.fileio import holds_only_our_files, output_folder, scratch_dir
+from spurcli.fileio import FOLDER_FILE, holds_only_our_files, output_folder, scratch_dir
 from spurcli.images import find_images
 from spurcli.plugins import load_classifiers, load_detectors, load_extractors, parse_weights
 from spurcli.settings import check_fields
@@ -125,7 +125,9 @@ def check_curate_config(config: CurateConfig, images_dir: Path, out: Path) -> No
     src, dst = images_dir.resolve(), out.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         raise UsageError(f"--out {out} must be outside the images folder {images_dir}")
-    if out.exists() and not config.overwrite:
+    # A folder a killed curate left with nothing but its marker is no dataset to protect.
+    unfinished = (out / FOLDER_FILE).is_file() and holds_only_our_files(out)
+    if out.exists() and not config.overwrite and not unfinished:
         raise SpurcliError(f"{out} already exists; pass --overwrite to replace it")
 
 
