@@ -34,7 +34,7 @@ from spurcli.experiment.report import write_report
 from spurcli.experiment.results import read_json, read_rows, saved_scores, weights_entry
 from spurcli.experiment.summary import summarize, summary_table
 from spurcli.fileio import atomic_dir, write_json
-from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES
+from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES, list_checkpoints
 from spurcli.generate.config import FinetuneConfig, SampleConfig
 from spurcli.generate.finetune import finetune
 from spurcli.generate.pipelines import load_pipeline, resolve_model
@@ -121,8 +121,13 @@ def finetune_stage(exp: Experiment, arm: str, stages: Stages, *, retrain: bool =
         elif info.get("status") == "finished" and done >= cfg.steps:
             stages.skip(name)
             return
+        elif info.get("status") != "finished":
+            # A running card's steps_done is 0 until the run finishes: where the run continues
+            # from is its newest checkpoint.
+            found = list_checkpoints(folder)
+            why = f"resumed at step {found[-1][0]}" if found else "restarted: no checkpoint"
         else:
-            why = f"resumed at step {done}" if info.get("status") != "finished" else "more steps"
+            why = "more steps"
     log.info("%s: %s", name, folder)
     finetune(replace(cfg, resume="latest"))  # continues from the last checkpoint
     stages.ran(name, why or "not made yet")
