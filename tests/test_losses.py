@@ -400,3 +400,30 @@ def test_training_attention_slicing_is_exact_and_saves_memory(part):
         assert results[name][2] < results["classic"][2], (name, results[name][2])
     with pytest.raises(Exception, match="attention slicing"):
         set_training_attention_slicing(module, "half")
+
+
+def test_encoding_subtracts_the_vae_shift_that_decoding_adds():
+    """SD3/Flux VAEs have a shift_factor: latents are (z - shift) * scale, so the decoder sees
+    the encoder's z again (SD 1.x's shift is None: nothing changes)."""
+    from spurcli.generate.training_data import Batch, LatentCache
+
+    vae = _frozen(build_tiny_pipeline().vae)
+    vae.register_to_config(shift_factor=0.25, scaling_factor=0.5)
+    image = torch.rand(3, 32, 32) * 2 - 1
+    batch = Batch(
+        keys=[("instance", 0, 0, 0)],
+        images=[image],
+        instance_index=torch.tensor([0]),
+        prompt_rows=torch.tensor([0]),
+        noise=torch.zeros(1, 4, 4, 4),
+        posterior_noise=torch.zeros(1, 4, 4, 4),  # the posterior mean itself
+        timesteps=torch.tensor([0]),
+        n_instance=1,
+    )
+    latents = LatentCache(vae, "cpu").latents(batch)
+    with torch.no_grad():
+        mean = vae.encode(image[None]).latent_dist.mean
+        decoded = decode_to_unit(vae, latents)
+        want = (vae.decode(mean).sample.clamp(-1, 1) + 1) / 2
+    torch.testing.assert_close(latents, (mean - 0.25) * 0.5)
+    torch.testing.assert_close(decoded, want)

@@ -119,13 +119,30 @@ def predicted_x0(
     raise ValueError(f"unknown prediction type {prediction_type!r}; expected {PREDICTION_TYPES}")
 
 
-def decode_to_unit(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode (unscaled by the VAE's scaling factor) to images clamped and mapped to [0, 1]."""
+def to_latents(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    """The diffusion model's latents from the VAE's own (a posterior sample): ``(z - shift) *
+    scale``, as diffusers' SD3/Flux training scripts do; SD 1.x's VAEs have no shift (None)."""
+    config = vae.config
+    shift = getattr(config, "shift_factor", None)
+    if shift:
+        z = z - shift
+    return z * config.scaling_factor
+
+
+def from_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of `to_latents`: what the VAE decodes, in its own dtype."""
     config = vae.config
     z = latents.to(vae.dtype) / config.scaling_factor
-    if getattr(config, "shift_factor", None):
-        z = z + config.shift_factor
-    images = vae.decode(z).sample
+    shift = getattr(config, "shift_factor", None)
+    if shift:
+        z = z + shift
+    return z
+
+
+def decode_to_unit(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """VAE-decode the diffusion model's latents (`from_latents`) to images clamped and mapped
+    to [0, 1]."""
+    images = vae.decode(from_latents(vae, latents)).sample
     return (images.clamp(-1, 1) + 1) / 2
 
 

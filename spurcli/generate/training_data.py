@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from spurcli.generate.config import FinetuneConfig
+from spurcli.generate.losses import to_latents
 from spurcli.images import to_tensor
 
 
@@ -152,4 +153,4 @@ class LatentCache:
             stds.append(std)
         mean, std = torch.cat(means), torch.cat(stds)
         z = mean + std * batch.posterior_noise.to(self.device)
-        return z * self.vae.config.scaling_factor
+        return to_latents(self.vae, z)  # decode_to_unit undoes exactly this
