@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_run import write_config
+from test_run import CONFIG, write_config
 
+from spurcli.experiment import run as run_module
 from spurcli.experiment import stages as stages_module
 from spurcli.experiment.freshness import Stages
 from spurcli.experiment.plan import load_experiment
@@ -57,3 +58,53 @@ def test_an_interrupted_arm_without_checkpoints_is_said_to_restart(tmp_path, mon
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _moved_references(tmp_path: Path) -> tuple[Path, Path]:
+    """A run config whose instance_dir is missing (as hummingbird.toml's before the download)
+    and the folder the references really are in."""
+    path = write_config(tmp_path)
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "refs").rename(moved)
+    return path, moved
+
+
+def test_instance_dir_option_wins_over_a_run_config_with_split_references(tmp_path):
+    path, moved = _moved_references(tmp_path)
+    cfg = run_module.finetune_config(path, (), {"instance_dir": moved})
+    out = tmp_path / "out"
+    assert cfg.instance_dir == out / "references" / "train"  # as `run` trains: on the split
+    split = json.loads((out / "references" / "split.json").read_text())
+    assert Path(split["source"]).resolve() == moved.resolve()
+    trained = sorted(p.name for p in cfg.instance_dir.iterdir())
+    assert len(trained) == 2 and set(trained) <= {p.name for p in moved.iterdir()}
+
+
+def test_instance_dir_set_wins_over_a_run_config_with_split_references(tmp_path):
+    path, moved = _moved_references(tmp_path)
+    cfg = run_module.finetune_config(path, [f"instance_dir={moved}"])
+    split = json.loads((tmp_path / "out" / "references" / "split.json").read_text())
+    assert Path(split["source"]).resolve() == moved.resolve()
+    assert len(list(cfg.instance_dir.iterdir())) == 2  # type: ignore[union-attr]
+
+
+def test_every_finetune_option_wins_over_a_run_config(tmp_path):
+    """Options shared with the top level (seed, noun, ...) win even over the finetune table."""
+    text = CONFIG.replace("[finetune]\n", '[finetune]\nseed = 1\nidentifier = "xyz"\n')
+    path = write_config(tmp_path, text)
+    given = {
+        "seed": 7,
+        "identifier": "zwx",
+        "class_noun": "bird feeder",
+        "target": 95,
+        "lr": 0.25,
+        "steps": 3,
+        "output_dir": tmp_path / "mine",
+    }
+    cfg = run_module.finetune_config(path, (), given)
+    assert {k: getattr(cfg, k) for k in given} == given
+    # the seed also drew the split, as `run --set seed=7` would (the file's seed 3 draws another)
+    split = json.loads((tmp_path / "out" / "references" / "split.json").read_text())
+    assert [r["file"] for r in split["train"]] == ["ref0.png", "ref2.png"]
+    by_set = run_module.finetune_config(path, ["seed=8", "identifier=qqq"])
+    assert (by_set.seed, by_set.identifier) == (8, "qqq")
