@@ -38,7 +38,7 @@ from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES, list_
 from spurcli.generate.config import FinetuneConfig, SampleConfig
 from spurcli.generate.finetune import finetune
 from spurcli.generate.pipelines import load_pipeline, resolve_model
-from spurcli.generate.sample import count_missing, sample
+from spurcli.generate.sample import SEED_SCHEME, count_missing, sample
 from spurcli.images import sha256_file
 from spurcli.parallel import Processes, launched_distributed
 from spurcli.plugins import load_extractors, parse_weights
@@ -188,6 +188,7 @@ def sample_stage(exp: Experiment, stages: Stages) -> None:
         stamp = {
             "model": _model_stamp(exp, arm),
             **{k: getattr(config, k) for k in SAMPLE_STAMP_KEYS},
+            "seed_scheme": SEED_SCHEME,  # a set seeded by an older scheme is sampled again
         }
         # The stamp is written before the first image, so an interrupted set resumes image by
         # image; images made by another model or with other settings are made again.

@@ -257,9 +257,11 @@ class SampleConfig:
     )
     n: int = option(4, "Images per prompt.", min=1, flags=("-n", "--n"))
     out: Path = option(Path("samples"), "Output folder.", flags=("--out", "-o"))
-    # Derived from the seed and i alone, not the prompt: prompts sharing an index share the
-    # noise, which pairs a tuned model's images with the baseline's.
-    seed: int = option(0, "Base seed; image i of every prompt gets a seed derived from it.")
+    # Image i of a prompt gets a seed derived from (seed, the prompt without [V], i): prompts
+    # differ, while a tuned prompt and the baseline's (the same without [V]) stay paired.
+    seed: int = option(
+        0, "Base seed; image i of a prompt gets a seed from it, the prompt without [V] and i."
+    )
     steps: int = option(50, "Denoising steps (diffusers' default).", min=1)
     guidance: float = option(7.5, "Classifier-free guidance scale; <= 1: off.", min=0)
     negative_prompt: str | None = option(
