@@ -88,3 +88,33 @@ def test_non_finite_weights_after_the_update_stop_the_step(refs, tmp_path):
         train_step(training)
     assert "last good checkpoint: none" in str(info.value)
     assert training.step == 0 and training.last_losses == {}
+
+
+def test_paired_sfsl_pulls_each_sample_towards_the_features_of_its_own_crop(
+    refs, tmp_path, monkeypatch
+):
+    """Random crops of non-square references: the paired target is the crop that was noised,
+    not the reference's centre crop."""
+    from spurcli.generate import losses
+
+    cfg = fast_config(refs, tmp_path / "run", prior_weight=0.0, sfsl_weight=0.5)
+    training = training_for(cfg)
+    data = training.data
+    centre = {i: data._crop(img, None) for i, img in enumerate(data.sets["instance"])}
+    step = next(
+        s for s in range(50) if data.batch(s).keys[0][2:] != centre[data.batch(s).keys[0][1]]
+    )
+    batch = data.batch(step)
+    targets = []
+    real = losses.feature_distance
+    monkeypatch.setattr(
+        losses, "feature_distance", lambda f, ref, d: targets.append(ref) or real(f, ref, d)
+    )
+    training.step = step
+    train_step(training)
+    extractor = training.sfsl.extractor  # type: ignore[union-attr]
+    with torch.no_grad():
+        own_crop = extractor((batch.images[0][None] + 1) / 2).float()
+    index = batch.keys[0][1]
+    assert not torch.allclose(own_crop, training.sfsl.reference[index][None])  # type: ignore[union-attr]
+    torch.testing.assert_close(targets[0], own_crop)

@@ -156,10 +156,20 @@ def feature_distance(f: torch.Tensor, ref: torch.Tensor, distance: str) -> torch
 
 
 def reference_for(
-    f: torch.Tensor, reference: torch.Tensor, index: torch.Tensor | None, target: str, distance: str
+    f: torch.Tensor,
+    reference: torch.Tensor,
+    index: torch.Tensor | None,
+    target: str,
+    distance: str,
+    paired: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The reference feature (B, D) each generated feature in f (B, D) is pulled towards."""
+    """The reference feature (B, D) each generated feature in f (B, D) is pulled towards.
+
+    ``paired`` (B, D): for the paired target, the features of exactly the crop each sample was
+    noised from (None: the reference image's row of ``reference``, its centre crop)."""
     if target == "paired":
+        if paired is not None:
+            return paired.to(f.device)
         if index is None:
             raise ValueError("paired SFSL needs the index of each sample's reference image")
         return reference[index.to(reference.device)]
@@ -182,14 +192,19 @@ def sfsl_loss(
     x0_latents: torch.Tensor,
     timesteps: torch.Tensor,
     ref_index: torch.Tensor | None = None,
+    ref_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_sfsl of the instance samples x0_latents (B, 4, h, w); 0 if none is under the ceiling."""
+    """L_sfsl of the instance samples x0_latents (B, 4, h, w); 0 if none is under the ceiling.
+
+    ``ref_features`` (B, D): the paired target's features, those of each sample's own crop."""
     if sfsl.max_timestep is not None:
         keep = timesteps <= sfsl.max_timestep
         if not bool(keep.any()):
             return x0_latents.new_zeros((), dtype=torch.float32)  # skip the decode entirely
         x0_latents = x0_latents[keep]
         ref_index = ref_index[keep.to(ref_index.device)] if ref_index is not None else None
+        if ref_features is not None:
+            ref_features = ref_features[keep.to(ref_features.device)]
     if sfsl.decode_size is not None and sfsl.decode_size < x0_latents.shape[-1] * 8:
         # The extractor sees ~224 px anyway; the VAE decoder's cost grows with the pixel count
         # (at 512 px its forward + backward costs as much as the UNet's), so shrink the latent.
@@ -198,7 +213,8 @@ def sfsl_loss(
     images = decode_to_unit(sfsl.decoder or vae, x0_latents)
     dtype = next((p.dtype for p in sfsl.extractor.parameters()), images.dtype)
     f = sfsl.extractor(images.to(dtype)).float()
-    ref = reference_for(f, sfsl.reference.to(f.device), ref_index, sfsl.target, sfsl.distance)
+    reference = sfsl.reference.to(f.device)
+    ref = reference_for(f, reference, ref_index, sfsl.target, sfsl.distance, ref_features)
     return feature_distance(f, ref, sfsl.distance).mean()
 
 
@@ -216,8 +232,12 @@ def step_losses(
     prior_weight: float = 1.0,
     sfsl: SFSL | None = None,
     ref_index: torch.Tensor | None = None,
+    ref_features: torch.Tensor | None = None,
 ) -> Losses:
-    """All loss terms of one micro-batch: instance half first, class half (if any) after it."""
+    """All loss terms of one micro-batch: instance half first, class half (if any) after it.
+
+    ``ref_features`` (n_instance, D): the paired SFSL target of each instance sample, the
+    features of the crop it was noised from (None: its reference image's centre crop)."""
     noisy = add_noise(latents, noise, timesteps, alphas_cumprod)
     model_pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
     target = diffusion_target(latents, noise, timesteps, alphas_cumprod, prediction_type)
@@ -240,7 +260,7 @@ def step_losses(
             alphas_cumprod,
             prediction_type,
         )
-        loss_sfsl = sfsl_loss(sfsl, vae, x0, timesteps[:n_instance], ref_index)
+        loss_sfsl = sfsl_loss(sfsl, vae, x0, timesteps[:n_instance], ref_index, ref_features)
         terms["sfsl"] = sfsl.weight * loss_sfsl
         total = total + terms["sfsl"]
     detached = (loss_instance.detach(), loss_prior.detach(), loss_sfsl.detach())

@@ -50,7 +50,7 @@ from spurcli.generate.pipelines import (
 )
 from spurcli.generate.prior import generate_seeded
 from spurcli.generate.prompts import fill_prompt
-from spurcli.generate.training_data import Batch, LatentCache, TrainingData
+from spurcli.generate.training_data import Batch, CropFeatures, LatentCache, TrainingData
 from spurcli.images import read_image, to_pil, write_png
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class Training(Checkpointable):
     data: TrainingData
     encoder: LatentCache
     sfsl: SFSL | None  # None: no SFSL term
+    crop_features: CropFeatures | None  # the paired target's features per crop; None: not paired
     alphas_cumprod: torch.Tensor  # the noise schedule, on the device
     prediction_type: str  # "epsilon" or "v_prediction", as the base model's scheduler says
     prompt_ids: torch.Tensor  # the tokens of [instance prompt, class prompt]
@@ -129,7 +130,7 @@ def prepare_training(
         models.noise_scheduler.config.num_train_timesteps,
     )
     encoder = LatentCache(train_vae, device)
-    sfsl = None
+    sfsl, crop_features = None, None
     if models.extractor is not None:
         with torch.no_grad(), accelerator.autocast():
             ref = models.extractor(data.reference_batch().to(device, weight_dtype)).float()
@@ -143,6 +144,9 @@ def prepare_training(
             cfg.sfsl_decode_size,
             sfsl_decoder,
         )
+        if cfg.sfsl_target == "paired":
+            extractor = models.extractor
+            crop_features = CropFeatures(extractor, device, weight_dtype, accelerator.autocast)
     ids = tokenizer(
         [inputs.instance_prompt, inputs.class_prompt],
         padding="max_length",
@@ -184,6 +188,7 @@ def prepare_training(
         data=data,
         encoder=encoder,
         sfsl=sfsl,
+        crop_features=crop_features,
         alphas_cumprod=models.noise_scheduler.alphas_cumprod.to(device),
         prediction_type=models.noise_scheduler.config.prediction_type,
         prompt_ids=ids,
@@ -293,6 +298,8 @@ def train_step(training: Training) -> StepLog:
     for micro in range(cfg.grad_accum):
         batch = training.data.batch(step * cfg.grad_accum + micro)
         latents = training.encoder.latents(batch)
+        crops = training.crop_features
+        ref_features = crops.features(batch) if crops is not None else None
         with contextlib.ExitStack() as stack:
             if micro < cfg.grad_accum - 1:  # no gradient all-reduce until the last one
                 for model in training.trained:
@@ -311,6 +318,7 @@ def train_step(training: Training) -> StepLog:
                     prior_weight=cfg.prior_weight,
                     sfsl=training.sfsl,
                     ref_index=batch.instance_index.to(device),
+                    ref_features=ref_features,
                 )
             if every and (step + 1) % every == 0 and micro == 0:
                 scaler = accelerator.scaler  # fp16: scaled, against underflow
