@@ -327,26 +327,29 @@ def test_decode_to_unit_range(tiny):
     assert (images == 0).any() or (images == 1).any()  # large latents saturate: the clamp acted
 
 
-def test_decode_size_shrinks_what_the_vae_decodes(tiny):
+def test_decode_size_resizes_the_decoded_image_not_the_latent(tiny):
+    """The extractor sees the full decode resized (differentiably), not the decode of a resized
+    latent (another image: cosine ~0.5 in feature space on `mini`, docs/sfsl.md)."""
     pipe, _ = tiny
     vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
-    shapes = []
-    real_decode = vae.decode
-    vae.decode = lambda z, *a, **k: shapes.append(tuple(z.shape)) or real_decode(z, *a, **k)
+    decoded_shapes, seen = [], []
+    real_decode, real_forward = vae.decode, extractor.forward
+    vae.decode = lambda z, *a, **k: decoded_shapes.append(tuple(z.shape)) or real_decode(z, *a, **k)
+    extractor.forward = lambda images: seen.append(images.detach()) or real_forward(images)
     try:
         x0 = torch.randn(2, 4, 8, 8, requires_grad=True)
         sfsl = SFSL(extractor, torch.randn(2, extractor.dim), 1.0, decode_size=32)
         sfsl_loss(sfsl, vae, x0, torch.tensor([1, 2]), torch.tensor([0, 1])).backward()
-        sfsl_loss(
-            SFSL(extractor, torch.randn(2, 8), 1.0, decode_size=64),
-            vae,
-            x0.detach(),
-            torch.tensor([1, 2]),
-            torch.tensor([0, 1]),
-        )
+        full = SFSL(extractor, torch.randn(2, extractor.dim), 1.0, decode_size=64)
+        sfsl_loss(full, vae, x0.detach(), torch.tensor([1, 2]), torch.tensor([0, 1]))
     finally:
-        del vae.decode
-    assert shapes == [(2, 4, 4, 4), (2, 4, 8, 8)]  # 32 px: a 4x4 latent; 64 px = full: as is
+        del vae.decode, extractor.forward
+    assert decoded_shapes == [(2, 4, 8, 8), (2, 4, 8, 8)]  # always the whole latent
+    with torch.no_grad():
+        image = decode_to_unit(vae, x0)
+    want = F.interpolate(image, size=(32, 32), mode="bilinear", antialias=True)
+    torch.testing.assert_close(seen[0], want.clamp(0, 1))
+    torch.testing.assert_close(seen[1], image)  # 64 px = full: as decoded
     assert x0.grad is not None and x0.grad.abs().sum() > 0
 
 

@@ -129,10 +129,10 @@ class FinetuneConfig:
     sfsl_max_timestep: int | None = option(
         None, "Apply SFSL only where t <= this (none: always).", min=0
     )
-    # None decodes at full resolution, as the method describes; 256 cuts the VAE-decoder part
-    # of SFSL (the bulk of its cost) by 4x. The latent is resized first.
+    # x0_hat is always decoded at full size: decoding a shrunken latent would be cheaper but is
+    # another image (docs/sfsl.md); the decoded image is resized, which saves no time.
     sfsl_decode_size: int | None = option(
-        None, "Decode x0_hat at this size, a multiple of 8 (none: full size)."
+        None, "Resize the decoded x0_hat to this many pixels for the extractor (none: as is)."
     )
     # The model's own VAE is the method's fidelity; taesd (diffusers' AutoencoderTiny) costs a
     # few % of the VAE decoder, but the gradient then flows through another decoder.

@@ -45,7 +45,7 @@ class SFSL:
     target: str = "paired"  # paired | mean | nearest: which reference feature each sample meets
     distance: str = "cosine"  # cosine (1 - cos) | l2 (mean squared difference over D)
     max_timestep: int | None = None  # apply only to samples with t <= this (None: all)
-    decode_size: int | None = None  # decode x0_hat at this many pixels (None: full size)
+    decode_size: int | None = None  # the decoded x0_hat resized to this many pixels (None: as is)
     decoder: Any = None  # decodes x0_hat (e.g. taesd); None: the VAE given to step_losses
 
 
@@ -205,12 +205,13 @@ def sfsl_loss(
         ref_index = ref_index[keep.to(ref_index.device)] if ref_index is not None else None
         if ref_features is not None:
             ref_features = ref_features[keep.to(ref_features.device)]
-    if sfsl.decode_size is not None and sfsl.decode_size < x0_latents.shape[-1] * 8:
-        # The extractor sees ~224 px anyway; the VAE decoder's cost grows with the pixel count
-        # (at 512 px its forward + backward costs as much as the UNet's), so shrink the latent.
-        side = sfsl.decode_size // 8
-        x0_latents = F.interpolate(x0_latents, size=(side, side), mode="bilinear", antialias=True)
     images = decode_to_unit(sfsl.decoder or vae, x0_latents)
+    if sfsl.decode_size is not None and sfsl.decode_size < images.shape[-1]:
+        # The decoded image itself, resized (differentiably): decoding a shrunken latent instead
+        # would be cheaper but is another image (feature cosine ~0.5 to this on `mini`,
+        # docs/sfsl.md), so the cheap decoder is --sfsl-decoder taesd.
+        size = (sfsl.decode_size, sfsl.decode_size)
+        images = F.interpolate(images, size=size, mode="bilinear", antialias=True).clamp(0, 1)
     dtype = next((p.dtype for p in sfsl.extractor.parameters()), images.dtype)
     f = sfsl.extractor(images.to(dtype)).float()
     reference = sfsl.reference.to(f.device)
