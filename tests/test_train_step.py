@@ -6,6 +6,7 @@ to end; these pin down what one step does and what it leaves behind when it refu
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,68 @@ def test_paired_sfsl_pulls_each_sample_towards_the_features_of_its_own_crop(
     index = batch.keys[0][1]
     assert not torch.allclose(own_crop, training.sfsl.reference[index][None])  # type: ignore[union-attr]
     torch.testing.assert_close(targets[0], own_crop)
+
+
+def with_grad_scaler(training: Training, init_scale: float = 2.0**8) -> Any:
+    """fp16's gradient scaler on a CPU run (accelerate makes none without CUDA): the same
+    torch GradScaler, wired in as accelerate wires it (scaled backward, scaler.step)."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    training.accelerator.scaler = scaler
+    inner = training.optimizer.optimizer
+    training.optimizer = AcceleratedOptimizer(inner, device_placement=False, scaler=scaler)
+    return scaler
+
+
+def overflow_on(steps: set[int], monkeypatch: Any) -> None:
+    """The loss of the given (1-based) steps is infinite, as an fp16 overflow makes it."""
+    from spurcli.generate import training as training_module
+
+    real = training_module.step_losses
+    calls = []
+
+    def step_losses(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        losses = real(*args, **kwargs)
+        if len(calls) in steps:
+            losses.total = losses.total * float("inf")
+        return losses
+
+    monkeypatch.setattr(training_module, "step_losses", step_losses)
+
+
+def test_a_gradient_scaler_skips_a_non_finite_step_and_the_run_goes_on(refs, tmp_path, monkeypatch):
+    from spurcli.generate.training import LOG_FILE, log_summary, train
+
+    training = training_for(step_config(refs, tmp_path, steps=3, checkpoint_every=0))
+    scaler = with_grad_scaler(training)
+    overflow_on({2}, monkeypatch)
+    (tmp_path / "run").mkdir()
+    before = {}
+
+    def on_step(step: int) -> None:
+        before[step] = unet_weights(training)
+
+    train(training, on_step)
+    assert training.step == 3 and training.consecutive_skips == 0
+    assert all(torch.equal(before[1][k], before[2][k]) for k in before[1])  # step 2: no update
+    assert any(not torch.equal(before[2][k], before[3][k]) for k in before[2])  # step 3: one
+    assert scaler.get_scale() == 2.0**7  # halved once, by the skip
+    log = [json.loads(line) for line in (tmp_path / "run" / LOG_FILE).read_text().splitlines()]
+    assert [e.get("skipped") for e in log] == [None, 1, None]
+    assert log[1]["loss"] is None and math.isfinite(log[1]["loss_instance"])
+    assert log_summary(tmp_path / "run" / LOG_FILE)["skipped_steps"] == 1
+    assert math.isfinite(training.last_losses["loss"])  # the run card's final losses
+
+
+def test_too_many_skips_in_a_row_stop_the_run(refs, tmp_path, monkeypatch):
+    from spurcli.generate.training import MAX_CONSECUTIVE_SKIPS
+
+    training = training_for(step_config(refs, tmp_path))
+    with_grad_scaler(training)
+    overflow_on(set(range(1, 100)), monkeypatch)
+    for _ in range(MAX_CONSECUTIVE_SKIPS - 1):
+        assert train_step(training).skipped
+    with pytest.raises(SpurcliError, match=f"skipped {MAX_CONSECUTIVE_SKIPS} steps in a row"):
+        train_step(training)

@@ -60,6 +60,10 @@ LOSS_KEYS = ("loss", "loss_instance", "loss_prior", "loss_sfsl")
 
 GRAD_NORM_TERMS = ("instance", "prior", "sfsl")  # log.jsonl: grad_norm_<term> every N steps
 
+# fp16's gradient scaler halves its scale at each skipped step, from 2^16: after 16 skips in a
+# row the scale is 1, so more than that means the overflow is not the scale's doing.
+MAX_CONSECUTIVE_SKIPS = 20
+
 
 @dataclass
 class Training(Checkpointable):
@@ -82,6 +86,7 @@ class Training(Checkpointable):
     record: dict[str, Any]  # the run record, written finished by `save_run`
     step: int = 0  # optimizer steps done
     last_losses: dict[str, float] = field(default_factory=dict)  # of the last step: final_losses
+    consecutive_skips: int = 0  # steps the fp16 gradient scaler skipped in a row, up to now
 
     def text_states(self, batch: Batch) -> torch.Tensor:
         """The text encoder's output for each sample's prompt (recomputed when it is trained)."""
@@ -99,9 +104,17 @@ class StepLog:
     losses: dict[str, float]  # LOSS_KEYS: the weighted total and each term, mean over processes
     lr: float  # the learning rate the step used
     grad_norms: dict[str, float]  # grad_norm_<term> and grad_norm on --log-grad-norms-every steps
+    skipped: bool = False  # the fp16 gradient scaler skipped the update (overflow)
+    loss_scale: float | None = None  # fp16: the scaler's scale after the step
 
-    def entry(self) -> dict[str, float]:
-        return {**self.losses, "lr": self.lr, **self.grad_norms}
+    def entry(self) -> dict[str, float | None]:
+        entry: dict[str, float | None] = {**self.losses, "lr": self.lr, **self.grad_norms}
+        if self.loss_scale is not None:
+            entry["loss_scale"] = self.loss_scale
+        if self.skipped:
+            entry["skipped"] = 1
+        # JSON has no NaN or infinity: what a skipped step could not measure is null
+        return {k: v if v is None or math.isfinite(v) else None for k, v in entry.items()}
 
 
 def prepare_training(
@@ -265,9 +278,10 @@ def train(training: Training, on_step: Callable[[int], None] | None = None) -> N
             if accelerator.is_main_process:
                 with open(out / LOG_FILE, "a", encoding="utf-8") as f:
                     f.write(json.dumps({"step": step, **entry}) + "\n")
-            accelerator.log(entry, step=step)
+            accelerator.log({k: v for k, v in entry.items() if v is not None}, step=step)
             bar.advance()
-            bar.update(info=f"loss {losses['loss']:.4f}")
+            if "loss" in losses:  # none yet when the first steps were skipped
+                bar.update(info=f"loss {losses['loss']:.4f}")
             if on_step is not None:
                 on_step(step)
             # Every process must agree, or they would wait on different collectives.
@@ -287,9 +301,12 @@ def train(training: Training, on_step: Callable[[int], None] | None = None) -> N
 def train_step(training: Training) -> StepLog:
     """One optimizer step (``--grad-accum`` micro-batches) after ``training.step`` steps.
 
-    A non-finite loss stops before the update, non-finite weights right after it (a
-    `SpurcliError` naming the last good checkpoint, ``training.step`` unchanged): nothing
-    non-finite is ever logged, saved or sampled."""
+    Without a gradient scaler a non-finite loss stops before the update; with fp16's scaler the
+    scaler skips such a step (as it skips any whose gradients overflow: normal while it finds
+    its scale), which counts as a step, is logged as skipped and leaves the weights as they
+    were; `MAX_CONSECUTIVE_SKIPS` skips in a row stop the run. Non-finite weights after an
+    update stop it too (a `SpurcliError` naming the last good checkpoint, ``training.step``
+    unchanged): nothing non-finite is ever logged, saved or sampled."""
     cfg, accelerator, out, step = training.cfg, training.accelerator, training.out, training.step
     device = accelerator.device
     sums = torch.zeros(len(LOSS_KEYS), device=device)
@@ -329,7 +346,9 @@ def train_step(training: Training) -> StepLog:
         sums += torch.stack([t.float() for t in terms]) / cfg.grad_accum
     sums = accelerator.reduce(sums, reduction="mean")  # the mean over processes
     values = dict(zip(LOSS_KEYS, sums.tolist(), strict=True))
-    if not all(math.isfinite(v) for v in values.values()):
+    finite = all(math.isfinite(v) for v in values.values())
+    scaler = accelerator.scaler
+    if not finite and scaler is None:
         raise SpurcliError(
             f"loss became non-finite at step {step + 1} "
             f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); stopped without "
@@ -346,12 +365,39 @@ def train_step(training: Training) -> StepLog:
         if norms:  # the whole gradient's norm, before clipping
             norms["grad_norm"] = float(total_norm)
     lr = training.lr_scheduler.get_last_lr()[0]
-    training.optimizer.step()
+    scale_before = scaler.get_scale() if scaler is not None else None
+    training.optimizer.step()  # with a scaler: skipped when the gradients are not finite
+    # The scaler lowers its scale exactly when it skipped (accelerate's step_was_skipped misses
+    # the skips of optimizers that take the scaler into their kernel, such as fused AdamW).
+    skipped = scaler is not None and scaler.get_scale() < scale_before
     check_weights_finite(training.params, step + 1, out, lr)
     training.lr_scheduler.step()
     training.optimizer.zero_grad(set_to_none=True)
-    training.step, training.last_losses = step + 1, values
-    return StepLog(values, lr, norms)
+    training.consecutive_skips = training.consecutive_skips + 1 if skipped else 0
+    if training.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+        raise SpurcliError(
+            f"the fp16 gradient scaler skipped {training.consecutive_skips} steps in a row "
+            f"(up to step {step + 1}, loss scale now {scaler.get_scale():.3g}): the loss or its "
+            "gradients overflow whatever the scale; last good checkpoint: "
+            f"{last_good_checkpoint(out) or 'none'}. Try --mixed-precision bf16 or no, or a lower "
+            "--lr"
+        )
+    training.step = step + 1
+    if finite:
+        training.last_losses = values
+    loss_scale = float(scaler.get_scale()) if scaler is not None else None
+    return StepLog(dict(values), lr, norms, skipped=skipped, loss_scale=loss_scale)
+
+
+def log_summary(path: Path) -> dict[str, Any]:
+    """What the run card says about the steps in log.jsonl (one line per step, as resumed):
+    how many the fp16 gradient scaler skipped."""
+    entries = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(line))
+    return {"skipped_steps": sum(1 for e in entries if e.get("skipped"))}
 
 
 def make_accelerator(cfg: FinetuneConfig) -> Any:
