@@ -184,3 +184,56 @@ def test_too_many_skips_in_a_row_stop_the_run(refs, tmp_path, monkeypatch):
         assert train_step(training).skipped
     with pytest.raises(SpurcliError, match=f"skipped {MAX_CONSECUTIVE_SKIPS} steps in a row"):
         train_step(training)
+
+
+def gradient_at_update(training: Training) -> tuple[Any, list[torch.Tensor]]:
+    """One step; the gradient the optimizer applied (after clipping)."""
+    seen: list[torch.Tensor] = []
+    real = training.optimizer.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        seen.extend(p.grad.detach().clone() for p in training.params)
+        return real(*args, **kwargs)
+
+    training.optimizer.step = step  # type: ignore[method-assign]
+    return train_step(training), seen
+
+
+def test_each_step_records_how_much_clipping_scaled_the_update(refs, tmp_path):
+    cfg = fast_config(refs, tmp_path / "run", prior_weight=0.0, max_grad_norm=1e-3)
+    result, applied = gradient_at_update(training_for(cfg))
+    clip = result.clipping
+    assert clip["clip_norm"] > 1e-3 and clip["clip_scale"] == pytest.approx(
+        1e-3 / clip["clip_norm"]
+    )
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in applied])) == pytest.approx(
+        1e-3, rel=1e-3
+    )
+    assert {"clip_norm", "clip_scale"} <= set(result.entry())  # log.jsonl, every step
+    unclipped = fast_config(refs, tmp_path / "free", prior_weight=0.0, max_grad_norm=100.0)
+    assert train_step(training_for(unclipped)).clipping["clip_scale"] == 1.0
+
+
+def test_separate_sfsl_clip_leaves_the_dreambooth_terms_step_as_without_sfsl(refs, tmp_path):
+    """--sfsl-grad-clip: --max-grad-norm clips the DreamBooth terms' gradient exactly as in the
+    DreamBooth-only arm, and SFSL's gradient, clipped on its own, is added to it."""
+    common = dict(prior_weight=0.0, max_grad_norm=0.5)
+    dreambooth = fast_config(refs, tmp_path / "db", sfsl_weight=0.0, **common)
+    db_log, db_grad = gradient_at_update(training_for(dreambooth))
+    sfsl = fast_config(refs, tmp_path / "sfsl", sfsl_weight=0.5, sfsl_grad_clip=0.01, **common)
+    log, grad = gradient_at_update(training_for(sfsl))
+    assert log.clipping["clip_norm"] == pytest.approx(db_log.clipping["clip_norm"], rel=1e-5)
+    assert log.clipping["clip_scale"] == pytest.approx(db_log.clipping["clip_scale"], rel=1e-5)
+    assert log.clipping["sfsl_clip_norm"] > 0.01  # clipped: its norm becomes 0.01
+    assert log.clipping["sfsl_clip_scale"] == pytest.approx(
+        0.01 / log.clipping["sfsl_clip_norm"], rel=1e-3
+    )
+    added = torch.linalg.vector_norm(
+        torch.stack([(g - d).norm() for g, d in zip(grad, db_grad, strict=True)])
+    )
+    assert float(added) == pytest.approx(0.01, rel=1e-3)
+    # Clipped together (0), the sum's norm decides: the DreamBooth terms' step shrinks with SFSL.
+    joint = fast_config(refs, tmp_path / "joint", sfsl_weight=0.5, sfsl_grad_clip=0.0, **common)
+    joint_log, _ = gradient_at_update(training_for(joint))
+    assert "sfsl_clip_norm" not in joint_log.clipping
+    assert joint_log.clipping["clip_norm"] != pytest.approx(db_log.clipping["clip_norm"])

@@ -104,11 +104,13 @@ class StepLog:
     losses: dict[str, float]  # LOSS_KEYS: the weighted total and each term, mean over processes
     lr: float  # the learning rate the step used
     grad_norms: dict[str, float]  # grad_norm_<term> and grad_norm on --log-grad-norms-every steps
+    clipping: dict[str, float] = field(default_factory=dict)  # `clip_gradients`, every step
     skipped: bool = False  # the fp16 gradient scaler skipped the update (overflow)
     loss_scale: float | None = None  # fp16: the scaler's scale after the step
 
     def entry(self) -> dict[str, float | None]:
         entry: dict[str, float | None] = {**self.losses, "lr": self.lr, **self.grad_norms}
+        entry.update(self.clipping)
         if self.loss_scale is not None:
             entry["loss_scale"] = self.loss_scale
         if self.skipped:
@@ -312,6 +314,9 @@ def train_step(training: Training) -> StepLog:
     sums = torch.zeros(len(LOSS_KEYS), device=device)
     every = cfg.log_grad_norms_every
     term_norms = None
+    scaler = accelerator.scaler  # fp16: gradients are scaled, against underflow
+    scale = scaler.get_scale() if scaler is not None else 1.0
+    sfsl_grads: list[torch.Tensor] | None = None  # --sfsl-grad-clip: SFSL's gradient, apart
     for micro in range(cfg.grad_accum):
         batch = training.data.batch(step * cfg.grad_accum + micro)
         latents = training.encoder.latents(batch)
@@ -338,16 +343,30 @@ def train_step(training: Training) -> StepLog:
                     ref_features=ref_features,
                 )
             if every and (step + 1) % every == 0 and micro == 0:
-                scaler = accelerator.scaler  # fp16: scaled, against underflow
-                scale = scaler.get_scale() if scaler is not None else 1.0
                 term_norms = term_grad_norms(losses.terms, training.params, GRAD_NORM_TERMS, scale)
-            accelerator.backward(losses.total / cfg.grad_accum)
+            sfsl_term = losses.terms.get("sfsl")
+            if cfg.sfsl_grad_clip > 0 and sfsl_term is not None and sfsl_term.requires_grad:
+                # SFSL's gradient on its own (not into .grad), then the DreamBooth terms' into
+                # .grad: the sum of the two is the step's gradient, as one backward would give.
+                sfsl_grads = _add_grads(
+                    sfsl_grads,
+                    torch.autograd.grad(
+                        sfsl_term * (scale / cfg.grad_accum),
+                        training.params,
+                        retain_graph=True,
+                        allow_unused=True,
+                    ),
+                    training.params,
+                )
+                dreambooth = sum(v for k, v in losses.terms.items() if k != "sfsl")
+                accelerator.backward(dreambooth / cfg.grad_accum)
+            else:
+                accelerator.backward(losses.total / cfg.grad_accum)
         terms = [losses.total.detach(), losses.instance, losses.prior, losses.sfsl]
         sums += torch.stack([t.float() for t in terms]) / cfg.grad_accum
     sums = accelerator.reduce(sums, reduction="mean")  # the mean over processes
     values = dict(zip(LOSS_KEYS, sums.tolist(), strict=True))
     finite = all(math.isfinite(v) for v in values.values())
-    scaler = accelerator.scaler
     if not finite and scaler is None:
         raise SpurcliError(
             f"loss became non-finite at step {step + 1} "
@@ -360,10 +379,9 @@ def train_step(training: Training) -> StepLog:
     if term_norms is not None:  # the mean over processes, as for the losses
         mean = accelerator.reduce(term_norms, reduction="mean").tolist()
         norms = {f"grad_norm_{k}": v for k, v in zip(GRAD_NORM_TERMS, mean, strict=True)}
-    if cfg.max_grad_norm > 0:
-        total_norm = accelerator.clip_grad_norm_(training.params, cfg.max_grad_norm)
-        if norms:  # the whole gradient's norm, before clipping
-            norms["grad_norm"] = float(total_norm)
+    clipping = clip_gradients(training, scale, sfsl_grads)
+    if norms and "clip_norm" in clipping:  # the clipped gradient's norm, before clipping
+        norms["grad_norm"] = clipping["clip_norm"]
     lr = training.lr_scheduler.get_last_lr()[0]
     scale_before = scaler.get_scale() if scaler is not None else None
     training.optimizer.step()  # with a scaler: skipped when the gradients are not finite
@@ -386,18 +404,76 @@ def train_step(training: Training) -> StepLog:
     if finite:
         training.last_losses = values
     loss_scale = float(scaler.get_scale()) if scaler is not None else None
-    return StepLog(dict(values), lr, norms, skipped=skipped, loss_scale=loss_scale)
+    return StepLog(dict(values), lr, norms, clipping, skipped=skipped, loss_scale=loss_scale)
+
+
+def _add_grads(
+    total: list[torch.Tensor] | None, grads: tuple[Any, ...], params: list[torch.nn.Parameter]
+) -> list[torch.Tensor]:
+    """``total + grads`` over micro-steps; a parameter the term does not reach gets zeros."""
+    grads_ = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+    if total is None:
+        return grads_
+    return [t + g for t, g in zip(total, grads_, strict=True)]
+
+
+def clip_gradients(
+    training: Training, scale: float, sfsl_grads: list[torch.Tensor] | None
+) -> dict[str, float]:
+    """Clip ``.grad`` (fp16: still scaled by ``scale``) to --max-grad-norm and, with
+    --sfsl-grad-clip, SFSL's own gradient ``sfsl_grads`` to that norm before adding it; returns
+    what clipping did: ``clip_norm`` (the norm before clipping) and ``clip_scale`` = min(1,
+    max / norm), the factor the update was scaled by, and ``sfsl_clip_norm``/``sfsl_clip_scale``.
+    """
+    cfg, params = training.cfg, training.params
+    done: dict[str, float] = {}
+    if sfsl_grads is not None and training.accelerator.num_processes > 1:
+        import torch.distributed as dist  # DDP averages .grad; this is outside it
+
+        for g in sfsl_grads:
+            dist.all_reduce(g)
+            g /= training.accelerator.num_processes
+    if cfg.max_grad_norm > 0:
+        # What accelerate's clip_grad_norm_ does without a scaler (the same call); with one, in
+        # scaled units, so that the scaler still unscales and checks the whole sum in its step.
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm * scale)
+        done["clip_norm"] = float(norm) / scale
+        done["clip_scale"] = min(1.0, cfg.max_grad_norm / (done["clip_norm"] + 1e-6))
+    if sfsl_grads is not None:
+        norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in sfsl_grads]))
+        done["sfsl_clip_norm"] = float(norm) / scale
+        factor = min(1.0, cfg.sfsl_grad_clip / (done["sfsl_clip_norm"] + 1e-6))
+        done["sfsl_clip_scale"] = factor
+        for p, g in zip(params, sfsl_grads, strict=True):
+            if p.grad is None:
+                p.grad = g * factor
+            else:
+                p.grad.add_(g, alpha=factor)
+    return done
 
 
 def log_summary(path: Path) -> dict[str, Any]:
     """What the run card says about the steps in log.jsonl (one line per step, as resumed):
-    how many the fp16 gradient scaler skipped."""
+    how many the fp16 gradient scaler skipped, and what clipping did to the updates
+    (``clipping``: --max-grad-norm's; ``sfsl_clipping``: --sfsl-grad-clip's)."""
     entries = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             with contextlib.suppress(ValueError):
                 entries.append(json.loads(line))
-    return {"skipped_steps": sum(1 for e in entries if e.get("skipped"))}
+    summary: dict[str, Any] = {"skipped_steps": sum(1 for e in entries if e.get("skipped"))}
+    for name, prefix in (("clipping", "clip"), ("sfsl_clipping", "sfsl_clip")):
+        scales = [e[f"{prefix}_scale"] for e in entries if e.get(f"{prefix}_scale") is not None]
+        norms = [e[f"{prefix}_norm"] for e in entries if e.get(f"{prefix}_norm") is not None]
+        if scales:
+            summary[name] = {
+                "steps": len(scales),
+                "clipped_steps": sum(1 for s in scales if s < 1),
+                "mean_scale": sum(scales) / len(scales),
+                "min_scale": min(scales),
+                "mean_norm_before": sum(norms) / len(norms) if norms else None,
+            }
+    return summary
 
 
 def make_accelerator(cfg: FinetuneConfig) -> Any:
