@@ -108,3 +108,16 @@ def test_every_finetune_option_wins_over_a_run_config(tmp_path):
     assert [r["file"] for r in split["train"]] == ["ref0.png", "ref2.png"]
     by_set = run_module.finetune_config(path, ["seed=8", "identifier=qqq"])
     assert (by_set.seed, by_set.identifier) == (8, "qqq")
+
+
+def test_an_sfsl_arm_trained_before_separate_clipping_counts_as_changed(tmp_path):
+    from spurcli.experiment.stages import _changed_settings
+
+    exp = load_experiment(write_config(tmp_path))
+    arms = exp.arms()
+    for arm, cfg in arms.items():
+        old = json.loads(json.dumps(to_dict(cfg), default=str))
+        old.pop("sfsl_grad_clip")  # a run card written before the option
+        changed = _changed_settings(old, cfg)
+        # SFSL's gradient was clipped with the rest then; DreamBooth alone has none to clip
+        assert changed == (["sfsl_grad_clip"] if arm == "sfsl" else [])

@@ -81,6 +81,9 @@ def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str
     """Options of ``cfg`` that differ from a run's recorded config (those that change weights)."""
 
     now = to_dict(cfg)
+    if recorded and "sfsl_grad_clip" not in recorded and recorded.get("sfsl_weight"):
+        # Recorded before the option existed: SFSL's gradient was clipped with the rest (0).
+        recorded = {**recorded, "sfsl_grad_clip": 0.0}
     free = RESUME_FREE | {"class_dir"}
     return sorted(k for k in now if k not in free and recorded.get(k, now[k]) != now[k])
 
