@@ -38,7 +38,9 @@ The run folder:
     OUT/log.jsonl               per step: step, loss, loss_instance, loss_prior, loss_sfsl, lr;
                                 every --log-grad-norms-every steps also grad_norm_instance,
                                 grad_norm_prior, grad_norm_sfsl (each weighted term's gradient
-                                norm on the trained weights) and grad_norm (all, before clipping);
+                                norm on the trained weights) and grad_norm (what --max-grad-norm
+                                clips, before clipping); every step clip_norm, clip_scale (and
+                                sfsl_clip_norm, sfsl_clip_scale with --sfsl-grad-clip);
                                 fp16: loss_scale, and skipped: 1 where the scaler skipped a step
     OUT/pipeline/               StableDiffusionPipeline.save_pretrained (plain diffusers loads it)
     OUT/lora/                   instead of pipeline/ with --lora-rank: the adapters in diffusers'
