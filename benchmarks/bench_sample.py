@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 
 from spurcli.generate.pipelines import load_pipeline
-from spurcli.generate.sample import SampleConfig, sample
-from spurcli.seeds import derive_seed
+from spurcli.generate.sample import SampleConfig, image_seed, sample
 
 PROMPTS = ["a photo of a red flower", "a photo of a hummingbird feeder"]
 
@@ -77,7 +76,7 @@ def direct(pipe, args, out: Path | None) -> None:
         batch = jobs[start : start + args.batch_size]
         images = pipe(
             prompt=[p for p, _ in batch],
-            generator=[torch.Generator("cpu").manual_seed(derive_seed(0, i)) for _, i in batch],
+            generator=[torch.Generator("cpu").manual_seed(image_seed(0, p, i)) for p, i in batch],
             num_inference_steps=args.steps,
             guidance_scale=7.5,
             height=args.size,

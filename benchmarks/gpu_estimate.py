@@ -198,9 +198,9 @@ def main() -> None:
         again = (unet_fwd + text_fwd) if gc else 0
         suffix = ", checkpointing" if gc else ""
         configs["SFSL off" + suffix] = text_f + unet_f + again
-        for px, label in ((512, "SFSL on (decode 512 px)"), (256, "SFSL on, decode-size 256")):
-            sfsl = sum(vae[px][:2]) + extractor + (vae[px][0] if gc else 0)
-            configs[label + suffix] = text_f + unet_f + again + sfsl
+        # SFSL always decodes at full size (--sfsl-decode-size resizes the decoded image)
+        sfsl = sum(vae[512][:2]) + extractor + (vae[512][0] if gc else 0)
+        configs["SFSL on (decode 512 px)" + suffix] = text_f + unet_f + again + sfsl
     print(f"\nTime per step = FLOPs / ({UTILISATION:.0%} of peak); calibrated on one report, +-2x:")
     header = " | ".join(CARDS)
     print(f"\n| configuration | TFLOP/step | vs off | {header} |")
@@ -297,7 +297,6 @@ def lora_and_taesd(full: dict, count: dict, context: float, vae_gc: float, rank:
     extractor = sum(full["ResNet-50 at 224 px (SFSL)"][:2])
     decoders = {
         "vae": sum(full["VAE decoder at 512 px (SFSL)"][:2]),
-        "vae, decode-size 256": sum(full["VAE decoder at 256 px (SFSL)"][:2]),
         "taesd": sum(rows["taesd decoder at 512 px"][:2]),
     }
     bases = {

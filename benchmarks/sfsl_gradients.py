@@ -28,7 +28,14 @@ from pathlib import Path
 
 import torch
 
-from spurcli.generate.losses import SFSL, add_noise, diffusion_target, predicted_x0, sfsl_loss
+from spurcli.generate.losses import (
+    SFSL,
+    add_noise,
+    diffusion_target,
+    predicted_x0,
+    sfsl_loss,
+    to_latents,
+)
 from spurcli.generate.pipelines import load_pipeline
 from spurcli.images import read_folder
 
@@ -69,7 +76,7 @@ def main() -> None:
     pixels = pixels.float() / 255
     extractor = extractors().load(args.extractor).module.eval().requires_grad_(False)
     with torch.no_grad():
-        latents = vae.encode(pixels * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+        latents = to_latents(vae, vae.encode(pixels * 2 - 1).latent_dist.mean)
         sfsl = SFSL(extractor, extractor(pixels).float(), weight=1.0, target="paired")
         ids = pipe.tokenizer(
             [f"a photo of sks {args.noun}", f"a photo of {args.noun}"],

@@ -327,26 +327,29 @@ def test_decode_to_unit_range(tiny):
     assert (images == 0).any() or (images == 1).any()  # large latents saturate: the clamp acted
 
 
-def test_decode_size_shrinks_what_the_vae_decodes(tiny):
+def test_decode_size_resizes_the_decoded_image_not_the_latent(tiny):
+    """The extractor sees the full decode resized (differentiably), not the decode of a resized
+    latent (another image: cosine ~0.5 in feature space on `mini`, docs/sfsl.md)."""
     pipe, _ = tiny
     vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
-    shapes = []
-    real_decode = vae.decode
-    vae.decode = lambda z, *a, **k: shapes.append(tuple(z.shape)) or real_decode(z, *a, **k)
+    decoded_shapes, seen = [], []
+    real_decode, real_forward = vae.decode, extractor.forward
+    vae.decode = lambda z, *a, **k: decoded_shapes.append(tuple(z.shape)) or real_decode(z, *a, **k)
+    extractor.forward = lambda images: seen.append(images.detach()) or real_forward(images)
     try:
         x0 = torch.randn(2, 4, 8, 8, requires_grad=True)
         sfsl = SFSL(extractor, torch.randn(2, extractor.dim), 1.0, decode_size=32)
         sfsl_loss(sfsl, vae, x0, torch.tensor([1, 2]), torch.tensor([0, 1])).backward()
-        sfsl_loss(
-            SFSL(extractor, torch.randn(2, 8), 1.0, decode_size=64),
-            vae,
-            x0.detach(),
-            torch.tensor([1, 2]),
-            torch.tensor([0, 1]),
-        )
+        full = SFSL(extractor, torch.randn(2, extractor.dim), 1.0, decode_size=64)
+        sfsl_loss(full, vae, x0.detach(), torch.tensor([1, 2]), torch.tensor([0, 1]))
     finally:
-        del vae.decode
-    assert shapes == [(2, 4, 4, 4), (2, 4, 8, 8)]  # 32 px: a 4x4 latent; 64 px = full: as is
+        del vae.decode, extractor.forward
+    assert decoded_shapes == [(2, 4, 8, 8), (2, 4, 8, 8)]  # always the whole latent
+    with torch.no_grad():
+        image = decode_to_unit(vae, x0)
+    want = F.interpolate(image, size=(32, 32), mode="bilinear", antialias=True)
+    torch.testing.assert_close(seen[0], want.clamp(0, 1))
+    torch.testing.assert_close(seen[1], image)  # 64 px = full: as decoded
     assert x0.grad is not None and x0.grad.abs().sum() > 0
 
 
@@ -400,3 +403,30 @@ def test_training_attention_slicing_is_exact_and_saves_memory(part):
         assert results[name][2] < results["classic"][2], (name, results[name][2])
     with pytest.raises(Exception, match="attention slicing"):
         set_training_attention_slicing(module, "half")
+
+
+def test_encoding_subtracts_the_vae_shift_that_decoding_adds():
+    """SD3/Flux VAEs have a shift_factor: latents are (z - shift) * scale, so the decoder sees
+    the encoder's z again (SD 1.x's shift is None: nothing changes)."""
+    from spurcli.generate.training_data import Batch, LatentCache
+
+    vae = _frozen(build_tiny_pipeline().vae)
+    vae.register_to_config(shift_factor=0.25, scaling_factor=0.5)
+    image = torch.rand(3, 32, 32) * 2 - 1
+    batch = Batch(
+        keys=[("instance", 0, 0, 0)],
+        images=[image],
+        instance_index=torch.tensor([0]),
+        prompt_rows=torch.tensor([0]),
+        noise=torch.zeros(1, 4, 4, 4),
+        posterior_noise=torch.zeros(1, 4, 4, 4),  # the posterior mean itself
+        timesteps=torch.tensor([0]),
+        n_instance=1,
+    )
+    latents = LatentCache(vae, "cpu").latents(batch)
+    with torch.no_grad():
+        mean = vae.encode(image[None]).latent_dist.mean
+        decoded = decode_to_unit(vae, latents)
+        want = (vae.decode(mean).sample.clamp(-1, 1) + 1) / 2
+    torch.testing.assert_close(latents, (mean - 0.25) * 0.5)
+    torch.testing.assert_close(decoded, want)

@@ -19,6 +19,7 @@ from PIL import Image
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.generate.prompts import without_identifier
 from spurcli.generate.sample import (
+    SEED_SCHEME,
     SampleConfig,
     fill_identifier,
     prompt_folders,
@@ -56,7 +57,7 @@ def files(out: Path) -> list[str]:
 # --- prompts and seeds ------------------------------------------------------------------------
 
 
-def test_seeds_depend_on_base_seed_and_index_only():
+def test_derived_seeds_are_distinct_pure_and_depend_on_the_base_seed():
     seeds = [derive_seed(0, i) for i in range(100)]
     assert len(set(seeds)) == 100
     assert seeds == [derive_seed(0, i) for i in range(100)]  # a pure function
@@ -100,7 +101,7 @@ def test_layout_manifest_and_png_chunks(tmp_path, tiny_pipe):
     assert [r["file"] for r in manifest] == sorted(expected)  # one line each, sorted
     for record in manifest:
         assert {"file", "prompt", "seed", "steps", "guidance", "scheduler", "model"} <= set(record)
-        assert record["seed"] == derive_seed(0, record["index"])
+        assert record["seed"] == derive_seed(0, record["prompt"], record["index"])
         assert (record["steps"], record["guidance"], record["model"]) == (2, 7.5, "tiny")
         assert record["scheduler"] == "pndm"  # tiny's own scheduler, by its short name
         assert png_record(out / record["file"]) == record  # the PNG carries its own record
@@ -249,3 +250,57 @@ def test_two_processes_write_the_same_files_as_one(tmp_path):
     assert files(tmp_path / "one") == files(tmp_path / "two") != []
     for file in [*files(tmp_path / "one"), MANIFEST]:
         assert (tmp_path / "one" / file).read_bytes() == (tmp_path / "two" / file).read_bytes()
+
+
+# --- seeds per prompt ---------------------------------------------------------------------------
+
+
+def test_image_i_of_different_prompts_starts_from_different_noise(tmp_path, tiny_pipe):
+    out = tmp_path / "s"
+    sample(config(out, n=2), pipe=tiny_pipe)
+    records = read_manifest(out).values()
+    seeds = [r["seed"] for r in records]
+    assert len(seeds) == 4 and len(set(seeds)) == 4  # 2 prompts x 2 images, all independent
+    for r in records:
+        assert r["seed"] == derive_seed(0, r["prompt"], r["index"])  # no [V]: the prompt itself
+        assert r["seed_scheme"] == SEED_SCHEME
+
+
+def test_a_tuned_prompt_and_its_baseline_without_identifier_share_seeds(tmp_path, tiny_pipe):
+    """How `spurcli run` pairs the arms (same prompts, [V] in each) and the baseline (the same
+    prompts without [V]): image i of "a photo of [V] flower" and of "a photo of flower", and of
+    their recontextualised prompts, start from the same noise."""
+    templates = ["a photo of [V] flower", "a [V] feeder"]
+    arms = {}
+    for name, identifier in (("sfsl", "sks"), ("dreambooth", "sks"), ("other-token", "zwx")):
+        cfg = config(tmp_path / name, prompts=templates, identifier=identifier, recontext=True)
+        arms[name] = sample(cfg, pipe=tiny_pipe)
+    base_prompts = [without_identifier(p) for p in templates]
+    baseline = sample(
+        config(tmp_path / "base", prompts=base_prompts, recontext=True), pipe=tiny_pipe
+    )
+
+    def seeds(result) -> list[int]:
+        records = read_manifest(result.out)
+        return [records[f]["seed"] for f in result.files]
+
+    assert len(baseline.files) == 2 * 5 * 3 and len(set(seeds(baseline))) == len(baseline.files)
+    for result in arms.values():
+        assert seeds(result) == seeds(baseline)
+    # The seed is (seed, prompt without [V], index): what `spurcli compare` pairs by.
+    record = read_manifest(arms["sfsl"].out)["a-photo-of-sks-flower/000001.png"]
+    assert record["seed"] == derive_seed(0, "a photo of flower", 1)
+
+
+def test_a_folder_seeded_by_the_old_scheme_is_not_continued(tmp_path, tiny_pipe):
+    out = tmp_path / "s"
+    sample(config(out, n=1), pipe=tiny_pipe)
+    lines = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    for record in lines:  # as a version before per-prompt seeds wrote it
+        record.pop("seed_scheme")
+        record["seed"] = derive_seed(0, record["index"])
+    (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(SpurcliError, match=r"seeded by \(seed,index\), not") as info:
+        sample(config(out, n=2), pipe=tiny_pipe)
+    assert "\n" not in str(info.value) and "new --out folder" in str(info.value)
+    assert len(files(out)) == 2  # nothing was added

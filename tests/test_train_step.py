@@ -6,6 +6,7 @@ to end; these pin down what one step does and what it leaves behind when it refu
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,151 @@ def test_non_finite_weights_after_the_update_stop_the_step(refs, tmp_path):
         train_step(training)
     assert "last good checkpoint: none" in str(info.value)
     assert training.step == 0 and training.last_losses == {}
+
+
+def test_paired_sfsl_pulls_each_sample_towards_the_features_of_its_own_crop(
+    refs, tmp_path, monkeypatch
+):
+    """Random crops of non-square references: the paired target is the crop that was noised,
+    not the reference's centre crop."""
+    from spurcli.generate import losses
+
+    cfg = fast_config(refs, tmp_path / "run", prior_weight=0.0, sfsl_weight=0.5)
+    training = training_for(cfg)
+    data = training.data
+    centre = {i: data._crop(img, None) for i, img in enumerate(data.sets["instance"])}
+    step = next(
+        s for s in range(50) if data.batch(s).keys[0][2:] != centre[data.batch(s).keys[0][1]]
+    )
+    batch = data.batch(step)
+    targets = []
+    real = losses.feature_distance
+    monkeypatch.setattr(
+        losses, "feature_distance", lambda f, ref, d: targets.append(ref) or real(f, ref, d)
+    )
+    training.step = step
+    train_step(training)
+    extractor = training.sfsl.extractor  # type: ignore[union-attr]
+    with torch.no_grad():
+        own_crop = extractor((batch.images[0][None] + 1) / 2).float()
+    index = batch.keys[0][1]
+    assert not torch.allclose(own_crop, training.sfsl.reference[index][None])  # type: ignore[union-attr]
+    torch.testing.assert_close(targets[0], own_crop)
+
+
+def with_grad_scaler(training: Training, init_scale: float = 2.0**8) -> Any:
+    """fp16's gradient scaler on a CPU run (accelerate makes none without CUDA): the same
+    torch GradScaler, wired in as accelerate wires it (scaled backward, scaler.step)."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    training.accelerator.scaler = scaler
+    inner = training.optimizer.optimizer
+    training.optimizer = AcceleratedOptimizer(inner, device_placement=False, scaler=scaler)
+    return scaler
+
+
+def overflow_on(steps: set[int], monkeypatch: Any) -> None:
+    """The loss of the given (1-based) steps is infinite, as an fp16 overflow makes it."""
+    from spurcli.generate import training as training_module
+
+    real = training_module.step_losses
+    calls = []
+
+    def step_losses(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        losses = real(*args, **kwargs)
+        if len(calls) in steps:
+            losses.total = losses.total * float("inf")
+        return losses
+
+    monkeypatch.setattr(training_module, "step_losses", step_losses)
+
+
+def test_a_gradient_scaler_skips_a_non_finite_step_and_the_run_goes_on(refs, tmp_path, monkeypatch):
+    from spurcli.generate.training import LOG_FILE, log_summary, train
+
+    training = training_for(step_config(refs, tmp_path, steps=3, checkpoint_every=0))
+    scaler = with_grad_scaler(training)
+    overflow_on({2}, monkeypatch)
+    (tmp_path / "run").mkdir()
+    before = {}
+
+    def on_step(step: int) -> None:
+        before[step] = unet_weights(training)
+
+    train(training, on_step)
+    assert training.step == 3 and training.consecutive_skips == 0
+    assert all(torch.equal(before[1][k], before[2][k]) for k in before[1])  # step 2: no update
+    assert any(not torch.equal(before[2][k], before[3][k]) for k in before[2])  # step 3: one
+    assert scaler.get_scale() == 2.0**7  # halved once, by the skip
+    log = [json.loads(line) for line in (tmp_path / "run" / LOG_FILE).read_text().splitlines()]
+    assert [e.get("skipped") for e in log] == [None, 1, None]
+    assert log[1]["loss"] is None and math.isfinite(log[1]["loss_instance"])
+    assert log_summary(tmp_path / "run" / LOG_FILE)["skipped_steps"] == 1
+    assert math.isfinite(training.last_losses["loss"])  # the run card's final losses
+
+
+def test_too_many_skips_in_a_row_stop_the_run(refs, tmp_path, monkeypatch):
+    from spurcli.generate.training import MAX_CONSECUTIVE_SKIPS
+
+    training = training_for(step_config(refs, tmp_path))
+    with_grad_scaler(training)
+    overflow_on(set(range(1, 100)), monkeypatch)
+    for _ in range(MAX_CONSECUTIVE_SKIPS - 1):
+        assert train_step(training).skipped
+    with pytest.raises(SpurcliError, match=f"skipped {MAX_CONSECUTIVE_SKIPS} steps in a row"):
+        train_step(training)
+
+
+def gradient_at_update(training: Training) -> tuple[Any, list[torch.Tensor]]:
+    """One step; the gradient the optimizer applied (after clipping)."""
+    seen: list[torch.Tensor] = []
+    real = training.optimizer.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        seen.extend(p.grad.detach().clone() for p in training.params)
+        return real(*args, **kwargs)
+
+    training.optimizer.step = step  # type: ignore[method-assign]
+    return train_step(training), seen
+
+
+def test_each_step_records_how_much_clipping_scaled_the_update(refs, tmp_path):
+    cfg = fast_config(refs, tmp_path / "run", prior_weight=0.0, max_grad_norm=1e-3)
+    result, applied = gradient_at_update(training_for(cfg))
+    clip = result.clipping
+    assert clip["clip_norm"] > 1e-3 and clip["clip_scale"] == pytest.approx(
+        1e-3 / clip["clip_norm"]
+    )
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in applied])) == pytest.approx(
+        1e-3, rel=1e-3
+    )
+    assert {"clip_norm", "clip_scale"} <= set(result.entry())  # log.jsonl, every step
+    unclipped = fast_config(refs, tmp_path / "free", prior_weight=0.0, max_grad_norm=100.0)
+    assert train_step(training_for(unclipped)).clipping["clip_scale"] == 1.0
+
+
+def test_separate_sfsl_clip_leaves_the_dreambooth_terms_step_as_without_sfsl(refs, tmp_path):
+    """--sfsl-grad-clip: --max-grad-norm clips the DreamBooth terms' gradient exactly as in the
+    DreamBooth-only arm, and SFSL's gradient, clipped on its own, is added to it."""
+    common = dict(prior_weight=0.0, max_grad_norm=0.5)
+    dreambooth = fast_config(refs, tmp_path / "db", sfsl_weight=0.0, **common)
+    db_log, db_grad = gradient_at_update(training_for(dreambooth))
+    sfsl = fast_config(refs, tmp_path / "sfsl", sfsl_weight=0.5, sfsl_grad_clip=0.01, **common)
+    log, grad = gradient_at_update(training_for(sfsl))
+    assert log.clipping["clip_norm"] == pytest.approx(db_log.clipping["clip_norm"], rel=1e-5)
+    assert log.clipping["clip_scale"] == pytest.approx(db_log.clipping["clip_scale"], rel=1e-5)
+    assert log.clipping["sfsl_clip_norm"] > 0.01  # clipped: its norm becomes 0.01
+    assert log.clipping["sfsl_clip_scale"] == pytest.approx(
+        0.01 / log.clipping["sfsl_clip_norm"], rel=1e-3
+    )
+    added = torch.linalg.vector_norm(
+        torch.stack([(g - d).norm() for g, d in zip(grad, db_grad, strict=True)])
+    )
+    assert float(added) == pytest.approx(0.01, rel=1e-3)
+    # Clipped together (0), the sum's norm decides: the DreamBooth terms' step shrinks with SFSL.
+    joint = fast_config(refs, tmp_path / "joint", sfsl_weight=0.5, sfsl_grad_clip=0.0, **common)
+    joint_log, _ = gradient_at_update(training_for(joint))
+    assert "sfsl_clip_norm" not in joint_log.clipping
+    assert joint_log.clipping["clip_norm"] != pytest.approx(db_log.clipping["clip_norm"])

@@ -15,7 +15,7 @@ image i of each starts from the same noise.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -155,11 +155,17 @@ class Experiment:
         ]
 
 
-def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> Experiment:
+def load_experiment(
+    path: str | os.PathLike[str],
+    sets: Sequence[str] = (),
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Experiment:
     """Read and check a run config.
 
     ``sets``: ``--set key=value`` for a top-level key, ``--set table.key=value`` for a table's
-    (``--set finetune.steps=10``, ``--set sample.n=4``).
+    (``--set finetune.steps=10``, ``--set sample.n=4``). ``overrides``: typed top-level values
+    that win over the file and ``sets`` (command-line options).
     """
     path = Path(path)
     data = read_toml(path)
@@ -178,7 +184,7 @@ def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> E
         by_table.setdefault(table if dot else None, []).append(
             item.split(".", 1)[1] if dot else item
         )
-    top = load_config(ExperimentConfig, path, sets=by_table.get(None, ()))
+    top = load_config(ExperimentConfig, path, sets=by_table.get(None, ()), overrides=overrides)
     # "examples/../runs/x" -> "runs/x": the folders appear in logs and in the report.
     top = replace(top, **{k: _norm(getattr(top, k)) for k in ("out", "instance_dir")})
     top.check(path)

@@ -27,6 +27,7 @@ the tables ``[finetune]`` (read by `spurcli finetune` too), ``[sample]``, ``[com
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from typing import Any
 from spurcli import console, imagenet, plugins
 from spurcli.console import is_main_process
 from spurcli.errors import UsageError
+from spurcli.experiment.config import ExperimentConfig
 from spurcli.experiment.freshness import Stages
 from spurcli.experiment.plan import Experiment, load_experiment
 from spurcli.experiment.stages import (
@@ -68,14 +70,32 @@ def finetune_config(
     which this writes into ``<out>/references/``), with ``options`` (set ones) winning.
 
     ``sets`` are finetune keys (``lr=1e-5``) or, with a table, any of the run's
-    (``sample.n=4``), so one file and one syntax serve both commands.
+    (``sample.n=4``), so one file and one syntax serve both commands. A key the top level
+    shares with the finetune table (``instance_dir``, ``seed``, ``model``, ...) is set at the
+    top level too, so it wins everywhere the run uses it: ``--instance-dir DIR`` is the folder
+    the references are split from (the run trains on its training share), ``--seed`` also
+    draws the split.
     """
 
+    top_level = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    shared = top_level & {f.name for f in dataclasses.fields(FinetuneConfig)}
+
+    def routed(item: str) -> list[str]:
+        key = item.partition("=")[0].strip().replace("-", "_")
+        if "." in key:
+            return [item]
+        if key == "instance_dir":  # the finetune table's is the split's training share
+            return [item]
+        return [item, f"finetune.{item}"] if key in shared else [f"finetune.{item}"]
+
+    given = {k: v for k, v in (options or {}).items() if v is not None}
     exp = load_experiment(
-        path, [s if "." in s.partition("=")[0] else f"finetune.{s}" for s in sets]
+        path,
+        [s for item in sets for s in routed(item)],
+        overrides={k: v for k, v in given.items() if k in shared},
     )
     references_stage(exp, Stages(), is_main_process())
-    given = {k: v for k, v in (options or {}).items() if v is not None}
+    given.pop("instance_dir", None)  # now the source of the split, not what is trained on
     return load_config(FinetuneConfig, None, overrides={**to_dict(exp.finetune), **given})
 
 

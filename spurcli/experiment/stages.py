@@ -34,11 +34,11 @@ from spurcli.experiment.report import write_report
 from spurcli.experiment.results import read_json, read_rows, saved_scores, weights_entry
 from spurcli.experiment.summary import summarize, summary_table
 from spurcli.fileio import atomic_dir, write_json
-from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES
+from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES, list_checkpoints
 from spurcli.generate.config import FinetuneConfig, SampleConfig
 from spurcli.generate.finetune import finetune
 from spurcli.generate.pipelines import load_pipeline, resolve_model
-from spurcli.generate.sample import count_missing, sample
+from spurcli.generate.sample import SEED_SCHEME, count_missing, sample
 from spurcli.images import sha256_file
 from spurcli.parallel import Processes, launched_distributed
 from spurcli.plugins import load_extractors, parse_weights
@@ -87,6 +87,9 @@ def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str
     """Options of ``cfg`` that differ from a run's recorded config (those that change weights)."""
 
     now = to_dict(cfg)
+    if recorded and "sfsl_grad_clip" not in recorded and recorded.get("sfsl_weight"):
+        # Recorded before the option existed: SFSL's gradient was clipped with the rest (0).
+        recorded = {**recorded, "sfsl_grad_clip": 0.0}
     # Paths inside the experiment folder: a copied or moved folder is the same run (the
     # references themselves are compared by content, below).
     free = RESUME_FREE | {"class_dir", "instance_dir"}
@@ -133,8 +136,13 @@ def finetune_stage(exp: Experiment, arm: str, stages: Stages, *, retrain: bool =
         elif info.get("status") == "finished" and done >= cfg.steps:
             stages.skip(name)
             return
+        elif info.get("status") != "finished":
+            # A running card's steps_done is 0 until the run finishes: where the run continues
+            # from is its newest checkpoint.
+            found = list_checkpoints(folder)
+            why = f"resumed at step {found[-1][0]}" if found else "restarted: no checkpoint"
         else:
-            why = f"resumed at step {done}" if info.get("status") != "finished" else "more steps"
+            why = "more steps"
     log.info("%s: %s", name, folder)
     finetune(replace(cfg, resume="latest"))  # continues from the last checkpoint
     stages.ran(name, why or "not made yet")
@@ -195,6 +203,7 @@ def sample_stage(exp: Experiment, stages: Stages) -> None:
         stamp = {
             "model": _model_stamp(exp, arm),
             **{k: getattr(config, k) for k in SAMPLE_STAMP_KEYS},
+            "seed_scheme": SEED_SCHEME,  # a set seeded by an older scheme is sampled again
         }
         # The stamp is written before the first image, so an interrupted set resumes image by
         # image; images made by another model or with other settings are made again.

@@ -108,6 +108,15 @@ class FinetuneConfig:
         0, "Learning-rate warm-up steps (ignored by constant).", min=0, max=10_000_000
     )
     max_grad_norm: float = option(1.0, "Gradient clipping; 0: off.", min=0)
+    # With SFSL on the summed gradient is often 4-10x the DreamBooth terms' alone, so clipping
+    # the sum shrinks the DreamBooth step in the SFSL arm only (mean clip scale 0.46 vs 0.96 on
+    # `mini`; separately clipped: 0.95-0.97, docs/sfsl.md). 1.0: --max-grad-norm's default.
+    sfsl_grad_clip: float = option(
+        1.0,
+        "Clip the SFSL term's gradient to this norm on its own and --max-grad-norm clips the "
+        "DreamBooth terms' alone; 0: --max-grad-norm clips their sum.",
+        min=0,
+    )
     weight_decay: float = option(1e-2, "AdamW weight decay.", min=0)
     use_8bit_adam: bool = option(
         False, "bitsandbytes' AdamW8bit (pip install 'spurcli[8bit]'; CUDA GPUs)."
@@ -136,10 +145,13 @@ class FinetuneConfig:
     sfsl_max_timestep: int | None = option(
         None, "Apply SFSL only where t <= this (none: always).", min=0, max=100_000
     )
-    # None decodes at full resolution, as the method describes; 256 cuts the VAE-decoder part
-    # of SFSL (the bulk of its cost) by 4x. The latent is resized first.
+    # x0_hat is always decoded at full size: decoding a shrunken latent would be cheaper but is
+    # another image (docs/sfsl.md); the decoded image is resized, which saves no time.
     sfsl_decode_size: int | None = option(
-        None, "Decode x0_hat at this size, a multiple of 8 (none: full size).", min=8, max=8192
+        None,
+        "Resize the decoded x0_hat to this many pixels for the extractor (none: as is).",
+        min=8,
+        max=8192,
     )
     # The model's own VAE is the method's fidelity; taesd (diffusers' AutoencoderTiny) costs a
     # few % of the VAE decoder, but the gradient then flows through another decoder.
@@ -279,9 +291,11 @@ class SampleConfig:
     )
     n: int = option(4, "Images per prompt.", min=1, max=1_000_000, flags=("-n", "--n"))
     out: Path = option(Path("samples"), "Output folder.", flags=("--out", "-o"))
-    # Derived from the seed and i alone, not the prompt: prompts sharing an index share the
-    # noise, which pairs a tuned model's images with the baseline's.
-    seed: int = option(0, "Base seed; image i of every prompt gets a seed derived from it.")
+    # Image i of a prompt gets a seed derived from (seed, the prompt without [V], i): prompts
+    # differ, while a tuned prompt and the baseline's (the same without [V]) stay paired.
+    seed: int = option(
+        0, "Base seed; image i of a prompt gets a seed from it, the prompt without [V] and i."
+    )
     steps: int = option(50, "Denoising steps (diffusers' default).", min=1, max=10_000)
     guidance: float = option(7.5, "Classifier-free guidance scale; <= 1: off.", min=0, max=1000)
     negative_prompt: str | None = option(

@@ -38,7 +38,10 @@ The run folder:
     OUT/log.jsonl               per step: step, loss, loss_instance, loss_prior, loss_sfsl, lr;
                                 every --log-grad-norms-every steps also grad_norm_instance,
                                 grad_norm_prior, grad_norm_sfsl (each weighted term's gradient
-                                norm on the trained weights) and grad_norm (all, before clipping)
+                                norm on the trained weights) and grad_norm (what --max-grad-norm
+                                clips, before clipping); every step clip_norm, clip_scale (and
+                                sfsl_clip_norm, sfsl_clip_scale with --sfsl-grad-clip);
+                                fp16: loss_scale, and skipped: 1 where the scaler skipped a step
     OUT/pipeline/               StableDiffusionPipeline.save_pretrained (plain diffusers loads it)
     OUT/lora/                   instead of pipeline/ with --lora-rank: the adapters in diffusers'
                                 LoRA format (pipe.load_lora_weights(OUT/lora)); see
@@ -74,6 +77,7 @@ from spurcli.errors import UsageError
 from spurcli.fileio import atomic_dir, is_inside, output_folder, write_json
 from spurcli.generate import lora, tracking
 from spurcli.generate.checkpoints import (
+    LOG_FILE,
     finished_run,
     is_run,
     resume_point,
@@ -87,6 +91,7 @@ from spurcli.generate.pipelines import (
 from spurcli.generate.prior import make_prior_images
 from spurcli.generate.training import (
     Training,
+    log_summary,
     make_accelerator,
     prepare_training,
     resume_training,
@@ -245,6 +250,7 @@ def save_run(training: Training, started: float) -> None:
             final_losses=training.last_losses,
             prediction_type=training.prediction_type,
             seconds=round(time.time() - started, 1),
+            **log_summary(out / LOG_FILE),
         )
         write_json(out / FINETUNE_CARD, training.record)
     accelerator.wait_for_everyone()

@@ -45,7 +45,7 @@ class SFSL:
     target: str = "paired"  # paired | mean | nearest: which reference feature each sample meets
     distance: str = "cosine"  # cosine (1 - cos) | l2 (mean squared difference over D)
     max_timestep: int | None = None  # apply only to samples with t <= this (None: all)
-    decode_size: int | None = None  # decode x0_hat at this many pixels (None: full size)
+    decode_size: int | None = None  # the decoded x0_hat resized to this many pixels (None: as is)
     decoder: Any = None  # decodes x0_hat (e.g. taesd); None: the VAE given to step_losses
 
 
@@ -119,13 +119,30 @@ def predicted_x0(
     raise ValueError(f"unknown prediction type {prediction_type!r}; expected {PREDICTION_TYPES}")
 
 
-def decode_to_unit(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode (unscaled by the VAE's scaling factor) to images clamped and mapped to [0, 1]."""
+def to_latents(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    """The diffusion model's latents from the VAE's own (a posterior sample): ``(z - shift) *
+    scale``, as diffusers' SD3/Flux training scripts do; SD 1.x's VAEs have no shift (None)."""
+    config = vae.config
+    shift = getattr(config, "shift_factor", None)
+    if shift:
+        z = z - shift
+    return z * config.scaling_factor
+
+
+def from_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of `to_latents`: what the VAE decodes, in its own dtype."""
     config = vae.config
     z = latents.to(vae.dtype) / config.scaling_factor
-    if getattr(config, "shift_factor", None):
-        z = z + config.shift_factor
-    images = vae.decode(z).sample
+    shift = getattr(config, "shift_factor", None)
+    if shift:
+        z = z + shift
+    return z
+
+
+def decode_to_unit(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """VAE-decode the diffusion model's latents (`from_latents`) to images clamped and mapped
+    to [0, 1]."""
+    images = vae.decode(from_latents(vae, latents)).sample
     return (images.clamp(-1, 1) + 1) / 2
 
 
@@ -139,10 +156,20 @@ def feature_distance(f: torch.Tensor, ref: torch.Tensor, distance: str) -> torch
 
 
 def reference_for(
-    f: torch.Tensor, reference: torch.Tensor, index: torch.Tensor | None, target: str, distance: str
+    f: torch.Tensor,
+    reference: torch.Tensor,
+    index: torch.Tensor | None,
+    target: str,
+    distance: str,
+    paired: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The reference feature (B, D) each generated feature in f (B, D) is pulled towards."""
+    """The reference feature (B, D) each generated feature in f (B, D) is pulled towards.
+
+    ``paired`` (B, D): for the paired target, the features of exactly the crop each sample was
+    noised from (None: the reference image's row of ``reference``, its centre crop)."""
     if target == "paired":
+        if paired is not None:
+            return paired.to(f.device)
         if index is None:
             raise ValueError("paired SFSL needs the index of each sample's reference image")
         return reference[index.to(reference.device)]
@@ -165,23 +192,30 @@ def sfsl_loss(
     x0_latents: torch.Tensor,
     timesteps: torch.Tensor,
     ref_index: torch.Tensor | None = None,
+    ref_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_sfsl of the instance samples x0_latents (B, 4, h, w); 0 if none is under the ceiling."""
+    """L_sfsl of the instance samples x0_latents (B, 4, h, w); 0 if none is under the ceiling.
+
+    ``ref_features`` (B, D): the paired target's features, those of each sample's own crop."""
     if sfsl.max_timestep is not None:
         keep = timesteps <= sfsl.max_timestep
         if not bool(keep.any()):
             return x0_latents.new_zeros((), dtype=torch.float32)  # skip the decode entirely
         x0_latents = x0_latents[keep]
         ref_index = ref_index[keep.to(ref_index.device)] if ref_index is not None else None
-    if sfsl.decode_size is not None and sfsl.decode_size < x0_latents.shape[-1] * 8:
-        # The extractor sees ~224 px anyway; the VAE decoder's cost grows with the pixel count
-        # (at 512 px its forward + backward costs as much as the UNet's), so shrink the latent.
-        side = sfsl.decode_size // 8
-        x0_latents = F.interpolate(x0_latents, size=(side, side), mode="bilinear", antialias=True)
+        if ref_features is not None:
+            ref_features = ref_features[keep.to(ref_features.device)]
     images = decode_to_unit(sfsl.decoder or vae, x0_latents)
+    if sfsl.decode_size is not None and sfsl.decode_size < images.shape[-1]:
+        # The decoded image itself, resized (differentiably): decoding a shrunken latent instead
+        # would be cheaper but is another image (feature cosine ~0.5 to this on `mini`,
+        # docs/sfsl.md), so the cheap decoder is --sfsl-decoder taesd.
+        size = (sfsl.decode_size, sfsl.decode_size)
+        images = F.interpolate(images, size=size, mode="bilinear", antialias=True).clamp(0, 1)
     dtype = next((p.dtype for p in sfsl.extractor.parameters()), images.dtype)
     f = sfsl.extractor(images.to(dtype)).float()
-    ref = reference_for(f, sfsl.reference.to(f.device), ref_index, sfsl.target, sfsl.distance)
+    reference = sfsl.reference.to(f.device)
+    ref = reference_for(f, reference, ref_index, sfsl.target, sfsl.distance, ref_features)
     return feature_distance(f, ref, sfsl.distance).mean()
 
 
@@ -199,8 +233,12 @@ def step_losses(
     prior_weight: float = 1.0,
     sfsl: SFSL | None = None,
     ref_index: torch.Tensor | None = None,
+    ref_features: torch.Tensor | None = None,
 ) -> Losses:
-    """All loss terms of one micro-batch: instance half first, class half (if any) after it."""
+    """All loss terms of one micro-batch: instance half first, class half (if any) after it.
+
+    ``ref_features`` (n_instance, D): the paired SFSL target of each instance sample, the
+    features of the crop it was noised from (None: its reference image's centre crop)."""
     noisy = add_noise(latents, noise, timesteps, alphas_cumprod)
     model_pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
     target = diffusion_target(latents, noise, timesteps, alphas_cumprod, prediction_type)
@@ -223,7 +261,7 @@ def step_losses(
             alphas_cumprod,
             prediction_type,
         )
-        loss_sfsl = sfsl_loss(sfsl, vae, x0, timesteps[:n_instance], ref_index)
+        loss_sfsl = sfsl_loss(sfsl, vae, x0, timesteps[:n_instance], ref_index, ref_features)
         terms["sfsl"] = sfsl.weight * loss_sfsl
         total = total + terms["sfsl"]
     detached = (loss_instance.detach(), loss_prior.detach(), loss_sfsl.detach())

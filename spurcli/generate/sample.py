@@ -16,10 +16,12 @@ sorted
 by file.
 
 Reproducibility, and why the code looks the way it does:
-- Image i of a prompt starts from the noise of its own seed, derived from ``--seed`` and i alone
-  (not from the prompt: prompts sharing an index share the noise, which pairs a tuned model's
-  images with the baseline's). The seed is recorded, so plain diffusers re-creates the image with
-  ``torch.Generator().manual_seed(seed)``.
+- Image i of a prompt starts from the noise of its own seed, derived from ``--seed``, the prompt
+  without its ``[V]`` identifier and i (`image_seed`): images of different prompts are independent,
+  while "a photo of [V] flower" of every tuned arm and "a photo of flower" of the untuned
+  baseline share the noise of each index, which pairs them. The seed and its ``seed_scheme`` are
+  recorded, so plain diffusers re-creates the image with ``torch.Generator().manual_seed(seed)``;
+  a folder made under the older scheme (seed and i alone) is refused, never continued.
 - Every UNet/VAE call has the same shape, min(--batch-size, images requested) (the last batch is
   filled up by repeating an image that is then not saved), and each prompt is encoded alone,
   once. Kernels give a row the same result whatever the other rows hold, but not whatever the
@@ -56,7 +58,7 @@ from spurcli.generate.pipelines import (
     model_identity,
     resolve_model,
 )
-from spurcli.generate.prompts import fill_identifier, with_recontext
+from spurcli.generate.prompts import fill_identifier, with_recontext, without_identifier
 from spurcli.images import write_png
 from spurcli.parallel import Processes
 from spurcli.records import MANIFEST, PNG_CHUNK, png_record, read_manifest
@@ -65,11 +67,17 @@ from spurcli.text import slugify
 
 log = logging.getLogger(__name__)
 
+# How an image's seed is derived (recorded in every record as "seed_scheme"): from the base
+# seed, the prompt without [V] and the image's index. Records without it were seeded by (base
+# seed, index) alone, the same noise for image i of every prompt.
+SEED_SCHEME = "seed,prompt-without-identifier,index"
+
 # Fields that make two images "the same image": a finished file made with other values is an error.
 IDENTITY = (
     "prompt",
     "negative_prompt",
     "seed",
+    "seed_scheme",
     "steps",
     "guidance",
     "scheduler",
@@ -255,7 +263,8 @@ def _sample(
     ref = model_ref
     tuned = ref is not None and ref.kind == "run"
     identifier = config.identifier or (ref.identifier if ref is not None else None)
-    prompts = final_prompts(config, identifier, tuned)
+    seed_prompts = prompt_plan(config, identifier, tuned)  # prompt -> what its seeds hash
+    prompts = list(seed_prompts)
 
     procs = Processes(config.device)
     dtype = torch_dtype(config.dtype, procs.device)
@@ -283,6 +292,7 @@ def _sample(
         "height": config.height or native,
         "width": config.width or native,
         "dtype": str(dtype).removeprefix("torch."),
+        "seed_scheme": SEED_SCHEME,
         # Recorded, not compared: a finished image made from other weights is not detected.
         "model_id": model_identity(ref) if ref is not None else None,
     }
@@ -292,8 +302,9 @@ def _sample(
         reconcile(out)
     procs.barrier()
     records = read_manifest(out)
+    check_seed_scheme(out, records)
     jobs = [
-        Job(file, prompt, i, derive_seed(config.seed, i))
+        Job(file, prompt, i, image_seed(config.seed, seed_prompts[prompt], i))
         for prompt, i, file in planned_files(prompts, config.n, records)
     ]
     todo = []
@@ -349,8 +360,37 @@ def _sample(
 
 def final_prompts(config: SampleConfig, identifier: str | None, tuned: bool) -> list[str]:
     """The prompts to sample: recontextualised if asked, `[V]` filled in, repeats dropped."""
+    return list(prompt_plan(config, identifier, tuned))
+
+
+def prompt_plan(config: SampleConfig, identifier: str | None, tuned: bool) -> dict[str, str]:
+    """Each prompt to sample (as `final_prompts`) -> the text its images' seeds are derived
+    from: its template without `[V]` (`without_identifier`), which is how `spurcli run` makes the
+    untuned baseline's prompts, so a tuned prompt and its baseline share their seeds."""
     templates = with_recontext(config.prompts) if config.recontext else list(config.prompts)
-    return list(dict.fromkeys(fill_identifier(templates, identifier, tuned)))
+    plan: dict[str, str] = {}
+    for template, prompt in zip(
+        templates, fill_identifier(templates, identifier, tuned), strict=True
+    ):
+        plan.setdefault(prompt, without_identifier(template))  # the first of repeats
+    return plan
+
+
+def image_seed(seed: int, prompt: str, index: int) -> int:
+    """The seed of image ``index`` of ``prompt`` (the prompt without `[V]`) under ``--seed``."""
+    return derive_seed(seed, prompt, index)
+
+
+def check_seed_scheme(out: Path, records: dict[str, dict[str, Any]]) -> None:
+    """A folder holding images seeded by another scheme is not continued: its old images and
+    new ones would not be one sample (and pairs across folders would break)."""
+    other = sorted({str(r.get("seed_scheme", "seed,index")) for r in records.values()})
+    other = [scheme for scheme in other if scheme != SEED_SCHEME]
+    if other:
+        raise SpurcliError(
+            f"{out} holds images seeded by ({other[0]}), not ({SEED_SCHEME}) as spurcli seeds "
+            "them now; sample into a new --out folder or delete the old images"
+        )
 
 
 def count_missing(config: SampleConfig, identifier: str | None = None) -> int:

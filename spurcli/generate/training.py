@@ -50,7 +50,7 @@ from spurcli.generate.pipelines import (
 )
 from spurcli.generate.prior import generate_seeded
 from spurcli.generate.prompts import fill_prompt
-from spurcli.generate.training_data import Batch, LatentCache, TrainingData
+from spurcli.generate.training_data import Batch, CropFeatures, LatentCache, TrainingData
 from spurcli.images import read_image, to_pil, write_png
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ LOSS_KEYS = ("loss", "loss_instance", "loss_prior", "loss_sfsl")
 
 
 GRAD_NORM_TERMS = ("instance", "prior", "sfsl")  # log.jsonl: grad_norm_<term> every N steps
+
+# fp16's gradient scaler halves its scale at each skipped step, from 2^16: after 16 skips in a
+# row the scale is 1, so more than that means the overflow is not the scale's doing.
+MAX_CONSECUTIVE_SKIPS = 20
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Training(Checkpointable):
     data: TrainingData
     encoder: LatentCache
     sfsl: SFSL | None  # None: no SFSL term
+    crop_features: CropFeatures | None  # the paired target's features per crop; None: not paired
     alphas_cumprod: torch.Tensor  # the noise schedule, on the device
     prediction_type: str  # "epsilon" or "v_prediction", as the base model's scheduler says
     prompt_ids: torch.Tensor  # the tokens of [instance prompt, class prompt]
@@ -81,6 +86,7 @@ class Training(Checkpointable):
     record: dict[str, Any]  # the run record, written finished by `save_run`
     step: int = 0  # optimizer steps done
     last_losses: dict[str, float] = field(default_factory=dict)  # of the last step: final_losses
+    consecutive_skips: int = 0  # steps the fp16 gradient scaler skipped in a row, up to now
 
     def text_states(self, batch: Batch) -> torch.Tensor:
         """The text encoder's output for each sample's prompt (recomputed when it is trained)."""
@@ -98,9 +104,19 @@ class StepLog:
     losses: dict[str, float]  # LOSS_KEYS: the weighted total and each term, mean over processes
     lr: float  # the learning rate the step used
     grad_norms: dict[str, float]  # grad_norm_<term> and grad_norm on --log-grad-norms-every steps
+    clipping: dict[str, float] = field(default_factory=dict)  # `clip_gradients`, every step
+    skipped: bool = False  # the fp16 gradient scaler skipped the update (overflow)
+    loss_scale: float | None = None  # fp16: the scaler's scale after the step
 
-    def entry(self) -> dict[str, float]:
-        return {**self.losses, "lr": self.lr, **self.grad_norms}
+    def entry(self) -> dict[str, float | None]:
+        entry: dict[str, float | None] = {**self.losses, "lr": self.lr, **self.grad_norms}
+        entry.update(self.clipping)
+        if self.loss_scale is not None:
+            entry["loss_scale"] = self.loss_scale
+        if self.skipped:
+            entry["skipped"] = 1
+        # JSON has no NaN or infinity: what a skipped step could not measure is null
+        return {k: v if v is None or math.isfinite(v) else None for k, v in entry.items()}
 
 
 def prepare_training(
@@ -129,7 +145,7 @@ def prepare_training(
         models.noise_scheduler.config.num_train_timesteps,
     )
     encoder = LatentCache(train_vae, device)
-    sfsl = None
+    sfsl, crop_features = None, None
     if models.extractor is not None:
         with torch.no_grad(), accelerator.autocast():
             ref = models.extractor(data.reference_batch().to(device, weight_dtype)).float()
@@ -143,6 +159,9 @@ def prepare_training(
             cfg.sfsl_decode_size,
             sfsl_decoder,
         )
+        if cfg.sfsl_target == "paired":
+            extractor = models.extractor
+            crop_features = CropFeatures(extractor, device, weight_dtype, accelerator.autocast)
     ids = tokenizer(
         [inputs.instance_prompt, inputs.class_prompt],
         padding="max_length",
@@ -184,6 +203,7 @@ def prepare_training(
         data=data,
         encoder=encoder,
         sfsl=sfsl,
+        crop_features=crop_features,
         alphas_cumprod=models.noise_scheduler.alphas_cumprod.to(device),
         prediction_type=models.noise_scheduler.config.prediction_type,
         prompt_ids=ids,
@@ -259,9 +279,10 @@ def train(training: Training, on_step: Callable[[int], None] | None = None) -> N
             if accelerator.is_main_process:
                 with open(out / LOG_FILE, "a", encoding="utf-8") as f:
                     f.write(json.dumps({"step": step, **entry}) + "\n")
-            accelerator.log(entry, step=step)
+            accelerator.log({k: v for k, v in entry.items() if v is not None}, step=step)
             bar.advance()
-            bar.update(info=f"loss {losses['loss']:.4f}")
+            if "loss" in losses:  # none yet when the first steps were skipped
+                bar.update(info=f"loss {losses['loss']:.4f}")
             if on_step is not None:
                 on_step(step)
             # Every process must agree, or they would wait on different collectives.
@@ -281,17 +302,25 @@ def train(training: Training, on_step: Callable[[int], None] | None = None) -> N
 def train_step(training: Training) -> StepLog:
     """One optimizer step (``--grad-accum`` micro-batches) after ``training.step`` steps.
 
-    A non-finite loss stops before the update, non-finite weights right after it (a
-    `SpurcliError` naming the last good checkpoint, ``training.step`` unchanged): nothing
-    non-finite is ever logged, saved or sampled."""
+    Without a gradient scaler a non-finite loss stops before the update; with fp16's scaler the
+    scaler skips such a step (as it skips any whose gradients overflow: normal while it finds
+    its scale), which counts as a step, is logged as skipped and leaves the weights as they
+    were; `MAX_CONSECUTIVE_SKIPS` skips in a row stop the run. Non-finite weights after an
+    update stop it too (a `SpurcliError` naming the last good checkpoint, ``training.step``
+    unchanged): nothing non-finite is ever logged, saved or sampled."""
     cfg, accelerator, out, step = training.cfg, training.accelerator, training.out, training.step
     device = accelerator.device
     sums = torch.zeros(len(LOSS_KEYS), device=device)
     every = cfg.log_grad_norms_every
     term_norms = None
+    scaler = accelerator.scaler  # fp16: gradients are scaled, against underflow
+    scale = scaler.get_scale() if scaler is not None else 1.0
+    sfsl_grads: list[torch.Tensor] | None = None  # --sfsl-grad-clip: SFSL's gradient, apart
     for micro in range(cfg.grad_accum):
         batch = training.data.batch(step * cfg.grad_accum + micro)
         latents = training.encoder.latents(batch)
+        crops = training.crop_features
+        ref_features = crops.features(batch) if crops is not None else None
         with contextlib.ExitStack() as stack:
             if micro < cfg.grad_accum - 1:  # no gradient all-reduce until the last one
                 for model in training.trained:
@@ -310,17 +339,34 @@ def train_step(training: Training) -> StepLog:
                     prior_weight=cfg.prior_weight,
                     sfsl=training.sfsl,
                     ref_index=batch.instance_index.to(device),
+                    ref_features=ref_features,
                 )
             if every and (step + 1) % every == 0 and micro == 0:
-                scaler = accelerator.scaler  # fp16: scaled, against underflow
-                scale = scaler.get_scale() if scaler is not None else 1.0
                 term_norms = term_grad_norms(losses.terms, training.params, GRAD_NORM_TERMS, scale)
-            accelerator.backward(losses.total / cfg.grad_accum)
+            sfsl_term = losses.terms.get("sfsl")
+            if cfg.sfsl_grad_clip > 0 and sfsl_term is not None and sfsl_term.requires_grad:
+                # SFSL's gradient on its own (not into .grad), then the DreamBooth terms' into
+                # .grad: the sum of the two is the step's gradient, as one backward would give.
+                sfsl_grads = _add_grads(
+                    sfsl_grads,
+                    torch.autograd.grad(
+                        sfsl_term * (scale / cfg.grad_accum),
+                        training.params,
+                        retain_graph=True,
+                        allow_unused=True,
+                    ),
+                    training.params,
+                )
+                dreambooth = sum(v for k, v in losses.terms.items() if k != "sfsl")
+                accelerator.backward(dreambooth / cfg.grad_accum)
+            else:
+                accelerator.backward(losses.total / cfg.grad_accum)
         terms = [losses.total.detach(), losses.instance, losses.prior, losses.sfsl]
         sums += torch.stack([t.float() for t in terms]) / cfg.grad_accum
     sums = accelerator.reduce(sums, reduction="mean")  # the mean over processes
     values = dict(zip(LOSS_KEYS, sums.tolist(), strict=True))
-    if not all(math.isfinite(v) for v in values.values()):
+    finite = all(math.isfinite(v) for v in values.values())
+    if not finite and scaler is None:
         raise SpurcliError(
             f"loss became non-finite at step {step + 1} "
             f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); stopped without "
@@ -332,17 +378,101 @@ def train_step(training: Training) -> StepLog:
     if term_norms is not None:  # the mean over processes, as for the losses
         mean = accelerator.reduce(term_norms, reduction="mean").tolist()
         norms = {f"grad_norm_{k}": v for k, v in zip(GRAD_NORM_TERMS, mean, strict=True)}
-    if cfg.max_grad_norm > 0:
-        total_norm = accelerator.clip_grad_norm_(training.params, cfg.max_grad_norm)
-        if norms:  # the whole gradient's norm, before clipping
-            norms["grad_norm"] = float(total_norm)
+    clipping = clip_gradients(training, scale, sfsl_grads)
+    if norms and "clip_norm" in clipping:  # the clipped gradient's norm, before clipping
+        norms["grad_norm"] = clipping["clip_norm"]
     lr = training.lr_scheduler.get_last_lr()[0]
-    training.optimizer.step()
+    scale_before = scaler.get_scale() if scaler is not None else None
+    training.optimizer.step()  # with a scaler: skipped when the gradients are not finite
+    # The scaler lowers its scale exactly when it skipped (accelerate's step_was_skipped misses
+    # the skips of optimizers that take the scaler into their kernel, such as fused AdamW).
+    skipped = scaler is not None and scaler.get_scale() < scale_before
     check_weights_finite(training.params, step + 1, out, lr)
     training.lr_scheduler.step()
     training.optimizer.zero_grad(set_to_none=True)
-    training.step, training.last_losses = step + 1, values
-    return StepLog(values, lr, norms)
+    training.consecutive_skips = training.consecutive_skips + 1 if skipped else 0
+    if training.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+        raise SpurcliError(
+            f"the fp16 gradient scaler skipped {training.consecutive_skips} steps in a row "
+            f"(up to step {step + 1}, loss scale now {scaler.get_scale():.3g}): the loss or its "
+            "gradients overflow whatever the scale; last good checkpoint: "
+            f"{last_good_checkpoint(out) or 'none'}. Try --mixed-precision bf16 or no, or a lower "
+            "--lr"
+        )
+    training.step = step + 1
+    if finite:
+        training.last_losses = values
+    loss_scale = float(scaler.get_scale()) if scaler is not None else None
+    return StepLog(dict(values), lr, norms, clipping, skipped=skipped, loss_scale=loss_scale)
+
+
+def _add_grads(
+    total: list[torch.Tensor] | None, grads: tuple[Any, ...], params: list[torch.nn.Parameter]
+) -> list[torch.Tensor]:
+    """``total + grads`` over micro-steps; a parameter the term does not reach gets zeros."""
+    grads_ = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+    if total is None:
+        return grads_
+    return [t + g for t, g in zip(total, grads_, strict=True)]
+
+
+def clip_gradients(
+    training: Training, scale: float, sfsl_grads: list[torch.Tensor] | None
+) -> dict[str, float]:
+    """Clip ``.grad`` (fp16: still scaled by ``scale``) to --max-grad-norm and, with
+    --sfsl-grad-clip, SFSL's own gradient ``sfsl_grads`` to that norm before adding it; returns
+    what clipping did: ``clip_norm`` (the norm before clipping) and ``clip_scale`` = min(1,
+    max / norm), the factor the update was scaled by, and ``sfsl_clip_norm``/``sfsl_clip_scale``.
+    """
+    cfg, params = training.cfg, training.params
+    done: dict[str, float] = {}
+    if sfsl_grads is not None and training.accelerator.num_processes > 1:
+        import torch.distributed as dist  # DDP averages .grad; this is outside it
+
+        for g in sfsl_grads:
+            dist.all_reduce(g)
+            g /= training.accelerator.num_processes
+    if cfg.max_grad_norm > 0:
+        # What accelerate's clip_grad_norm_ does without a scaler (the same call); with one, in
+        # scaled units, so that the scaler still unscales and checks the whole sum in its step.
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm * scale)
+        done["clip_norm"] = float(norm) / scale
+        done["clip_scale"] = min(1.0, cfg.max_grad_norm / (done["clip_norm"] + 1e-6))
+    if sfsl_grads is not None:
+        norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in sfsl_grads]))
+        done["sfsl_clip_norm"] = float(norm) / scale
+        factor = min(1.0, cfg.sfsl_grad_clip / (done["sfsl_clip_norm"] + 1e-6))
+        done["sfsl_clip_scale"] = factor
+        for p, g in zip(params, sfsl_grads, strict=True):
+            if p.grad is None:
+                p.grad = g * factor
+            else:
+                p.grad.add_(g, alpha=factor)
+    return done
+
+
+def log_summary(path: Path) -> dict[str, Any]:
+    """What the run card says about the steps in log.jsonl (one line per step, as resumed):
+    how many the fp16 gradient scaler skipped, and what clipping did to the updates
+    (``clipping``: --max-grad-norm's; ``sfsl_clipping``: --sfsl-grad-clip's)."""
+    entries = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(line))
+    summary: dict[str, Any] = {"skipped_steps": sum(1 for e in entries if e.get("skipped"))}
+    for name, prefix in (("clipping", "clip"), ("sfsl_clipping", "sfsl_clip")):
+        scales = [e[f"{prefix}_scale"] for e in entries if e.get(f"{prefix}_scale") is not None]
+        norms = [e[f"{prefix}_norm"] for e in entries if e.get(f"{prefix}_norm") is not None]
+        if scales:
+            summary[name] = {
+                "steps": len(scales),
+                "clipped_steps": sum(1 for s in scales if s < 1),
+                "mean_scale": sum(scales) / len(scales),
+                "min_scale": min(scales),
+                "mean_norm_before": sum(norms) / len(norms) if norms else None,
+            }
+    return summary
 
 
 def make_accelerator(cfg: FinetuneConfig) -> Any:

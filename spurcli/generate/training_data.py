@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from spurcli.generate.config import FinetuneConfig
+from spurcli.generate.losses import to_latents
 from spurcli.images import to_tensor
 
 
@@ -127,6 +128,33 @@ class TrainingData:
         )
 
 
+class CropFeatures:
+    """The frozen extractor's features of each instance sample's own crop, computed on first use.
+
+    The paired SFSL target: the noised sample is a (random) crop of a reference, so its x0
+    estimate is pulled towards the features of that crop, not of the reference's centre crop
+    (with --center-crop or square references the two are the same).
+    """
+
+    def __init__(self, extractor: Any, device: Any, dtype: torch.dtype, autocast: Any) -> None:
+        self.extractor, self.device, self.dtype, self.autocast = extractor, device, dtype, autocast
+        self.cache: dict[tuple[str, int, int, int], torch.Tensor] = {}
+
+    @torch.no_grad()
+    def features(self, batch: Batch) -> torch.Tensor:
+        """(n_instance, D) float32 features of the batch's instance crops, in [0, 1] as the
+        reference features see them."""
+        rows = []
+        n = batch.n_instance
+        for key, image in zip(batch.keys[:n], batch.images[:n], strict=True):
+            if key not in self.cache:
+                pixels = ((image[None] + 1) / 2).to(self.device, self.dtype)
+                with self.autocast():
+                    self.cache[key] = self.extractor(pixels).float()
+            rows.append(self.cache[key])
+        return torch.cat(rows)
+
+
 class LatentCache:
     """The frozen VAE's posterior (mean, std) per (image, crop), computed on first use.
 
@@ -152,4 +180,4 @@ class LatentCache:
             stds.append(std)
         mean, std = torch.cat(means), torch.cat(stds)
         z = mean + std * batch.posterior_noise.to(self.device)
-        return z * self.vae.config.scaling_factor
+        return to_latents(self.vae, z)  # decode_to_unit undoes exactly this
