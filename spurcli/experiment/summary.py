@@ -72,6 +72,12 @@ def summarize(exp: Experiment) -> dict[str, Any]:
             f"train_references = {exp.config.train_references}): the generated images are judged "
             "against the images they were trained on."
         )
+    if exp.split.moved:
+        notes.append(
+            f"{len(exp.split.moved)} held-out reference(s) moved into training as near-duplicates "
+            "of training ones: "
+            + "; ".join(f"{m['file']} ~ {m['duplicate_of']} ({m['why']})" for m in exp.split.moved)
+        )
     unpaired: set[str] = set()
     pairings: dict[str, Any] = {}
     for a, b, paired in _differences(exp):
