@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _compare_helpers import make_sets
 
-from spurcli.errors import SpurcliError
+from spurcli.errors import SpurcliError, UsageError
 from spurcli.evaluate.compare import CompareConfig, CompareResult, Features, compare, similarity
 from spurcli.evaluate.metrics import rate_difference
 from spurcli.evaluate.similarity import frechet_distance, mean_cosine, nearest_neighbours
@@ -91,7 +91,9 @@ def test_compare_scores_and_similarity(tmp_path, fake_plugin):
     config = CompareConfig(target="hummingbird", classifiers=["fake"], extractors=["fake"])
     result = compare(a, b, config, labels=("generated", "references"))
     data = result.to_json()
-    assert set(data) == {"a", "b", "differences", "similarity", "extractors", "preprocess"}
+    assert set(data) == {
+        "a", "b", "differences", "similarity", "extractors", "preprocess", "consensus_of"
+    }  # fmt: skip
     assert data["a"]["classifiers"]["fake"]["spurious_rate"] == 1.0
     assert data["b"]["classifiers"]["fake"]["spurious_rate"] == 0.25
     # Other file names and no sample records: independent sets, Fisher's exact test on
@@ -112,6 +114,42 @@ def test_compare_scores_and_similarity(tmp_path, fake_plugin):
     assert {"image": "red0.png", "neighbour": "copy.png"}.items() <= nearest[0].items()
     again = CompareResult.from_report_data(json.loads(json.dumps(result.report_data())))
     assert again.to_json() == data
+
+
+def test_compare_consensus_leaves_out_the_classifiers_named_and_says_so(tmp_path, fake_plugin):
+    """The consensus of the compare JSON, its tables and the report is over the classifiers not
+    left out (run leaves out the circular SFSL extractor); the output names who and why."""
+    from spurcli.experiment.report import write_report
+
+    a, b = make_sets(tmp_path)
+    config = CompareConfig(
+        target=94, classifiers=["fake", "fake:1"], extractors=[], exclude_from_consensus=["fake:1"]
+    )
+    result = compare(a, b, config)
+    data = result.to_json()
+    # fake:1 never says 94: a consensus over both would be 0 everywhere; over fake alone it is
+    # fake's rate, and its differences are fake's.
+    assert data["a"]["consensus"]["all"] == 1.0 and data["b"]["consensus"]["all"] == 0.25
+    assert (
+        data["differences"]["consensus"]["all"]
+        == (data["differences"]["classifiers"]["fake"]["spurious_rate"])
+    )
+    assert data["consensus_of"] == {
+        "classifiers": ["fake"],
+        "left_out": {"fake:1": "--exclude-from-consensus"},
+    }
+    said = "consensus of 1 victim (fake); fake:1 left out: --exclude-from-consensus"
+    assert said in str(result.tables()[0].caption)
+    page = write_report(tmp_path / "r.html", [result]).read_text()
+    assert said in page
+    again = CompareResult.from_report_data(json.loads(json.dumps(result.report_data())))
+    assert again.to_json() == data
+    both = CompareConfig(target=94, classifiers=["fake", "fake:1"], extractors=[])
+    everyone = compare(a, b, both)
+    assert everyone.to_json()["a"]["consensus"]["all"] == 0.0  # both: fake:1 never agrees
+    assert "consensus of 2 victims (fake, fake:1)" in str(everyone.tables()[0].caption)
+    with pytest.raises(UsageError, match="not among the classifiers"):
+        compare(a, b, CompareConfig(target=94, classifiers=["fake"], exclude_from_consensus=["x"]))
 
 
 def test_compare_decodes_each_image_once_for_classifiers_and_extractors(

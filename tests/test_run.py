@@ -305,6 +305,13 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert saved["differences"]["classifiers"]["template-linear"]["spurious_rate"]["test"] == (
         "McNemar exact"
     )
+    # The circular victim is left out of the consensus everywhere, and the output says so.
+    assert saved["consensus_of"]["classifiers"] == ["timm:test_resnet"]
+    assert saved["consensus_of"]["left_out"]["template-linear"].startswith("circular")
+    assert saved["differences"]["consensus"]["all"]["delta"] == pytest.approx(
+        summary["consensus"]["differences"]["sfsl-vs-baseline"]["delta"]
+    )
+    assert saved["a"]["consensus"]["all"] == pytest.approx(summary["consensus"]["all"]["sfsl"])
     to_refs = json.loads((out / "compare" / "sfsl-vs-references.json").read_text())
     assert to_refs["differences"]["pairing"]["paired"] is False
     # the exact weights: base model, fine-tuned pipeline (content hash), every model's identity
@@ -324,6 +331,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert report.count("<h2") == 1 + 8 + 1  # summary + eight comparisons + the curated set
     assert "Curated set:" in report
     assert "DreamBooth only" in report and "held-out references" in report
+    assert "consensus of 1 victim (timm:test_resnet); template-linear left out: circular" in report
 
     # Everything up to date: nothing runs, nothing is rewritten.
     before = snapshot(out)

@@ -142,6 +142,18 @@ class Experiment:
             and weights.get(name) == self.finetune.extractor_weights
         ]
 
+    def left_out_of_consensus(self) -> dict[str, str]:
+        """Classifiers the consensus leaves out, everywhere (summary, compare JSON, report), and
+        why: the circular victims (unless ``exclude_circular = false``) and the ``[compare]``
+        table's ``exclude_from_consensus``."""
+        left_out = {
+            name: "circular (also the SFSL extractor, same model and weights)"
+            for name in (self.circular() if self.config.exclude_circular else [])
+        }
+        for name in self.compare.exclude_from_consensus:
+            left_out.setdefault(name, "[compare] exclude_from_consensus")
+        return left_out
+
 
 def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> Experiment:
     """Read and check a run config.

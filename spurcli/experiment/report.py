@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from spurcli import __version__
-from spurcli.evaluate.differences import excludes_zero, fmt_difference, fmt_p
+from spurcli.evaluate.differences import consensus_text, excludes_zero, fmt_difference, fmt_p
 from spurcli.evaluate.results import METRICS
 from spurcli.evaluate.verdicts import REASONS, SELECTION_NOTE, UNCHECKED_NOTE
 from spurcli.fileio import write_text
@@ -142,7 +142,9 @@ def delta_cell(value: float | dict[str, Any] | None, metric: str | None = None) 
     }
 
 
-def _consensus_rate(consensus: dict[str, Any], key: str) -> str:
+def _consensus_rate(consensus: dict[str, Any] | None, key: str) -> str:
+    if consensus is None:  # every classifier left out
+        return DASH
     ci = consensus.get(f"{key}_ci")
     text = f"{consensus[key]:.3f}"
     return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -157,9 +159,14 @@ def _consensus(data: dict[str, Any]) -> dict[str, Any]:
         "a_any": _consensus_rate(ca, "any"),
         "b_any": _consensus_rate(cb, "any"),
         "diff": None,
+        # which classifiers, and which are left out and why (circular: the SFSL extractor)
+        "of": consensus_text(
+            data.get("consensus_of")
+            or {"classifiers": list(data["a"]["classifiers"]), "left_out": {}}
+        ),
     }
     diffs = data.get("differences") or {}
-    if not diffs:
+    if not diffs or not diffs.get("consensus"):
         return view
     pairing, consensus = diffs["pairing"], diffs["consensus"]
     rates = consensus["all"]

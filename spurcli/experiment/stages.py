@@ -24,8 +24,16 @@ from typing import Any
 
 from spurcli.console import is_main_process
 from spurcli.errors import SpurcliError
-from spurcli.evaluate.compare import CompareResult, Features, differences, find_pairs, similarity
+from spurcli.evaluate.compare import (
+    CompareResult,
+    Features,
+    consensus_of,
+    differences,
+    find_pairs,
+    similarity,
+)
 from spurcli.evaluate.curate import curate
+from spurcli.evaluate.differences import consensus_members
 from spurcli.evaluate.score import score_folders
 from spurcli.evaluate.similarity import extract_features
 from spurcli.experiment.freshness import Stages, staleness, write_stamp
@@ -305,6 +313,8 @@ def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
 def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
+    left_out = exp.left_out_of_consensus()
+    members = consensus_members(exp.compare.classifiers, left_out)
     for a, b in exp.comparisons():
         out = exp.layout.comparison(a, b)
         inputs = [exp.layout.scores(s) for s in (a, b)] + [exp.layout.score_rows(s) for s in (a, b)]
@@ -313,6 +323,7 @@ def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
         stamp = {
             "extractors": exp.compare.extractors,
             "bootstrap": [exp.compare.bootstrap, exp.compare.bootstrap_seed],
+            "consensus_of": members,
         }
         why = staleness([out], inputs, stamp)
         if not stages.check(f"compare:{a}-vs-{b}", why):
@@ -328,10 +339,27 @@ def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
             exp.set_dir(a), scored[0].spurious.images, exp.set_dir(b), scored[1].spurious.images
         )
         cfg = exp.compare
-        diffs = differences(*scored, pairing, resamples=cfg.bootstrap, seed=cfg.bootstrap_seed)
+        diffs = differences(
+            *scored,
+            pairing,
+            resamples=cfg.bootstrap,
+            seed=cfg.bootstrap_seed,
+            consensus_of=members,
+        )
+        k = scored[0].target.index
         result = CompareResult(
-            a=json.loads(exp.layout.scores(a).read_text(encoding="utf-8")),
-            b=json.loads(exp.layout.scores(b).read_text(encoding="utf-8")),
+            a=consensus_of(
+                json.loads(exp.layout.scores(a).read_text(encoding="utf-8")),
+                scored[0].spurious,
+                k,
+                members,
+            ),
+            b=consensus_of(
+                json.loads(exp.layout.scores(b).read_text(encoding="utf-8")),
+                scored[1].spurious,
+                k,
+                members,
+            ),
             rows_a=read_rows(exp.layout.score_rows(a)),
             rows_b=read_rows(exp.layout.score_rows(b)),
             similarity=sims,
@@ -343,6 +371,7 @@ def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
             extractors={
                 e: read_json(exp.layout.feature_weights(a, e)) for e in exp.compare.extractors
             },
+            consensus_of={"classifiers": members, "left_out": left_out},
         )
         if main:
             write_json(out, result.report_data())

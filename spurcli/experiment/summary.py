@@ -62,9 +62,8 @@ def summarize(exp: Experiment) -> dict[str, Any]:
     target = scores[names[0]]["target"]
     k = target["index"]
     circular = exp.circular()
-    consensus_members = [
-        c for c in exp.compare.classifiers if not (exp.config.exclude_circular and c in circular)
-    ]
+    left_out = exp.left_out_of_consensus()  # the same in the compare JSON and the report
+    consensus_members = [c for c in exp.compare.classifiers if c not in left_out]
     notes: list[str] = []
     if not exp.split.held_out:
         notes.append(
@@ -126,8 +125,9 @@ def summarize(exp: Experiment) -> dict[str, Any]:
     excluded = {
         c: "also the SFSL extractor (same model and weights): the images were optimised "
         "against it, so its verdict is not independent evidence"
-        for c in circular
-        if exp.config.exclude_circular
+        if c in circular
+        else why
+        for c, why in left_out.items()
     }
     if circular:
         notes.append(
