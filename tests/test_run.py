@@ -174,6 +174,22 @@ def test_circular_victims_are_the_sfsl_extractor_with_the_same_weights(tmp_path)
     assert no_sfsl.circular() == [] and list(no_sfsl.arms()) == ["sfsl"]
 
 
+def test_similarity_is_also_measured_in_a_space_sfsl_did_not_optimise(tmp_path):
+    exp = load_experiment(write_config(tmp_path))
+    # The only [compare] extractor is the SFSL extractor (circular): the first victim that is
+    # not circular and is an extractor too joins, with the victim's weights.
+    assert exp.circular_spaces() == ["template-linear"]
+    assert exp.feature_spaces() == {"template-linear": "random", "timm:test_resnet": "random"}
+    given = load_experiment(
+        write_config(tmp_path),
+        sets=['compare.extractors=["template-linear", "clip"]', "compare.extractor_weights=[]"],
+    )
+    assert given.circular_spaces() == []  # the default weights are not the SFSL extractor's
+    assert given.feature_spaces() == {"template-linear": None, "clip": None}
+    no_sfsl = load_experiment(write_config(tmp_path), sets=["finetune.sfsl_weight=0"])
+    assert no_sfsl.circular_spaces() == [] and list(no_sfsl.feature_spaces()) == ["template-linear"]
+
+
 def test_set_overrides_top_level_and_tables(tmp_path):
     path = write_config(tmp_path)
     exp = load_experiment(path, sets=["seed=7", "finetune.steps=9", "sample.n=5", "sample.seed=1"])
@@ -332,6 +348,20 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert "Curated set:" in report
     assert "DreamBooth only" in report and "held-out references" in report
     assert "consensus of 1 victim (timm:test_resnet); template-linear left out: circular" in report
+    # Feature similarity: the SFSL extractor's space marked circular, with intervals, and a space
+    # SFSL did not optimise (the non-circular victim's features) beside it.
+    similar = summary["similarity"]
+    assert similar["circular_spaces"] == ["template-linear"]
+    assert similar["independent_spaces"] == ["timm:test_resnet"]
+    to_held_out = similar["comparisons"]["sfsl-vs-references"]
+    assert to_held_out["template-linear"]["circular"] is True
+    assert to_held_out["timm:test_resnet"]["circular"] is False
+    for figure in to_held_out.values():
+        lo, hi = figure["mean_cosine_ci"]
+        assert lo <= figure["mean_cosine"] <= hi
+    assert any("template-linear is circular" in n for n in summary["notes"])
+    assert saved["extractors"]["template-linear"]["circular"] is True
+    assert "circular: the SFSL extractor's space" in report
 
     # Everything up to date: nothing runs, nothing is rewritten.
     before = snapshot(out)

@@ -298,7 +298,11 @@ def compare(
     k = scored[0].target.index
     left_out = {name: "--exclude-from-consensus" for name in config.exclude_from_consensus}
     sims = {
-        e.name: similarity(*(Features(s.spurious.images, s.features[e.name]) for s in scored))
+        e.name: similarity(
+            *(Features(s.spurious.images, s.features[e.name]) for s in scored),
+            resamples=config.bootstrap,
+            seed=config.bootstrap_seed,
+        )
         for e in extractors
     }
     return CompareResult(

@@ -142,6 +142,40 @@ class Experiment:
             and weights.get(name) == self.finetune.extractor_weights
         ]
 
+    def circular_spaces(self) -> list[str]:
+        """Feature spaces of the similarity figures that are the SFSL extractor itself (same
+        model, same weights): SFSL optimised the images towards the references there."""
+        if self.finetune.sfsl_weight == 0:
+            return []
+        extractor = _identity(plugins.extractors(), self.finetune.extractor)
+        return [
+            name
+            for name, weights in self.feature_spaces(independent=False).items()
+            if _identity(plugins.extractors(), name) == extractor
+            and weights == self.finetune.extractor_weights
+        ]
+
+    def feature_spaces(self, independent: bool = True) -> dict[str, str | None]:
+        """Extractor name -> weights of the similarity figures: ``[compare] extractors`` and, if
+        each of those is circular (``independent``), also a space SFSL did not optimise: the
+        first victim classifier that is not circular and is a registered extractor too, with the
+        victim's weights."""
+        weights = parse_weights(self.compare.extractor_weights, "--extractor-weights")
+        spaces = {name: weights.get(name) for name in self.compare.extractors}
+        if not independent or (spaces and set(self.circular_spaces()) != set(spaces)):
+            return spaces
+        victims, circular = parse_weights(self.compare.weights), set(self.circular())
+        for name in self.compare.classifiers:
+            if name in circular or name in spaces:
+                continue
+            try:
+                plugins.extractors().resolve(name)
+            except UsageError:
+                continue  # a classifier without a feature-extractor entry
+            spaces[name] = victims.get(name)
+            break
+        return spaces
+
     def left_out_of_consensus(self) -> dict[str, str]:
         """Classifiers the consensus leaves out, everywhere (summary, compare JSON, report), and
         why: the circular victims (unless ``exclude_circular = false``) and the ``[compare]``
@@ -153,6 +187,11 @@ class Experiment:
         for name in self.compare.exclude_from_consensus:
             left_out.setdefault(name, "[compare] exclude_from_consensus")
         return left_out
+
+
+def _identity(registry: Any, name: str) -> tuple[str, str | None]:
+    entry, variant = registry.resolve(name)
+    return entry.name, variant
 
 
 def load_experiment(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> Experiment:

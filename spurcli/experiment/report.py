@@ -251,9 +251,13 @@ def _comparison(data: dict[str, Any], max_images: int) -> dict[str, Any]:
         "similarity": [
             {
                 "name": name,
+                # the SFSL extractor's own space (run marks it): optimised against, circular
+                "circular": bool((data.get("extractors") or {}).get(name, {}).get("circular")),
                 "mean_cosine": _num(s["mean_cosine"]),
+                "mean_ci": _ci(s.get("mean_cosine_ci")),
                 "frechet": _num(s["frechet"]),
                 "nn_mean": _num(s["nn_cosine_mean"]),
+                "nn_ci": _ci(s.get("nn_cosine_mean_ci")),
                 "nn_max": _num(s["nn_cosine_max"]),
             }
             for name, s in sims.items()

@@ -266,7 +266,8 @@ def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
     cfg = exp.compare
     needed = sorted({s for pair in exp.comparisons() for s in pair})
-    weights = parse_weights(cfg.extractor_weights, "--extractor-weights")
+    weights = exp.feature_spaces()  # [compare] extractors, and a space SFSL did not optimise
+    extractors = list(weights)
 
     def stamp(extractor: str) -> dict[str, Any]:
         return {"extractor": extractor, "weights": weights.get(extractor)}
@@ -275,7 +276,7 @@ def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
         (name, extractor): staleness(
             [exp.layout.features(name, extractor)], [exp.set_dir(name)], stamp(extractor)
         )
-        for extractor in cfg.extractors
+        for extractor in extractors
         for name in needed
     }
     todo = [key for key, reason in why.items() if reason is not None]
@@ -284,7 +285,7 @@ def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
             stages.skip(f"features:{name}:{extractor}")
     if not todo:
         return
-    wanted = sorted({e for _, e in todo}, key=cfg.extractors.index)
+    wanted = sorted({e for _, e in todo}, key=extractors.index)
     loaded = dict(
         zip(
             wanted,
@@ -315,13 +316,15 @@ def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
     left_out = exp.left_out_of_consensus()
     members = consensus_members(exp.compare.classifiers, left_out)
+    spaces, circular = list(exp.feature_spaces()), exp.circular_spaces()
     for a, b in exp.comparisons():
         out = exp.layout.comparison(a, b)
         inputs = [exp.layout.scores(s) for s in (a, b)] + [exp.layout.score_rows(s) for s in (a, b)]
-        inputs += [exp.layout.features(s, e) for s in (a, b) for e in exp.compare.extractors]
+        inputs += [exp.layout.features(s, e) for s in (a, b) for e in spaces]
         inputs += [exp.layout.real_rows] if exp.compare.real else []
         stamp = {
-            "extractors": exp.compare.extractors,
+            "extractors": spaces,
+            "circular_spaces": circular,
             "bootstrap": [exp.compare.bootstrap, exp.compare.bootstrap_seed],
             "consensus_of": members,
         }
@@ -330,9 +333,12 @@ def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
             continue
         sims = {
             e: similarity(
-                Features.load(exp.layout.features(a, e)), Features.load(exp.layout.features(b, e))
+                Features.load(exp.layout.features(a, e)),
+                Features.load(exp.layout.features(b, e)),
+                resamples=exp.compare.bootstrap,
+                seed=exp.compare.bootstrap_seed,
             )
-            for e in exp.compare.extractors
+            for e in spaces
         }
         scored = [saved_scores(exp, name) for name in (a, b)]
         pairing = find_pairs(
@@ -369,7 +375,11 @@ def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
             label_b=LABELS[b],
             differences=diffs,
             extractors={
-                e: read_json(exp.layout.feature_weights(a, e)) for e in exp.compare.extractors
+                e: {
+                    **(read_json(exp.layout.feature_weights(a, e)) or {}),
+                    "circular": e in circular,
+                }
+                for e in spaces
             },
             consensus_of={"classifiers": members, "left_out": left_out},
         )

@@ -134,6 +134,8 @@ def summarize(exp: Experiment) -> dict[str, Any]:
             f"{', '.join(circular)}: also the SFSL extractor, marked as circular"
             + (" and left out of the consensus." if exp.config.exclude_circular else ".")
         )
+    similarity = similarity_summary(exp)
+    notes += similarity.pop("notes")
     if unpaired:
         notes.append(
             "Not paired one to one, tested as independent sets: " + ", ".join(sorted(unpaired))
@@ -153,9 +155,67 @@ def summarize(exp: Experiment) -> dict[str, Any]:
         "classifiers": per_classifier,
         "consensus": consensus,
         "excluded_from_consensus": excluded,
+        "similarity": similarity,
         "interval": "95% Wilson score interval (rates); differences: see each entry's test",
         "notes": notes,
         "reference_set": REFERENCES,
+    }
+
+
+SIMILARITY_INTERVAL = (
+    "95% seeded percentile bootstrap over images: mean_cosine resamples the images of both sets "
+    "independently, nn_cosine_mean those of the first set; training runs are not resampled"
+)
+
+
+SIMILARITY_FIGURES = ("mean_cosine", "mean_cosine_ci", "nn_cosine_mean", "nn_cosine_mean_ci")
+
+
+def similarity_summary(exp: Experiment) -> dict[str, Any]:
+    """Feature-space similarity of each comparison, every space marked circular (the SFSL
+    extractor's, which SFSL optimised towards the references) or not, with its interval."""
+    spaces, circular = list(exp.feature_spaces()), exp.circular_spaces()
+    independent = [e for e in spaces if e not in circular]
+    per_pair: dict[str, Any] = {}
+    for a, b in exp.comparisons():
+        data = json.loads(exp.layout.comparison(a, b).read_text(encoding="utf-8"))
+        per_pair[f"{a}-vs-{b}"] = {
+            e: {
+                **{
+                    k: sim.get(k)
+                    for k in (
+                        "mean_cosine",
+                        "mean_cosine_ci",
+                        "nn_cosine_mean",
+                        "nn_cosine_mean_ci",
+                    )
+                },
+                "circular": e in circular,
+            }
+            for e, sim in data.get("similarity", {}).items()
+        }
+    notes = []
+    if circular:
+        notes.append(
+            f"Feature similarity in the space of {', '.join(circular)} is circular: SFSL "
+            "optimised the images towards the references in that space, so it is no evidence."
+            + (
+                f" Measured also in {', '.join(independent)}, a space SFSL did not optimise."
+                if independent
+                else ""
+            )
+        )
+    if not independent and spaces:
+        notes.append(
+            "No feature space independent of SFSL: add an extractor that is not the SFSL "
+            "extractor to [compare] extractors."
+        )
+    return {
+        "circular_spaces": circular,
+        "independent_spaces": independent,
+        "interval": SIMILARITY_INTERVAL,
+        "comparisons": per_pair,
+        "notes": notes,
     }
 
 
