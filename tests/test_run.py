@@ -348,6 +348,10 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert "Curated set:" in report
     assert "DreamBooth only" in report and "held-out references" in report
     assert "consensus of 1 victim (timm:test_resnet); template-linear left out: circular" in report
+    # No detector: the rates may count images of the object itself, and the output says so.
+    assert summary["headline"] == "spurious_rate" and summary["object_free"] is None
+    assert summary["object_check"] == "no detector: rates may include images of the object itself"
+    assert "no detector: rates may include images of the object itself" in report
     # Feature similarity: the SFSL extractor's space marked circular, with intervals, and a space
     # SFSL did not optimise (the non-circular victim's features) beside it.
     similar = summary["similarity"]
@@ -413,6 +417,60 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     with pytest.raises(SpurcliError, match=r"other settings \(lr\).*--retrain"):
         run_experiment(path, sets=["finetune.lr=2e-3", "sample.guidance=3.0"])
     assert (out / "finetune" / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.slow
+def test_with_a_detector_the_headline_is_the_rate_among_object_free_images(tmp_path, fake_plugin):
+    """The fake detector's presence score is an image's mean green (tests/_fake_plugin.py): the
+    object-free images are those at most 0.5 green, and the rates are taken over them."""
+    from spurcli.evaluate.metrics import wilson_interval
+    from spurcli.experiment.results import read_rows
+
+    text = CONFIG.replace("train_references = 2\n", 'train_references = 2\ndetector = "fake"\n')
+    path = write_config(tmp_path, text)
+    out = tmp_path / "out"
+    result = run_experiment(path)
+    exp = load_experiment(path)
+    sets = exp.all_sets()
+    assert {f"detect:{n}" for n in sets} <= {k for k, v in result.stages.items() if v == "ran"}
+    summary = json.loads((out / "summary.json").read_text())
+    free = summary["object_free"]
+    assert summary["headline"] == "object_free_rate" and summary["object_check"] is None
+    assert (free["detector"], free["max_presence"]) == ("fake", 0.5)
+    # The references are flat colours: presence is their green channel (0.12 red, 0.63 green,
+    # 0.78 yellow, 0.16 blue), measured by the stage on every set.
+    green = {"ref0": 30, "ref1": 160, "ref2": 200, "ref3": 40}
+    for name in ("references", "references-train"):
+        presence = json.loads((out / "presence" / f"{name}.json").read_text())["presence"]
+        for image, value in presence.items():
+            assert value == pytest.approx(green[Path(image).stem] / 255, abs=0.01)
+    for name in sets:
+        presence = json.loads((out / "presence" / f"{name}.json").read_text())["presence"]
+        shows = {image: value > 0.5 for image, value in presence.items()}
+        n_present = sum(shows.values())
+        assert free["presence_rate"][name] == n_present / len(shows)
+        assert free["presence_rate_ci"][name] == pytest.approx(
+            wilson_interval(n_present, len(shows))
+        )
+        assert free["n_object_free"][name] == len(shows) - n_present
+        for clf in exp.compare.classifiers:
+            rows = [r for r in read_rows(out / "scores" / f"{name}.csv") if r["classifier"] == clf]
+            hits = [r["top1_index"] == 94 for r in rows if not shows[r["image"]]]
+            got = free["classifiers"][clf]
+            if not hits:
+                assert got["object_free_rate"][name] is None
+                continue
+            assert got["object_free_rate"][name] == pytest.approx(sum(hits) / len(hits))
+            assert got["object_free_rate_ci"][name] == pytest.approx(
+                wilson_interval(sum(hits), len(hits))
+            )
+    # beside the raw rate, which counts every image
+    assert set(summary["classifiers"]["timm:test_resnet"]["spurious_rate"]) == set(sets)
+    assert "no detector" not in " ".join(summary["notes"])
+    report = (out / "report.html").read_text()
+    assert "Object-free rates (headline)" in report and "object present (fake)" in report
+    again = run_experiment(path)
+    assert {again.stages[f"detect:{n}"] for n in sets} == {"skipped"}
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -47,6 +47,15 @@ class ExperimentConfig:
     dreambooth_arm: bool = option(
         True, "Also train DreamBooth alone (sfsl_weight 0, the same settings and seeds)."
     )
+    # A spurious image shows no object of the class: with a detector the headline rate is the
+    # rate among the images where it finds none (docs/experiment.md).
+    detector: str | None = option(
+        None, "Object detector (a registered one, e.g. owlv2) run on every set; none: no check."
+    )
+    detector_weights: str | None = option(None, "The detector's weights: a file or 'random'.")
+    max_presence: float = option(
+        0.5, "An image with a presence score above this shows the object (in [0, 1])."
+    )
     exclude_circular: bool = option(
         True,
         "Keep a victim that is also the SFSL extractor (trained against) out of the consensus.",
@@ -59,5 +68,7 @@ class ExperimentConfig:
             value = getattr(self, fld.name)
             if fld.metadata.get("required") and value in (None, ""):
                 raise UsageError(f"{path}: `{fld.name}` is required at the top of a run config")
+        if not 0.0 <= self.max_presence <= 1.0:
+            raise UsageError(f"{path}: max_presence must be in [0, 1], got {self.max_presence}")
         if self.train_references < 0:
             raise UsageError(f"{path}: train_references must be 0 (all) or more")

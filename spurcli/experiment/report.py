@@ -65,6 +65,7 @@ def write_report(
     notes: Sequence[str] = (),
     max_images: int = 48,
     curations: Sequence[Any] = (),
+    tables: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write the report; ``comparisons`` are `CompareResult`s or their `report_data()` dicts,
     ``curations`` `CurateResult`s or theirs.
@@ -89,6 +90,8 @@ def write_report(
         version=__version__,
         notes=list(notes),
         summary=_summary(summary) if summary else None,
+        # more tables shaped as ``summary``, each with a "title" (run: the object-free rates)
+        tables=[{**_summary(t), "title": t["title"]} for t in tables],
         comparisons=[_comparison(d, max_images) for d in datas],
         curations=[_curation(d) for d in curated],
     )

@@ -42,6 +42,7 @@ from spurcli.experiment.plan import Experiment, load_experiment
 from spurcli.experiment.stages import (
     compare_stage,
     curate_stage,
+    detect_stage,
     features_stage,
     finetune_stage,
     references_stage,
@@ -117,6 +118,7 @@ def run_experiment(
             finetune_stage(exp, arm, stages, retrain=retrain)
         sample_stage(exp, stages)
         score_stage(exp, stages, main)
+        detect_stage(exp, stages, main)
         features_stage(exp, stages, main)
         compare_stage(exp, stages, main)
         curate_stage(exp, stages, main)
@@ -134,6 +136,8 @@ def check_experiment(exp: Experiment) -> None:
         plugins.classifiers().resolve(name)
     for name in exp.compare.extractors:
         plugins.extractors().resolve(name)
+    if exp.config.detector is not None:
+        plugins.detectors().resolve(exp.config.detector)
     for arm in exp.arms().values():
         arm.check()
     check_tables(exp)

@@ -4,6 +4,7 @@
     finetune    each arm, resumed from its last checkpoint (`spurcli.generate.finetune`)
     sample      every image set, image by image (`spurcli.generate.sample`)
     score       every set in one pass (`spurcli.evaluate.score.score_folders`)
+    detect      with a ``detector``: object presence in every image of every set
     features    every set in every extractor's space (`spurcli.evaluate.compare`)
     compare     each pair of sets: differences tested, feature-space similarity
     curate      the SFSL set into a dataset, with a ``[curate]`` table (`spurcli.evaluate.curate`)
@@ -22,6 +23,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from spurcli import imagenet
 from spurcli.console import is_main_process
 from spurcli.errors import SpurcliError
 from spurcli.evaluate.compare import (
@@ -33,14 +35,17 @@ from spurcli.evaluate.compare import (
     similarity,
 )
 from spurcli.evaluate.curate import curate
+from spurcli.evaluate.detect import object_query
 from spurcli.evaluate.differences import consensus_members
+from spurcli.evaluate.imagepass import find_items, score_items
 from spurcli.evaluate.score import score_folders
 from spurcli.evaluate.similarity import extract_features
+from spurcli.evaluate.verdicts import default_feature
 from spurcli.experiment.freshness import Stages, staleness, write_stamp
 from spurcli.experiment.plan import LABELS, SFSL, Experiment
 from spurcli.experiment.report import write_report
 from spurcli.experiment.results import read_json, read_rows, saved_scores, weights_entry
-from spurcli.experiment.summary import summarize, summary_table
+from spurcli.experiment.summary import object_free_table, summarize, summary_table
 from spurcli.fileio import atomic_dir, write_json
 from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES
 from spurcli.generate.config import FinetuneConfig, SampleConfig
@@ -49,7 +54,7 @@ from spurcli.generate.pipelines import load_pipeline, resolve_model
 from spurcli.generate.sample import count_missing, sample
 from spurcli.images import sha256_file
 from spurcli.parallel import Processes, launched_distributed
-from spurcli.plugins import load_extractors, parse_weights
+from spurcli.plugins import load_detectors, load_extractors, parse_weights
 from spurcli.records import FINETUNE_CARD, MANIFEST
 from spurcli.settings import to_dict
 
@@ -262,6 +267,63 @@ def score_stage(exp: Experiment, stages: Stages, main: bool) -> None:
     _barrier(cfg.device)
 
 
+def detect_stage(exp: Experiment, stages: Stages, main: bool) -> None:
+    """With a ``detector``: its presence score of the class object in every image of every set
+    (arms, baseline, references), into out/presence/<set>.json. The summary's headline is then
+    the rate among the images where it finds no object (`spurcli.experiment.summary`)."""
+    if exp.config.detector is None:
+        return
+
+    cfg = exp.compare
+    k = imagenet.resolve_class(exp.config.target)  # type: ignore[arg-type]
+    stamp = {
+        "detector": exp.config.detector,
+        "weights": exp.config.detector_weights,
+        "target": k.index,
+        "image_size": cfg.image_size,
+    }
+    names = exp.all_sets()
+    why = {n: staleness([exp.layout.presence(n)], [exp.set_dir(n)], stamp) for n in names}
+    stale = [n for n in names if why[n] is not None]
+    for name in names:
+        if name not in stale:
+            stages.skip(f"detect:{name}")
+    if not stale:
+        return
+    weights = {exp.config.detector: exp.config.detector_weights}
+    [detector] = load_detectors(
+        [exp.config.detector], {k: v for k, v in weights.items() if v is not None}
+    )
+    query = object_query(k, (), default_feature(k.index))
+    for name in stale:
+        items = find_items(exp.set_dir(name), k.index, real=False)
+        found = score_items(
+            items,
+            [],
+            cfg,
+            desc=f"detect:{name} ({detector.name})",
+            detectors=[detector],
+            queries={k.index: query},
+        )
+        if main:
+            scores = found.presence[detector.name]
+            write_json(
+                exp.layout.presence(name),
+                {
+                    "detector": detector.name,
+                    **weights_entry(detector),
+                    "query": list(query.names),
+                    "presence": {
+                        image: float(v)
+                        for image, v in zip(found.per_image.images, scores, strict=True)
+                    },
+                },
+            )
+            write_stamp(exp.layout.presence(name), stamp)
+        stages.ran(f"detect:{name}", why[name])  # type: ignore[arg-type]
+    _barrier(cfg.device)
+
+
 def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
     cfg = exp.compare
@@ -414,12 +476,15 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
     inputs = comparisons + [exp.layout.scores(s) for s in exp.all_sets()]
     curated = [exp.layout.curated_record] if exp.curate is not None else []
     inputs += curated
+    if exp.config.detector is not None:
+        inputs += [exp.layout.presence(s) for s in exp.all_sets()]
     summary = summarize(exp)
     stamp = {
         "title": exp.config.title,
         "notes": exp.config.notes,
         "report_images": exp.compare.report_images,
         "exclude_circular": exp.config.exclude_circular,
+        "object_check": [exp.config.detector, exp.config.max_presence],
     }
     if not stages.check("report", staleness([report, summary_path], inputs, stamp)):
         return report, summary
@@ -453,6 +518,7 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
             datas,
             title=title,
             summary=summary_table(summary),
+            tables=[t for t in [object_free_table(summary)] if t is not None],
             notes=notes,
             max_images=exp.compare.report_images,
             curations=[json.loads(p.read_text(encoding="utf-8")) for p in curated],

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from spurcli.errors import SpurcliError
 from spurcli.evaluate import metrics
 from spurcli.evaluate.compare import find_pairs
 from spurcli.experiment.layout import REFERENCES
@@ -136,6 +137,9 @@ def summarize(exp: Experiment) -> dict[str, Any]:
         )
     similarity = similarity_summary(exp)
     notes += similarity.pop("notes")
+    object_free = object_free_summary(exp, saved, hits_of, consensus_members)
+    if object_free is None:
+        notes.append(NO_DETECTOR_NOTE)
     if unpaired:
         notes.append(
             "Not paired one to one, tested as independent sets: " + ", ".join(sorted(unpaired))
@@ -156,6 +160,10 @@ def summarize(exp: Experiment) -> dict[str, Any]:
         "consensus": consensus,
         "excluded_from_consensus": excluded,
         "similarity": similarity,
+        # with a detector the headline is the rate among the images that show no object
+        "headline": "object_free_rate" if object_free is not None else "spurious_rate",
+        "object_free": object_free,
+        "object_check": NO_DETECTOR_NOTE if object_free is None else None,
         "interval": "95% Wilson score interval (rates); differences: see each entry's test",
         "notes": notes,
         "reference_set": REFERENCES,
@@ -166,6 +174,124 @@ SIMILARITY_INTERVAL = (
     "95% seeded percentile bootstrap over images: mean_cosine resamples the images of both sets "
     "independently, nn_cosine_mean those of the first set; training runs are not resampled"
 )
+
+
+NO_DETECTOR_NOTE = "no detector: rates may include images of the object itself"
+
+
+def object_free_summary(
+    exp: Experiment,
+    saved: dict[str, Any],
+    hits_of: dict[str, dict[str, np.ndarray]],
+    members: list[str],
+) -> dict[str, Any] | None:
+    """With a detector: per set the presence rate (images whose presence score is above
+    ``max_presence``: they show the object), and per classifier and for the consensus the
+    spurious rate among the other, object-free images; each with its Wilson interval. None
+    without a detector."""
+    if exp.config.detector is None:
+        return None
+    limit = exp.config.max_presence
+    names = list(saved)
+    present: dict[str, np.ndarray] = {}
+    record: dict[str, Any] = {}
+    for n in names:
+        record = json.loads(exp.layout.presence(n).read_text(encoding="utf-8"))
+        scores = record["presence"]
+        missing = [i for i in saved[n].spurious.images if i not in scores]
+        if missing:
+            raise SpurcliError(
+                f"{exp.layout.presence(n)} has no presence score for {missing[0]}: "
+                "run again to detect the set anew"
+            )
+        present[n] = np.array([scores[i] > limit for i in saved[n].spurious.images], bool)
+
+    def among_free(hits: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:
+        rates, cis = {}, {}
+        for n in names:
+            free = hits[n][~present[n]]
+            rates[n] = float(free.mean()) if free.size else None
+            cis[n] = metrics.rate_interval(free) if free.size else None
+        return rates, cis
+
+    classifiers = {}
+    for clf, hits in hits_of.items():
+        rate, ci = among_free(hits)
+        classifiers[clf] = {"object_free_rate": rate, "object_free_rate_ci": ci}
+    consensus: dict[str, Any] = {"classifiers": members, "all": {}, "all_ci": {}}
+    if members:
+        every = {n: np.all([hits_of[c][n] for c in members], axis=0) for n in names}
+        consensus["all"], consensus["all_ci"] = among_free(every)
+    return {
+        "detector": record.get("detector"),
+        "weights": record.get("weights"),
+        "weights_id": record.get("weights_id"),
+        "query": record.get("query"),
+        "max_presence": limit,
+        "rule": f"an image shows the object when its presence score is above {limit}",
+        "presence_rate": {n: float(present[n].mean()) for n in names},
+        "presence_rate_ci": {n: metrics.rate_interval(present[n]) for n in names},
+        "n_object_free": {n: int((~present[n]).sum()) for n in names},
+        "classifiers": classifiers,
+        "consensus": consensus,
+        "interval": "95% Wilson score interval",
+    }
+
+
+def object_free_table(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The headline with a detector: per classifier (and the consensus) the spurious rate among
+    the object-free images of each set, and the presence rate; None without a detector."""
+    free = summary.get("object_free")
+    if not free:
+        return None
+    sets = [s for s in summary["n_images"] if not s.endswith("-recontext")]
+    columns = [
+        "classifier",
+        *(
+            f"{LABELS[s]} ({free['n_object_free'][s]} of {summary['n_images'][s]} object-free)"
+            for s in sets
+        ),
+    ]
+    rows = [
+        [
+            f"object present ({free['detector']})",
+            *(_rate_entry(free["presence_rate"][s], free["presence_rate_ci"][s]) for s in sets),
+        ]
+    ]
+    for clf, entry in free["classifiers"].items():
+        name = clf + (
+            " (circular: SFSL extractor)" if summary["classifiers"][clf]["circular"] else ""
+        )
+        rows.append(
+            [
+                name,
+                *(
+                    _rate_entry(entry["object_free_rate"][s], entry["object_free_rate_ci"][s])
+                    for s in sets
+                ),
+            ]
+        )
+    consensus = free["consensus"]
+    if consensus["classifiers"]:
+        rows.append(
+            [
+                f"consensus of {', '.join(consensus['classifiers'])}",
+                *(_rate_entry(consensus["all"][s], consensus["all_ci"][s]) for s in sets),
+            ]
+        )
+    target = summary["target"]
+    caption = (
+        f"The headline: the spurious rate among the images in which {free['detector']} finds no "
+        f"{target['name']} (presence score <= {free['max_presence']}), with its 95% Wilson "
+        "interval; the first row is the fraction of images in which it finds one. The table "
+        "above gives the raw rates over every image."
+    )
+    return {
+        "title": "Object-free rates (headline)",
+        "columns": columns,
+        "rows": rows,
+        "caption": caption,
+    }
 
 
 SIMILARITY_FIGURES = ("mean_cosine", "mean_cosine_ci", "nn_cosine_mean", "nn_cosine_mean_ci")
