@@ -40,6 +40,11 @@ def test_near_duplicates_are_the_same_photo_or_a_crop_and_unrelated_photos_are_n
     assert "same photo" in near_duplicate(prints["chelsea"], prints["chelsea-small"])
     assert "crop" in near_duplicate(prints["chelsea-crop"], prints["chelsea"])
     assert "crop" in near_duplicate(prints["astronaut"], prints["astronaut-corner"])  # either way
+    # Two crops of one photo that overlap (by 70% of each side), neither inside the other.
+    w, h = photos["chelsea"].size
+    first = Fingerprint.of(photos["chelsea"].crop((0, 0, w * 7 // 10, h * 7 // 10)))
+    second = Fingerprint.of(photos["chelsea"].crop((w * 3 // 10, h * 3 // 10, w, h)))
+    assert "crop" in near_duplicate(first, second)
     # Both halves of one photo share no pixel: not duplicates.
     w, h = photos["coffee"].size
     left = Fingerprint.of(photos["coffee"].crop((0, 0, w // 2, h)))

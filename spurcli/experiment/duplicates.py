@@ -16,11 +16,14 @@ Two checks, numpy, Pillow and scipy only (no `imagehash`):
   size it has if it was cut out without resizing),
   by normalised cross-correlation (NCC) of greyscale windows, computed with FFTs. A crop is a
   window with NCC >= `CROP_MIN_NCC` whose colours also match (`THUMB_MAX_MAD`) and whose
-  template has structure (standard deviation >= `MIN_STD`).
+  template has structure (standard deviation >= `MIN_STD`). Two crops that overlap without either
+  holding the other: each corner quarter of one is searched in the other (native scale, and at
+  the other's width), which finds overlaps of at least half of each side.
 
-What is not caught: mirrored or rotated copies, crops smaller than a quarter of the larger image's
-width, crops that were also strongly recoloured, and two photos of the same scene taken apart (a
-feature-space check, like `curate`'s near-copy filter, is the tool for those).
+What is not caught: mirrored or rotated copies, crops smaller than a quarter of the larger
+image's width, overlaps of less than half a side, crops that were also strongly recoloured, and
+two photos of the same scene taken apart (a feature-space check, like `curate`'s near-copy
+filter, is the tool for those).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ THUMB_MAX_MAD = 24.0  # mean absolute difference of 0-255 colour values
 WORK_SIDE = 64  # the larger image's long side in the crop search
 SCALES = tuple(float(s) for s in np.geomspace(1.0, 0.25, 24))  # crop width / larger width
 CROP_MIN_NCC = 0.9
+GREY = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma
 MIN_STD = 4.0  # of a 0-255 greyscale template: below it, a window has no structure to match
 
 
@@ -63,7 +67,7 @@ class Fingerprint:
 
     @property
     def grey(self) -> np.ndarray:
-        return self.colour @ np.array([0.299, 0.587, 0.114])
+        return self.colour @ GREY
 
 
 def dhash_distance(a: Fingerprint, b: Fingerprint) -> int:
@@ -83,46 +87,60 @@ def near_duplicate(a: Fingerprint, b: Fingerprint) -> str | None:
     return None
 
 
+QUARTERS = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5))  # corner windows, half by half
+
+
 def crop_match(small: Fingerprint, big: Fingerprint) -> float | None:
-    """The best NCC of ``small`` as a crop of ``big`` over `SCALES`, if it counts as a crop."""
+    """The NCC of ``small`` found in ``big`` if it counts as sharing pixels: ``small`` whole as
+    a crop of ``big`` at any of `SCALES` (or its native scale), or one of its corner quarters
+    at the native scale or at ``big``'s width (two crops of one photo that overlap by at least
+    half of each side)."""
     from scipy.signal import fftconvolve
 
     grey_big = big.grey
     bh, bw = grey_big.shape
     sw, sh = small.size
-    ones_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-    best: float | None = None
-    native = small.size[0] / big.size[0]  # a crop that was not resized: its exact scale
-    for scale in sorted({*SCALES, native}, reverse=True):
-        tw = round(scale * bw)
-        th = round(tw * sh / sw)
+    boxes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def found(template_image: Image.Image, tw: int, th: int) -> float | None:
         if tw < 8 or th < 8 or th > bh or tw > bw:
-            continue
-        template = np.asarray(
-            small.source.resize((tw, th), Image.Resampling.BOX),
-            np.float64,
-        )
-        grey_t = template @ np.array([0.299, 0.587, 0.114])
+            return None
+        template = np.asarray(template_image.resize((tw, th), Image.Resampling.BOX), np.float64)
+        grey_t = template @ GREY
         centred = grey_t - grey_t.mean()
         if centred.std() < MIN_STD:
-            continue
-        n = th * tw
-        if (th, tw) not in ones_cache:
+            return None  # no structure to match
+        if (th, tw) not in boxes:
             box = np.ones((th, tw))
-            ones_cache[(th, tw)] = (
+            boxes[(th, tw)] = (
                 fftconvolve(grey_big, box, mode="valid"),
                 fftconvolve(grey_big**2, box, mode="valid"),
             )
-        s1, s2 = ones_cache[(th, tw)]
+        s1, s2 = boxes[(th, tw)]
         numerator = fftconvolve(grey_big, centred[::-1, ::-1], mode="valid")
-        variance = np.maximum(s2 - s1**2 / n, 1e-9)
+        variance = np.maximum(s2 - s1**2 / (th * tw), 1e-9)
         ncc = numerator / np.sqrt(variance * (centred**2).sum())
         y, x = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
         value = float(ncc[y, x])
         if value < CROP_MIN_NCC:
-            continue
+            return None
         window = big.colour[y : y + th, x : x + tw]
-        if float(np.abs(window - template).mean()) > THUMB_MAX_MAD:
-            continue
-        best = value if best is None else max(best, value)
-    return best
+        return value if float(np.abs(window - template).mean()) <= THUMB_MAX_MAD else None
+
+    native = small.size[0] / big.size[0]  # a crop that was not resized: its exact scale
+    for scale in sorted({*SCALES, native}, reverse=True):
+        tw = round(scale * bw)
+        value = found(small.source, tw, round(tw * sh / sw))
+        if value is not None:
+            return value
+    src_w, src_h = small.source.size
+    for scale in sorted({native, 1.0}, reverse=True):
+        tw = round(scale * bw / 2)
+        th = round(tw * sh / sw)
+        for fx, fy in QUARTERS:
+            left, top = round(fx * src_w), round(fy * src_h)
+            quarter = small.source.crop((left, top, left + src_w // 2, top + src_h // 2))
+            value = found(quarter, tw, th)
+            if value is not None:
+                return value
+    return None
