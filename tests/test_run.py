@@ -364,6 +364,7 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
         lo, hi = figure["mean_cosine_ci"]
         assert lo <= figure["mean_cosine"] <= hi
     assert any("template-linear is circular" in n for n in summary["notes"])
+    assert any("timm:test_resnet has random weights" in n for n in summary["notes"])
     assert saved["extractors"]["template-linear"]["circular"] is True
     assert "circular: the SFSL extractor's space" in report
 

@@ -300,8 +300,10 @@ SIMILARITY_FIGURES = ("mean_cosine", "mean_cosine_ci", "nn_cosine_mean", "nn_cos
 def similarity_summary(exp: Experiment) -> dict[str, Any]:
     """Feature-space similarity of each comparison, every space marked circular (the SFSL
     extractor's, which SFSL optimised towards the references) or not, with its interval."""
-    spaces, circular = list(exp.feature_spaces()), exp.circular_spaces()
+    weights = exp.feature_spaces()
+    spaces, circular = list(weights), exp.circular_spaces()
     independent = [e for e in spaces if e not in circular]
+    untrained = [e for e in independent if weights[e] == "random"]
     per_pair: dict[str, Any] = {}
     for a, b in exp.comparisons():
         data = json.loads(exp.layout.comparison(a, b).read_text(encoding="utf-8"))
@@ -328,6 +330,11 @@ def similarity_summary(exp: Experiment) -> dict[str, Any]:
             + (
                 f" Measured also in {', '.join(independent)}, a space SFSL did not optimise."
                 if independent
+                else ""
+            )
+            + (
+                f" {', '.join(untrained)} has random weights: its space is no evidence either."
+                if untrained
                 else ""
             )
         )
