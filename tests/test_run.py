@@ -207,6 +207,7 @@ def test_set_overrides_top_level_and_tables(tmp_path):
         (CONFIG + "\n[scoring]\nx = 1\n", "unknown table [scoring]"),
         (CONFIG.replace('out = "out"', ""), "`out` is required"),
         (CONFIG.replace("seed = 3", "sed = 3"), "did you mean seed"),
+        (CONFIG.replace("seed = 3", "seed = 3\nmax_presence = 2.0"), "max_presence must be in"),
         (
             CONFIG.replace('classifiers = ["template-linear", "timm:test_resnet"]', ""),
             "classifiers is required",
@@ -216,6 +217,16 @@ def test_set_overrides_top_level_and_tables(tmp_path):
 def test_bad_configs(tmp_path, text, message):
     with pytest.raises(UsageError, match=re.escape(message)):
         load_experiment(write_config(tmp_path, text))
+
+
+def test_an_unknown_detector_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    path = write_config(tmp_path, CONFIG.replace("seed = 3", 'seed = 3\ndetector = "owl"'))
+    monkeypatch.setattr(sys, "argv", ["spurcli", "run", str(path)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'owl'" in err and "owlv2" in err  # did you mean
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_names_fail_before_any_work(tmp_path, monkeypatch, capsys):
