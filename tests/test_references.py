@@ -102,3 +102,33 @@ def test_flat_colour_references_are_not_duplicates_of_each_other(tmp_path):
         Image.new("RGB", (40 + 8 * i, 48), colour).save(tmp_path / f"ref{i}.png")
     split = split_references(tmp_path, 2, 3)
     assert len(split.held_out) == 2 and split.moved == []
+
+
+def test_keep_leaves_near_duplicates_held_out_and_says_the_set_is_not_independent(tmp_path):
+    photo = _photos()["chelsea"]
+    w, h = photo.size
+    photo.save(tmp_path / "a.png")
+    photo.crop((0, 0, w * 3 // 5, h * 3 // 5)).save(tmp_path / "b.png")
+    photo.resize((w // 2, h // 2)).save(tmp_path / "c.png")
+    split = split_references(tmp_path, 1, 0, "keep")
+    assert len(split.train) == 1 and len(split.held_out) == 2 and split.moved == []
+    assert {m["file"] for m in split.not_independent} == {p.name for p in split.held_out}
+    assert split.to_json()["not_independent"] == split.not_independent
+    with pytest.raises(UsageError, match="move, keep"):
+        split_references(tmp_path, 1, 0, "drop")
+
+
+def test_the_quickstart_references_are_crops_of_one_photo_and_it_says_so():
+    """The quickstart's eight references overlap (256-px crops of one 512-px photo at 128-px
+    steps): every held-out one shares pixels with a training one. Its config keeps them held
+    out, and the split records that they are not independent."""
+    from pathlib import Path
+
+    from spurcli.experiment.plan import load_experiment
+
+    config = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
+    split = load_experiment(config).split
+    assert len(split.held_out) == 3 and split.moved == []
+    assert {m["file"] for m in split.not_independent} == {p.name for p in split.held_out}
+    with pytest.raises(UsageError, match="nothing independent is left"):
+        _ = load_experiment(config, ["near_duplicate_references=move"]).split

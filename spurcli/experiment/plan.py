@@ -61,7 +61,12 @@ class Experiment:
     def split(self) -> ReferenceSplit:
         """The references trained on and held out (reads the reference folder once)."""
         source = Path(self.config.instance_dir)  # type: ignore[arg-type]
-        return split_references(source, self.config.train_references, self.config.seed)
+        return split_references(
+            source,
+            self.config.train_references,
+            self.config.seed,
+            self.config.near_duplicate_references,
+        )
 
     @property
     def out(self) -> Path:

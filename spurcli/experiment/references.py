@@ -32,6 +32,9 @@ class ReferenceSplit:
     held_out: list[Path]
     # held-out images moved into training: {"file", "duplicate_of", "why"} (relative paths)
     moved: list[dict[str, str]] = field(default_factory=list)
+    # with near_duplicate_references = "keep": held-out images kept although they duplicate a
+    # training one (the same entries): the held-out set is then not independent
+    not_independent: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
 
@@ -48,14 +51,29 @@ class ReferenceSplit:
         }
         if self.moved:  # (a split without any keeps the record of older runs)
             record["moved"] = self.moved
+        if self.not_independent:
+            record["not_independent"] = self.not_independent
         return record
 
 
-def split_references(source: Path, n_train: int, seed: int) -> ReferenceSplit:
+NEAR_DUPLICATES = ("move", "keep")
+
+
+def split_references(
+    source: Path, n_train: int, seed: int, near_duplicates: str = "move"
+) -> ReferenceSplit:
     """``n_train`` images of ``source`` (drawn by ``seed``) to train on, the rest held out.
 
     ``n_train`` 0, or not fewer than the images there are, trains on all and holds none out.
+    ``near_duplicates``: "move" a held-out near-duplicate of a training image into training
+    (refused if none would be left), or "keep" it held out and record that the held-out set
+    is not independent (`ReferenceSplit.not_independent`; one warning line).
     """
+    if near_duplicates not in NEAR_DUPLICATES:
+        raise UsageError(
+            f"near_duplicate_references must be one of {', '.join(NEAR_DUPLICATES)}, "
+            f"got '{near_duplicates}'"
+        )
 
     files = find_images(source)
     if n_train <= 0 or n_train >= len(files):
@@ -72,6 +90,14 @@ def split_references(source: Path, n_train: int, seed: int) -> ReferenceSplit:
     train = [f for i, f in enumerate(files) if i in chosen]
     held_out = [f for i, f in enumerate(files) if i not in chosen]
     moved = _near_duplicates(source, train, held_out)
+    if moved and near_duplicates == "keep":
+        log.warning(
+            "references: %d held-out image(s) are near-duplicates of training ones and are kept "
+            "held out (near_duplicate_references = keep): the held-out set is not independent: %s",
+            len(moved),
+            "; ".join(f"{m['file']} ~ {m['duplicate_of']} ({m['why']})" for m in moved),
+        )
+        return ReferenceSplit(source, train, held_out, [], moved)
     if moved:
         gone = {m["file"] for m in moved}
         held_out = [f for f in held_out if f.relative_to(source).as_posix() not in gone]
@@ -80,8 +106,8 @@ def split_references(source: Path, n_train: int, seed: int) -> ReferenceSplit:
             raise UsageError(
                 f"{source}: every held-out reference is a near-duplicate of a training one "
                 f"({'; '.join(pairs[:3])}): "
-                "nothing independent is left to judge against; add other photos or lower "
-                "train_references"
+                "nothing independent is left to judge against; add other photos, lower "
+                'train_references, or set near_duplicate_references = "keep" (a demo)'
             )
         train = [f for f in files if f in set(train) or f.relative_to(source).as_posix() in gone]
         log.warning(

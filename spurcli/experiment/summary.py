@@ -78,6 +78,15 @@ def summarize(exp: Experiment) -> dict[str, Any]:
             "of training ones: "
             + "; ".join(f"{m['file']} ~ {m['duplicate_of']} ({m['why']})" for m in exp.split.moved)
         )
+    if exp.split.not_independent:
+        notes.append(
+            f"The held-out references are not independent of the training ones: "
+            f"{len(exp.split.not_independent)} of them share a photo with a training image "
+            "(near_duplicate_references = keep): "
+            + "; ".join(
+                f"{m['file']} ~ {m['duplicate_of']} ({m['why']})" for m in exp.split.not_independent
+            )
+        )
     unpaired: set[str] = set()
     pairings: dict[str, Any] = {}
     for a, b, paired in _differences(exp):
