@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
 
 from spurcli.text import terminal
@@ -52,19 +53,34 @@ def configure(*, verbose: int = 0, quiet: bool = False) -> None:
     for old in [h for h in root.handlers if getattr(h, "_spurcli", False)]:
         root.removeHandler(old)
     if not root.handlers:
-        handler: logging.Handler
-        if stderr.is_terminal:
-            handler = RichHandler(
-                console=stderr, show_time=False, show_path=bool(verbose), markup=False
-            )
-        else:  # a log file or pipe: one plain line per record, never wrapped at 80 columns
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        handler.addFilter(_plain_text)
+        handler = log_handler(stderr, verbose=verbose)
         handler._spurcli = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.setLevel(logging.WARNING)  # other libraries' loggers: warnings and errors only
     logging.captureWarnings(True)
+
+
+def log_handler(console: Console, *, verbose: int = 0) -> logging.Handler:
+    """The handler of spurcli's log lines on ``console``: rich's in a terminal, else plain lines.
+
+    rich's repr highlighter is off: log lines quote stage, set and model names
+    ("compare:dreambooth-vs-baseline", "timm:vit_base"), and it would colour pieces of them as
+    if they were IPv6 addresses or numbers. The text is printed as it is.
+    """
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(
+            console=console,
+            show_time=False,
+            show_path=bool(verbose),
+            markup=False,
+            highlighter=NullHighlighter(),
+        )
+    else:  # a log file or pipe: one plain line per record, never wrapped at 80 columns
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.addFilter(_plain_text)
+    return handler
 
 
 def _plain_text(record: logging.LogRecord) -> bool:

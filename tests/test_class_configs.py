@@ -77,10 +77,12 @@ def repository_copy(config: Path, root: Path) -> Path:
     shutil.copyfile(config, copy)
     refs = load_experiment(copy).config.instance_dir
     refs.mkdir(parents=True)
-    photo = skimage.data.coffee()
-    for i in range(7):
-        crop = photo[i * 40 : i * 40 + 120, i * 50 : i * 50 + 160]
-        Image.fromarray(crop).resize((40, 30)).save(refs / f"{i}.jpg")
+    # Seven different photos: overlapping crops of one would be near-duplicates, and the split
+    # moves a held-out near-duplicate of a training image into training (references.py).
+    names = ("coffee", "chelsea", "astronaut", "rocket", "camera", "moon", "immunohistochemistry")
+    for i, name in enumerate(names):
+        photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        photo.resize((40, 30)).save(refs / f"{i}.jpg")
     return copy
 
 

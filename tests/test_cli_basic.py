@@ -243,6 +243,36 @@ def test_console_configure_is_idempotent_and_leaves_host_logging_alone(monkeypat
     assert root.handlers == [host] and console.progress_enabled()
 
 
+def test_log_lines_in_a_colour_terminal_print_names_without_highlighting(monkeypatch):
+    """rich's repr highlighter coloured "e:d" of "compare:dreambooth-vs-..." as an IPv6 address
+    (and numbers in cyan): a log line's own text gets no style, only the level name does."""
+    import io
+    import logging
+    import re
+
+    from rich.console import Console
+
+    from spurcli import console
+
+    terminal = Console(
+        file=io.StringIO(), force_terminal=True, color_system="truecolor", width=200, emoji=False
+    )
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh `spurcli` process
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(console, "stderr", terminal)
+    console.configure()
+    message = "compare:dreambooth-vs-baseline: no dreambooth-vs-baseline.json yet (12 files)"
+    console.log.info(message)
+    out = terminal.file.getvalue()
+    assert "\x1b[" in out  # a colour terminal: the level name is styled
+    line = next(line for line in out.splitlines() if "INFO" in line)
+    text = line[line.index("INFO") :]
+    assert message in text, repr(line)  # contiguous: no escape sequence inside the message
+    after = text[text.index(message) :]
+    assert not re.search(r"\x1b\[[0-9;]*[1-9][0-9;]*m", after), repr(line)  # nothing styled
+
+
 def test_console_progress_quiet_and_track(monkeypatch):
     from spurcli import console
 

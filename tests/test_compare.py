@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _compare_helpers import make_sets
 
-from spurcli.errors import SpurcliError
+from spurcli.errors import SpurcliError, UsageError
 from spurcli.evaluate.compare import CompareConfig, CompareResult, Features, compare, similarity
 from spurcli.evaluate.metrics import rate_difference
 from spurcli.evaluate.similarity import frechet_distance, mean_cosine, nearest_neighbours
@@ -86,12 +86,43 @@ def test_cosines_match_brute_force():
     assert few["frechet"] is None and "at least 2" in few["frechet_note"]
 
 
+def test_similarity_intervals_are_a_seeded_bootstrap_over_images():
+    rng = np.random.default_rng(5)
+    a = Features([f"a{i}" for i in range(30)], rng.normal(1.0, 1.0, size=(30, 6)))
+    b = Features([f"b{i}" for i in range(20)], rng.normal(1.0, 1.0, size=(20, 6)))
+    plain_numbers = similarity(a, b)
+    assert plain_numbers["mean_cosine_ci"] is None and plain_numbers["nn_cosine_mean_ci"] is None
+    sim = similarity(a, b, resamples=500, seed=1)
+    assert sim == similarity(a, b, resamples=500, seed=1)  # seeded: reproducible
+    assert sim["mean_cosine_ci"] != similarity(a, b, resamples=500, seed=2)["mean_cosine_ci"]
+    for key in ("mean_cosine", "nn_cosine_mean"):
+        lo, hi = sim[f"{key}_ci"]
+        assert lo < sim[key] < hi and hi - lo < 0.5
+    # More images of the same distribution: a narrower interval (it covers image sampling).
+    big_a = Features([f"a{i}" for i in range(300)], rng.normal(1.0, 1.0, size=(300, 6)))
+    big_b = Features([f"b{i}" for i in range(200)], rng.normal(1.0, 1.0, size=(200, 6)))
+    big = similarity(big_a, big_b, resamples=500, seed=1)["mean_cosine_ci"]
+    assert big[1] - big[0] < (sim["mean_cosine_ci"][1] - sim["mean_cosine_ci"][0]) / 2
+    # By hand: resampling rows of both sets, the percentiles of the resampled mean cosines
+    # land where scipy's percentile bootstrap puts them (to the Monte Carlo error).
+    ua = a.values / np.linalg.norm(a.values, axis=1, keepdims=True)
+    ub = b.values / np.linalg.norm(b.values, axis=1, keepdims=True)
+    draws = np.random.default_rng(9)
+    values = [
+        ua[draws.integers(0, 30, 30)].mean(0) @ ub[draws.integers(0, 20, 20)].mean(0)
+        for _ in range(4000)
+    ]
+    assert sim["mean_cosine_ci"] == pytest.approx(np.percentile(values, [2.5, 97.5]), abs=0.02)
+
+
 def test_compare_scores_and_similarity(tmp_path, fake_plugin):
     a, b = make_sets(tmp_path)
     config = CompareConfig(target="hummingbird", classifiers=["fake"], extractors=["fake"])
     result = compare(a, b, config, labels=("generated", "references"))
     data = result.to_json()
-    assert set(data) == {"a", "b", "differences", "similarity", "extractors", "preprocess"}
+    assert set(data) == {
+        "a", "b", "differences", "similarity", "extractors", "preprocess", "consensus_of"
+    }  # fmt: skip
     assert data["a"]["classifiers"]["fake"]["spurious_rate"] == 1.0
     assert data["b"]["classifiers"]["fake"]["spurious_rate"] == 0.25
     # Other file names and no sample records: independent sets, Fisher's exact test on
@@ -112,6 +143,42 @@ def test_compare_scores_and_similarity(tmp_path, fake_plugin):
     assert {"image": "red0.png", "neighbour": "copy.png"}.items() <= nearest[0].items()
     again = CompareResult.from_report_data(json.loads(json.dumps(result.report_data())))
     assert again.to_json() == data
+
+
+def test_compare_consensus_leaves_out_the_classifiers_named_and_says_so(tmp_path, fake_plugin):
+    """The consensus of the compare JSON, its tables and the report is over the classifiers not
+    left out (run leaves out the circular SFSL extractor); the output names who and why."""
+    from spurcli.experiment.report import write_report
+
+    a, b = make_sets(tmp_path)
+    config = CompareConfig(
+        target=94, classifiers=["fake", "fake:1"], extractors=[], exclude_from_consensus=["fake:1"]
+    )
+    result = compare(a, b, config)
+    data = result.to_json()
+    # fake:1 never says 94: a consensus over both would be 0 everywhere; over fake alone it is
+    # fake's rate, and its differences are fake's.
+    assert data["a"]["consensus"]["all"] == 1.0 and data["b"]["consensus"]["all"] == 0.25
+    assert (
+        data["differences"]["consensus"]["all"]
+        == (data["differences"]["classifiers"]["fake"]["spurious_rate"])
+    )
+    assert data["consensus_of"] == {
+        "classifiers": ["fake"],
+        "left_out": {"fake:1": "--exclude-from-consensus"},
+    }
+    said = "consensus of 1 victim (fake); fake:1 left out: --exclude-from-consensus"
+    assert said in str(result.tables()[0].caption)
+    page = write_report(tmp_path / "r.html", [result]).read_text()
+    assert said in page
+    again = CompareResult.from_report_data(json.loads(json.dumps(result.report_data())))
+    assert again.to_json() == data
+    both = CompareConfig(target=94, classifiers=["fake", "fake:1"], extractors=[])
+    everyone = compare(a, b, both)
+    assert everyone.to_json()["a"]["consensus"]["all"] == 0.0  # both: fake:1 never agrees
+    assert "consensus of 2 victims (fake, fake:1)" in str(everyone.tables()[0].caption)
+    with pytest.raises(UsageError, match="not among the classifiers"):
+        compare(a, b, CompareConfig(target=94, classifiers=["fake"], exclude_from_consensus=["x"]))
 
 
 def test_compare_decodes_each_image_once_for_classifiers_and_extractors(
@@ -140,7 +207,9 @@ def test_compare_decodes_each_image_once_for_classifiers_and_extractors(
     assert len(reads) == len(set(reads)) == 4 + 4 + 4  # A, B and the real images, once each
     assert result.a["n_real"] == result.b["n_real"] == 4
     extractor = plugins.extractors().load("fake")
-    separate = similarity(extract_features(a, extractor), extract_features(b, extractor))
+    separate = similarity(
+        extract_features(a, extractor), extract_features(b, extractor), resamples=1000, seed=0
+    )
     assert result.similarity["fake"] == separate
 
 

@@ -174,6 +174,22 @@ def test_circular_victims_are_the_sfsl_extractor_with_the_same_weights(tmp_path)
     assert no_sfsl.circular() == [] and list(no_sfsl.arms()) == ["sfsl"]
 
 
+def test_similarity_is_also_measured_in_a_space_sfsl_did_not_optimise(tmp_path):
+    exp = load_experiment(write_config(tmp_path))
+    # The only [compare] extractor is the SFSL extractor (circular): the first victim that is
+    # not circular and is an extractor too joins, with the victim's weights.
+    assert exp.circular_spaces() == ["template-linear"]
+    assert exp.feature_spaces() == {"template-linear": "random", "timm:test_resnet": "random"}
+    given = load_experiment(
+        write_config(tmp_path),
+        sets=['compare.extractors=["template-linear", "clip"]', "compare.extractor_weights=[]"],
+    )
+    assert given.circular_spaces() == []  # the default weights are not the SFSL extractor's
+    assert given.feature_spaces() == {"template-linear": None, "clip": None}
+    no_sfsl = load_experiment(write_config(tmp_path), sets=["finetune.sfsl_weight=0"])
+    assert no_sfsl.circular_spaces() == [] and list(no_sfsl.feature_spaces()) == ["template-linear"]
+
+
 def test_set_overrides_top_level_and_tables(tmp_path):
     path = write_config(tmp_path)
     exp = load_experiment(path, sets=["seed=7", "finetune.steps=9", "sample.n=5", "sample.seed=1"])
@@ -191,6 +207,7 @@ def test_set_overrides_top_level_and_tables(tmp_path):
         (CONFIG + "\n[scoring]\nx = 1\n", "unknown table [scoring]"),
         (CONFIG.replace('out = "out"', ""), "`out` is required"),
         (CONFIG.replace("seed = 3", "sed = 3"), "did you mean seed"),
+        (CONFIG.replace("seed = 3", "seed = 3\nmax_presence = 2.0"), "max_presence must be in"),
         (
             CONFIG.replace('classifiers = ["template-linear", "timm:test_resnet"]', ""),
             "classifiers is required",
@@ -200,6 +217,16 @@ def test_set_overrides_top_level_and_tables(tmp_path):
 def test_bad_configs(tmp_path, text, message):
     with pytest.raises(UsageError, match=re.escape(message)):
         load_experiment(write_config(tmp_path, text))
+
+
+def test_an_unknown_detector_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    path = write_config(tmp_path, CONFIG.replace("seed = 3", 'seed = 3\ndetector = "owl"'))
+    monkeypatch.setattr(sys, "argv", ["spurcli", "run", str(path)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'owl'" in err and "owlv2" in err  # did you mean
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_names_fail_before_any_work(tmp_path, monkeypatch, capsys):
@@ -305,6 +332,13 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert saved["differences"]["classifiers"]["template-linear"]["spurious_rate"]["test"] == (
         "McNemar exact"
     )
+    # The circular victim is left out of the consensus everywhere, and the output says so.
+    assert saved["consensus_of"]["classifiers"] == ["timm:test_resnet"]
+    assert saved["consensus_of"]["left_out"]["template-linear"].startswith("circular")
+    assert saved["differences"]["consensus"]["all"]["delta"] == pytest.approx(
+        summary["consensus"]["differences"]["sfsl-vs-baseline"]["delta"]
+    )
+    assert saved["a"]["consensus"]["all"] == pytest.approx(summary["consensus"]["all"]["sfsl"])
     to_refs = json.loads((out / "compare" / "sfsl-vs-references.json").read_text())
     assert to_refs["differences"]["pairing"]["paired"] is False
     # the exact weights: base model, fine-tuned pipeline (content hash), every model's identity
@@ -324,6 +358,26 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert report.count("<h2") == 1 + 8 + 1  # summary + eight comparisons + the curated set
     assert "Curated set:" in report
     assert "DreamBooth only" in report and "held-out references" in report
+    assert "consensus of 1 victim (timm:test_resnet); template-linear left out: circular" in report
+    # No detector: the rates may count images of the object itself, and the output says so.
+    assert summary["headline"] == "spurious_rate" and summary["object_free"] is None
+    assert summary["object_check"] == "no detector: rates may include images of the object itself"
+    assert "no detector: rates may include images of the object itself" in report
+    # Feature similarity: the SFSL extractor's space marked circular, with intervals, and a space
+    # SFSL did not optimise (the non-circular victim's features) beside it.
+    similar = summary["similarity"]
+    assert similar["circular_spaces"] == ["template-linear"]
+    assert similar["independent_spaces"] == ["timm:test_resnet"]
+    to_held_out = similar["comparisons"]["sfsl-vs-references"]
+    assert to_held_out["template-linear"]["circular"] is True
+    assert to_held_out["timm:test_resnet"]["circular"] is False
+    for figure in to_held_out.values():
+        lo, hi = figure["mean_cosine_ci"]
+        assert lo <= figure["mean_cosine"] <= hi
+    assert any("template-linear is circular" in n for n in summary["notes"])
+    assert any("timm:test_resnet has random weights" in n for n in summary["notes"])
+    assert saved["extractors"]["template-linear"]["circular"] is True
+    assert "circular: the SFSL extractor's space" in report
 
     # Everything up to date: nothing runs, nothing is rewritten.
     before = snapshot(out)
@@ -375,6 +429,60 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     with pytest.raises(SpurcliError, match=r"other settings \(lr\).*--retrain"):
         run_experiment(path, sets=["finetune.lr=2e-3", "sample.guidance=3.0"])
     assert (out / "finetune" / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.slow
+def test_with_a_detector_the_headline_is_the_rate_among_object_free_images(tmp_path, fake_plugin):
+    """The fake detector's presence score is an image's mean green (tests/_fake_plugin.py): the
+    object-free images are those at most 0.5 green, and the rates are taken over them."""
+    from spurcli.evaluate.metrics import wilson_interval
+    from spurcli.experiment.results import read_rows
+
+    text = CONFIG.replace("train_references = 2\n", 'train_references = 2\ndetector = "fake"\n')
+    path = write_config(tmp_path, text)
+    out = tmp_path / "out"
+    result = run_experiment(path)
+    exp = load_experiment(path)
+    sets = exp.all_sets()
+    assert {f"detect:{n}" for n in sets} <= {k for k, v in result.stages.items() if v == "ran"}
+    summary = json.loads((out / "summary.json").read_text())
+    free = summary["object_free"]
+    assert summary["headline"] == "object_free_rate" and summary["object_check"] is None
+    assert (free["detector"], free["max_presence"]) == ("fake", 0.5)
+    # The references are flat colours: presence is their green channel (0.12 red, 0.63 green,
+    # 0.78 yellow, 0.16 blue), measured by the stage on every set.
+    green = {"ref0": 30, "ref1": 160, "ref2": 200, "ref3": 40}
+    for name in ("references", "references-train"):
+        presence = json.loads((out / "presence" / f"{name}.json").read_text())["presence"]
+        for image, value in presence.items():
+            assert value == pytest.approx(green[Path(image).stem] / 255, abs=0.01)
+    for name in sets:
+        presence = json.loads((out / "presence" / f"{name}.json").read_text())["presence"]
+        shows = {image: value > 0.5 for image, value in presence.items()}
+        n_present = sum(shows.values())
+        assert free["presence_rate"][name] == n_present / len(shows)
+        assert free["presence_rate_ci"][name] == pytest.approx(
+            wilson_interval(n_present, len(shows))
+        )
+        assert free["n_object_free"][name] == len(shows) - n_present
+        for clf in exp.compare.classifiers:
+            rows = [r for r in read_rows(out / "scores" / f"{name}.csv") if r["classifier"] == clf]
+            hits = [r["top1_index"] == 94 for r in rows if not shows[r["image"]]]
+            got = free["classifiers"][clf]
+            if not hits:
+                assert got["object_free_rate"][name] is None
+                continue
+            assert got["object_free_rate"][name] == pytest.approx(sum(hits) / len(hits))
+            assert got["object_free_rate_ci"][name] == pytest.approx(
+                wilson_interval(sum(hits), len(hits))
+            )
+    # beside the raw rate, which counts every image
+    assert set(summary["classifiers"]["timm:test_resnet"]["spurious_rate"]) == set(sets)
+    assert "no detector" not in " ".join(summary["notes"])
+    report = (out / "report.html").read_text()
+    assert "Object-free rates (headline)" in report and "object present (fake)" in report
+    again = run_experiment(path)
+    assert {again.stages[f"detect:{n}"] for n in sets} == {"skipped"}
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -37,8 +37,17 @@ from typing import Any
 
 from spurcli import imagenet
 from spurcli.errors import UsageError
+from spurcli.evaluate import metrics
 from spurcli.evaluate.config import CompareConfig
-from spurcli.evaluate.differences import PAIRED, differences, find_pairs, fmt_difference, fmt_p
+from spurcli.evaluate.differences import (
+    PAIRED,
+    consensus_members,
+    consensus_text,
+    differences,
+    find_pairs,
+    fmt_difference,
+    fmt_p,
+)
 from spurcli.evaluate.imagepass import find_items
 from spurcli.evaluate.score import METRICS, RANDOM_NOTE, fmt_metric, plain, score_folders
 from spurcli.evaluate.similarity import Features, similarity
@@ -61,6 +70,16 @@ log = logging.getLogger(__name__)
 # -------------------------------------------------------------------------------- compare
 
 
+def consensus_of(
+    score_json: dict[str, Any], per_image: Any, target: int, members: list[str]
+) -> dict[str, Any]:
+    """A set's score JSON with its ``consensus`` over ``members`` only (None with no member):
+    the consensus of `compare` and of `run` leaves the same classifiers out as the summary."""
+    rows = [per_image.classifiers.index(name) for name in members]
+    consensus = metrics.consensus(per_image.top1[rows] == target).to_json() if rows else None
+    return {**score_json, "consensus": consensus}
+
+
 @dataclass
 class CompareResult:
     """Both sets' scores (as `ScoreResult.to_json()` + per-image rows) and their similarity.
@@ -80,6 +99,8 @@ class CompareResult:
     skipped: list[str] = field(default_factory=list)
     differences: dict[str, Any] = field(default_factory=dict)  # `differences()`; {}: not made
     extractors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> weights, _id
+    # {"classifiers": those the consensus is over, "left_out": {name: why}}; {}: all of them
+    consensus_of: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The documented JSON: scores of both sets, their differences and the similarity per
@@ -93,6 +114,8 @@ class CompareResult:
                 for name, sim in self.similarity.items()
             },
             "extractors": self.extractors,
+            "consensus_of": self.consensus_of
+            or {"classifiers": list(self.a["classifiers"]), "left_out": {}},
             # how the classifiers got their pixels (both sets alike): model or spurious-imagenet
             "preprocess": self.a.get("preprocess", "model"),
         }
@@ -123,6 +146,7 @@ class CompareResult:
             skipped=data.get("skipped", []),
             differences=data.get("differences") or {},
             extractors=data.get("extractors", {}),
+            consensus_of=data.get("consensus_of") or {},
         )
 
     def tables(self) -> list[Any]:
@@ -161,7 +185,9 @@ class CompareResult:
             scores.add_section()
         ca, cb = self.a["consensus"], self.b["consensus"]
 
-        def agreement(c: dict[str, Any]) -> str:
+        def agreement(c: dict[str, Any] | None) -> str:
+            if c is None:
+                return "no consensus"
             return (
                 f"consensus all {fmt_metric(c['all'], c.get('all_ci'))} "
                 f"any {fmt_metric(c['any'], c.get('any_ci'))}"
@@ -169,9 +195,10 @@ class CompareResult:
 
         lines = [
             f"{la}: {self.a['n_images']} images ({self.dir_a}), {agreement(ca)}; "
-            f"{lb}: {self.b['n_images']} images ({self.dir_b}), {agreement(cb)}"
+            f"{lb}: {self.b['n_images']} images ({self.dir_b}), {agreement(cb)}",
+            consensus_text(self.to_json()["consensus_of"]),
         ]
-        if self.differences:
+        if self.differences and self.differences.get("consensus"):
             consensus = self.differences["consensus"]
             first = consensus["all"]
             lines.append(
@@ -243,6 +270,7 @@ def compare(
     if config.paired == "yes":  # sets that cannot pair: say so before loading any model
         names = [[i.name for i in find_items(Path(d), 0, real=False)] for d in (dir_a, dir_b)]
         find_pairs(dir_a, names[0], dir_b, names[1], "yes")
+    members = consensus_members(config.classifiers, config.exclude_from_consensus)
     models = load_classifiers(config.classifiers, parse_weights(config.weights))
     extractor_weights = parse_weights(config.extractor_weights, "--extractor-weights")
     extractors = load_extractors(config.extractors, extractor_weights)
@@ -260,15 +288,26 @@ def compare(
         dir_a, scored[0].spurious.images, dir_b, scored[1].spurious.images, config.paired
     )
     diffs = differences(
-        scored[0], scored[1], pairing, resamples=config.bootstrap, seed=config.bootstrap_seed
+        scored[0],
+        scored[1],
+        pairing,
+        resamples=config.bootstrap,
+        seed=config.bootstrap_seed,
+        consensus_of=members,
     )
+    k = scored[0].target.index
+    left_out = {name: "--exclude-from-consensus" for name in config.exclude_from_consensus}
     sims = {
-        e.name: similarity(*(Features(s.spurious.images, s.features[e.name]) for s in scored))
+        e.name: similarity(
+            *(Features(s.spurious.images, s.features[e.name]) for s in scored),
+            resamples=config.bootstrap,
+            seed=config.bootstrap_seed,
+        )
         for e in extractors
     }
     return CompareResult(
-        a=scored[0].to_json(),
-        b=scored[1].to_json(),
+        a=consensus_of(scored[0].to_json(), scored[0].spurious, k, members),
+        b=consensus_of(scored[1].to_json(), scored[1].spurious, k, members),
         rows_a=scored[0].rows,
         rows_b=scored[1].rows,
         similarity=sims,
@@ -279,4 +318,5 @@ def compare(
         skipped=[*scored[0].skipped, *scored[1].skipped],
         differences=diffs,
         extractors={e.name: {"weights": e.weights, "weights_id": e.weights_id} for e in extractors},
+        consensus_of={"classifiers": members, "left_out": left_out},
     )

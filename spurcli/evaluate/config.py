@@ -139,6 +139,17 @@ class CompareConfig(ImagePass):
     paired: Literal["auto", "yes", "no"] = option(
         "auto", "auto, yes or no: are image i of A and of B a pair?"
     )
+    # `run` adds the victim that is also the SFSL extractor (circular) unless exclude_circular
+    # is false: a verdict the images were optimised against is not independent evidence.
+    exclude_from_consensus: list[str] = option(
+        [], "Classifiers left out of the consensus (still scored), comma-separated.", comma=True
+    )
+
+    def check(self) -> None:
+        super().check()
+        from spurcli.evaluate.differences import consensus_members
+
+        consensus_members(self.classifiers, self.exclude_from_consensus)
 
 
 @dataclass

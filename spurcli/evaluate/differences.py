@@ -58,6 +58,35 @@ def fmt_p(p_value: float | None) -> str:
     return f"{p_value:.3g}" if p_value >= 1e-4 else "<1e-4"
 
 
+def consensus_members(
+    classifiers: Sequence[str], left_out: Sequence[str] | dict[str, str]
+) -> list[str]:
+    """The classifiers the consensus is taken over: all but those ``left_out``; an unknown name
+    there is a usage error (a typo must not silently keep a circular victim in)."""
+    unknown = [c for c in left_out if c not in classifiers]
+    if unknown:
+        raise UsageError(
+            f"exclude_from_consensus names {unknown[0]}, which is not among the classifiers "
+            f"({', '.join(classifiers)})"
+        )
+    return [c for c in classifiers if c not in left_out]
+
+
+def consensus_text(consensus_of: dict[str, Any]) -> str:
+    """ "consensus of 2 victims (a, b); c left out: circular (...)" (what the tables say)."""
+    members, left_out = consensus_of.get("classifiers", []), consensus_of.get("left_out", {})
+    if not members:
+        text = "no consensus: every classifier is left out"
+    else:
+        text = (
+            f"consensus of {len(members)} victim{'s' if len(members) != 1 else ''} "
+            f"({', '.join(members)})"
+        )
+    for name, why in left_out.items():
+        text += f"; {name} left out: {why}"
+    return text
+
+
 def excludes_zero(diff: dict[str, Any] | None) -> bool:
     """The difference's interval lies wholly above or below 0 (False without an interval)."""
     ci = (diff or {}).get("delta_ci")
@@ -205,9 +234,16 @@ def _matched_ap_difference(
 
 
 def differences(
-    a: Any, b: Any, pairing: Pairing, *, resamples: int = 1000, seed: int = 0
+    a: Any,
+    b: Any,
+    pairing: Pairing,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    consensus_of: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """A minus B (two `ScoreResult`s of one pass) per classifier and for the consensus rates."""
+    """A minus B (two `ScoreResult`s of one pass) per classifier and for the consensus rates
+    (over the classifiers ``consensus_of``; None: all; none: no consensus differences)."""
     k = a.target.index
     sa, sb = a.spurious, b.spurious
     partner = pairing.partner
@@ -236,10 +272,16 @@ def differences(
                 real, pa, pb, pairing, resamples, seed
             )
         per_classifier[name] = entry
-    hits_a = metrics.consensus_hits(sa.top1 == k)
-    hits_b = metrics.consensus_hits(sb.top1 == k)
+    members = list(sa.classifiers) if consensus_of is None else list(consensus_of)
+    rows = [sa.classifiers.index(name) for name in members]
+    consensus: dict[str, Any] = {}
+    if rows:
+        hits_a = metrics.consensus_hits(sa.top1[rows] == k)
+        hits_b = metrics.consensus_hits(sb.top1[rows] == k)
+        consensus = {key: rate(hits_a[key], hits_b[key]) for key in ("all", "any")}
     return {
         "pairing": pairing.to_json(),
         "classifiers": per_classifier,
-        "consensus": {key: rate(hits_a[key], hits_b[key]) for key in ("all", "any")},
+        "consensus": consensus,
+        "consensus_classifiers": members,
     }

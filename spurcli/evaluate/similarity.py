@@ -14,6 +14,13 @@ features), and the features themselves.
 - ``nn_cosine_mean`` / ``nn_cosine_max``: for each image of A, the cosine to its nearest
   neighbour in B; with B = the training references, values near 1 flag memorised copies (the
   report shows the closest pairs).
+- ``mean_cosine_ci``, ``nn_cosine_mean_ci`` (with ``resamples`` > 0): 95% seeded percentile
+  bootstrap intervals over images: for ``mean_cosine`` the images of A and of B are resampled
+  independently (each set keeps its size); for ``nn_cosine_mean`` the images of A (each keeps its
+  nearest neighbour in the whole of B). They cover the sampling of images, not the training run.
+- A similarity measured in the space of the extractor SFSL optimised against is circular: SFSL
+  pulled the images towards the references there. `spurcli run` marks it and also measures a
+  space SFSL did not optimise (docs/experiment.md).
 """
 
 from __future__ import annotations
@@ -107,10 +114,25 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(distance, 0.0))  # >= 0 in exact arithmetic
 
 
-def similarity(a: Features, b: Features) -> dict[str, Any]:
-    """The four similarity numbers of A vs B in one feature space, and each A image's neighbour."""
+def similarity(a: Features, b: Features, *, resamples: int = 0, seed: int = 0) -> dict[str, Any]:
+    """The four similarity numbers of A vs B in one feature space, and each A image's neighbour;
+    with ``resamples``, bootstrap intervals of ``mean_cosine`` and ``nn_cosine_mean``."""
+    from spurcli.evaluate.metrics import bootstrap_interval
+
     n_a, n_b, dim = len(a.names), len(b.names), a.values.shape[1]
     index, cosine = nearest_neighbours(a.values, b.values)
+    unit_a, unit_b = unit(a.values), unit(b.values)
+
+    def resampled_mean_cosine(rows_a: np.ndarray, rows_b: np.ndarray) -> float:
+        picked_a, picked_b = rows_a.astype(np.int64), rows_b.astype(np.int64)
+        return float(unit_a[picked_a].mean(axis=0) @ unit_b[picked_b].mean(axis=0))
+
+    mean_ci = bootstrap_interval(
+        [np.arange(n_a), np.arange(n_b)], resampled_mean_cosine, resamples=resamples, seed=seed
+    )
+    nn_ci = bootstrap_interval(
+        [cosine], lambda v: float(np.mean(v)), resamples=resamples, seed=seed
+    )
     frechet: float | None = None
     note = None
     if min(n_a, n_b) < 2:
@@ -125,6 +147,8 @@ def similarity(a: Features, b: Features) -> dict[str, Any]:
             )
     return {
         "mean_cosine": mean_cosine(a.values, b.values),
+        "mean_cosine_ci": mean_ci,
+        "nn_cosine_mean_ci": nn_ci,
         "frechet": frechet,
         "nn_cosine_mean": float(cosine.mean()),
         "nn_cosine_max": float(cosine.max()),

@@ -46,9 +46,25 @@ class ExperimentConfig:
         min=0,
         max=1_000_000,
     )
+    # Held-out images that share pixels with training ones are not independent evidence.
+    near_duplicate_references: str = option(
+        "move",
+        "A held-out reference that is a near-duplicate of a training one (same photo, resized, "
+        "a crop sharing pixels): 'move' it into training (refused if none is left), or 'keep' "
+        "it and say the held-out set is not independent (demos cut from one photo).",
+    )
     # Without that arm nothing says what SFSL adds over DreamBooth.
     dreambooth_arm: bool = option(
         True, "Also train DreamBooth alone (sfsl_weight 0, the same settings and seeds)."
+    )
+    # A spurious image shows no object of the class: with a detector the headline rate is the
+    # rate among the images where it finds none (docs/experiment.md).
+    detector: str | None = option(
+        None, "Object detector (a registered one, e.g. owlv2) run on every set; none: no check."
+    )
+    detector_weights: str | None = option(None, "The detector's weights: a file or 'random'.")
+    max_presence: float = option(
+        0.5, "An image with a presence score above this shows the object (in [0, 1])."
     )
     exclude_circular: bool = option(
         True,
@@ -62,5 +78,12 @@ class ExperimentConfig:
             value = getattr(self, fld.name)
             if fld.metadata.get("required") and value in (None, ""):
                 raise UsageError(f"{path}: `{fld.name}` is required at the top of a run config")
+        if self.near_duplicate_references not in ("move", "keep"):
+            raise UsageError(
+                f"{path}: near_duplicate_references must be 'move' or 'keep', got "
+                f"'{self.near_duplicate_references}'"
+            )
+        if not 0.0 <= self.max_presence <= 1.0:
+            raise UsageError(f"{path}: max_presence must be in [0, 1], got {self.max_presence}")
         if self.train_references < 0:
             raise UsageError(f"{path}: train_references must be 0 (all) or more")

@@ -6,6 +6,7 @@
       finetune/, finetune-dreambooth/ the arms ([finetune] output_dir may move them)
       samples/<set>/                  sfsl, dreambooth, baseline and their -recontext sets
       scores/<set>.json, .csv         per set; scores/real-images.csv with real images
+      presence/<set>.json             the object detector's score per image (with a detector)
       features/<set>/<extractor>.npz  (+ .weights.json: which weights made them)
       compare/<a>-vs-<b>.json
       curated/, curated.json          with a [curate] table
@@ -60,6 +61,10 @@ class Layout:
 
     def score_rows(self, name: str) -> Path:
         return self.out / "scores" / f"{name}.csv"
+
+    def presence(self, name: str) -> Path:
+        """The object detector's presence score of every image of a set (with a detector)."""
+        return self.out / "presence" / f"{name}.json"
 
     @property
     def real_rows(self) -> Path:

@@ -62,7 +62,12 @@ class Experiment:
     def split(self) -> ReferenceSplit:
         """The references trained on and held out (reads the reference folder once)."""
         source = Path(self.config.instance_dir)  # type: ignore[arg-type]
-        return split_references(source, self.config.train_references, self.config.seed)
+        return split_references(
+            source,
+            self.config.train_references,
+            self.config.seed,
+            self.config.near_duplicate_references,
+        )
 
     @property
     def out(self) -> Path:
@@ -136,23 +141,70 @@ class Experiment:
             return []
         recorded = recorded or {}
 
-        def identity(registry: Any, name: str) -> tuple[str, str | None]:
-            entry, variant = registry.resolve(name)
-            return entry.name, variant
-
         def key(value: str | None, weights_id: Any) -> str | None:
             return identity_key(weights_id) if value is None and weights_id else content_key(value)
 
-        extractor = identity(plugins.extractors(), self.finetune.extractor)
+        extractor = _identity(plugins.extractors(), self.finetune.extractor)
         extractor_key = key(self.finetune.extractor_weights, recorded.get("extractor"))
         weights = parse_weights(self.compare.weights)
         ids = recorded.get("classifiers") or {}
         return [
             name
             for name in self.compare.classifiers
-            if identity(plugins.classifiers(), name) == extractor
+            if _identity(plugins.classifiers(), name) == extractor
             and key(weights.get(name), ids.get(name)) == extractor_key
         ]
+
+    def circular_spaces(self) -> list[str]:
+        """Feature spaces of the similarity figures that are the SFSL extractor itself (same
+        model, same weights): SFSL optimised the images towards the references there."""
+        if self.finetune.sfsl_weight == 0:
+            return []
+        extractor = _identity(plugins.extractors(), self.finetune.extractor)
+        return [
+            name
+            for name, weights in self.feature_spaces(independent=False).items()
+            if _identity(plugins.extractors(), name) == extractor
+            and content_key(weights) == content_key(self.finetune.extractor_weights)
+        ]
+
+    def feature_spaces(self, independent: bool = True) -> dict[str, str | None]:
+        """Extractor name -> weights of the similarity figures: ``[compare] extractors`` and, if
+        each of those is circular (``independent``), also a space SFSL did not optimise: the
+        first victim classifier that is not circular and is a registered extractor too, with the
+        victim's weights."""
+        weights = parse_weights(self.compare.extractor_weights, "--extractor-weights")
+        spaces = {name: weights.get(name) for name in self.compare.extractors}
+        if not independent or (spaces and set(self.circular_spaces()) != set(spaces)):
+            return spaces
+        victims, circular = parse_weights(self.compare.weights), set(self.circular())
+        for name in self.compare.classifiers:
+            if name in circular or name in spaces:
+                continue
+            try:
+                plugins.extractors().resolve(name)
+            except UsageError:
+                continue  # a classifier without a feature-extractor entry
+            spaces[name] = victims.get(name)
+            break
+        return spaces
+
+    def left_out_of_consensus(self, recorded: dict[str, Any] | None = None) -> dict[str, str]:
+        """Classifiers the consensus leaves out, everywhere (summary, compare JSON, report), and
+        why: the circular victims (unless ``exclude_circular = false``; ``recorded`` as for
+        `circular`) and the ``[compare]`` table's ``exclude_from_consensus``."""
+        left_out = {
+            name: "circular (also the SFSL extractor, same model and weights)"
+            for name in (self.circular(recorded) if self.config.exclude_circular else [])
+        }
+        for name in self.compare.exclude_from_consensus:
+            left_out.setdefault(name, "[compare] exclude_from_consensus")
+        return left_out
+
+
+def _identity(registry: Any, name: str) -> tuple[str, str | None]:
+    entry, variant = registry.resolve(name)
+    return entry.name, variant
 
 
 def load_experiment(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from spurcli import __version__
-from spurcli.evaluate.differences import excludes_zero, fmt_difference, fmt_p
+from spurcli.evaluate.differences import consensus_text, excludes_zero, fmt_difference, fmt_p
 from spurcli.evaluate.results import METRICS
 from spurcli.evaluate.verdicts import REASONS, SELECTION_NOTE, UNCHECKED_NOTE
 from spurcli.fileio import write_text
@@ -65,6 +65,7 @@ def write_report(
     notes: Sequence[str] = (),
     max_images: int = 48,
     curations: Sequence[Any] = (),
+    tables: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write the report; ``comparisons`` are `CompareResult`s or their `report_data()` dicts,
     ``curations`` `CurateResult`s or theirs.
@@ -89,6 +90,8 @@ def write_report(
         version=__version__,
         notes=list(notes),
         summary=_summary(summary) if summary else None,
+        # more tables shaped as ``summary``, each with a "title" (run: the object-free rates)
+        tables=[{**_summary(t), "title": t["title"]} for t in tables],
         comparisons=[_comparison(d, max_images) for d in datas],
         curations=[_curation(d) for d in curated],
     )
@@ -142,7 +145,9 @@ def delta_cell(value: float | dict[str, Any] | None, metric: str | None = None) 
     }
 
 
-def _consensus_rate(consensus: dict[str, Any], key: str) -> str:
+def _consensus_rate(consensus: dict[str, Any] | None, key: str) -> str:
+    if consensus is None:  # every classifier left out
+        return DASH
     ci = consensus.get(f"{key}_ci")
     text = f"{consensus[key]:.3f}"
     return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -157,9 +162,14 @@ def _consensus(data: dict[str, Any]) -> dict[str, Any]:
         "a_any": _consensus_rate(ca, "any"),
         "b_any": _consensus_rate(cb, "any"),
         "diff": None,
+        # which classifiers, and which are left out and why (circular: the SFSL extractor)
+        "of": consensus_text(
+            data.get("consensus_of")
+            or {"classifiers": list(data["a"]["classifiers"]), "left_out": {}}
+        ),
     }
     diffs = data.get("differences") or {}
-    if not diffs:
+    if not diffs or not diffs.get("consensus"):
         return view
     pairing, consensus = diffs["pairing"], diffs["consensus"]
     rates = consensus["all"]
@@ -244,9 +254,13 @@ def _comparison(data: dict[str, Any], max_images: int) -> dict[str, Any]:
         "similarity": [
             {
                 "name": name,
+                # the SFSL extractor's own space (run marks it): optimised against, circular
+                "circular": bool((data.get("extractors") or {}).get(name, {}).get("circular")),
                 "mean_cosine": _num(s["mean_cosine"]),
+                "mean_ci": _ci(s.get("mean_cosine_ci")),
                 "frechet": _num(s["frechet"]),
                 "nn_mean": _num(s["nn_cosine_mean"]),
+                "nn_ci": _ci(s.get("nn_cosine_mean_ci")),
                 "nn_max": _num(s["nn_cosine_max"]),
             }
             for name, s in sims.items()

@@ -79,7 +79,5 @@ def model_identities(exp: Experiment) -> dict[str, Any]:
             "sfsl_extractor": (card.get("extractor") or {}).get("weights_id"),
         }
     first = exp.comparisons()[0][0]  # a set every extractor saw
-    extractors = {
-        e: read_json(exp.layout.feature_weights(first, e)) for e in exp.compare.extractors
-    }
+    extractors = {e: read_json(exp.layout.feature_weights(first, e)) for e in exp.feature_spaces()}
     return {"base": base, "arms": arms, "extractors": extractors}

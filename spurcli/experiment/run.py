@@ -44,6 +44,7 @@ from spurcli.experiment.plan import Experiment, load_experiment
 from spurcli.experiment.stages import (
     compare_stage,
     curate_stage,
+    detect_stage,
     features_stage,
     finetune_stage,
     references_stage,
@@ -140,6 +141,7 @@ def run_experiment(
             finetune_stage(exp, arm, stages, retrain=retrain)
         sample_stage(exp, stages)
         score_stage(exp, stages, main)
+        detect_stage(exp, stages, main)
         features_stage(exp, stages, main)
         compare_stage(exp, stages, main)
         curate_stage(exp, stages, main)
@@ -157,6 +159,8 @@ def check_experiment(exp: Experiment) -> None:
         plugins.classifiers().resolve(name)
     for name in exp.compare.extractors:
         plugins.extractors().resolve(name)
+    if exp.config.detector is not None:
+        plugins.detectors().resolve(exp.config.detector)
     for arm in exp.arms().values():
         arm.check()
         resolve_model(arm.model, revision=arm.revision)  # type: ignore[arg-type]

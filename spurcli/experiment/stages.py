@@ -4,6 +4,7 @@
     finetune    each arm, resumed from its last checkpoint (`spurcli.generate.finetune`)
     sample      every image set, image by image (`spurcli.generate.sample`)
     score       every set in one pass (`spurcli.evaluate.score.score_folders`)
+    detect      with a ``detector``: object presence in every image of every set
     features    every set in every extractor's space (`spurcli.evaluate.compare`)
     compare     each pair of sets: differences tested, feature-space similarity
     curate      the SFSL set into a dataset, with a ``[curate]`` table (`spurcli.evaluate.curate`)
@@ -22,17 +23,29 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from spurcli import imagenet
 from spurcli.console import is_main_process
 from spurcli.errors import SpurcliError
-from spurcli.evaluate.compare import CompareResult, Features, differences, find_pairs, similarity
+from spurcli.evaluate.compare import (
+    CompareResult,
+    Features,
+    consensus_of,
+    differences,
+    find_pairs,
+    similarity,
+)
 from spurcli.evaluate.curate import curate
+from spurcli.evaluate.detect import object_query
+from spurcli.evaluate.differences import consensus_members
+from spurcli.evaluate.imagepass import find_items, score_items
 from spurcli.evaluate.score import score_folders
 from spurcli.evaluate.similarity import extract_features
+from spurcli.evaluate.verdicts import default_feature
 from spurcli.experiment.freshness import Stages, staleness, write_stamp
 from spurcli.experiment.plan import LABELS, SFSL, Experiment
 from spurcli.experiment.report import write_report
 from spurcli.experiment.results import read_json, read_rows, saved_scores, weights_entry
-from spurcli.experiment.summary import summarize, summary_table
+from spurcli.experiment.summary import object_free_table, summarize, summary_table
 from spurcli.fileio import atomic_dir, write_json
 from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES, list_checkpoints
 from spurcli.generate.config import FinetuneConfig, SampleConfig
@@ -41,7 +54,7 @@ from spurcli.generate.pipelines import load_pipeline, resolve_model
 from spurcli.generate.sample import SEED_SCHEME, count_missing, sample
 from spurcli.images import sha256_file
 from spurcli.parallel import Processes, launched_distributed
-from spurcli.plugins import load_extractors, parse_weights
+from spurcli.plugins import load_detectors, load_extractors, parse_weights
 from spurcli.records import FINETUNE_CARD, MANIFEST
 from spurcli.settings import to_dict
 from spurcli.weights import content_key, identity_key
@@ -282,11 +295,69 @@ def score_stage(exp: Experiment, stages: Stages, main: bool) -> None:
     _barrier(cfg.device)
 
 
+def detect_stage(exp: Experiment, stages: Stages, main: bool) -> None:
+    """With a ``detector``: its presence score of the class object in every image of every set
+    (arms, baseline, references), into out/presence/<set>.json. The summary's headline is then
+    the rate among the images where it finds no object (`spurcli.experiment.summary`)."""
+    if exp.config.detector is None:
+        return
+
+    cfg = exp.compare
+    k = imagenet.resolve_class(exp.config.target)  # type: ignore[arg-type]
+    stamp = {
+        "detector": exp.config.detector,
+        "weights": exp.config.detector_weights,
+        "target": k.index,
+        "image_size": cfg.image_size,
+    }
+    names = exp.all_sets()
+    why = {n: staleness([exp.layout.presence(n)], [exp.set_dir(n)], stamp) for n in names}
+    stale = [n for n in names if why[n] is not None]
+    for name in names:
+        if name not in stale:
+            stages.skip(f"detect:{name}")
+    if not stale:
+        return
+    weights = {exp.config.detector: exp.config.detector_weights}
+    [detector] = load_detectors(
+        [exp.config.detector], {k: v for k, v in weights.items() if v is not None}
+    )
+    query = object_query(k, (), default_feature(k.index))
+    for name in stale:
+        items = find_items(exp.set_dir(name), k.index, real=False)
+        found = score_items(
+            items,
+            [],
+            cfg,
+            desc=f"detect:{name} ({detector.name})",
+            detectors=[detector],
+            queries={k.index: query},
+        )
+        if main:
+            scores = found.presence[detector.name]
+            write_json(
+                exp.layout.presence(name),
+                {
+                    "detector": detector.name,
+                    **weights_entry(detector),
+                    "query": list(query.names),
+                    "presence": {
+                        image: float(v)
+                        for image, v in zip(found.per_image.images, scores, strict=True)
+                    },
+                },
+            )
+            write_stamp(exp.layout.presence(name), stamp)
+        stages.ran(f"detect:{name}", why[name])  # type: ignore[arg-type]
+    _barrier(cfg.device)
+
+
 def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
     cfg = exp.compare
     needed = sorted({s for pair in exp.comparisons() for s in pair})
-    weights = parse_weights(cfg.extractor_weights, "--extractor-weights")
+    weights = exp.feature_spaces()  # [compare] extractors, and a space SFSL did not optimise
+    extractors = list(weights)
 
     def stamp(extractor: str) -> dict[str, Any]:
         value = weights.get(extractor)
@@ -296,7 +367,7 @@ def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
         (name, extractor): staleness(
             [exp.layout.features(name, extractor)], [exp.set_dir(name)], stamp(extractor)
         )
-        for extractor in cfg.extractors
+        for extractor in extractors
         for name in needed
     }
     todo = [key for key, reason in why.items() if reason is not None]
@@ -305,7 +376,7 @@ def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
             stages.skip(f"features:{name}:{extractor}")
     if not todo:
         return
-    wanted = sorted({e for _, e in todo}, key=cfg.extractors.index)
+    wanted = sorted({e for _, e in todo}, key=extractors.index)
     loaded = dict(
         zip(
             wanted,
@@ -334,33 +405,58 @@ def features_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
 def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
 
+    left_out = exp.left_out_of_consensus()
+    members = consensus_members(exp.compare.classifiers, left_out)
+    spaces, circular = list(exp.feature_spaces()), exp.circular_spaces()
     for a, b in exp.comparisons():
         out = exp.layout.comparison(a, b)
         inputs = [exp.layout.scores(s) for s in (a, b)] + [exp.layout.score_rows(s) for s in (a, b)]
-        inputs += [exp.layout.features(s, e) for s in (a, b) for e in exp.compare.extractors]
+        inputs += [exp.layout.features(s, e) for s in (a, b) for e in spaces]
         inputs += [exp.layout.real_rows] if exp.compare.real else []
         stamp = {
-            "extractors": exp.compare.extractors,
+            "extractors": spaces,
+            "circular_spaces": circular,
             "bootstrap": [exp.compare.bootstrap, exp.compare.bootstrap_seed],
+            "consensus_of": members,
         }
         why = staleness([out], inputs, stamp)
         if not stages.check(f"compare:{a}-vs-{b}", why):
             continue
         sims = {
             e: similarity(
-                Features.load(exp.layout.features(a, e)), Features.load(exp.layout.features(b, e))
+                Features.load(exp.layout.features(a, e)),
+                Features.load(exp.layout.features(b, e)),
+                resamples=exp.compare.bootstrap,
+                seed=exp.compare.bootstrap_seed,
             )
-            for e in exp.compare.extractors
+            for e in spaces
         }
         scored = [saved_scores(exp, name) for name in (a, b)]
         pairing = find_pairs(
             exp.set_dir(a), scored[0].spurious.images, exp.set_dir(b), scored[1].spurious.images
         )
         cfg = exp.compare
-        diffs = differences(*scored, pairing, resamples=cfg.bootstrap, seed=cfg.bootstrap_seed)
+        diffs = differences(
+            *scored,
+            pairing,
+            resamples=cfg.bootstrap,
+            seed=cfg.bootstrap_seed,
+            consensus_of=members,
+        )
+        k = scored[0].target.index
         result = CompareResult(
-            a=json.loads(exp.layout.scores(a).read_text(encoding="utf-8")),
-            b=json.loads(exp.layout.scores(b).read_text(encoding="utf-8")),
+            a=consensus_of(
+                json.loads(exp.layout.scores(a).read_text(encoding="utf-8")),
+                scored[0].spurious,
+                k,
+                members,
+            ),
+            b=consensus_of(
+                json.loads(exp.layout.scores(b).read_text(encoding="utf-8")),
+                scored[1].spurious,
+                k,
+                members,
+            ),
             rows_a=read_rows(exp.layout.score_rows(a)),
             rows_b=read_rows(exp.layout.score_rows(b)),
             similarity=sims,
@@ -370,8 +466,13 @@ def compare_stage(exp: Experiment, stages: Stages, main: bool) -> None:
             label_b=LABELS[b],
             differences=diffs,
             extractors={
-                e: read_json(exp.layout.feature_weights(a, e)) for e in exp.compare.extractors
+                e: {
+                    **(read_json(exp.layout.feature_weights(a, e)) or {}),
+                    "circular": e in circular,
+                }
+                for e in spaces
             },
+            consensus_of={"classifiers": members, "left_out": left_out},
         )
         if main:
             write_json(out, result.report_data())
@@ -409,12 +510,15 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
     inputs = comparisons + [exp.layout.scores(s) for s in exp.all_sets()]
     curated = [exp.layout.curated_record] if exp.curate is not None else []
     inputs += curated
+    if exp.config.detector is not None:
+        inputs += [exp.layout.presence(s) for s in exp.all_sets()]
     summary = summarize(exp)
     stamp = {
         "title": exp.config.title,
         "notes": exp.config.notes,
         "report_images": exp.compare.report_images,
         "exclude_circular": exp.config.exclude_circular,
+        "object_check": [exp.config.detector, exp.config.max_presence],
     }
     if not stages.check("report", staleness([report, summary_path], inputs, stamp)):
         return report, summary
@@ -448,6 +552,7 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
             datas,
             title=title,
             summary=summary_table(summary),
+            tables=[t for t in [object_free_table(summary)] if t is not None],
             notes=notes,
             max_images=exp.compare.report_images,
             curations=[json.loads(p.read_text(encoding="utf-8")) for p in curated],

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from spurcli.errors import SpurcliError
 from spurcli.evaluate import metrics
 from spurcli.evaluate.compare import find_pairs
 from spurcli.experiment.layout import REFERENCES
@@ -64,24 +65,36 @@ def summarize(exp: Experiment) -> dict[str, Any]:
     target = scores[names[0]]["target"]
     k = target["index"]
     sfsl_card = read_json(Path(exp.arms()[SFSL].output_dir) / FINETUNE_CARD) or {}
-    circular = exp.circular(
-        {
-            "extractor": (sfsl_card.get("extractor") or {}).get("weights_id"),
-            "classifiers": {
-                c: scores[names[0]]["classifiers"][c].get("weights_id")
-                for c in exp.compare.classifiers
-            },
-        }
-    )
-    consensus_members = [
-        c for c in exp.compare.classifiers if not (exp.config.exclude_circular and c in circular)
-    ]
+    recorded = {
+        "extractor": (sfsl_card.get("extractor") or {}).get("weights_id"),
+        "classifiers": {
+            c: scores[names[0]]["classifiers"][c].get("weights_id") for c in exp.compare.classifiers
+        },
+    }
+    circular = exp.circular(recorded)
+    left_out = exp.left_out_of_consensus(recorded)  # the same in the compare JSON and the report
+    consensus_members = [c for c in exp.compare.classifiers if c not in left_out]
     notes: list[str] = []
     if not exp.split.held_out:
         notes.append(
             f"No reference image was held out ({len(exp.split.train)} references, "
             f"train_references = {exp.config.train_references}): the generated images are judged "
             "against the images they were trained on."
+        )
+    if exp.split.moved:
+        notes.append(
+            f"{len(exp.split.moved)} held-out reference(s) moved into training as near-duplicates "
+            "of training ones: "
+            + "; ".join(f"{m['file']} ~ {m['duplicate_of']} ({m['why']})" for m in exp.split.moved)
+        )
+    if exp.split.not_independent:
+        notes.append(
+            f"The held-out references are not independent of the training ones: "
+            f"{len(exp.split.not_independent)} of them share a photo with a training image "
+            "(near_duplicate_references = keep): "
+            + "; ".join(
+                f"{m['file']} ~ {m['duplicate_of']} ({m['why']})" for m in exp.split.not_independent
+            )
         )
     unpaired: set[str] = set()
     pairings: dict[str, Any] = {}
@@ -131,14 +144,20 @@ def summarize(exp: Experiment) -> dict[str, Any]:
     excluded = {
         c: "also the SFSL extractor (same model and weights): the images were optimised "
         "against it, so its verdict is not independent evidence"
-        for c in circular
-        if exp.config.exclude_circular
+        if c in circular
+        else why
+        for c, why in left_out.items()
     }
     if circular:
         notes.append(
             f"{', '.join(circular)}: also the SFSL extractor, marked as circular"
             + (" and left out of the consensus." if exp.config.exclude_circular else ".")
         )
+    similarity = similarity_summary(exp)
+    notes += similarity.pop("notes")
+    object_free = object_free_summary(exp, saved, hits_of, consensus_members)
+    if object_free is None:
+        notes.append(NO_DETECTOR_NOTE)
     if unpaired:
         notes.append(
             "Not paired one to one, tested as independent sets: " + ", ".join(sorted(unpaired))
@@ -158,9 +177,196 @@ def summarize(exp: Experiment) -> dict[str, Any]:
         "classifiers": per_classifier,
         "consensus": consensus,
         "excluded_from_consensus": excluded,
+        "similarity": similarity,
+        # with a detector the headline is the rate among the images that show no object
+        "headline": "object_free_rate" if object_free is not None else "spurious_rate",
+        "object_free": object_free,
+        "object_check": NO_DETECTOR_NOTE if object_free is None else None,
         "interval": "95% Wilson score interval (rates); differences: see each entry's test",
         "notes": notes,
         "reference_set": REFERENCES,
+    }
+
+
+SIMILARITY_INTERVAL = (
+    "95% seeded percentile bootstrap over images: mean_cosine resamples the images of both sets "
+    "independently, nn_cosine_mean those of the first set; training runs are not resampled"
+)
+
+
+NO_DETECTOR_NOTE = "no detector: rates may include images of the object itself"
+
+
+def object_free_summary(
+    exp: Experiment,
+    saved: dict[str, Any],
+    hits_of: dict[str, dict[str, np.ndarray]],
+    members: list[str],
+) -> dict[str, Any] | None:
+    """With a detector: per set the presence rate (images whose presence score is above
+    ``max_presence``: they show the object), and per classifier and for the consensus the
+    spurious rate among the other, object-free images; each with its Wilson interval. None
+    without a detector."""
+    if exp.config.detector is None:
+        return None
+    limit = exp.config.max_presence
+    names = list(saved)
+    present: dict[str, np.ndarray] = {}
+    record: dict[str, Any] = {}
+    for n in names:
+        record = json.loads(exp.layout.presence(n).read_text(encoding="utf-8"))
+        scores = record["presence"]
+        missing = [i for i in saved[n].spurious.images if i not in scores]
+        if missing:
+            raise SpurcliError(
+                f"{exp.layout.presence(n)} has no presence score for {missing[0]}: "
+                "run again to detect the set anew"
+            )
+        present[n] = np.array([scores[i] > limit for i in saved[n].spurious.images], bool)
+
+    def among_free(hits: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:
+        rates, cis = {}, {}
+        for n in names:
+            free = hits[n][~present[n]]
+            rates[n] = float(free.mean()) if free.size else None
+            cis[n] = metrics.rate_interval(free) if free.size else None
+        return rates, cis
+
+    classifiers = {}
+    for clf, hits in hits_of.items():
+        rate, ci = among_free(hits)
+        classifiers[clf] = {"object_free_rate": rate, "object_free_rate_ci": ci}
+    consensus: dict[str, Any] = {"classifiers": members, "all": {}, "all_ci": {}}
+    if members:
+        every = {n: np.all([hits_of[c][n] for c in members], axis=0) for n in names}
+        consensus["all"], consensus["all_ci"] = among_free(every)
+    return {
+        "detector": record.get("detector"),
+        "weights": record.get("weights"),
+        "weights_id": record.get("weights_id"),
+        "query": record.get("query"),
+        "max_presence": limit,
+        "rule": f"an image shows the object when its presence score is above {limit}",
+        "presence_rate": {n: float(present[n].mean()) for n in names},
+        "presence_rate_ci": {n: metrics.rate_interval(present[n]) for n in names},
+        "n_object_free": {n: int((~present[n]).sum()) for n in names},
+        "classifiers": classifiers,
+        "consensus": consensus,
+        "interval": "95% Wilson score interval",
+    }
+
+
+def object_free_table(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The headline with a detector: per classifier (and the consensus) the spurious rate among
+    the object-free images of each set, and the presence rate; None without a detector."""
+    free = summary.get("object_free")
+    if not free:
+        return None
+    sets = [s for s in summary["n_images"] if not s.endswith("-recontext")]
+    columns = [
+        "classifier",
+        *(
+            f"{LABELS[s]} ({free['n_object_free'][s]} of {summary['n_images'][s]} object-free)"
+            for s in sets
+        ),
+    ]
+    rows = [
+        [
+            f"object present ({free['detector']})",
+            *(_rate_entry(free["presence_rate"][s], free["presence_rate_ci"][s]) for s in sets),
+        ]
+    ]
+    for clf, entry in free["classifiers"].items():
+        name = clf + (
+            " (circular: SFSL extractor)" if summary["classifiers"][clf]["circular"] else ""
+        )
+        rows.append(
+            [
+                name,
+                *(
+                    _rate_entry(entry["object_free_rate"][s], entry["object_free_rate_ci"][s])
+                    for s in sets
+                ),
+            ]
+        )
+    consensus = free["consensus"]
+    if consensus["classifiers"]:
+        rows.append(
+            [
+                f"consensus of {', '.join(consensus['classifiers'])}",
+                *(_rate_entry(consensus["all"][s], consensus["all_ci"][s]) for s in sets),
+            ]
+        )
+    target = summary["target"]
+    caption = (
+        f"The headline: the spurious rate among the images in which {free['detector']} finds no "
+        f"{target['name']} (presence score <= {free['max_presence']}), with its 95% Wilson "
+        "interval; the first row is the fraction of images in which it finds one. The table "
+        "above gives the raw rates over every image."
+    )
+    return {
+        "title": "Object-free rates (headline)",
+        "columns": columns,
+        "rows": rows,
+        "caption": caption,
+    }
+
+
+SIMILARITY_FIGURES = ("mean_cosine", "mean_cosine_ci", "nn_cosine_mean", "nn_cosine_mean_ci")
+
+
+def similarity_summary(exp: Experiment) -> dict[str, Any]:
+    """Feature-space similarity of each comparison, every space marked circular (the SFSL
+    extractor's, which SFSL optimised towards the references) or not, with its interval."""
+    weights = exp.feature_spaces()
+    spaces, circular = list(weights), exp.circular_spaces()
+    independent = [e for e in spaces if e not in circular]
+    untrained = [e for e in independent if weights[e] == "random"]
+    per_pair: dict[str, Any] = {}
+    for a, b in exp.comparisons():
+        data = json.loads(exp.layout.comparison(a, b).read_text(encoding="utf-8"))
+        per_pair[f"{a}-vs-{b}"] = {
+            e: {
+                **{
+                    k: sim.get(k)
+                    for k in (
+                        "mean_cosine",
+                        "mean_cosine_ci",
+                        "nn_cosine_mean",
+                        "nn_cosine_mean_ci",
+                    )
+                },
+                "circular": e in circular,
+            }
+            for e, sim in data.get("similarity", {}).items()
+        }
+    notes = []
+    if circular:
+        notes.append(
+            f"Feature similarity in the space of {', '.join(circular)} is circular: SFSL "
+            "optimised the images towards the references in that space, so it is no evidence."
+            + (
+                f" Measured also in {', '.join(independent)}, a space SFSL did not optimise."
+                if independent
+                else ""
+            )
+            + (
+                f" {', '.join(untrained)} has random weights: its space is no evidence either."
+                if untrained
+                else ""
+            )
+        )
+    if not independent and spaces:
+        notes.append(
+            "No feature space independent of SFSL: add an extractor that is not the SFSL "
+            "extractor to [compare] extractors."
+        )
+    return {
+        "circular_spaces": circular,
+        "independent_spaces": independent,
+        "interval": SIMILARITY_INTERVAL,
+        "comparisons": per_pair,
+        "notes": notes,
     }
 
 
