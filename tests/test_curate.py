@@ -283,7 +283,8 @@ def test_run_stage_curates_the_sfsl_set_once(fake_plugin, tmp_path):
 
     config = tmp_path / "exp.toml"
     config.write_text(
-        'out = "out"\nmodel = "tiny"\ntarget = 94\nclass_noun = "flower"\ninstance_dir = "refs"\n'
+        'out = "out"\nreplicates = 1\nmodel = "tiny"\ntarget = 94\nclass_noun = "flower"\n'
+        'instance_dir = "refs"\n'
         '[compare]\nclassifiers = ["fake"]\n'
         '[curate]\nclassifiers = ["fake"]\ndetectors = ["fake"]\nextractor = "fake"\n'
         "max_similarity = 0.99\n"

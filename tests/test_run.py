@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spurcli import cli
@@ -42,6 +43,7 @@ def test_assert_same_numbers_tells_rounding_from_a_change():
 
 CONFIG = """
 out = "out"
+replicates = 1
 model = "tiny"
 target = "hummingbird"
 class_noun = "flower"
@@ -480,7 +482,7 @@ def test_with_a_detector_the_headline_is_the_rate_among_object_free_images(tmp_p
     assert set(summary["classifiers"]["timm:test_resnet"]["spurious_rate"]) == set(sets)
     assert "no detector" not in " ".join(summary["notes"])
     report = (out / "report.html").read_text()
-    assert "Object-free rates (headline)" in report and "object present (fake)" in report
+    assert "object-free rates (the headline)" in report and "object present (fake)" in report
     again = run_experiment(path)
     assert {again.stages[f"detect:{n}"] for n in sets} == {"skipped"}
 
@@ -641,3 +643,57 @@ def test_a_copied_experiment_folder_continues_without_retraining(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):  # not "trained with other settings ... --retrain"
         run_experiment(copied)
     assert (tmp_path / "copy" / "finetune" / "spurcli-run.json").read_bytes() == card
+
+@pytest.mark.slow
+def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path):
+    """Two training runs per arm (own seed and reference split each): per-run results, pooled
+    rates with clustered intervals, the pre-declared primary test, Holm on the rest."""
+    from statsmodels.stats.multitest import multipletests
+
+    config = CONFIG.replace("replicates = 1", "replicates = 2\nrecontext = false")
+    path = write_config(tmp_path, config)
+    result = run_experiment(path)
+    out = tmp_path / "out"
+    for k in (1, 2):
+        for arm in ("finetune", "finetune-dreambooth"):
+            assert (out / f"replicate-{k}" / arm / "pipeline" / "model_index.json").is_file()
+        assert result.stages[f"replicate-{k}/finetune"] == "ran"
+    assert (out / "class-images").is_dir()  # the frozen model's prior images, made once
+    assert not (out / "replicate-1" / "class-images").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary)[:2] == ["primary", "tests"]  # declared before any number
+    assert summary["replication"]["replicates"] == 2
+    runs = summary["per_replicate"]
+    assert [r["replicate"] for r in runs] == [1, 2]
+    assert runs[0]["finetune_seed"] != runs[1]["finetune_seed"]
+    assert runs[0]["split_seed"] != runs[1]["split_seed"]
+    consensus = summary["consensus"]
+    assert consensus["classifiers"] == ["timm:test_resnet"]  # the circular victim left out
+    per_run = consensus["all_per_run"]["sfsl"]
+    assert per_run == [r["consensus"]["sfsl"] for r in runs]
+    assert consensus["all"]["sfsl"] == pytest.approx(np.mean(per_run))  # equal runs: the mean
+    lo, hi = consensus["all_ci"]["sfsl"]
+    assert lo <= consensus["all"]["sfsl"] <= hi
+    primary = summary["primary"]
+    assert primary["comparison"] == "sfsl-vs-dreambooth" and primary["victims"] == [
+        "timm:test_resnet"
+    ]
+    assert primary["test"] == "two-stage cluster bootstrap (paired)" and primary["runs"] == 2
+    assert primary["delta"] == pytest.approx(
+        consensus["all"]["sfsl"] - consensus["all"]["dreambooth"]
+    )
+    assert "p_holm" not in consensus["differences"]["sfsl-vs-dreambooth"]  # not corrected
+    family = [
+        (entry["differences"][d]["p_value"], entry["differences"][d]["p_holm"])
+        for entry in [*summary["classifiers"].values()]
+        for d in entry["differences"]
+    ] + [
+        (diff["p_value"], diff["p_holm"])
+        for d, diff in consensus["differences"].items()
+        if d != "sfsl-vs-dreambooth"
+    ]
+    assert summary["tests"]["secondary"] == len(family)
+    expected = multipletests([p for p, _ in family], method="holm")[1]
+    assert [h for _, h in family] == pytest.approx(list(expected))
+    report = result.report.read_text()
+    assert "primary: SFSL - DreamBooth" in report and "Holm-adjusted" in report

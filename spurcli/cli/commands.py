@@ -304,22 +304,21 @@ def run_command(
 
 
 def _print_experiment(result: Any) -> None:
-    from spurcli.experiment.summary import summary_table
+    from spurcli.experiment.summary import summary_tables
 
-    table_data = summary_table(result.summary)
-    table = Table(
-        title=rich_text(f"spurcli run: {result.out}"), caption=rich_text(table_data["caption"])
-    )
-    for i, column in enumerate(table_data["columns"]):
-        table.add_column(escape(column), justify="left" if i == 0 else "right", overflow="fold")
     style = {"pos": "red", "neg": "green", "": ""}
-    for row in table_data["rows"]:
-        cells = [
-            f"[{style[c['css']]}]{escape(c['text'])}[/]" if c["css"] else escape(c["text"])
-            for c in row[1:]
-        ]
-        table.add_row(rich_text(row[0]), *cells)
-    print_wide(table)
+    for i, table_data in enumerate(summary_tables(result.summary)):
+        title = f"spurcli run: {result.out}" if i == 0 else table_data["title"]
+        table = Table(title=rich_text(title), caption=rich_text(table_data["caption"]))
+        for j, column in enumerate(table_data["columns"]):
+            table.add_column(escape(column), justify="left" if j == 0 else "right", overflow="fold")
+        for row in table_data["rows"]:
+            cells = [
+                f"[{style[c['css']]}]{escape(c['text'])}[/]" if c["css"] else escape(c["text"])
+                for c in row[1:]
+            ]
+            table.add_row(rich_text(row[0]), *cells)
+        print_wide(table)
     for note in result.summary["notes"]:
         print_line(terminal(note))
     ran = [
@@ -328,7 +327,9 @@ def _print_experiment(result: Any) -> None:
         if state == "ran"
     ]
     skipped = [name for name, state in result.stages.items() if state == "skipped"]
-    if ran:
+    if len(ran) > 8:  # a replicated run: the list is in --json, with the reasons
+        print_line(f"ran {len(ran)} stages (`spurcli run --json` lists each and why)")
+    elif ran:
         print_line("ran: " + "; ".join(ran))
     print_line(
         terminal(f"report: {result.report}")

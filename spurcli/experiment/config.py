@@ -70,6 +70,20 @@ class ExperimentConfig:
         True,
         "Keep a victim that is also the SFSL extractor (trained against) out of the consensus.",
     )
+    # One training run per arm makes every interval a statement about two checkpoints; the
+    # training run is the unit of inference (docs/experiment.md). 1 is allowed, and said.
+    replicates: int = option(
+        3,
+        "Training runs per arm, each with its own training seed and reference split, shared "
+        "by the arms; 1: unreplicated.",
+        min=1,
+    )
+    # Declared before any number exists: the headline, tested alone; every other test is
+    # secondary and Holm-corrected.
+    primary: str = option(
+        "sfsl-vs-dreambooth",
+        "The one pre-declared comparison: a difference A-vs-B of the non-circular consensus rate.",
+    )
 
     def check(self, path: str | os.PathLike[str] = "run config") -> None:
         """One line naming the file and the key: a run config has no command-line options."""

@@ -73,17 +73,30 @@ def write_stamp(output: Path, stamp: dict[str, Any]) -> None:
 
 
 class Stages:
-    """Runs or skips each stage, and records which and why."""
+    """Runs or skips each stage, and records which and why (``prefix``: the training run a
+    stage belongs to in a replicated experiment, e.g. ``replicate-2/``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
         self.done: dict[str, str] = {}
         self.reasons: dict[str, str] = {}
+        self.prefix = prefix
+
+    def scoped(self, prefix: str) -> Stages:
+        """The same record, with stage names under ``prefix``."""
+        view = Stages(prefix)
+        view.done, view.reasons = self.done, self.reasons
+        return view
+
+    def reason(self, name: str, default: str) -> str:
+        return self.reasons.get(self.prefix + name, default)
 
     def skip(self, name: str, why: str = "up to date") -> None:
+        name = self.prefix + name
         log.info("%s: %s, skipped", name, why)
         self.done[name], self.reasons[name] = "skipped", why
 
     def ran(self, name: str, why: str = "not made yet") -> None:
+        name = self.prefix + name
         self.done[name], self.reasons[name] = "ran", why
 
     def check(self, name: str, why: str | None) -> bool:
@@ -91,6 +104,6 @@ class Stages:
         if why is None:
             self.skip(name)
             return False
-        log.info("%s: %s", name, why)
-        self.reasons[name] = why
+        log.info("%s: %s", self.prefix + name, why)
+        self.reasons[self.prefix + name] = why
         return True

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from spurcli.experiment.references import ReferenceSplit, split_references
 from spurcli.generate.config import FinetuneConfig, SampleConfig
 from spurcli.generate.prompts import fill_prompt, with_recontext, without_identifier
 from spurcli.plugins import parse_weights
+from spurcli.seeds import derive_seed
 from spurcli.settings import load_config, read_toml
 from spurcli.weights import content_key, identity_key
 
@@ -57,17 +58,24 @@ class Experiment:
     compare: Any  # CompareConfig
     path: Path
     curate: Any = None  # CurateConfig from the [curate] table; None: no curate stage
+    replicate: int = 0  # 1..replicates for a replicate of a replicated experiment; 0: the whole
+    split_seed: int | None = None  # the reference split's seed (None: the config's seed)
+    copies: list[Experiment] = field(default_factory=list, repr=False)  # the replicates
 
     @cached_property
     def split(self) -> ReferenceSplit:
         """The references trained on and held out (reads the reference folder once)."""
         source = Path(self.config.instance_dir)  # type: ignore[arg-type]
+        seed = self.config.seed if self.split_seed is None else self.split_seed
         return split_references(
-            source,
-            self.config.train_references,
-            self.config.seed,
-            self.config.near_duplicate_references,
+            source, self.config.train_references, seed, self.config.near_duplicate_references
         )
+
+    def replicates(self) -> list[Experiment]:
+        """The independent training runs whose results are pooled: the experiment itself when
+        it is unreplicated, else one per replicate, each in ``out/replicate-<k>/`` with its own
+        training seed and reference split (shared by its arms and prior images)."""
+        return self.copies or [self]
 
     @property
     def out(self) -> Path:
@@ -129,6 +137,15 @@ class Experiment:
             if self.config.recontext:
                 pairs += [(f"{arm}-recontext", f"{BASELINE}-recontext") for arm in arms]
         return pairs
+
+    def primary(self) -> str:
+        """The pre-declared comparison: the config's, or by default SFSL vs DreamBooth-only, and
+        SFSL vs the baseline in a run without a DreamBooth-only arm."""
+        made = {f"{a}-vs-{b}" for a, b in self.comparisons()}
+        default = ExperimentConfig.__dataclass_fields__["primary"].default
+        if self.config.primary == default and default not in made:
+            return f"{SFSL}-vs-{BASELINE}"
+        return self.config.primary
 
     def circular(self, recorded: dict[str, Any] | None = None) -> list[str]:
         """Victim classifiers that are the SFSL extractor itself: the same model, and the same
@@ -240,6 +257,43 @@ def load_experiment(
     # "examples/../runs/x" -> "runs/x": the folders appear in logs and in the report.
     top = replace(top, **{k: _norm(getattr(top, k)) for k in ("out", "instance_dir")})
     top.check(path)
+    exp = _resolve(data, path, by_table, top)
+    if top.replicates > 1:
+        exp.copies = [
+            _replicate(data, path, by_table, exp, k) for k in range(1, top.replicates + 1)
+        ]
+    return exp
+
+
+def _replicate(
+    data: dict[str, Any], path: Path, by_table: dict[str | None, list[str]], exp: Experiment, k: int
+) -> Experiment:
+    """Replicate ``k``: the experiment in ``out/replicate-<k>/``, trained from a seed and on a
+    reference split drawn for it alone (both derived from the config's seeds and k, so a rerun
+    is the same replicate); sampled with the config's sample seed, so its sets stay paired.
+    The replicates share the prior images (the frozen base model's)."""
+    top = exp.config
+    out = top.out / f"replicate-{k}"  # type: ignore[operator]
+    copy = _resolve(data, path, by_table, replace(top, out=out), where=f"replicate-{k}")
+    # 31 bits: a training seed is offset per image and per process (prior images, ranks).
+    train_seed = derive_seed(exp.finetune.seed, f"replicate-{k}:train") & 0x7FFFFFFF
+    # The prior images are the frozen model's: one set serves every run (and both arms).
+    copy.finetune = replace(copy.finetune, seed=train_seed, class_dir=exp.finetune.class_dir)
+    copy.sample = exp.sample
+    copy.replicate = k
+    copy.split_seed = derive_seed(top.seed, f"replicate-{k}:split") & 0x7FFFFFFF
+    return copy
+
+
+def _resolve(
+    data: dict[str, Any],
+    path: Path,
+    by_table: dict[str | None, list[str]],
+    top: ExperimentConfig,
+    where: str = "",
+) -> Experiment:
+    """The tables of a run config, resolved against its top level ``top`` (``where``: a
+    sub-folder of explicitly given arm and prior-image folders, for a replicate)."""
     shared = {
         "model": top.model,
         "revision": top.revision,
@@ -269,9 +323,14 @@ def load_experiment(
             f"{path}: [finetune] instance_dir is set by the run (the training share of the "
             "top-level instance_dir); remove it from the table"
         )
+    output_dir = _norm(finetune.output_dir)
+    if output_dir is None:
+        output_dir = top.out / "finetune"  # type: ignore[operator]
+    elif where:  # a replicate's arms sit in sub-folders of the folder the table names
+        output_dir = output_dir / where
     finetune = replace(
         finetune,
-        output_dir=_norm(finetune.output_dir) or top.out / "finetune",  # type: ignore[operator]
+        output_dir=output_dir,
         # Both arms share the prior images (the frozen model's, the same for both).
         class_dir=_norm(finetune.class_dir) or top.out / "class-images",  # type: ignore[operator]
     )

@@ -61,16 +61,16 @@ def write_report(
     comparisons: Sequence[Any],
     *,
     title: str = "spurcli report",
-    summary: dict[str, Any] | None = None,
+    summary: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
     notes: Sequence[str] = (),
     max_images: int = 48,
     curations: Sequence[Any] = (),
-    tables: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write the report; ``comparisons`` are `CompareResult`s or their `report_data()` dicts,
     ``curations`` `CurateResult`s or theirs.
 
-    ``summary`` (from `spurcli run`): ``{"columns": [...], "rows": [[...], ...], "caption": str}``.
+    ``summary`` (from `spurcli run`): a table ``{"columns": [...], "rows": [[...], ...],
+    "caption": str, "title": str}`` or a list of them (shown in order).
     A cell is a pre-formatted ``{"text", "css"}`` dict, a `spurcli.evaluate.metrics.
     rate_difference` dict (shown with its interval, coloured only when that excludes 0), or a
     number (in a column named "Δ ..." or "+...": a difference without an interval, never
@@ -89,9 +89,9 @@ def write_report(
         target=target,
         version=__version__,
         notes=list(notes),
-        summary=_summary(summary) if summary else None,
-        # more tables shaped as ``summary``, each with a "title" (run: the object-free rates)
-        tables=[{**_summary(t), "title": t["title"]} for t in tables],
+        summaries=[
+            _summary(t) for t in ([summary] if isinstance(summary, dict) else summary or [])
+        ],
         comparisons=[_comparison(d, max_images) for d in datas],
         curations=[_curation(d) for d in curated],
     )
@@ -207,7 +207,12 @@ def _summary(summary: dict[str, Any]) -> dict[str, Any]:
             else:
                 cells.append({"kind": "number", "text": _num(value)})
         rows.append({"name": row[0], "cells": cells})
-    return {"columns": summary["columns"], "rows": rows, "caption": summary.get("caption")}
+    return {
+        "columns": summary["columns"],
+        "rows": rows,
+        "caption": summary.get("caption"),
+        "title": summary.get("title"),
+    }
 
 
 def _comparison(data: dict[str, Any], max_images: int) -> dict[str, Any]:

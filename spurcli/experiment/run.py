@@ -52,6 +52,7 @@ from spurcli.experiment.stages import (
     sample_stage,
     score_stage,
 )
+from spurcli.experiment.summary import tested_differences
 from spurcli.fileio import is_inside, output_folder
 from spurcli.generate.config import FinetuneConfig
 from spurcli.generate.pipelines import resolve_model
@@ -135,16 +136,22 @@ def run_experiment(
     stages = Stages()
     main = console.is_main_process()
 
+    runs = exp.replicates()
     with output_folder(exp.out, "run", recognise=_is_experiment_folder, enabled=main):
-        references_stage(exp, stages, main)
-        for arm in exp.arms():
-            finetune_stage(exp, arm, stages, retrain=retrain)
-        sample_stage(exp, stages)
-        score_stage(exp, stages, main)
-        detect_stage(exp, stages, main)
-        features_stage(exp, stages, main)
-        compare_stage(exp, stages, main)
-        curate_stage(exp, stages, main)
+        # Each training run in turn, to its comparisons, so an interrupted experiment keeps
+        # whole replicates; the summary pools them.
+        for run in runs:
+            scoped = stages.scoped(f"replicate-{run.replicate}/" if run.replicate else "")
+            references_stage(run, scoped, main)
+            for arm in run.arms():
+                finetune_stage(run, arm, scoped, retrain=retrain)
+            sample_stage(run, scoped)
+            score_stage(run, scoped, main)
+            detect_stage(run, scoped, main)
+            features_stage(run, scoped, main)
+            compare_stage(run, scoped, main)
+        # One curated set is enough to look at (curate selects, it does not measure).
+        curate_stage(runs[0], stages, main)
         report, summary = report_stage(exp, stages, main)
     return ExperimentResult(
         out=exp.out, report=report, summary=summary, stages=stages.done, reasons=stages.reasons
@@ -199,6 +206,12 @@ def check_tables(exp: Experiment) -> None:
 
     check_sample_config(exp.sample)
     exp.compare.check()
+    tested = [f"{a}-vs-{b}" for a, b, _ in tested_differences(exp)]
+    if exp.primary() not in tested:
+        raise UsageError(
+            f"{exp.path}: primary = {exp.primary()!r} is not a comparison this run makes; "
+            f"choose one of {', '.join(tested)}"
+        )
     if is_inside(exp.out, exp.config.instance_dir):  # type: ignore[arg-type]
         raise UsageError(
             f"{exp.path}: out {exp.out} is inside instance_dir {exp.config.instance_dir}: the run "
@@ -209,4 +222,5 @@ def check_tables(exp: Experiment) -> None:
 def _is_experiment_folder(out: Path) -> bool:
     """``out`` holds an experiment's results (made before folders had a marker)."""
     names = ("references", "finetune", "samples", "scores", "summary.json", "report.html")
+    names += ("replicate-1",)
     return any((out / name).exists() for name in names)

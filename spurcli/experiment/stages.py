@@ -45,7 +45,7 @@ from spurcli.experiment.freshness import Stages, staleness, write_stamp
 from spurcli.experiment.plan import LABELS, SFSL, Experiment
 from spurcli.experiment.report import write_report
 from spurcli.experiment.results import read_json, read_rows, saved_scores, weights_entry
-from spurcli.experiment.summary import object_free_table, summarize, summary_table
+from spurcli.experiment.summary import summarize, summary_tables
 from spurcli.fileio import atomic_dir, write_json
 from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES, list_checkpoints
 from spurcli.generate.config import FinetuneConfig, SampleConfig
@@ -499,21 +499,26 @@ def curate_stage(exp: Experiment, stages: Stages, main: bool) -> None:
     if main:
         write_json(data, result.report_data(exp.curate.report_images))
         write_stamp(data, stamp)
-    stages.ran("curate", stages.reasons.get("curate", "not made yet"))
+    stages.ran("curate", stages.reason("curate", "not made yet"))
     _barrier(exp.curate.device)
 
 
 def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dict[str, Any]]:
 
     report, summary_path = exp.layout.report, exp.layout.summary
-    comparisons = [exp.layout.comparison(a, b) for a, b in exp.comparisons()]
-    inputs = comparisons + [exp.layout.scores(s) for s in exp.all_sets()]
-    curated = [exp.layout.curated_record] if exp.curate is not None else []
+    runs = exp.replicates()
+    # The report shows the first training run's images; the summary pools every run's scores.
+    comparisons = [runs[0].layout.comparison(a, b) for a, b in exp.comparisons()]
+    inputs = comparisons + [run.layout.scores(s) for run in runs for s in exp.all_sets()]
+    # curate_stage curates the first training run's images
+    curated = [runs[0].layout.curated_record] if exp.curate is not None else []
     inputs += curated
     if exp.config.detector is not None:
-        inputs += [exp.layout.presence(s) for s in exp.all_sets()]
+        inputs += [run.layout.presence(s) for run in runs for s in exp.all_sets()]
     summary = summarize(exp)
     stamp = {
+        "primary": exp.primary(),
+        "replicates": exp.config.replicates,
         "title": exp.config.title,
         "notes": exp.config.notes,
         "report_images": exp.compare.report_images,
@@ -529,7 +534,8 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
         notes = [
             *exp.config.notes,
             f"model {exp.config.model}; arms: "
-            + ", ".join(f"{LABELS[a]} in {c.output_dir}" for a, c in exp.arms().items())
+            + ", ".join(f"{LABELS[a]} in {c.output_dir}" for a, c in runs[0].arms().items())
+            + (f" (and so on in each of {len(runs)} replicates)" if len(runs) > 1 else "")
             + f"; references: {exp.config.instance_dir}; config: {exp.path}",
             *summary["notes"],
         ]
@@ -551,14 +557,13 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
             report,
             datas,
             title=title,
-            summary=summary_table(summary),
-            tables=[t for t in [object_free_table(summary)] if t is not None],
+            summary=summary_tables(summary),
             notes=notes,
             max_images=exp.compare.report_images,
             curations=[json.loads(p.read_text(encoding="utf-8")) for p in curated],
         )
         write_stamp(report, stamp)
-    stages.ran("report", stages.reasons.get("report", "not made yet"))
+    stages.ran("report", stages.reason("report", "not made yet"))
     return report, summary
 
 
