@@ -644,6 +644,7 @@ def test_a_copied_experiment_folder_continues_without_retraining(tmp_path, monke
         run_experiment(copied)
     assert (tmp_path / "copy" / "finetune" / "spurcli-run.json").read_bytes() == card
 
+
 @pytest.mark.slow
 def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path):
     """Two training runs per arm (own seed and reference split each): per-run results, pooled
