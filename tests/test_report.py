@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 from _compare_helpers import make_sets
 from PIL import Image
@@ -114,7 +115,7 @@ def test_report_renders_in_headless_chromium(tmp_path, comparison, chromium):
     assert colours is not None and len(colours) > 50  # a rendered page, not a blank one
 
 
-def test_a_difference_is_coloured_only_when_its_interval_excludes_zero():
+def test_a_difference_is_coloured_by_the_printed_test_and_never_when_zero():
     from spurcli.experiment.report import delta_cell
 
     def css(cell: dict) -> str:
@@ -131,18 +132,29 @@ def test_a_difference_is_coloured_only_when_its_interval_excludes_zero():
     unmatched_ap = {**above, "delta_ci": None, "matched_size": 3, "subsamples": 200}
     assert css(delta_cell(unmatched_ap, "average_precision")) == ""
     assert delta_cell(above)["ci"] == "[+0.100, +0.600]" and delta_cell(above)["p"] == "0.01"
+    # 5 vs 0 discordant pairs of 24: Newcombe's interval excludes 0, McNemar's p = 0.0625
+    from spurcli.evaluate.metrics import rate_difference
+
+    five = rate_difference(np.r_[np.ones(5), np.zeros(19)], np.zeros(24), paired=True)
+    assert five["delta_ci"][0] > 0 and five["p_value"] == pytest.approx(0.0625)
+    assert css(delta_cell(five, "spurious_rate")) == ""
+    zero = {**above, "delta": 0.0, "delta_ci": [0.0, 0.0], "p_value": 0.0}
+    assert css(delta_cell(zero, "spurious_rate")) == "" and delta_cell(zero)["text"] == "0.000"
+    no_test = {"delta": 0.4, "delta_ci": [0.1, 0.6]}  # a bootstrap interval alone decides
+    assert css(delta_cell(no_test, "spurious_rate")) == "pos"
 
 
 def test_report_shows_intervals_and_colours_by_them(tmp_path, comparison):
     text = write_report(tmp_path / "r.html", [comparison]).read_text(encoding="utf-8")
     rate = comparison.differences["classifiers"]["fake"]["spurious_rate"]
     lo, hi = rate["delta_ci"]
-    assert lo > 0  # 4/4 vs 1/4: Newcombe's interval excludes 0 (Fisher's p = 0.14 does not)
-    assert '<td class="pos" title="Fisher exact p = 0.143; Newcombe hybrid score">+0.750' in text
+    assert lo > 0  # 4/4 vs 1/4: Newcombe's interval excludes 0 (Fisher's p = 0.14 does not) ...
+    # ... and the p-value printed beside it decides: not coloured
+    assert '<td class="" title="Fisher exact p = 0.143; Newcombe hybrid score">+0.750' in text
     assert f"[{lo:+.3f}, {hi:+.3f}]" in text
     ci = comparison.a["classifiers"]["fake"]["spurious_rate_ci"]
     assert f'<span class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</span>' in text
-    assert "only when the 95% interval of Δ excludes 0" in text
+    assert "only where the test printed beside Δ gives p &lt; 0.05" in text
 
 
 def test_summary_cells_a_difference_dict_or_a_preformatted_one(tmp_path, comparison):

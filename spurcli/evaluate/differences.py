@@ -93,6 +93,24 @@ def excludes_zero(diff: dict[str, Any] | None) -> bool:
     return ci is not None and (ci[0] > 0 or ci[1] < 0)
 
 
+ALPHA = 0.05  # the level a shown difference is coloured at (1 - CONFIDENCE)
+
+
+def shown_as_real(diff: dict[str, Any] | None, p_key: str = "p_value") -> int:
+    """+1 or -1 (the sign of the difference) where a table colours it, else 0: by the test whose
+    p-value is printed beside it (``p_key``: a Holm-adjusted one, say) below ``ALPHA``, by its
+    interval only where it has no test; never without an interval, never where it prints as 0.
+    An exact test and a score interval can disagree (5 vs 0 discordant pairs of 24: McNemar p =
+    0.0625, Newcombe's interval above 0); the reader sees the p-value, so the p-value decides."""
+    if not diff or diff.get("delta") is None or abs(diff["delta"]) < 5e-4:  # printed "0.000"
+        return 0
+    if diff.get("delta_ci") is None:  # a number without an interval (an unmatched AP, ...)
+        return 0
+    p = diff.get(p_key)
+    real = p < ALPHA if p is not None else excludes_zero(diff)
+    return (1 if diff["delta"] > 0 else -1) if real else 0
+
+
 def _prompt_keys(records_a: list[dict], records_b: list[dict]) -> tuple[list[Any], list[Any]]:
     """(seed, prompt) per image, minus the words that every prompt of one set has and no prompt
     of the other (the tuned identifier: "a photo of sks flower" pairs with "a photo of flower")."""

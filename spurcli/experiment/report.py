@@ -6,12 +6,12 @@
     write_report("report.html", [result], title="hummingbird: red flower")
 
 What it holds, per comparison (A vs B): the score metrics side by side with their 95% intervals
-and the differences A - B (interval, p-value; a difference is coloured only when its interval
-excludes 0, see docs/statistics.md), a bar chart of the spurious rate per classifier, the
+and the differences A - B (interval, p-value; a difference is coloured only when the printed
+test's p < 0.05, see docs/statistics.md), a bar chart of the spurious rate per classifier, the
 similarity numbers per feature extractor with a histogram of each A image's nearest-neighbour
 cosine to B, the closest A/B pairs (the memorisation check), and the two image grids side by
 side with every image's top-1 label per classifier (in red where it is the target class: a
-spurious hit). A `run` adds a summary table on top. A curated set (`spurcli curate`, or `run`'s
+spurious hit). A `run` adds its summary tables on top. A curated set (`spurcli curate`, or `run`'s
 curate stage) adds a section: its counts per reason, the spurious rates of the held-out and of
 the selection classifiers, the kept images and a sample of the rejected ones under each reason.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from spurcli import __version__
-from spurcli.evaluate.differences import consensus_text, excludes_zero, fmt_difference, fmt_p
+from spurcli.evaluate.differences import consensus_text, fmt_difference, fmt_p, shown_as_real
 from spurcli.evaluate.results import METRICS
 from spurcli.evaluate.verdicts import REASONS, SELECTION_NOTE, UNCHECKED_NOTE
 from spurcli.fileio import write_text
@@ -72,7 +72,7 @@ def write_report(
     ``summary`` (from `spurcli run`): a table ``{"columns": [...], "rows": [[...], ...],
     "caption": str, "title": str}`` or a list of them (shown in order).
     A cell is a pre-formatted ``{"text", "css"}`` dict, a `spurcli.evaluate.metrics.
-    rate_difference` dict (shown with its interval, coloured only when that excludes 0), or a
+    rate_difference` dict (shown with its interval and p, coloured by `shown_as_real`), or a
     number (in a column named "Δ ..." or "+...": a difference without an interval, never
     coloured).
     """
@@ -119,8 +119,9 @@ def delta_cell(value: float | dict[str, Any] | None, metric: str | None = None) 
     """A difference as the template shows it: a plain number, or a `rate_difference`-shaped dict
     with its interval and test.
 
-    Coloured (``css``) only when the interval excludes 0 (red, "pos", where the first set is the
-    more spurious one, green, "neg", where less); a number without an interval never is.
+    Coloured (``css``) as `spurcli.evaluate.differences.shown_as_real` says (by the printed
+    test's p-value; red, "pos", where the first set is the more spurious one, green, "neg",
+    where less); a number without an interval never is.
     """
     if value is None:
         return None
@@ -129,7 +130,7 @@ def delta_cell(value: float | dict[str, Any] | None, metric: str | None = None) 
     if delta is None:
         return None
     direction = DIRECTION.get(metric or "spurious_rate", 0)
-    sign = direction * (int(delta > 0) - int(delta < 0)) if excludes_zero(diff) else 0
+    sign = direction * shown_as_real(diff)
     title = None
     if diff.get("test"):
         title = f"{diff['test']} p = {fmt_p(diff['p_value'])}; {diff['interval']}"

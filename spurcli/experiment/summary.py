@@ -40,7 +40,7 @@ from spurcli.errors import SpurcliError
 from spurcli.evaluate import metrics
 from spurcli.evaluate.clustered import INTERVAL, cluster_difference, cluster_rate, holm
 from spurcli.evaluate.compare import find_pairs
-from spurcli.evaluate.differences import fmt_p
+from spurcli.evaluate.differences import fmt_p, shown_as_real
 from spurcli.experiment.layout import REFERENCES
 from spurcli.experiment.plan import BASELINE, DREAMBOOTH, LABELS, SFSL, Experiment
 from spurcli.experiment.results import model_identities, read_json, saved_scores
@@ -673,7 +673,7 @@ def _difference_row(
     primary test, Holm's for the others) below 0.05, and never when the difference is 0."""
     p = diff.get(p_key)
     delta = diff["delta"]
-    css = ("pos" if delta > 0 else "neg") if p is not None and p < 0.05 and delta != 0 else ""
+    css = {1: "pos", -1: "neg", 0: ""}[shown_as_real(diff, p_key)]
     ci = diff.get("delta_ci")
     return [
         label,
