@@ -661,6 +661,11 @@ def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path):
         assert result.stages[f"replicate-{k}/finetune"] == "ran"
     assert (out / "class-images").is_dir()  # the frozen model's prior images, made once
     assert not (out / "replicate-1" / "class-images").exists()
+    # the untuned model's images are the same in every replicate: sampled once, scored per run
+    assert len(list((out / "samples" / "baseline").rglob("*.png"))) == 2
+    assert not (out / "replicate-2" / "samples" / "baseline").exists()
+    assert result.stages["replicate-2/sample:baseline"] != "ran"
+    assert (out / "replicate-2" / "scores" / "baseline.json").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary)[:2] == ["primary", "tests"]  # declared before any number
     assert summary["replication"]["replicates"] == 2

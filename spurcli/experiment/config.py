@@ -77,6 +77,7 @@ class ExperimentConfig:
         "Training runs per arm, each with its own training seed and reference split, shared "
         "by the arms; 1: unreplicated.",
         min=1,
+        max=1000,
     )
     # Declared before any number exists: the headline, tested alone; every other test is
     # secondary and Holm-corrected.

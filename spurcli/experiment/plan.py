@@ -61,6 +61,9 @@ class Experiment:
     replicate: int = 0  # 1..replicates for a replicate of a replicated experiment; 0: the whole
     split_seed: int | None = None  # the reference split's seed (None: the config's seed)
     copies: list[Experiment] = field(default_factory=list, repr=False)  # the replicates
+    # A replicate's parent folder: the untuned model's sets are the same images in every
+    # replicate (same model, same sampling seeds), so they are made once, there.
+    shared_out: Path | None = None
 
     @cached_property
     def split(self) -> ReferenceSplit:
@@ -119,6 +122,8 @@ class Experiment:
     def set_dir(self, name: str) -> Path:
         if name == REFERENCES:  # which references judge depends on the split
             return self.layout.set_dir(name, held_out=bool(self.split.held_out))
+        if self.shared_out is not None and name.startswith(BASELINE):
+            return Layout(self.shared_out).set_dir(name)
         return self.layout.set_dir(name)
 
     def all_sets(self) -> list[str]:
@@ -271,7 +276,8 @@ def _replicate(
     """Replicate ``k``: the experiment in ``out/replicate-<k>/``, trained from a seed and on a
     reference split drawn for it alone (both derived from the config's seeds and k, so a rerun
     is the same replicate); sampled with the config's sample seed, so its sets stay paired.
-    The replicates share the prior images (the frozen base model's)."""
+    The replicates share what the frozen base model makes: the prior images and the baseline
+    sets."""
     top = exp.config
     out = top.out / f"replicate-{k}"  # type: ignore[operator]
     copy = _resolve(data, path, by_table, replace(top, out=out), where=f"replicate-{k}")
@@ -280,6 +286,7 @@ def _replicate(
     # The prior images are the frozen model's: one set serves every run (and both arms).
     copy.finetune = replace(copy.finetune, seed=train_seed, class_dir=exp.finetune.class_dir)
     copy.sample = exp.sample
+    copy.shared_out = top.out  # type: ignore[assignment]
     copy.replicate = k
     copy.split_seed = derive_seed(top.seed, f"replicate-{k}:split") & 0x7FFFFFFF
     return copy
