@@ -200,7 +200,10 @@ def gradient_at_update(training: Training) -> tuple[Any, list[torch.Tensor]]:
 
 
 def test_each_step_records_how_much_clipping_scaled_the_update(refs, tmp_path):
-    cfg = fast_config(refs, tmp_path / "run", prior_weight=0.0, max_grad_norm=1e-3)
+    # sfsl_grad_clip 0: --max-grad-norm clips the whole update (the separate SFSL clip: below)
+    cfg = fast_config(
+        refs, tmp_path / "run", prior_weight=0.0, max_grad_norm=1e-3, sfsl_grad_clip=0
+    )
     result, applied = gradient_at_update(training_for(cfg))
     clip = result.clipping
     assert clip["clip_norm"] > 1e-3 and clip["clip_scale"] == pytest.approx(
@@ -210,7 +213,9 @@ def test_each_step_records_how_much_clipping_scaled_the_update(refs, tmp_path):
         1e-3, rel=1e-3
     )
     assert {"clip_norm", "clip_scale"} <= set(result.entry())  # log.jsonl, every step
-    unclipped = fast_config(refs, tmp_path / "free", prior_weight=0.0, max_grad_norm=100.0)
+    unclipped = fast_config(
+        refs, tmp_path / "free", prior_weight=0.0, max_grad_norm=100.0, sfsl_grad_clip=0
+    )
     assert train_step(training_for(unclipped)).clipping["clip_scale"] == 1.0
 
 

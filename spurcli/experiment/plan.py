@@ -146,9 +146,9 @@ class Experiment:
     def primary(self) -> str:
         """The pre-declared comparison: the config's, or by default SFSL vs DreamBooth-only, and
         SFSL vs the baseline in a run without a DreamBooth-only arm."""
-        made = {f"{a}-vs-{b}" for a, b in self.comparisons()}
         default = ExperimentConfig.__dataclass_fields__["primary"].default
-        if self.config.primary == default and default not in made:
+        # decided from the arms alone: reading the reference folder waits for the first stage
+        if self.config.primary == default and DREAMBOOTH not in self.arms():
             return f"{SFSL}-vs-{BASELINE}"
         return self.config.primary
 
@@ -262,7 +262,7 @@ def load_experiment(
     # "examples/../runs/x" -> "runs/x": the folders appear in logs and in the report.
     top = replace(top, **{k: _norm(getattr(top, k)) for k in ("out", "instance_dir")})
     top.check(path)
-    exp = _resolve(data, path, by_table, top)
+    exp = _resolve_tables(data, path, by_table, top)
     if top.replicates > 1:
         exp.copies = [
             _replicate(data, path, by_table, exp, k) for k in range(1, top.replicates + 1)
@@ -280,7 +280,7 @@ def _replicate(
     sets."""
     top = exp.config
     out = top.out / f"replicate-{k}"  # type: ignore[operator]
-    copy = _resolve(data, path, by_table, replace(top, out=out), where=f"replicate-{k}")
+    copy = _resolve_tables(data, path, by_table, replace(top, out=out), where=f"replicate-{k}")
     # 31 bits: a training seed is offset per image and per process (prior images, ranks).
     train_seed = derive_seed(exp.finetune.seed, f"replicate-{k}:train") & 0x7FFFFFFF
     # The prior images are the frozen model's: one set serves every run (and both arms).
@@ -292,7 +292,7 @@ def _replicate(
     return copy
 
 
-def _resolve(
+def _resolve_tables(
     data: dict[str, Any],
     path: Path,
     by_table: dict[str | None, list[str]],

@@ -117,7 +117,7 @@ def _victims(exp: Experiment, first: Experiment) -> _Victims:
     )
 
 
-def _verdicts(exp: Experiment, members: list[str]) -> _Verdicts:
+def _run_verdicts(exp: Experiment, members: list[str]) -> _Verdicts:
     names = exp.all_sets()
     scores = {n: json.loads(exp.layout.scores(n).read_text(encoding="utf-8")) for n in names}
     saved = {n: saved_scores(exp, n) for n in names}
@@ -180,7 +180,7 @@ def summarize(exp: Experiment) -> dict[str, Any]:
     primary comparison first, every other test Holm-corrected."""
     runs = exp.replicates()
     victims = _victims(exp, runs[0])
-    verdicts = [_verdicts(run, victims.members) for run in runs]
+    verdicts = [_run_verdicts(run, victims.members) for run in runs]
     if len(runs) == 1:
         summary = _summarize_run(exp, victims, verdicts[0])
         summary["replication"] = {
