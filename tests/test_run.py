@@ -646,12 +646,17 @@ def test_a_copied_experiment_folder_continues_without_retraining(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path):
+def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path, fake_plugin):
     """Two training runs per arm (own seed and reference split each): per-run results, pooled
-    rates with clustered intervals, the pre-declared primary test, Holm on the rest."""
+    rates with clustered intervals, the pre-declared primary test, Holm on the rest; the
+    object-free rates (the fake detector) pooled over both runs too."""
     from statsmodels.stats.multitest import multipletests
 
-    config = CONFIG.replace("replicates = 1", "replicates = 2\nrecontext = false")
+    from spurcli.experiment.results import read_rows
+
+    config = CONFIG.replace(
+        "replicates = 1", 'replicates = 2\nrecontext = false\ndetector = "fake"'
+    )
     path = write_config(tmp_path, config)
     result = run_experiment(path)
     out = tmp_path / "out"
@@ -703,3 +708,23 @@ def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path):
     assert [h for _, h in family] == pytest.approx(list(expected))
     report = result.report.read_text()
     assert "primary: SFSL - DreamBooth" in report and "Holm-adjusted" in report
+    # object-free rates: each replicate's presence records, pooled like every other rate
+    free = summary["object_free"]
+    assert summary["headline"] == "object_free_rate"
+    for name in ("sfsl", "baseline", "references"):
+        hits, n_free = [], 0
+        for k in (1, 2):
+            run = out / f"replicate-{k}"
+            presence = json.loads((run / "presence" / f"{name}.json").read_text())["presence"]
+            rows = read_rows(run / "scores" / f"{name}.csv")
+            free_images = {i for i, value in presence.items() if value <= 0.5}
+            n_free += len(free_images)
+            hits += [
+                r["top1_index"] == 94
+                for r in rows
+                if r["classifier"] == "timm:test_resnet" and r["image"] in free_images
+            ]
+        assert free["n_object_free"][name] == n_free
+        rate = free["classifiers"]["timm:test_resnet"]["object_free_rate"][name]
+        assert rate == (pytest.approx(sum(hits) / len(hits)) if hits else None)
+    assert "object-free rates (the headline)" in report
