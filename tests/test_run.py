@@ -645,6 +645,27 @@ def test_a_copied_experiment_folder_continues_without_retraining(tmp_path, monke
     assert (tmp_path / "copy" / "finetune" / "spurcli-run.json").read_bytes() == card
 
 
+def test_each_replicate_has_its_folders_seeds_and_split(tmp_path):
+    """A replicate's arm sits where the config names it, inside the replicate's folder; the
+    untuned model's sets and the prior images stay shared; seeds and splits differ."""
+    config = CONFIG.replace("replicates = 1", "replicates = 2")
+    inside = config.replace("[finetune]\n", '[finetune]\noutput_dir = "out/tuned"\n')
+    runs = load_experiment(write_config(tmp_path, inside)).replicates()
+    out = (tmp_path / "out").resolve()
+    for k, run in enumerate(runs, 1):
+        folder = out / f"replicate-{k}"
+        assert run.finetune_dir.resolve() == folder / "tuned"
+        assert Path(run.arms()["dreambooth"].output_dir).resolve() == folder / "tuned-dreambooth"
+        assert run.set_dir("sfsl").resolve() == folder / "samples" / "sfsl"
+        assert run.set_dir("baseline").resolve() == out / "samples" / "baseline"
+        assert Path(run.finetune.class_dir).resolve() == out / "class-images"
+    assert runs[0].finetune.seed != runs[1].finetune.seed
+    assert runs[0].split_seed != runs[1].split_seed
+    elsewhere = config.replace("[finetune]\n", '[finetune]\noutput_dir = "models/a"\n')
+    runs = load_experiment(write_config(tmp_path, elsewhere)).replicates()
+    assert runs[1].finetune_dir.resolve() == (tmp_path / "models" / "a" / "replicate-2").resolve()
+
+
 @pytest.mark.slow
 def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path, fake_plugin):
     """Two training runs per arm (own seed and reference split each): per-run results, pooled

@@ -333,8 +333,16 @@ def _resolve_tables(
     output_dir = _norm(finetune.output_dir)
     if output_dir is None:
         output_dir = top.out / "finetune"  # type: ignore[operator]
-    elif where:  # a replicate's arms sit in sub-folders of the folder the table names
-        output_dir = output_dir / where
+    elif where:
+        # A replicate's arm: where the table names it inside the experiment folder, at the same
+        # place inside the replicate's folder (out/finetune -> out/replicate-k/finetune); a
+        # folder elsewhere gets a sub-folder per replicate.
+        experiment = Path(os.path.abspath(top.out.parent))  # type: ignore[union-attr]
+        named = Path(os.path.abspath(output_dir))
+        if named.is_relative_to(experiment):
+            output_dir = top.out / named.relative_to(experiment)  # type: ignore[operator]
+        else:
+            output_dir = output_dir / where
     finetune = replace(
         finetune,
         output_dir=output_dir,
