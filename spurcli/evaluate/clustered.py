@@ -18,8 +18,9 @@ first the training runs (with replacement), then the images within each drawn ru
 replacement; a run drawn twice is resampled twice, independently). Paired sets (image i of A and
 of B share a seed and a prompt within a run) are resampled as pairs, so the difference keeps its
 pairing. The interval is the percentile interval of the pooled statistic; the p-value of a
-difference is twice the smaller share of bootstrap differences on either side of 0 (capped at 1),
-the usual bootstrap test of "no difference". With few runs the interval is wide, and must be:
+difference is twice the smaller share of bootstrap differences on either side of 0, counted as
+(1 + r) / (B + 1) so that B resamples never claim a p below 2 / (B + 1), capped at 1: the usual
+bootstrap test of "no difference". With few runs the interval is wide, and must be:
 three training runs say little about a fourth (docs/statistics.md).
 
 Holm's step-down correction of the secondary tests is statsmodels' (`multipletests`).
@@ -132,8 +133,10 @@ def cluster_difference(
         diff_draws = sum_a.sum(axis=1) / n_a.sum(axis=1) - sum_b.sum(axis=1) / n_b.sum(axis=1)
     delta = _pooled(runs_a) - _pooled(runs_b)
     if resamples:
-        below, above = np.mean(diff_draws <= 0), np.mean(diff_draws >= 0)
-        p_value = float(min(1.0, 2 * min(below, above)))
+        # (1 + r) / (B + 1): B resamples cannot show a p below about 1/B (Davison & Hinkley
+        # 1997, eq. 4.11), so a difference no resample crosses is p = 2 / (B + 1), not 0.
+        below, above = np.sum(diff_draws <= 0), np.sum(diff_draws >= 0)
+        p_value = float(min(1.0, 2 * (1 + min(below, above)) / (resamples + 1)))
         ci = _percentile(diff_draws, confidence)
     else:
         p_value, ci = None, None
