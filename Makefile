@@ -5,7 +5,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-PLUGINS := plugins/spurcli-timm plugins/spurcli-openclip plugins/spurcli-robust plugins/spurcli-effnet-lite0 plugins/spurcli-owlv2
+PLUGINS := plugins/spurcli-timm plugins/spurcli-openclip plugins/spurcli-robust plugins/spurcli-effnet-lite plugins/spurcli-owlv2
 # Nothing here may reach the model hub: everything runs on tiny/mini/random/bundled weights.
 export HF_HUB_OFFLINE := 1
 
