@@ -12,11 +12,14 @@ export HF_HUB_OFFLINE := 1
 .PHONY: install demo test test-fast lint format clean
 
 # pip's and setuptools' build chatter goes to $(VENV)/install.log, shown only if the install fails.
+# spurcli-effnet-lite0 became spurcli-effnet-lite: a .venv made before keeps its stale entry point
+# (a warning on every command) unless it is uninstalled; pip only warns when it is not there.
 $(BIN)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/plugin-template/pyproject.toml
 	@echo "installing spurcli, its plugins and test tools into $(VENV) (log: $(VENV)/install.log)"
 	@$(PYTHON) -m venv $(VENV)
 	@{ $(BIN)/pip install --quiet --upgrade pip && \
-	   $(BIN)/pip install --quiet -e '.[test]' $(addprefix -e ,$(PLUGINS)) -e examples/plugin-template; \
+	   $(BIN)/pip install --quiet -e '.[test]' $(addprefix -e ,$(PLUGINS)) -e examples/plugin-template && \
+	   $(BIN)/pip uninstall --quiet --yes spurcli-effnet-lite0; \
 	 } > $(VENV)/install.log 2>&1 || { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $@
 	@echo "installed: $$($(BIN)/spurcli --version)"

