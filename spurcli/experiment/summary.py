@@ -40,7 +40,7 @@ from spurcli.errors import SpurcliError
 from spurcli.evaluate import metrics
 from spurcli.evaluate.clustered import INTERVAL, cluster_difference, cluster_rate, holm
 from spurcli.evaluate.compare import find_pairs
-from spurcli.evaluate.differences import fmt_p, shown_as_real
+from spurcli.evaluate.differences import consensus_members, fmt_p, shown_as_real
 from spurcli.experiment.layout import REFERENCES
 from spurcli.experiment.plan import BASELINE, DREAMBOOTH, LABELS, SFSL, Experiment
 from spurcli.experiment.results import model_identities, read_json, saved_scores
@@ -113,7 +113,7 @@ def _victims(exp: Experiment, first: Experiment) -> _Victims:
     return _Victims(
         circular=exp.circular(recorded),
         left_out=left_out,
-        members=[c for c in exp.compare.classifiers if c not in left_out],
+        members=consensus_members(exp.compare.classifiers, left_out),
     )
 
 
