@@ -509,7 +509,6 @@ def _headline(object_free: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _rates_table(
-    summary: dict[str, Any],
     sets: list[str],
     columns: dict[str, tuple[dict[str, Any], dict[str, Any]]],
     size: dict[str, str],
@@ -551,7 +550,7 @@ def object_free_table(summary: dict[str, Any], interval: str) -> dict[str, Any] 
         **_victim_columns(summary, free["classifiers"], free["consensus"], "object_free_rate"),
     }
     size = {s: f"{free['n_object_free'][s]} of {summary['n_images'][s]} object-free" for s in sets}
-    header, rows = _rates_table(summary, sets, columns, size)
+    header, rows = _rates_table(sets, columns, size)
     target = summary["target"]
     return {
         "title": "object-free rates (the headline)",
@@ -693,7 +692,6 @@ def summary_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
     victims = summary["classifiers"]
     consensus = summary["consensus"]
     columns, rows = _rates_table(
-        summary,
         sets,
         _victim_columns(summary, victims, consensus, "spurious_rate"),
         {s: str(summary["n_images"][s]) for s in sets},
