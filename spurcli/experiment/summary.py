@@ -76,6 +76,7 @@ class _Verdicts:
     consensus: dict[str, np.ndarray]  # set -> hits of every consensus member at once
     pairings: dict[str, Any]  # "a-vs-b" -> compare.find_pairs' Pairing
     present: dict[str, np.ndarray] | None  # set -> images the detector finds the object in
+    detected_by: dict[str, Any] | None  # the detector, its weights and query (presence records)
 
     def object_free(self, hits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The hits of the images in which the detector finds no object."""
@@ -137,15 +138,18 @@ def _run_verdicts(exp: Experiment, members: list[str]) -> _Verdicts:
         for c, clf in enumerate(exp.compare.classifiers)
     }
     consensus = {n: np.all([hits[c][n] for c in members], axis=0) for n in names} if members else {}
-    return _Verdicts(names, scores, hits, consensus, pairings, _presence(exp, saved))
+    return _Verdicts(names, scores, hits, consensus, pairings, *_presence(exp, saved))
 
 
-def _presence(exp: Experiment, saved: dict[str, Any]) -> dict[str, np.ndarray] | None:
+def _presence(
+    exp: Experiment, saved: dict[str, Any]
+) -> tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]:
     """With a detector: set -> which images show the object (presence score above
-    ``max_presence``), from the detect stage's records; None without a detector."""
+    ``max_presence``), from the detect stage's records, and what the records say made them
+    (detector, weights, query); (None, None) without a detector."""
     if exp.config.detector is None:
-        return None
-    present = {}
+        return None, None
+    present, record = {}, {}
     for n, scored in saved.items():
         record = json.loads(exp.layout.presence(n).read_text(encoding="utf-8"))
         scores = record["presence"]
@@ -156,7 +160,7 @@ def _presence(exp: Experiment, saved: dict[str, Any]) -> dict[str, np.ndarray] |
                 "run again to detect the set anew"
             )
         present[n] = np.array([scores[i] > exp.config.max_presence for i in scored.spurious.images])
-    return present
+    return present, {key: value for key, value in record.items() if key != "presence"}
 
 
 # Rates of each set from per-run hits: {set: {"rate", "ci", ...}}. One run: Wilson intervals;
@@ -469,7 +473,7 @@ def object_free_summary(
     names = verdicts[0].names
     present = [v.present for v in verdicts]
     presence = rates(present)  # type: ignore[arg-type]
-    record = json.loads(exp.replicates()[0].layout.presence(names[0]).read_text(encoding="utf-8"))
+    record = verdicts[0].detected_by or {}
 
     def among_free(hits_of: list[dict[str, np.ndarray]]) -> tuple[dict[str, Any], ...]:
         pooled = rates([v.object_free(h) for v, h in zip(verdicts, hits_of, strict=True)])
