@@ -61,9 +61,6 @@ class Experiment:
     replicate: int = 0  # 1..replicates for a replicate of a replicated experiment; 0: the whole
     split_seed: int | None = None  # the reference split's seed (None: the config's seed)
     copies: list[Experiment] = field(default_factory=list, repr=False)  # the replicates
-    # A replicate's parent folder: the untuned model's sets are the same images in every
-    # replicate (same model, same sampling seeds), so they are made once, there.
-    shared_out: Path | None = None
 
     @cached_property
     def split(self) -> ReferenceSplit:
@@ -122,8 +119,10 @@ class Experiment:
     def set_dir(self, name: str) -> Path:
         if name == REFERENCES:  # which references judge depends on the split
             return self.layout.set_dir(name, held_out=bool(self.split.held_out))
-        if self.shared_out is not None and name.startswith(BASELINE):
-            return Layout(self.shared_out).set_dir(name)
+        if self.replicate and name.startswith(BASELINE):
+            # The untuned model's sets are the same images in every replicate (same model, same
+            # sampling seeds), so they are made once, in the experiment folder above.
+            return Layout(self.out.parent).set_dir(name)
         return self.layout.set_dir(name)
 
     def all_sets(self) -> list[str]:
@@ -286,7 +285,6 @@ def _replicate(
     # The prior images are the frozen model's: one set serves every run (and both arms).
     copy.finetune = replace(copy.finetune, seed=train_seed, class_dir=exp.finetune.class_dir)
     copy.sample = exp.sample
-    copy.shared_out = top.out  # type: ignore[assignment]
     copy.replicate = k
     copy.split_seed = derive_seed(top.seed, f"replicate-{k}:split") & 0x7FFFFFFF
     return copy
