@@ -729,6 +729,7 @@ def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path, fake
     assert [h for _, h in family] == pytest.approx(list(expected))
     report = result.report.read_text()
     assert "primary: SFSL - DreamBooth" in report and "Holm-adjusted" in report
+    assert "Weights: template-linear = random; timm:test_resnet = random." in report
     # object-free rates: each replicate's presence records, pooled like every other rate
     free = summary["object_free"]
     assert summary["headline"] == "object_free_rate"

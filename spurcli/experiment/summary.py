@@ -663,6 +663,12 @@ def _victim_name(clf: str, entry: dict[str, Any]) -> str:
     )
 
 
+def _weights_text(clf: str, entry: dict[str, Any]) -> str:
+    """``name = weights (sha256 0123456789ab)``: the exact weights behind a victim's column."""
+    sha = (entry.get("weights_id") or {}).get("sha256")
+    return f"{clf} = {entry['weights']}" + (f" (sha256 {sha[:12]})" if sha else "")
+
+
 def _short(name: str) -> str:
     """A set's label short enough for a 100-column terminal table."""
     label = LABELS[name].replace("DreamBooth only", "DreamBooth")
@@ -714,8 +720,9 @@ def summary_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
         "rows": rows,
         "caption": f"Spurious rate: the share of a set's images whose top-1 class is "
         f"{target['index']} {target['name']}, with {interval}. Consensus: every one of "
-        f"{members} at once. *: random weights; (circ.): the SFSL extractor itself. "
-        f"{summary['replication']['note']}.",
+        f"{members} at once. *: random weights; (circ.): the SFSL extractor itself. Weights: "
+        + "; ".join(_weights_text(c, e) for c, e in victims.items())
+        + f". {summary['replication']['note']}.",
     }
 
     def label(name: str) -> str:
