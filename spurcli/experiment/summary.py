@@ -4,20 +4,21 @@ target class, with 95% intervals, and whether the differences that matter are re
     from spurcli.experiment import load_experiment
     from spurcli.experiment.summary import summarize, summary_tables
     summary = summarize(load_experiment("examples/quickstart.toml"))   # after the run's scores
-    summary["classifiers"]["effnet-lite0"]["differences"]["generated-vs-baseline"]
-    # {"delta": 0.31, "delta_ci": [0.12, 0.48], "p_value": 0.002, "test": "McNemar exact", ...}
+    summary["classifiers"]["effnet-lite0"]["differences"]["sfsl-vs-baseline"]
+    # {"delta": 0.31, "delta_ci": [0.12, 0.48], "p_value": 0.002, "p_holm": 0.01, "test": ...}
     summary["primary"]          # the one pre-declared comparison, tested alone
-    summary_tables(summary)     # [rates, differences]: {"columns", "rows", "caption"} each
+    summary_tables(summary)     # rates, (object-free rates,) differences: "columns", "rows", ...
 
-The differences (`spurcli.evaluate.metrics.rate_difference`):
+With several training runs per arm (``replicates``) every rate and difference is pooled over
+the runs with a two-stage cluster bootstrap (`spurcli.evaluate.clustered`). With one, the
+differences are exact tests (`spurcli.evaluate.metrics.rate_difference`):
 
 - SFSL vs the untuned baseline, DreamBooth-only vs the baseline, and SFSL vs DreamBooth-only
   (SFSL's own contribution) are *paired*: image i of each set was sampled from the same seed and
   the same prompt (without [V] for the baseline), so the exact McNemar test applies. The pairs
   are matched by `spurcli.evaluate.compare.find_pairs` (seed and prompt from each image's sample
-  record,
-  the tuned identifier ignored), as `spurcli compare` matches them; sets that do not pair one to
-  one fall back to the unpaired test, and the summary's notes say so.
+  record, the tuned identifier ignored), as `spurcli compare` matches them; sets that do not pair
+  one to one fall back to the unpaired test, and the summary's notes say so.
 - Generated vs references is *unpaired* (Fisher's exact test); the references judged against are
   the held-out ones unless none could be held out (then the summary says so).
 
@@ -765,7 +766,8 @@ def _all_differences(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _split_pair(name: str, sets: dict[str, int]) -> tuple[str, str]:
-    """'generated-vs-baseline' -> ('generated', 'baseline'), for set names that hold '-'."""
+    """'sfsl-recontext-vs-baseline-recontext' -> ('sfsl-recontext', 'baseline-recontext'), for
+    set names that hold '-'."""
     for a in sets:
         if name.startswith(f"{a}-vs-") and name[len(a) + 4 :] in sets:
             return a, name[len(a) + 4 :]
