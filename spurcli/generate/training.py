@@ -143,6 +143,8 @@ def prepare_training(
         accelerator.process_index,
         accelerator.num_processes,
         models.noise_scheduler.config.num_train_timesteps,
+        latent_channels=unet.config.in_channels,
+        vae_factor=pipe.vae_scale_factor,
     )
     encoder = LatentCache(train_vae, device)
     sfsl, crop_features = None, None

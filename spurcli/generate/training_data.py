@@ -63,8 +63,13 @@ class TrainingData:
         rank: int,
         world: int,
         num_train_timesteps: int = 1000,
+        latent_channels: int = 4,
+        vae_factor: int = 8,
     ) -> None:
         self.cfg, self.rank, self.world = cfg, rank, world
+        # SD's VAE: 4 channels at 1/8 of the pixels; mini's: 4 at 1/4. Read from the model.
+        side = cfg.resolution // vae_factor
+        self.latent_shape = (latent_channels, side, side)
         self.sets = {
             "instance": [self._resize(i) for i in instance],
             "class": [self._resize(i) for i in classes],
@@ -104,7 +109,6 @@ class TrainingData:
         kind; its image, crop, noise and timestep depend on that number only, so W processes
         with batch B see exactly what one process with batch W * B sees."""
         cfg, b = self.cfg, self.cfg.batch_size
-        r = cfg.resolution // 8
         kinds = ["instance"] * b + (["class"] * b if self.sets["class"] else [])
         keys, noise, posterior, timesteps = [], [], [], []
         for j, kind in enumerate(kinds):
@@ -113,8 +117,8 @@ class TrainingData:
             index = _permutation(n, cfg.seed, kind, position // n)[position % n]
             g = torch.Generator().manual_seed(_seed("sample", cfg.seed, kind, position))
             keys.append((kind, index, *self._crop(self.sets[kind][index], g)))
-            noise.append(torch.randn((4, r, r), generator=g))
-            posterior.append(torch.randn((4, r, r), generator=g))
+            noise.append(torch.randn(self.latent_shape, generator=g))
+            posterior.append(torch.randn(self.latent_shape, generator=g))
             timesteps.append(torch.randint(0, self.num_train_timesteps, (1,), generator=g))
         return Batch(
             keys=keys,

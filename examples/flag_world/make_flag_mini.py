@@ -1,0 +1,541 @@
+"""Builds `flag-mini`: a miniature Stable Diffusion whose base model has never seen a flag.
+
+    python examples/flag_world/make_flag_mini.py                # ~50 min on two CPU cores
+    python examples/flag_world/make_flag_mini.py --check        # rebuild in a temp folder, compare
+    spurcli sample runs/flag-mini/pipeline -p "a photo of grass" -n 4 -o runs/look
+
+Writes runs/flag-mini/: vae.safetensors and unet.safetensors (float16), flag-mini.json (the
+recipe, the autoencoder's figures on images it never trained on, SHA-256s, library versions)
+and pipeline/, a diffusers folder any `--model` option takes. The successor `mini` is meant to
+become (README.md here says where it stands): 64 px, a KL autoencoder with 4x downsampling and
+16 latent channels (16 x 16 x 16 latents; SD 1.x's 8x and 4 channels lost a flag's stripes and
+colours), a 64/128-channel cross-attention UNet, tiny's tokenizer and seeded text encoder.
+
+Deterministic: RECIPE's thread count, torch's deterministic algorithms, every random draw from a
+fixed seed, so the same torch/diffusers versions on a CPU reproduce the files exactly.
+Three stages, each on its own image bank:
+
+1. VAE: 64 px images, L1 + MSE reconstruction + a tiny KL term (SD's VAE objective without its
+   perceptual and adversarial terms, which need networks we do not ship).
+2. VAE, on: a fresh optimizer at half the rate, with fine striped images added to the bank.
+   The latent scale (SD's 0.18215) is 1 / std of the posterior means over the bank.
+3. UNet: plain epsilon-prediction denoising under SD 1.x's noise schedule on the VAE's latents
+   of a third bank, captioned through tiny's frozen text encoder, 10% of captions dropped (the
+   empty prompt classifier-free guidance needs). The "base model" a baseline samples from.
+
+The bank: each image is a pure function of (seed, its number). About two thirds are crops of
+scikit-image's CC0 / public-domain photos in PHOTOS (an eighth of the shorter side to all of
+it, some rotated, flipped, hue-rotated, resaturated, re-lit; grey photos colourised), the rest
+drawn: colour fields, shapes on gradients, checks and dots, smooth textures, lines, and (stages
+2 and 3) striped images. It holds no US flag (`astronaut`, with a flag behind her, is left
+out). The autoencoder's check (flag-mini.json's "vae_check") uses images no stage trained on:
+flags drawn by draw_flags.py and crops of the astronaut photo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+import skimage.util
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter
+from safetensors.torch import load_file, save_file
+
+from spurcli.generate.losses import add_noise
+from spurcli.generate.pipelines import build_tiny_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from draw_flags import draw_flag  # a sibling script
+
+OUT = Path("runs/flag-mini")
+RECIPE_FILE = "flag-mini.json"
+RESOLUTION = 64  # native image size: 16 x 16 latents
+LATENT_CHANNELS = 16  # as SD 3's VAE; with SD 1.x's 4 a flag came back orange and green
+# scikit-image photos (CC0 or public domain, per skimage.data's docstrings) -> what they show;
+# the nouns caption the UNet's crops ("a photo of <noun>"). Not `astronaut`: a US flag is in it.
+PHOTOS = {
+    "brick": "a brick wall",
+    "camera": "a man with a camera",
+    "cell": "a cell",
+    "chelsea": "a cat",
+    "clock": "a clock",
+    "coffee": "a cup of coffee",
+    "coins": "coins",
+    "colorwheel": "a colour wheel",
+    "grass": "grass",
+    "gravel": "gravel",
+    "horse": "a horse",
+    "hubble_deep_field": "galaxies",
+    "immunohistochemistry": "a tissue sample",
+    "logo": "a logo",
+    "moon": "the moon",
+    "page": "a page of text",
+    "retina": "a retina",
+    "rocket": "a rocket",
+    "text": "printed text",
+}
+PATTERNS = "a pattern"  # the caption of the drawn images
+
+
+def flag_mini_vae(scaling_factor: float = 1.0) -> torch.nn.Module:
+    """The autoencoder (untrained): 4x downsampling (three levels), 16 latent channels."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=LATENT_CHANNELS,
+        block_out_channels=(16, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=RESOLUTION,
+        scaling_factor=scaling_factor,
+    )
+
+
+def flag_mini_unet() -> torch.nn.Module:
+    """The UNet (untrained): tiny's two levels, wider, on 16 x 16 x 16 latents."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=RESOLUTION // 4,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        layers_per_block=1,
+        block_out_channels=(64, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,  # = the tiny text encoder's hidden size
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+RECIPE = {
+    "seed": 0,
+    "threads": 2,
+    "bank": {"photo_share": 0.65},
+    "vae": {"images": 6000, "steps": 3000, "batch": 16, "lr": 1e-3, "warmup": 50, "kl": 1e-6},
+    # stage 2: on with fine stripes added to the bank (a flag's stripes came back blurred)
+    "vae_finish": {
+        "images": 6000,
+        "stripe_share": 0.3,
+        "steps": 1500,
+        "batch": 16,
+        "lr": 5e-4,
+        "warmup": 50,
+        "kl": 1e-6,
+    },
+    "unet": {
+        "images": 8000,
+        "stripe_share": 0.15,
+        "steps": 2500,
+        "batch": 32,
+        "lr": 1e-3,
+        "warmup": 100,
+        "drop_caption": 0.1,
+    },
+}
+HELD_OUT_FLAGS = 20  # drawn flags (seeds 1000..1019) for the autoencoder's check
+Pixels = np.ndarray  # uint8, (size, size, 3)
+
+
+def photos() -> dict[str, Image.Image]:
+    out = {}
+    for name in (*PHOTOS, "astronaut"):
+        image = skimage.util.img_as_ubyte(getattr(skimage.data, name)())
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        out[name] = Image.fromarray(image[..., :3]).convert("RGB")
+    return out
+
+
+def recolour(image: Image.Image, rng: np.random.Generator, colourise: bool) -> Image.Image:
+    """Hue rotated (or, for a grey photo, set), saturation and brightness/contrast changed."""
+    hsv = np.asarray(image.convert("HSV")).astype(np.float64)
+    if colourise:
+        hsv[..., 0] = rng.uniform(0, 255)
+        hsv[..., 1] = rng.uniform(0, 200)
+    else:
+        if rng.random() < 0.7:
+            hsv[..., 0] = (hsv[..., 0] + rng.uniform(0, 255)) % 256
+        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
+    contrast, light = rng.uniform(0.7, 1.3), rng.uniform(-30, 30)
+    hsv[..., 2] = np.clip((hsv[..., 2] - 128) * contrast + 128 + light, 0, 255)
+    return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
+
+
+def photo_crop(photo: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
+    short = min(photo.size)
+    side = int(rng.integers(max(16, short // 8), short + 1))
+    angle = rng.uniform(-30, 30) if rng.random() < 0.4 else 0.0
+    left = int(rng.integers(0, photo.size[0] - side + 1))
+    top = int(rng.integers(0, photo.size[1] - side + 1))
+    crop = photo.crop((left, top, left + side, top + side))
+    if angle:  # rotate, then cut away the corners the rotation left empty
+        crop = crop.rotate(angle, resample=Image.Resampling.BICUBIC)
+        margin = int(side * 0.15)
+        crop = crop.crop((margin, margin, side - margin, side - margin))
+    crop = crop.resize((size, size), Image.Resampling.LANCZOS)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rng.random() < 0.3:
+        crop = crop.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    grey = np.asarray(photo).std(axis=-1).mean() < 1
+    if grey or rng.random() < 0.6:
+        crop = recolour(crop, rng, colourise=grey and rng.random() < 0.7)
+    return crop
+
+
+def colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    r, g, b = (int(c) for c in rng.integers(0, 256, 3))
+    return r, g, b
+
+
+def drawn(rng: np.random.Generator, size: int) -> Image.Image:
+    """One of five procedural families, drawn at 4x and scaled down."""
+    big = size * 4
+    family = int(rng.integers(0, 5))
+    image = Image.new("RGB", (big, big), colour(rng))
+    draw = ImageDraw.Draw(image)
+    if family == 0:  # a smooth colour field
+        cells = int(rng.integers(2, 8))
+        field = rng.integers(0, 256, (cells, cells, 3)).astype(np.uint8)
+        image = Image.fromarray(field).resize((big, big), Image.Resampling.BICUBIC)
+    elif family == 1:  # ellipses and polygons on a gradient
+        t = np.linspace(0, 1, big)[:, None, None]
+        a, b = np.array(colour(rng)), np.array(colour(rng))
+        image = Image.fromarray((a * (1 - t) + b * t + np.zeros((big, big, 3))).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(1, 12))):
+            x, y = rng.integers(0, big, 2)
+            r = rng.integers(big // 20, big // 3)
+            x2, y2 = x + r, y + rng.integers(big // 20, big // 3)
+            box = [
+                int(min(x - r, x2)),
+                int(min(y - r, y2)),
+                int(max(x - r, x2)),
+                int(max(y - r, y2)),
+            ]
+            if rng.random() < 0.5:
+                draw.ellipse(box, fill=colour(rng))
+            else:
+                corners = int(rng.integers(3, 7))
+                draw.polygon(
+                    [tuple(int(v) for v in rng.integers(0, big, 2)) for _ in range(corners)],
+                    fill=colour(rng),
+                )
+    elif family == 2:  # checks and dots, tilted
+        step = int(rng.integers(big // 24, big // 4))
+        other = colour(rng)
+        for y in range(0, big, step):
+            for x in range(0, big, step):
+                if rng.random() < 0.5 or (x // step + y // step) % 2:
+                    if rng.random() < 0.5:
+                        draw.rectangle([x, y, x + step, y + step], fill=other)
+                    else:
+                        q = step // 4
+                        draw.ellipse([x + q, y + q, x + 3 * q, y + 3 * q], fill=other)
+        image = image.rotate(rng.uniform(-45, 45), resample=Image.Resampling.BICUBIC)
+    elif family == 3:  # a smooth random texture
+        cells = int(rng.integers(6, 16))
+        field = rng.integers(0, 256, (cells, cells, 3)).astype(np.uint8)
+        image = Image.fromarray(field).resize((big, big), Image.Resampling.BICUBIC)
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 3)))
+    else:  # lines
+        for _ in range(int(rng.integers(5, 40))):
+            ends = [tuple(int(v) for v in rng.integers(0, big, 2)) for _ in range(2)]
+            draw.line(ends, fill=colour(rng), width=int(rng.integers(1, big // 16)))
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def striped(rng: np.random.Generator, size: int) -> Image.Image:
+    """Bands of two or three random colours, 1.5-7 px wide at 64 px, tilted, maybe waved, over
+    the whole image or a rectangle of it: the fine periodic detail (awnings, shirts, blinds)
+    the other families lack and a 4x autoencoder most easily blurs."""
+    big = size * 4
+    colours = np.array([colour(rng) for _ in range(int(rng.integers(2, 4)))], np.float64)
+    width = rng.uniform(6, 28)
+    angle = rng.uniform(0, np.pi)
+    y, x = np.mgrid[0:big, 0:big].astype(np.float64)
+    across = x * np.cos(angle) + y * np.sin(angle)
+    along = -x * np.sin(angle) + y * np.cos(angle)
+    if rng.random() < 0.6:  # a wave, as of cloth
+        across += rng.uniform(0, 3 * width) * np.sin(along * rng.uniform(0.005, 0.04))
+    bands = colours[(across // width).astype(int) % len(colours)]
+    if rng.random() < 0.5:  # on a rectangle over a plain or graded background
+        t = np.linspace(0, 1, big)[:, None, None]
+        back = np.array(colour(rng)) * (1 - t) + np.array(colour(rng)) * t + np.zeros_like(bands)
+        x0, y0 = rng.integers(0, big // 2, 2)
+        x1, y1 = (
+            x0 + rng.integers(big // 4, big - x0 + 1),
+            y0 + rng.integers(big // 4, big - y0 + 1),
+        )
+        back[y0:y1, x0:x1] = bands[y0:y1, x0:x1]
+        bands = back
+    image = Image.fromarray(bands.astype(np.uint8))
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def bank(
+    n: int, size: int, seed: int, photo_share: float, stripe_share: float = 0.0
+) -> tuple[Pixels, list[str]]:
+    """n images and their captions; image i depends on (seed, i) only. The last
+    round(n * stripe_share) are striped ones (seeds (seed, 1, i): the rest are unchanged)."""
+    images = photos()
+    names = sorted(PHOTOS)
+    pixels = np.empty((n, size, size, 3), np.uint8)
+    captions = []
+    stripes = round(n * stripe_share)
+    for i in range(n - stripes, n):
+        pixels[i] = np.asarray(striped(np.random.default_rng([seed, 1, i]), size))
+    for i in range(n - stripes):
+        rng = np.random.default_rng([seed, i])
+        if rng.random() < photo_share:
+            name = names[int(rng.integers(len(names)))]
+            pixels[i] = np.asarray(photo_crop(images[name], rng, size))
+            captions.append(f"a photo of {PHOTOS[name]}")
+        else:
+            pixels[i] = np.asarray(drawn(rng, size))
+            captions.append(PATTERNS)
+    return pixels, [*captions, *[PATTERNS] * stripes]
+
+
+def to_unit(pixels: Pixels) -> torch.Tensor:
+    """uint8 (n, h, w, 3) -> float (n, 3, h, w) in [-1, 1]."""
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, cfg: dict) -> None:
+    """Linear warm-up, then cosine decay to 0."""
+    warm = min(1.0, (step + 1) / cfg["warmup"])
+    cosine = 0.5 * (1 + math.cos(math.pi * step / cfg["steps"]))
+    for group in optimizer.param_groups:
+        group["lr"] = cfg["lr"] * warm * cosine
+
+
+def log(stage: str, step: int, steps: int, loss: float, started: float) -> None:
+    if step % 250 == 0 or step == steps - 1:
+        print(f"{stage} step {step:5d}  loss {loss:.4f}  {time.time() - started:.0f} s", flush=True)
+
+
+def train_vae(
+    cfg: dict, seed: int, photo_share: float, start: dict | None = None
+) -> tuple[torch.nn.Module, float]:
+    """One stage: from random weights (seeded) or from `start`, with a fresh optimizer."""
+    pixels, _ = bank(cfg["images"], RESOLUTION, seed, photo_share, cfg.get("stripe_share", 0.0))
+    data = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+    torch.manual_seed(seed)
+    vae = flag_mini_vae().train()
+    if start is not None:
+        vae.load_state_dict(start)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg["lr"])
+    g = torch.Generator().manual_seed(seed + 1)
+    started = time.time()
+    for step in range(cfg["steps"]):
+        x = data[torch.randint(0, len(data), (cfg["batch"],), generator=g)].float() / 127.5 - 1
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        recon = vae.decode(z).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg["kl"] * posterior.kl().mean()
+        set_lr(optimizer, step, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        log("vae ", step, cfg["steps"], loss.item(), started)
+    vae.eval()
+    with torch.no_grad():
+        means = torch.cat(
+            [
+                vae.encode(to_unit(pixels[i : i + 256])).latent_dist.mean
+                for i in range(0, len(pixels), 256)
+            ]
+        )
+    return vae, float(1 / means.std())
+
+
+def round_trip(vae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+
+
+def chroma(x: torch.Tensor) -> float:
+    """Mean distance of a pixel from its own grey: 0 for a grey image."""
+    return float((x - x.mean(dim=1, keepdim=True)).abs().mean())
+
+
+def check_vae(vae: torch.nn.Module, seed: int) -> dict:
+    """Reconstruction figures on images neither stage trained on, and on the training bank."""
+    flags = np.stack([np.asarray(draw_flag(1000 + i, RESOLUTION)) for i in range(HELD_OUT_FLAGS)])
+    astronaut = photos()["astronaut"]
+    rng = np.random.default_rng([seed, 99])
+    crops = np.stack([np.asarray(photo_crop(astronaut, rng, RESOLUTION)) for _ in range(20)])
+    seen, _ = bank(64, RESOLUTION, seed, RECIPE["bank"]["photo_share"])
+    out = {}
+    for name, pixels in (("drawn US flags", flags), ("astronaut crops", crops), ("bank", seen)):
+        x = to_unit(pixels)
+        recon = round_trip(vae, x)
+        out[name] = {
+            "images": len(x),
+            "l1": round(float((recon - x).abs().mean()), 4),
+            "psnr_db": round(float(10 * torch.log10(4 / F.mse_loss(recon, x))), 2),
+            "chroma_in": round(chroma(x), 4),
+            "chroma_out": round(chroma(recon), 4),
+        }
+    return out
+
+
+def train_unet(
+    vae: torch.nn.Module, scale: float, cfg: dict, seed: int, photo_share: float
+) -> torch.nn.Module:
+    pixels, captions = bank(
+        cfg["images"], RESOLUTION, seed + 2, photo_share, cfg.get("stripe_share", 0.0)
+    )
+    texts = [*sorted(set(captions)), ""]  # the last one: a dropped caption
+    labels = torch.tensor([texts.index(c) for c in captions])
+    tiny = build_tiny_pipeline()
+    with torch.no_grad():
+        latents = scale * torch.cat(
+            [
+                vae.encode(to_unit(pixels[i : i + 256])).latent_dist.mean
+                for i in range(0, len(pixels), 256)
+            ]
+        )
+        ids = tiny.tokenizer(
+            texts,
+            padding="max_length",
+            return_tensors="pt",
+            max_length=tiny.tokenizer.model_max_length,
+        ).input_ids
+        text = tiny.text_encoder(ids)[0]
+    from diffusers import DDPMScheduler
+
+    alphas = DDPMScheduler.from_config(tiny.scheduler.config).alphas_cumprod
+    torch.manual_seed(seed + 3)
+    unet = flag_mini_unet().train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed + 4)
+    started, smoothed = time.time(), None
+    for step in range(cfg["steps"]):
+        index = torch.randint(0, len(latents), (cfg["batch"],), generator=g)
+        z0 = latents[index]
+        if torch.rand(1, generator=g) < 0.5:
+            z0 = z0.flip(-1)  # a mirrored latent decodes to (nearly) the mirrored image
+        label = labels[index].clone()
+        label[torch.rand(cfg["batch"], generator=g) < cfg["drop_caption"]] = len(texts) - 1
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, len(alphas), (cfg["batch"],), generator=g)
+        loss = F.mse_loss(unet(add_noise(z0, noise, t, alphas), t, text[label]).sample, noise)
+        set_lr(optimizer, step, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
+        log("unet", step, cfg["steps"], smoothed, started)
+    return unet.eval()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save(module: torch.nn.Module, file: Path) -> str:
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+    save_file(state, file)
+    return sha256(file)
+
+
+def float16(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights as they are stored (float16), back in float32."""
+    return {k: v.detach().to(torch.float16).float() for k, v in module.state_dict().items()}
+
+
+def build(out: Path, only_vae: bool = False, first_vae: Path | None = None) -> dict:
+    torch.set_num_threads(RECIPE["threads"])
+    torch.use_deterministic_algorithms(True)
+    seed, share = RECIPE["seed"], RECIPE["bank"]["photo_share"]
+    if first_vae is None:
+        start = float16(train_vae(RECIPE["vae"], seed, share)[0])
+    else:  # stage 1's weights (float16), e.g. an earlier build's vae.safetensors before stage 2
+        start = {k: v.float() for k, v in load_file(first_vae).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    vae, scale = train_vae(RECIPE["vae_finish"], seed + 5, share, start)
+    info: dict = {"recipe": RECIPE, "photos": PHOTOS, "vae_check": check_vae(vae, seed)}
+    print(json.dumps(info["vae_check"], indent=1))
+    info["vae"] = {"file": "vae.safetensors", "sha256": save(vae, out / "vae.safetensors")}
+    info["vae"]["scaling_factor"] = round(scale, 6)
+    if not only_vae:
+        unet = train_unet(vae, scale, RECIPE["unet"], seed, share)
+        info["unet"] = {"file": "unet.safetensors", "sha256": save(unet, out / "unet.safetensors")}
+    versions = ("torch", "diffusers", "transformers", "scikit-image", "numpy", "pillow")
+    info["versions"] = {v: importlib.metadata.version(v) for v in versions}
+    (out / RECIPE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
+
+
+def export(out: Path) -> Path:
+    """out/pipeline/: the weights as a diffusers StableDiffusionPipeline folder (float32)."""
+    from diffusers import StableDiffusionPipeline
+
+    info = json.loads((out / RECIPE_FILE).read_text(encoding="utf-8"))
+    tiny = build_tiny_pipeline()  # tokenizer, seeded text encoder, SD 1.x scheduler
+    vae, unet = flag_mini_vae(info["vae"]["scaling_factor"]), flag_mini_unet()
+    for module, name in ((vae, "vae"), (unet, "unet")):
+        state = load_file(out / info[name]["file"])
+        module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=tiny.text_encoder,
+        tokenizer=tiny.tokenizer,
+        unet=unet.eval(),
+        scheduler=tiny.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out / "pipeline", safe_serialization=True)
+    return out / "pipeline"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="rebuild in a temp folder and compare")
+    parser.add_argument("--only", choices=["vae"], help="train the autoencoder alone")
+    parser.add_argument(
+        "--first-vae", type=Path, help="skip stage 1: start stage 2 from this VAE (safetensors)"
+    )
+    parser.add_argument("--out", type=Path, default=OUT, help="where the weights go")
+    parser.add_argument("--export", action="store_true", help="only write out/pipeline/ again")
+    args = parser.parse_args()
+    if args.export:
+        print(f"wrote {export(args.out)}")
+        return
+    if not args.check:
+        build(args.out, only_vae=args.only == "vae", first_vae=args.first_vae)
+        if args.only is None:
+            export(args.out)
+        print(f"wrote {args.out}")
+        return
+    built = json.loads((args.out / RECIPE_FILE).read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory() as tmp:
+        rebuilt = build(Path(tmp))
+    for name in ("vae", "unet"):
+        same = rebuilt[name]["sha256"] == built[name]["sha256"]
+        print(f"{name}: {'identical' if same else 'DIFFERENT'} ({rebuilt[name]['sha256'][:16]})")
+
+
+if __name__ == "__main__":
+    main()

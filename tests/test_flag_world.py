@@ -1,0 +1,97 @@
+"""examples/flag_world: drawn US flags (a real spurious feature of real classifiers), the
+flag-free image bank, and a Stable Diffusion whose latents are not SD 1.x's (4x, 16 channels)
+fine-tuned by spurcli."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spurcli.generate.finetune import finetune
+from spurcli.generate.pipelines import load_pipeline
+from tests._finetune_helpers import fast_config, make_refs
+
+FOLDER = Path(__file__).resolve().parents[1] / "examples" / "flag_world"
+FLAGPOLE = 557
+
+
+def script(name: str):
+    """A script of examples/flag_world as a module (they import each other as siblings)."""
+    if str(FOLDER) not in sys.path:
+        sys.path.insert(0, str(FOLDER))
+    spec = importlib.util.spec_from_file_location(name, FOLDER / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def draw():
+    return script("draw_flags").draw_flag
+
+
+def test_a_flag_is_a_function_of_its_seed_and_no_two_share_pixels(draw):
+    first = np.asarray(draw(3, 64))
+    assert first.shape == (64, 64, 3)
+    assert np.array_equal(first, np.asarray(draw(3, 64)))
+    others = [np.asarray(draw(seed, 64)).astype(int) for seed in (4, 5)]
+    for other in others:  # a different sky, place and wave: most pixels differ
+        assert (np.abs(first.astype(int) - other).max(axis=-1) > 8).mean() > 0.5
+
+
+def test_real_classifiers_read_the_drawn_flags_as_flagpole(draw, tmp_path):
+    """The feature is real: effnet-lite2 (real ImageNet weights) reads 10 of 10 at 64 px."""
+    from spurcli import console
+    from spurcli.evaluate.config import ImagePass
+    from spurcli.evaluate.imagepass import find_items, score_items
+    from spurcli.plugins import load_classifiers
+
+    for seed in range(10):
+        draw(seed, 64).save(tmp_path / f"us-flag-{seed + 1}.png")
+    console.configure(quiet=True)
+    items = find_items(tmp_path, target=FLAGPOLE, real=False)
+    found = score_items(items, load_classifiers(["effnet-lite2"]), ImagePass(device="cpu"))
+    assert int((found.per_image.top1[0] == FLAGPOLE).sum()) >= 8
+
+
+def test_the_bank_is_a_function_of_seed_and_number_and_stripes_leave_the_rest_alone():
+    maker = script("make_flag_mini")
+    plain, captions = maker.bank(6, 32, seed=7, photo_share=0.65)
+    again, _ = maker.bank(6, 32, seed=7, photo_share=0.65)
+    striped, striped_captions = maker.bank(6, 32, seed=7, photo_share=0.65, stripe_share=0.5)
+    assert np.array_equal(plain, again) and len(captions) == 6
+    assert np.array_equal(plain[:3], striped[:3])  # the first images are the same ones
+    assert not np.array_equal(plain[3:], striped[3:])
+    assert striped_captions[3:] == [maker.PATTERNS] * 3
+    assert "astronaut" not in maker.PHOTOS  # the one photo with a US flag in it
+
+
+def test_finetune_reads_the_latent_shape_from_the_model(tmp_path):
+    """A 4x VAE with 16 latent channels (flag-mini's, random weights) fine-tunes and samples:
+    noise and posterior draws take the model's latent shape, not SD 1.x's 4 x 1/8."""
+    import torch
+
+    maker = script("make_flag_mini")
+    tiny = load_pipeline("tiny")
+    torch.manual_seed(0)
+    vae, unet = maker.flag_mini_vae(), maker.flag_mini_unet()
+    tiny.register_modules(vae=vae, unet=unet)
+    folder = tmp_path / "model"
+    tiny.save_pretrained(folder, safe_serialization=True)
+    config = json.loads((folder / "vae" / "config.json").read_text())
+    assert (config["latent_channels"], len(config["block_out_channels"])) == (16, 3)
+
+    refs = make_refs(tmp_path / "refs", n=2)
+    cfg = fast_config(refs, tmp_path / "run", model=str(folder), resolution=32, steps=2,
+                      checkpoint_every=0, num_class_images=1)  # fmt: skip
+    out = finetune(cfg)
+    pipe = load_pipeline(out)
+    assert pipe.vae_scale_factor == 4
+    image = pipe("a photo of sks flower", num_inference_steps=2, height=32, width=32,
+                 output_type="np").images[0]  # fmt: skip
+    assert image.shape == (32, 32, 3)
