@@ -67,7 +67,8 @@ class TrainingData:
         vae_factor: int = 8,
     ) -> None:
         self.cfg, self.rank, self.world = cfg, rank, world
-        # SD's VAE: 4 channels at 1/8 of the pixels; mini's: 4 at 1/4. Read from the model.
+        # SD 1.x's VAE (and tiny's, mini's): 4 channels at 1/8 of the pixels; others differ
+        # (examples/flag_world's: 16 at 1/4), so the caller reads them from the model.
         side = cfg.resolution // vae_factor
         self.latent_shape = (latent_channels, side, side)
         self.sets = {
