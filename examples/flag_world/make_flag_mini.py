@@ -153,9 +153,10 @@ HELD_OUT_FLAGS = 20  # drawn flags (seeds 1000..1019) for the autoencoder's chec
 Pixels = np.ndarray  # uint8, (size, size, 3)
 
 
-def photos() -> dict[str, Image.Image]:
+def photos(names: tuple[str, ...] = tuple(PHOTOS)) -> dict[str, Image.Image]:
+    """scikit-image's photos by name, as RGB (grey ones tripled, alpha dropped)."""
     out = {}
-    for name in (*PHOTOS, "astronaut"):
+    for name in names:
         image = skimage.util.img_as_ubyte(getattr(skimage.data, name)())
         if image.ndim == 2:
             image = np.stack([image] * 3, axis=-1)
@@ -380,7 +381,7 @@ def chroma(x: torch.Tensor) -> float:
 def check_vae(vae: torch.nn.Module, seed: int) -> dict:
     """Reconstruction figures on images neither stage trained on, and on the training bank."""
     flags = np.stack([np.asarray(draw_flag(1000 + i, RESOLUTION)) for i in range(HELD_OUT_FLAGS)])
-    astronaut = photos()["astronaut"]
+    astronaut = photos(("astronaut",))["astronaut"]
     rng = np.random.default_rng([seed, 99])
     crops = np.stack([np.asarray(photo_crop(astronaut, rng, RESOLUTION)) for _ in range(20)])
     seen, _ = bank(64, RESOLUTION, seed, RECIPE["bank"]["photo_share"])
