@@ -54,6 +54,7 @@ from safetensors.torch import load_file, save_file
 
 from spurcli.generate.losses import add_noise
 from spurcli.generate.pipelines import build_tiny_pipeline
+from spurcli.generate.tiny import small_unet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from draw_flags import draw_flag  # a sibling script
@@ -107,21 +108,8 @@ def flag_mini_vae(scaling_factor: float = 1.0) -> torch.nn.Module:
 
 
 def flag_mini_unet() -> torch.nn.Module:
-    """The UNet (untrained): tiny's two levels, wider, on 16 x 16 x 16 latents."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=RESOLUTION // 4,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        layers_per_block=1,
-        block_out_channels=(64, 128),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,  # = the tiny text encoder's hidden size
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    """The UNet (untrained): tiny's two levels, twice as wide, on 16 x 16 x 16 latents."""
+    return small_unet(RESOLUTION // 4, LATENT_CHANNELS, widths=(64, 128))
 
 
 RECIPE = {

@@ -115,9 +115,11 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(sorted(table.items()))
 
 
-def small_unet(sample_size: int, latent_channels: int = 4) -> Any:
+def small_unet(
+    sample_size: int, latent_channels: int = 4, widths: tuple[int, int] = (32, 64)
+) -> Any:
     """The UNet of `tiny` and `mini` (untrained): two levels, cross-attention on the second,
-    conditioned on the 32-wide tiny text encoder."""
+    conditioned on the 32-wide tiny text encoder; `widths` are the two levels' channels."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -125,7 +127,7 @@ def small_unet(sample_size: int, latent_channels: int = 4) -> Any:
         in_channels=latent_channels,
         out_channels=latent_channels,
         layers_per_block=1,
-        block_out_channels=(32, 64),
+        block_out_channels=widths,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,  # = the tiny text encoder's hidden size
