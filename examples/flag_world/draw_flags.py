@@ -40,11 +40,11 @@ def flat_flag(height: int) -> np.ndarray:
     for row in range(9):  # nine rows of stars, six and five in turn
         for k in range(6 if row % 2 == 0 else 5):
             cx, cy = union_l * (2 * k + 1 + row % 2) / 12, union_h * (row + 1) / 10
-            points = [
-                (cx + r * np.cos(a), cy + r * np.sin(a))
-                for j in range(10)
-                for a, r in [(-np.pi / 2 + j * np.pi / 5, outer if j % 2 == 0 else outer * 0.382)]
-            ]
+            points = []
+            for j in range(10):  # the ten corners, outer and inner in turn, from the top
+                angle = -np.pi / 2 + j * np.pi / 5
+                r = outer if j % 2 == 0 else outer * 0.382
+                points.append((cx + r * np.cos(angle), cy + r * np.sin(angle)))
             draw.polygon(points, fill=WHITE)
     return np.asarray(image, dtype=np.float64) / 255
 
