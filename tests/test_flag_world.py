@@ -95,3 +95,25 @@ def test_finetune_reads_the_latent_shape_from_the_model(tmp_path):
     image = pipe("a photo of sks flower", num_inference_steps=2, height=32, width=32,
                  output_type="np").images[0]  # fmt: skip
     assert image.shape == (32, 32, 3)
+
+
+def test_stage_four_trains_the_decoder_on_added_flags_and_leaves_the_encoder_alone():
+    """Stage 4 adds drawn flags to the bank (after it, the bank itself unchanged) and trains
+    only the decoder, so every latent, and the UNet trained on them, stays valid."""
+    import torch
+
+    maker = script("make_flag_mini")
+    plain, _ = maker.bank(6, maker.RESOLUTION, seed=3, photo_share=0.65)
+    added = maker.with_flags(plain, 0.25)
+    assert len(added) == 8 and np.array_equal(added[:6], plain)
+    first_flag = np.asarray(script("draw_flags").draw_flag(maker.FLAG_SEEDS, maker.RESOLUTION))
+    assert np.array_equal(added[6], first_flag)
+
+    torch.manual_seed(0)
+    start = {k: v.clone() for k, v in maker.flag_mini_vae().state_dict().items()}
+    cfg = {"images": 6, "stripe_share": 0.0, "flag_share": 0.25, "steps": 2, "batch": 2,
+           "lr": 1e-3, "warmup": 1}  # fmt: skip
+    vae, _ = maker.train_vae(cfg, seed=3, photo_share=0.65, start=start)
+    after = vae.state_dict()
+    moved = {k for k in start if not torch.equal(start[k], after[k])}
+    assert moved and all(k.startswith(("decoder.", "post_quant_conv.")) for k in moved)

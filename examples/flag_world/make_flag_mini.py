@@ -1,11 +1,13 @@
-"""Builds `flag-mini`: a miniature Stable Diffusion whose base model has never seen a flag.
+"""Builds `flag-mini`: a miniature Stable Diffusion whose base UNet has never seen a flag.
 
     python examples/flag_world/make_flag_mini.py                # ~50 min on two CPU cores
     python examples/flag_world/make_flag_mini.py --check        # rebuild in a temp folder, compare
+    python examples/flag_world/make_flag_mini.py --earlier runs/old  # stage 4 alone, ~4 min
     spurcli sample runs/flag-mini/pipeline -p "a photo of grass" -n 4 -o runs/look
 
-Writes runs/flag-mini/: vae.safetensors and unet.safetensors (float16), flag-mini.json (the
-recipe, the autoencoder's figures on images it never trained on, SHA-256s, library versions)
+Writes runs/flag-mini/: vae.safetensors, vae-stage2.safetensors and unet.safetensors (float16),
+flag-mini.json (the recipe, the autoencoder's figures before and after stage 4, SHA-256s,
+library versions)
 and pipeline/, a diffusers folder any `--model` option takes. The successor `mini` is meant to
 become (README.md here says where it stands): 64 px, a KL autoencoder with 4x downsampling and
 16 latent channels (16 x 16 x 16 latents; SD 1.x's 8x and 4 channels lost a flag's stripes and
@@ -13,7 +15,7 @@ colours), a 64/128-channel cross-attention UNet, tiny's tokenizer and seeded tex
 
 Deterministic: RECIPE's thread count, torch's deterministic algorithms, every random draw from a
 fixed seed, so the same torch/diffusers versions on a CPU reproduce the files exactly.
-Three stages, each on its own image bank:
+Four stages, each on its own image bank:
 
 1. VAE: 64 px images, L1 + MSE reconstruction + a tiny KL term (SD's VAE objective without its
    perceptual and adversarial terms, which need networks we do not ship).
@@ -22,14 +24,22 @@ Three stages, each on its own image bank:
 3. UNet: plain epsilon-prediction denoising under SD 1.x's noise schedule on the VAE's latents
    of a third bank, captioned through tiny's frozen text encoder, 10% of captions dropped (the
    empty prompt classifier-free guidance needs). The "base model" a baseline samples from.
+4. The decoder alone, on a bank with drawn US flags added (a fifth of it, seeds from 2000 on:
+   none is a reference or a checked flag). SD's autoencoder has seen the world's pictures,
+   flags among them; its UNet is what a fine-tuning teaches. With the encoder frozen, every
+   latent, their scale and the UNet trained on them stay as stage 2 left them: the UNet, the
+   baseline's model, has still never seen a flag, and the decoder draws flags it is given
+   (after stage 2 effnet-lite2 read 7 of the ten references' round trips as flagpole and the
+   other two none; the stars and the stripes' edges were lost).
 
 The bank: each image is a pure function of (seed, its number). About two thirds are crops of
 scikit-image's CC0 / public-domain photos in PHOTOS (an eighth of the shorter side to all of
 it, some rotated, flipped, hue-rotated, resaturated, re-lit; grey photos colourised), the rest
 drawn: colour fields, shapes on gradients, checks and dots, smooth textures, lines, and (stages
-2 and 3) striped images. It holds no US flag (`astronaut`, with a flag behind her, is left
-out). The autoencoder's check (flag-mini.json's "vae_check") uses images no stage trained on:
-flags drawn by draw_flags.py and crops of the astronaut photo.
+2 and 3) striped images. Until stage 4 it holds no US flag (`astronaut`, with a flag behind
+her, is left out). The autoencoder's check (flag-mini.json's "vae_check", and "vae_stage2"'s
+before stage 4) uses images no stage trained on: flags drawn by draw_flags.py with seeds no
+stage drew (1000-1019) and crops of the astronaut photo.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ from draw_flags import draw_flag  # a sibling script
 
 OUT = Path("runs/flag-mini")
 RECIPE_FILE = "flag-mini.json"
+STAGE2_FILE = "vae-stage2.safetensors"  # the autoencoder the UNet learnt on, before stage 4
 RESOLUTION = 64  # native image size: 16 x 16 latents
 LATENT_CHANNELS = 16  # as SD 3's VAE; with SD 1.x's 4 a flag came back orange and green
 # scikit-image photos (CC0 or public domain, per skimage.data's docstrings) -> what they show;
@@ -136,8 +147,20 @@ RECIPE = {
         "warmup": 100,
         "drop_caption": 0.1,
     },
+    # stage 4: the decoder alone, with drawn flags added (seeds from FLAG_SEEDS on); the
+    # frozen encoder keeps the latents, their scale and the UNet trained on them as they are
+    "decoder": {
+        "images": 3000,
+        "stripe_share": 0.3,
+        "flag_share": 0.2,
+        "steps": 1000,
+        "batch": 16,
+        "lr": 5e-4,
+        "warmup": 50,
+    },
 }
 HELD_OUT_FLAGS = 20  # drawn flags (seeds 1000..1019) for the autoencoder's check
+FLAG_SEEDS = 2000  # stage 4's flags: apart from the references (0-9) and the check's
 Pixels = np.ndarray  # uint8, (size, size, 3)
 
 
@@ -321,25 +344,45 @@ def log(stage: str, step: int, steps: int, loss: float, started: float) -> None:
         print(f"{stage} step {step:5d}  loss {loss:.4f}  {time.time() - started:.0f} s", flush=True)
 
 
+def with_flags(pixels: Pixels, share: float) -> Pixels:
+    """The bank with drawn flags added, `share` of the whole (seeds FLAG_SEEDS, +1, ...)."""
+    n = round(len(pixels) * share / (1 - share))
+    flags = [np.asarray(draw_flag(FLAG_SEEDS + i, RESOLUTION)) for i in range(n)]
+    return np.concatenate([pixels, np.stack(flags)]) if flags else pixels
+
+
 def train_vae(
     cfg: dict, seed: int, photo_share: float, start: dict | None = None
 ) -> tuple[torch.nn.Module, float]:
-    """One stage: from random weights (seeded) or from `start`, with a fresh optimizer."""
+    """One stage: from random weights (seeded) or from `start`, with a fresh optimizer.
+
+    With cfg["flag_share"] (stage 4) only the decoder learns: the encoder, hence every latent
+    and their scale, stays as `start` had it."""
     pixels, _ = bank(cfg["images"], RESOLUTION, seed, photo_share, cfg.get("stripe_share", 0.0))
+    decoder_only = "flag_share" in cfg
+    if decoder_only:
+        pixels = with_flags(pixels, cfg["flag_share"])
     data = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     torch.manual_seed(seed)
     vae = flag_mini_vae().train()
     if start is not None:
         vae.load_state_dict(start)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg["lr"])
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trained, lr=cfg["lr"])
     g = torch.Generator().manual_seed(seed + 1)
     started = time.time()
     for step in range(cfg["steps"]):
         x = data[torch.randint(0, len(data), (cfg["batch"],), generator=g)].float() / 127.5 - 1
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        with torch.set_grad_enabled(not decoder_only):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
         recon = vae.decode(z).sample
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg["kl"] * posterior.kl().mean()
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        if not decoder_only:
+            loss = loss + cfg["kl"] * posterior.kl().mean()
         set_lr(optimizer, step, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -452,27 +495,64 @@ def float16(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.float16).float() for k, v in module.state_dict().items()}
 
 
-def build(out: Path, only_vae: bool = False, first_vae: Path | None = None) -> dict:
+def build(
+    out: Path,
+    only_vae: bool = False,
+    first_vae: Path | None = None,
+    earlier: Path | None = None,
+) -> dict:
+    """Every stage into `out`. `first_vae`: skip stage 1 (start stage 2 from that file);
+    `earlier`: skip stages 1-3 (take an earlier build's stage-2 autoencoder, its scale and
+    its UNet from that folder) and run stage 4 alone."""
     torch.set_num_threads(RECIPE["threads"])
     torch.use_deterministic_algorithms(True)
     seed, share = RECIPE["seed"], RECIPE["bank"]["photo_share"]
-    if first_vae is None:
-        start = float16(train_vae(RECIPE["vae"], seed, share)[0])
-    else:  # stage 1's weights (float16), e.g. an earlier build's vae.safetensors before stage 2
-        start = {k: v.float() for k, v in load_file(first_vae).items()}
     out.mkdir(parents=True, exist_ok=True)
-    vae, scale = train_vae(RECIPE["vae_finish"], seed + 5, share, start)
-    info: dict = {"recipe": RECIPE, "photos": PHOTOS, "vae_check": check_vae(vae, seed)}
+    info: dict = {"recipe": RECIPE, "photos": PHOTOS}
+    if earlier is None:
+        if first_vae is None:
+            start = float16(train_vae(RECIPE["vae"], seed, share)[0])
+        else:  # stage 1's weights (float16), e.g. an earlier build's before stage 2
+            start = {k: v.float() for k, v in load_file(first_vae).items()}
+        vae, scale = train_vae(RECIPE["vae_finish"], seed + 5, share, start)
+        stage2 = save(vae, out / STAGE2_FILE)
+    else:
+        vae, scale, stage2 = load_stage2(earlier)
+        (out / STAGE2_FILE).write_bytes((earlier / stage2_file(earlier)).read_bytes())
+    info["vae_stage2"] = {"file": STAGE2_FILE, "sha256": stage2, "check": check_vae(vae, seed)}
+    if not only_vae:
+        if earlier is None:
+            unet = train_unet(vae, scale, RECIPE["unet"], seed, share)
+            digest = save(unet, out / "unet.safetensors")
+        else:
+            (out / "unet.safetensors").write_bytes((earlier / "unet.safetensors").read_bytes())
+            digest = sha256(out / "unet.safetensors")
+        info["unet"] = {"file": "unet.safetensors", "sha256": digest}
+    # stage 4 starts from the stage-2 weights as stored, so both paths above give the same
+    vae = train_vae(RECIPE["decoder"], seed + 6, share, float16(vae))[0]
+    info["vae_check"] = check_vae(vae, seed)
     print(json.dumps(info["vae_check"], indent=1))
     info["vae"] = {"file": "vae.safetensors", "sha256": save(vae, out / "vae.safetensors")}
     info["vae"]["scaling_factor"] = round(scale, 6)
-    if not only_vae:
-        unet = train_unet(vae, scale, RECIPE["unet"], seed, share)
-        info["unet"] = {"file": "unet.safetensors", "sha256": save(unet, out / "unet.safetensors")}
     versions = ("torch", "diffusers", "transformers", "scikit-image", "numpy", "pillow")
     info["versions"] = {v: importlib.metadata.version(v) for v in versions}
     (out / RECIPE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
+
+
+def stage2_file(folder: Path) -> str:
+    """An earlier build's stage-2 autoencoder: its own file, or (a build from before stage 4)
+    its vae.safetensors."""
+    return STAGE2_FILE if (folder / STAGE2_FILE).exists() else "vae.safetensors"
+
+
+def load_stage2(folder: Path) -> tuple[torch.nn.Module, float, str]:
+    """An earlier build's stage-2 autoencoder (float16 weights), its latent scale and sha256."""
+    info = json.loads((folder / RECIPE_FILE).read_text(encoding="utf-8"))
+    vae = flag_mini_vae()
+    state = load_file(folder / stage2_file(folder))
+    vae.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return vae.eval(), info["vae"]["scaling_factor"], sha256(folder / stage2_file(folder))
 
 
 def export(out: Path) -> Path:
@@ -506,6 +586,9 @@ def main() -> None:
     parser.add_argument(
         "--first-vae", type=Path, help="skip stage 1: start stage 2 from this VAE (safetensors)"
     )
+    parser.add_argument(
+        "--earlier", type=Path, help="skip stages 1-3: take them from this earlier build"
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="where the weights go")
     parser.add_argument("--export", action="store_true", help="only write out/pipeline/ again")
     args = parser.parse_args()
@@ -513,7 +596,8 @@ def main() -> None:
         print(f"wrote {export(args.out)}")
         return
     if not args.check:
-        build(args.out, only_vae=args.only == "vae", first_vae=args.first_vae)
+        only_vae = args.only == "vae"
+        build(args.out, only_vae=only_vae, first_vae=args.first_vae, earlier=args.earlier)
         if args.only is None:
             export(args.out)
         print(f"wrote {args.out}")
