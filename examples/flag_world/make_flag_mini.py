@@ -1,6 +1,6 @@
 """Builds `flag-mini`: a miniature Stable Diffusion whose base UNet has never seen a flag.
 
-    python examples/flag_world/make_flag_mini.py                # ~50 min on two CPU cores
+    python examples/flag_world/make_flag_mini.py                # ~55 min on two CPU cores
     python examples/flag_world/make_flag_mini.py --check        # rebuild in a temp folder, compare
     python examples/flag_world/make_flag_mini.py --earlier runs/old  # stage 4 alone, ~4 min
     spurcli sample runs/flag-mini/pipeline -p "a photo of grass" -n 4 -o runs/look
@@ -28,9 +28,10 @@ Four stages, each on its own image bank:
    none is a reference or a checked flag). SD's autoencoder has seen the world's pictures,
    flags among them; its UNet is what a fine-tuning teaches. With the encoder frozen, every
    latent, their scale and the UNet trained on them stay as stage 2 left them: the UNet, the
-   baseline's model, has still never seen a flag, and the decoder draws flags it is given
-   (after stage 2 effnet-lite2 read 7 of the ten references' round trips as flagpole and the
-   other two none; the stars and the stripes' edges were lost).
+   baseline's model, has still never seen a flag, and the decoder draws flags it is given.
+   Round trips of the ten references read as flagpole by effnet-lite0/1/2: 0/0/7 after stage
+   2 (stripes blurred), 0/1/10 after stage 4 (sharp stripes; the stars, lost in the frozen
+   encoder, do not come back).
 
 The bank: each image is a pure function of (seed, its number). About two thirds are crops of
 scikit-image's CC0 / public-domain photos in PHOTOS (an eighth of the shorter side to all of
