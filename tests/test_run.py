@@ -16,6 +16,7 @@ from spurcli.errors import SpurcliError, UsageError
 from spurcli.experiment import run as experiment
 from spurcli.experiment.plan import LABELS, load_experiment
 from spurcli.experiment.run import run_experiment
+from spurcli.experiment.summary import summary_tables
 
 
 def assert_same_numbers(got: object, want: object, where: str = "") -> None:
@@ -138,6 +139,8 @@ def test_config_shares_top_level_keys_and_fills_defaults(tmp_path):
         ("dreambooth", "references"),
         ("sfsl", "dreambooth"),
         ("sfsl", "references-train"),
+        ("dreambooth", "references-train"),
+        ("references", "references-train"),
         ("sfsl", "baseline"),
         ("dreambooth", "baseline"),
         ("sfsl-recontext", "baseline-recontext"),
@@ -357,7 +360,9 @@ def test_run_end_to_end_interrupted_and_resumed(tmp_path, monkeypatch):
     assert tuned["model_id"] == arm["model_id"]
     assert json.loads(manifest[0])["model_id"] == models["base"]
     report = result.report.read_text()
-    assert report.count("<h2") == 1 + 8 + 1  # summary + eight comparisons + the curated set
+    comparisons = load_experiment(path).comparisons()
+    assert report.count("<h2") == 1 + len(comparisons) + 1  # summary, comparisons, curated set
+    assert "memorisation: cosine to the nearest training reference" in report
     assert "Curated set:" in report
     assert "DreamBooth only" in report and "held-out references" in report
     assert "consensus of 1 victim (timm:test_resnet); template-linear left out: circular" in report
@@ -729,6 +734,24 @@ def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path, fake
     assert [h for _, h in family] == pytest.approx(list(expected))
     report = result.report.read_text()
     assert "primary: SFSL - DreamBooth" in report and "Holm-adjusted" in report
+    # memorisation: every arm and its yardstick, the held-out references, against the training
+    # references; per space the mean of the runs' means, their range and the largest cosine
+    memorised = summary_tables(summary)[-1]
+    assert memorised["title"] == "memorisation: cosine to the nearest training reference"
+    assert [row[0] for row in memorised["rows"]] == [
+        "SFSL (4)",
+        "DreamBooth (4)",
+        "held-out refs (4)",
+    ]
+    column = memorised["columns"].index("timm:test_resnet")
+    figures = [r["similarity"]["dreambooth-vs-references-train"]["timm:test_resnet"] for r in runs]
+    means = [f["nn_cosine_mean"] for f in figures]
+    largest = max(f["nn_cosine_max"] for f in figures)
+    assert memorised["rows"][1][column]["text"] == (
+        f"{np.mean(means):.3f} (runs {min(means):.3f}-{max(means):.3f}), max {largest:.3f}"
+    )
+    assert "template-linear (circ.)" in memorised["columns"]
+    assert memorised["title"] in report
     assert "Weights: template-linear = random; timm:test_resnet = random." in report
     # object-free rates: each replicate's presence records, pooled like every other rate
     free = summary["object_free"]

@@ -135,7 +135,9 @@ class Experiment:
         if DREAMBOOTH in arms:
             pairs.append((SFSL, DREAMBOOTH))  # SFSL's own contribution
         if self.split.held_out:
-            pairs.append((SFSL, TRAIN_REFERENCES))  # the memorisation check
+            # the memorisation check of every arm, and its yardstick: how near a fresh,
+            # independent image of the feature (a held-out reference) comes to the training ones
+            pairs += [(arm, TRAIN_REFERENCES) for arm in arms] + [(REFERENCES, TRAIN_REFERENCES)]
         if self.config.baseline:
             pairs += [(arm, BASELINE) for arm in arms]
             if self.config.recontext:

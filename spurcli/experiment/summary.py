@@ -7,7 +7,7 @@ target class, with 95% intervals, and whether the differences that matter are re
     summary["classifiers"]["effnet-lite0"]["differences"]["sfsl-vs-baseline"]
     # {"delta": 0.31, "delta_ci": [0.12, 0.48], "p_value": 0.002, "p_holm": 0.01, "test": ...}
     summary["primary"]          # the one pre-declared comparison, tested alone
-    summary_tables(summary)     # rates, (object-free rates,) differences: "columns", "rows", ...
+    summary_tables(summary)     # rates, (object-free,) differences, memorisation: "rows", ...
 
 With several training runs per arm (``replicates``) every rate and difference is pooled over
 the runs with a two-stage cluster bootstrap (`spurcli.evaluate.clustered`). With one, the
@@ -42,7 +42,7 @@ from spurcli.evaluate import metrics
 from spurcli.evaluate.clustered import INTERVAL, cluster_difference, cluster_rate, holm
 from spurcli.evaluate.compare import find_pairs
 from spurcli.evaluate.differences import consensus_members, fmt_p, shown_as_real
-from spurcli.experiment.layout import REFERENCES
+from spurcli.experiment.layout import REFERENCES, TRAIN_REFERENCES
 from spurcli.experiment.plan import BASELINE, DREAMBOOTH, LABELS, SFSL, Experiment
 from spurcli.experiment.results import model_identities, read_json, saved_scores
 from spurcli.records import FINETUNE_CARD
@@ -568,7 +568,13 @@ def object_free_table(summary: dict[str, Any], interval: str) -> dict[str, Any] 
     }
 
 
-SIMILARITY_FIGURES = ("mean_cosine", "mean_cosine_ci", "nn_cosine_mean", "nn_cosine_mean_ci")
+SIMILARITY_FIGURES = (
+    "mean_cosine",
+    "mean_cosine_ci",
+    "nn_cosine_mean",
+    "nn_cosine_mean_ci",
+    "nn_cosine_max",
+)
 
 
 def similarity_summary(exp: Experiment) -> dict[str, Any]:
@@ -757,7 +763,55 @@ def summary_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
         f"{summary['references']['judged_against']}.",
     }
     free = object_free_table(summary, interval)
-    return [rates, *([free] if free else []), differences]
+    memorised = memorisation_table(summary)
+    return [rates, *([free] if free else []), differences, *([memorised] if memorised else [])]
+
+
+def memorisation_table(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Each set's cosine to its nearest training reference, in every feature space: the mean
+    over the set's images (a run's interval; the runs' range when replicated) and the largest.
+    The held-out references' row is the yardstick. None without held-out references."""
+    runs = [r["similarity"] for r in summary.get("per_replicate", [])] or [
+        summary["similarity"]["comparisons"]
+    ]
+    suffix = f"-vs-{TRAIN_REFERENCES}"
+    pairs = [p for p in runs[0] if p.endswith(suffix)]
+    if not pairs:
+        return None
+    spaces = list(runs[0][pairs[0]])
+    rows = []
+    for pair in pairs:
+        name = pair[: -len(suffix)]
+        cells = []
+        for space in spaces:
+            figures = [run[pair][space] for run in runs if space in run.get(pair, {})]
+            means = [f["nn_cosine_mean"] for f in figures if f["nn_cosine_mean"] is not None]
+            if not means:
+                cells.append({"text": "-", "css": ""})
+                continue
+            if len(runs) == 1:
+                ci = figures[0].get("nn_cosine_mean_ci")
+                spread = f" [{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
+            else:
+                spread = f" (runs {min(means):.3f}-{max(means):.3f})"
+            largest = max(f["nn_cosine_max"] for f in figures if f["nn_cosine_max"] is not None)
+            text = f"{np.mean(means):.3f}{spread}, max {largest:.3f}"
+            cells.append({"text": text, "css": ""})
+        rows.append([f"{_short(name)} ({summary['n_images'].get(name, '?')})", *cells])
+    circular = summary["similarity"].get("circular_spaces", [])
+    columns = [f"{s} (circ.)" if s in circular else s for s in spaces]
+    spread = "its 95% bootstrap interval over images" if len(runs) == 1 else "the runs' range"
+    return {
+        "title": "memorisation: cosine to the nearest training reference",
+        "columns": ["set (images)", *columns],
+        "rows": rows,
+        "caption": "Each image's cosine to its nearest training reference in an extractor's "
+        f"feature space (near 1: a copy): the mean over the set, with {spread}, and the "
+        "largest. The held-out references are the yardstick: new images of the feature, none "
+        "a copy; a set well above them is nearer its training images than a new image of the "
+        "feature is. (circ.): the SFSL extractor's space, which SFSL optimised towards the "
+        "references.",
+    }
 
 
 def _all_differences(summary: dict[str, Any]) -> list[dict[str, Any]]:
