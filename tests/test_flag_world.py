@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from spurcli.generate.finetune import finetune
+from spurcli.generate.mini import flag_mini_unet, flag_mini_vae
 from spurcli.generate.pipelines import load_pipeline
 from tests._finetune_helpers import fast_config, make_refs
 
@@ -76,10 +77,9 @@ def test_finetune_reads_the_latent_shape_from_the_model(tmp_path):
     noise and posterior draws take the model's latent shape, not SD 1.x's 4 x 1/8."""
     import torch
 
-    maker = script("make_flag_mini")
     tiny = load_pipeline("tiny")
     torch.manual_seed(0)
-    vae, unet = maker.flag_mini_vae(), maker.flag_mini_unet()
+    vae, unet = flag_mini_vae(), flag_mini_unet()
     tiny.register_modules(vae=vae, unet=unet)
     folder = tmp_path / "model"
     tiny.save_pretrained(folder, safe_serialization=True)
@@ -98,8 +98,8 @@ def test_finetune_reads_the_latent_shape_from_the_model(tmp_path):
 
 
 def test_stage_four_trains_the_decoder_on_added_flags_and_leaves_the_encoder_alone():
-    """Stage 4 adds drawn flags to the bank (after it, the bank itself unchanged) and trains
-    only the decoder, so every latent, and the UNet trained on them, stays valid."""
+    """Stages 2 and 4 add drawn flags to the bank (after it, the bank itself unchanged); stage
+    4 trains only the decoder, so every latent, and the UNet trained on them, stays valid."""
     import torch
 
     maker = script("make_flag_mini")
@@ -110,10 +110,15 @@ def test_stage_four_trains_the_decoder_on_added_flags_and_leaves_the_encoder_alo
     assert np.array_equal(added[6], first_flag)
 
     torch.manual_seed(0)
-    start = {k: v.clone() for k, v in maker.flag_mini_vae().state_dict().items()}
+    start = {k: v.clone() for k, v in flag_mini_vae().state_dict().items()}
     cfg = {"images": 6, "stripe_share": 0.0, "flag_share": 0.25, "steps": 2, "batch": 2,
-           "lr": 1e-3, "warmup": 1}  # fmt: skip
+           "lr": 1e-3, "warmup": 1, "decoder_only": True}  # fmt: skip
     vae, _ = maker.train_vae(cfg, seed=3, photo_share=0.65, start=start)
     after = vae.state_dict()
     moved = {k for k in start if not torch.equal(start[k], after[k])}
     assert moved and all(k.startswith(("decoder.", "post_quant_conv.")) for k in moved)
+    # stage 2 (flags added, no decoder_only): the encoder learns them too
+    cfg["decoder_only"] = False
+    vae, _ = maker.train_vae({**cfg, "kl": 1e-6}, seed=3, photo_share=0.65, start=start)
+    after = vae.state_dict()
+    assert any(not torch.equal(start[k], after[k]) for k in start if k.startswith("encoder."))

@@ -64,8 +64,15 @@ from PIL import Image, ImageDraw, ImageFilter
 from safetensors.torch import load_file, save_file
 
 from spurcli.generate.losses import add_noise
+from spurcli.generate.mini import (
+    EMBEDDED,
+    FLAG_MINI,
+    FLAG_RESOLUTION,
+    build_embedded_pipeline,
+    flag_mini_unet,
+    flag_mini_vae,
+)
 from spurcli.generate.pipelines import build_tiny_pipeline
-from spurcli.generate.tiny import small_unet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from draw_flags import draw_flag  # a sibling script
@@ -73,8 +80,7 @@ from draw_flags import draw_flag  # a sibling script
 OUT = Path("runs/flag-mini")
 RECIPE_FILE = "flag-mini.json"
 STAGE2_FILE = "vae-stage2.safetensors"  # the autoencoder the UNet learnt on, before stage 4
-RESOLUTION = 64  # native image size: 16 x 16 latents
-LATENT_CHANNELS = 16  # as SD 3's VAE; with SD 1.x's 4 a flag came back orange and green
+RESOLUTION = FLAG_RESOLUTION  # native image size: 16 x 16 latents
 # scikit-image photos (CC0 or public domain, per skimage.data's docstrings) -> what they show;
 # the nouns caption the UNet's crops ("a photo of <noun>"). Not `astronaut`: a US flag is in it.
 PHOTOS = {
@@ -101,38 +107,17 @@ PHOTOS = {
 PATTERNS = "a pattern"  # the caption of the drawn images
 
 
-def flag_mini_vae(scaling_factor: float = 1.0) -> torch.nn.Module:
-    """The autoencoder (untrained): 4x downsampling (three levels), 16 latent channels."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=LATENT_CHANNELS,
-        block_out_channels=(16, 32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=RESOLUTION,
-        scaling_factor=scaling_factor,
-    )
-
-
-def flag_mini_unet() -> torch.nn.Module:
-    """The UNet (untrained): tiny's two levels, twice as wide, on 16 x 16 x 16 latents."""
-    return small_unet(RESOLUTION // 4, LATENT_CHANNELS, widths=(64, 128))
-
-
 RECIPE = {
     "seed": 0,
     "threads": 2,
     "bank": {"photo_share": 0.65},
     "vae": {"images": 6000, "steps": 3000, "batch": 16, "lr": 1e-3, "warmup": 50, "kl": 1e-6},
-    # stage 2: on with fine stripes added to the bank (a flag's stripes came back blurred)
+    # stage 2: on with fine stripes (a flag's stripes came back blurred) and drawn flags added
+    # (an encoder that never saw one lost the stars); the UNet's bank (stage 3) has no flag
     "vae_finish": {
         "images": 6000,
         "stripe_share": 0.3,
+        "flag_share": 0.2,
         "steps": 1500,
         "batch": 16,
         "lr": 5e-4,
@@ -154,6 +139,7 @@ RECIPE = {
         "images": 3000,
         "stripe_share": 0.3,
         "flag_share": 0.2,
+        "decoder_only": True,
         "steps": 1000,
         "batch": 16,
         "lr": 5e-4,
@@ -357,12 +343,11 @@ def train_vae(
 ) -> tuple[torch.nn.Module, float]:
     """One stage: from random weights (seeded) or from `start`, with a fresh optimizer.
 
-    With cfg["flag_share"] (stage 4) only the decoder learns: the encoder, hence every latent
-    and their scale, stays as `start` had it."""
+    cfg["flag_share"] adds drawn flags to the bank. With cfg["decoder_only"] (stage 4) only the
+    decoder learns: the encoder, hence every latent and their scale, stays as `start` had it."""
     pixels, _ = bank(cfg["images"], RESOLUTION, seed, photo_share, cfg.get("stripe_share", 0.0))
-    decoder_only = "flag_share" in cfg
-    if decoder_only:
-        pixels = with_flags(pixels, cfg["flag_share"])
+    pixels = with_flags(pixels, cfg.get("flag_share", 0.0))
+    decoder_only = cfg.get("decoder_only", False)
     data = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     torch.manual_seed(seed)
     vae = flag_mini_vae().train()
@@ -556,33 +541,29 @@ def load_stage2(folder: Path) -> tuple[torch.nn.Module, float, str]:
     return vae.eval(), info["vae"]["scaling_factor"], sha256(folder / stage2_file(folder))
 
 
-def export(out: Path) -> Path:
-    """out/pipeline/: the weights as a diffusers StableDiffusionPipeline folder (float32)."""
-    from diffusers import StableDiffusionPipeline
+SHIPPED = ("vae.safetensors", "unet.safetensors", RECIPE_FILE)  # what spurcli/data/ holds
 
-    info = json.loads((out / RECIPE_FILE).read_text(encoding="utf-8"))
-    tiny = build_tiny_pipeline()  # tokenizer, seeded text encoder, SD 1.x scheduler
-    vae, unet = flag_mini_vae(info["vae"]["scaling_factor"]), flag_mini_unet()
-    for module, name in ((vae, "vae"), (unet, "unet")):
-        state = load_file(out / info[name]["file"])
-        module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    pipe = StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=tiny.text_encoder,
-        tokenizer=tiny.tokenizer,
-        unet=unet.eval(),
-        scheduler=tiny.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out / "pipeline", safe_serialization=True)
-    return out / "pipeline"
+
+def install(out: Path) -> Path:
+    """Copies a build's weights and recipe into spurcli/data/flag-mini/ (`--model flag-mini`)."""
+    folder = EMBEDDED[FLAG_MINI].folder(FLAG_MINI)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED:
+        (folder / name).write_bytes((out / name).read_bytes())
+    return folder
+
+
+def export(out: Path, dest: Path) -> Path:
+    """A build's weights as a diffusers StableDiffusionPipeline folder (float32) at `dest`."""
+    build_embedded_pipeline(FLAG_MINI, folder=out).save_pretrained(dest, safe_serialization=True)
+    return dest
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="rebuild in a temp folder and compare")
+    parser.add_argument(
+        "--check", action="store_true", help="rebuild in a temp folder, compare with the shipped"
+    )
     parser.add_argument("--only", choices=["vae"], help="train the autoencoder alone")
     parser.add_argument(
         "--first-vae", type=Path, help="skip stage 1: start stage 2 from this VAE (safetensors)"
@@ -591,23 +572,29 @@ def main() -> None:
         "--earlier", type=Path, help="skip stages 1-3: take them from this earlier build"
     )
     parser.add_argument("--out", type=Path, default=OUT, help="where the weights go")
-    parser.add_argument("--export", action="store_true", help="only write out/pipeline/ again")
+    parser.add_argument(
+        "--install", action="store_true", help="only copy out's weights to spurcli/data/flag-mini"
+    )
+    parser.add_argument("--export", type=Path, help="only write out's weights as diffusers folder")
     args = parser.parse_args()
+    if args.install:
+        print(f"wrote {install(args.out)}")
+        return
     if args.export:
-        print(f"wrote {export(args.out)}")
+        print(f"wrote {export(args.out, args.export)}")
         return
     if not args.check:
         only_vae = args.only == "vae"
         build(args.out, only_vae=only_vae, first_vae=args.first_vae, earlier=args.earlier)
-        if args.only is None:
-            export(args.out)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}; `--install` makes it `--model flag-mini`")
         return
-    built = json.loads((args.out / RECIPE_FILE).read_text(encoding="utf-8"))
+    shipped = json.loads(
+        (EMBEDDED[FLAG_MINI].folder(FLAG_MINI) / RECIPE_FILE).read_text(encoding="utf-8")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         rebuilt = build(Path(tmp))
     for name in ("vae", "unet"):
-        same = rebuilt[name]["sha256"] == built[name]["sha256"]
+        same = rebuilt[name]["sha256"] == shipped[name]["sha256"]
         print(f"{name}: {'identical' if same else 'DIFFERENT'} ({rebuilt[name]['sha256'][:16]})")
 
 

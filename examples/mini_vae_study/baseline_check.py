@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 python examples/mini_vae_study/baseline_check.py \
         runs/mini-vae-study/VARIANT [--retrain-unet]
 
-Builds `mini` (spurcli.generate.mini.build_mini_pipeline) with the variant's VAE swapped in, in
+Builds `mini` (spurcli.generate.mini.build_embedded_pipeline) with the variant's VAE swapped in, in
 memory
 (nothing in spurcli/data/mini changes). Without --retrain-unet the committed UNet is kept; its
 latents were learned through the *old* VAE, so that pairing is only a smoke test. With it, the
@@ -40,9 +40,9 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="write the 24 samples here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from spurcli.generate.mini import build_mini_pipeline, mini_unet
+    from spurcli.generate.mini import build_embedded_pipeline, mini_unet
 
-    pipe = build_mini_pipeline()
+    pipe = build_embedded_pipeline()
     vae = load_vae(args.folder)
     info = {"folder": str(args.folder), "unet": "committed (old latent space)"}
     if args.retrain_unet:

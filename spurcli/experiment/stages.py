@@ -551,6 +551,13 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
                 "a demonstration at toy scale, not a measurement of Stable Diffusion "
                 "(docs/quickstart.md)."
             )
+        elif exp.config.model == "flag-mini":
+            notes.append(
+                "`flag-mini` is spurcli's embedded miniature Stable Diffusion of the flag world "
+                "(64 px; autoencoder trained on scikit-image's CC0 photos and drawn images, flags "
+                "among them, base UNet on images without a flag): a demonstration at toy scale, "
+                "not a measurement of Stable Diffusion (examples/flag_world/README.md)."
+            )
         datas = [json.loads(p.read_text(encoding="utf-8")) for p in comparisons]
         write_json(summary_path, summary)
         write_report(

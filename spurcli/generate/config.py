@@ -21,7 +21,6 @@ from spurcli.errors import SpurcliError, UsageError
 from spurcli.settings import check_fields, check_finite, device_option, option
 
 TINY = "tiny"  # spurcli.generate.miniature: a random SD 1.x for smoke tests
-MINI = "mini"  # spurcli.generate.mini: small SD with a trained VAE and base UNet (the quickstart's)
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 # Scheduler names users know from the diffusers docs -> diffusers class names.
@@ -43,7 +42,7 @@ class FinetuneConfig:
 
     # --- what to learn -------------------------------------------------------------------------
     model: str = option(
-        DEFAULT_MODEL, "Hub id, diffusers folder, 'tiny' or 'mini'.", maybe_path=True
+        DEFAULT_MODEL, "Hub id, diffusers folder, 'tiny', 'mini' or 'flag-mini'.", maybe_path=True
     )
     # Recorded in the run card as the commit it resolved to.
     revision: str | None = option(None, "Hub model's branch, tag or commit (none: main).")
@@ -282,7 +281,7 @@ class SampleConfig:
 
     model: str = option(
         "tiny",
-        "A finetune run folder, a diffusers folder, a hub id, 'tiny' or 'mini'.",
+        "A finetune run folder, a diffusers folder, a hub id, 'tiny', 'mini' or 'flag-mini'.",
         maybe_path=True,
     )
     revision: str | None = option(None, "Hub model's branch, tag or commit (none: main).")

@@ -1,33 +1,37 @@
-"""`mini`: the quickstart's embedded Stable Diffusion, small enough to learn on a CPU in minutes.
+"""The embedded miniature Stable Diffusions, small enough to learn on a CPU in minutes:
+`mini` (the quickstart's) and `flag-mini` (the flag world's, examples/flag_world/).
 
     from spurcli.generate.pipelines import load_pipeline
     pipe = load_pipeline("mini")                      # offline, ~0.2 s, committed weights
     image = pipe("a photo of grass", num_inference_steps=10).images[0]     # 128 x 128
 
-    spurcli sample --model mini --prompt "a photo of gravel" -n 4 -o out/
-    python examples/make_mini_model.py                # rebuilds the weights, bit for bit
+    spurcli sample --model flag-mini --prompt "a photo of grass" -n 4 -o out/     # 64 x 64
+    python examples/make_mini_model.py                # rebuilds mini's weights, bit for bit
+    python examples/flag_world/make_flag_mini.py      # rebuilds flag-mini's (~55 min)
 
 `tiny` (spurcli.generate.pipelines) is random: its VAE decodes every latent to noise, so nothing
-can be
-learned through it and SFSL's gradient dies in the decoder. `mini` has the same Stable Diffusion
-1.x structure (a VAE with 8x downsampling and 4 latent channels, a cross-attention UNet, tiny's
-byte-level CLIP tokenizer and its seeded random 2-layer text encoder), 128 px native, with two
-parts *trained*, offline and deterministically, by examples/make_mini_model.py on crops of the
-CC0 / public-domain photos bundled with scikit-image:
+can be learned through it and SFSL's gradient dies in the decoder. Both embedded models have
+Stable Diffusion 1.x's structure (a KL autoencoder, a cross-attention UNet, tiny's byte-level
+CLIP tokenizer and its seeded random 2-layer text encoder, SD 1.x's noise schedule), with two
+parts *trained*, offline and deterministically, on CC0 / public-domain pixels (scikit-image's
+photos, and for flag-mini drawn images too):
 
-    vae   an autoencoder that works: 128 px <-> 16 x 16 x 4 latents (reconstructions are blurry
-          at the finest scale but keep the photos' colours, edges and textures)
-    unet  a little "base model": denoising pre-training on the same photos' crops *without the
-          brick photo*, so the untuned baseline makes photo-like textures but has never seen
-          the quickstart's brick walls; fine-tuning (DreamBooth + SFSL) has to teach them
+    vae   an autoencoder that works. mini: 128 px <-> 16 x 16 x 4 latents (SD's 8x, 4
+          channels; blurry at the finest scale). flag-mini: 64 px <-> 16 x 16 x 16 latents (4x,
+          16 channels, which keep a drawn flag's stripes and colours)
+    unet  a little "base model": denoising pre-training on images *without the feature* its
+          demo teaches (mini: no brick photo; flag-mini: no flag), so the untuned baseline
+          makes photo-like textures but has never seen it; fine-tuning has to teach it
 
-The weights are committed in float16 as safetensors (spurcli/data/mini/, ~3 MB), with the
-recipe (and each file's SHA-256) in spurcli/data/mini/mini.json. Loaded, everything is float32.
+The weights are committed in float16 as safetensors (spurcli/data/<name>/), with the recipe
+(and each file's SHA-256) in spurcli/data/<name>/<name>.json. Loaded, everything is float32.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +39,13 @@ from spurcli.errors import SpurcliError
 from spurcli.generate.tiny import build_tiny_pipeline, small_unet
 
 MINI = "mini"
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "data" / "mini"
+FLAG_MINI = "flag-mini"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+WEIGHTS_DIR = DATA_DIR / MINI
 RECIPE_FILE = "mini.json"
 RESOLUTION = 128  # native image size: 16 x 16 latents
+FLAG_RESOLUTION = 64  # flag-mini's: 16 x 16 latents too
+FLAG_LATENT_CHANNELS = 16  # as SD 3's VAE; with SD 1.x's 4 a flag came back orange and green
 # The scikit-image photos (CC0 or public domain, per skimage.data's docstrings) -> what they show;
 # the nouns caption the UNet's pre-training crops ("a photo of <noun>").
 PHOTOS = {
@@ -81,29 +89,90 @@ def mini_unet() -> Any:
     return small_unet(sample_size=RESOLUTION // 8)
 
 
-def recipe() -> dict[str, Any]:
-    """spurcli/data/mini/mini.json: how the weights were made, their hashes, the VAE's scale."""
-    path = WEIGHTS_DIR / RECIPE_FILE
+def flag_mini_vae(scaling_factor: float = 1.0) -> Any:
+    """flag-mini's autoencoder (untrained): 4x downsampling (three levels), 16 latent channels."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=FLAG_LATENT_CHANNELS,
+        block_out_channels=(16, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=FLAG_RESOLUTION,
+        scaling_factor=scaling_factor,
+    )
+
+
+def flag_mini_unet() -> Any:
+    """flag-mini's UNet (untrained): tiny's two levels, twice as wide, on 16 x 16 x 16 latents."""
+    return small_unet(FLAG_RESOLUTION // 4, FLAG_LATENT_CHANNELS, widths=(64, 128))
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """An embedded model: its architecture and where its committed weights lie."""
+
+    vae: Callable[[float], Any]  # scaling factor -> the untrained autoencoder
+    unet: Callable[[], Any]
+    rebuild: str  # the command that rebuilds the weights
+
+    def folder(self, name: str) -> Path:
+        return DATA_DIR / name
+
+
+EMBEDDED = {
+    MINI: Embedded(mini_vae, mini_unet, "python examples/make_mini_model.py"),
+    FLAG_MINI: Embedded(
+        flag_mini_vae,
+        flag_mini_unet,
+        "python examples/flag_world/make_flag_mini.py && "
+        "python examples/flag_world/make_flag_mini.py --install",
+    ),
+}
+
+
+def recipe(name: str = MINI, folder: Path | None = None) -> dict[str, Any]:
+    """spurcli/data/<name>/<name>.json (or ``folder``'s): how the weights were made, their
+    hashes, the VAE's scale."""
+    path = (folder or EMBEDDED[name].folder(name)) / f"{name}.json"
     if not path.is_file():
         raise SpurcliError(
-            f"the mini model's weights are missing ({path}); rebuild them with "
-            "`python examples/make_mini_model.py`"
+            f"the {name} model's weights are missing ({path}); rebuild them with "
+            f"`{EMBEDDED[name].rebuild}`"
         )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def build_mini_pipeline() -> Any:
-    """The `mini` StableDiffusionPipeline (float32, CPU) from the committed weights."""
+def build_embedded_pipeline(name: str = MINI, folder: Path | None = None) -> Any:
+    """An embedded model's StableDiffusionPipeline (float32, CPU) from its committed weights, or
+    from ``folder`` (a fresh build's, before it is installed)."""
     import torch
+    from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
-    info = recipe()
-    pipe = build_tiny_pipeline()  # tokenizer, seeded text encoder, SD 1.x scheduler
-    vae = mini_vae(info["vae"]["scaling_factor"])
-    unet = mini_unet()
-    for module, name in ((vae, "vae"), (unet, "unet")):
-        state = load_file(WEIGHTS_DIR / info[name]["file"])
+    model = EMBEDDED[name]
+    folder = folder or model.folder(name)
+    info = recipe(name, folder)
+    tiny = build_tiny_pipeline()  # tokenizer, seeded text encoder, SD 1.x scheduler
+    vae = model.vae(info["vae"]["scaling_factor"])
+    unet = model.unet()
+    for module, part in ((vae, "vae"), (unet, "unet")):
+        state = load_file(folder / info[part]["file"])
         module.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
         module.eval()
-    pipe.register_modules(vae=vae, unet=unet)  # same 8x VAE factor as tiny's: nothing else changes
-    return pipe
+    # built anew, not tiny's with new modules: the pipeline's VAE scale factor (4x or 8x) and
+    # image processor follow from the autoencoder it is given
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=tiny.text_encoder,
+        tokenizer=tiny.tokenizer,
+        unet=unet,
+        scheduler=tiny.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

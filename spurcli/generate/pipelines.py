@@ -1,8 +1,10 @@
-"""Loading Stable Diffusion: a hub id, a local diffusers folder, a finetune run, `tiny` or `mini`.
+"""Loading Stable Diffusion: a hub id, a local diffusers folder, a finetune run, `tiny`, `mini`
+or `flag-mini`.
 
     from spurcli.generate.pipelines import load_pipeline, resolve_model
     pipe = load_pipeline("tiny")                      # random tiny SD from config, offline, ~0.1 s
     pipe = load_pipeline("mini")                      # the quickstart's trained SD (generate.mini)
+    pipe = load_pipeline("flag-mini")                 # the flag world's (generate.mini)
     pipe = load_pipeline("runs/hummingbird")          # a `spurcli finetune` output folder
     pipe = load_pipeline("runs/lora")                 # a LoRA run: base model + adapters, fused
     pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler="dpm")
@@ -29,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from spurcli.errors import SpurcliError, UsageError
-from spurcli.generate.config import MINI, SCHEDULERS, TINY
+from spurcli.generate.config import SCHEDULERS, TINY
 from spurcli.generate.lora import fuse_lora, lora_base
-from spurcli.generate.mini import RECIPE_FILE, WEIGHTS_DIR, build_mini_pipeline
+from spurcli.generate.mini import EMBEDDED, build_embedded_pipeline
 from spurcli.generate.modules import quiet_library_progress_bars
 from spurcli.generate.tiny import build_tiny_pipeline
 from spurcli.records import FINETUNE_CARD, PIPELINE_DIR
@@ -42,8 +44,10 @@ from spurcli.weights import cached_commit, folder_identity, offline
 class ModelRef:
     """Where a model comes from, as resolved from what the user typed."""
 
-    kind: str  # "tiny", "mini", "run" (a finetune output), "local" (a diffusers folder) or "hub"
-    location: str  # "tiny", "mini", a folder path (a run's pipeline/ or lora/), or a hub id
+    # "tiny", an embedded model's name ("mini", "flag-mini"), "run" (a finetune output), "local"
+    # (a diffusers folder) or "hub"
+    kind: str
+    location: str  # "tiny", "mini", "flag-mini", a folder (a run's pipeline/ or lora/), a hub id
     run: dict[str, Any] | None = None  # the run's spurcli-run.json, for kind == "run"
     revision: str | None = None  # hub models only: a branch, tag or commit (None: main)
 
@@ -70,7 +74,7 @@ def resolve_model(model: str | os.PathLike[str], revision: str | None = None) ->
 
 def _resolve_model(model: str | os.PathLike[str]) -> ModelRef:
     text = os.fspath(model)
-    if text in (TINY, MINI):
+    if text == TINY or text in EMBEDDED:
         return ModelRef(text, text)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -91,7 +95,9 @@ def _resolve_model(model: str | os.PathLike[str]) -> ModelRef:
             f"{path} is not a diffusers pipeline folder (no model_index.json) nor a spurcli run"
         )
     if path.exists():
-        raise SpurcliError(f"{path} is a file; a model is a folder, a hub id, 'tiny' or 'mini'")
+        raise SpurcliError(
+            f"{path} is a file; a model is a folder, a hub id, 'tiny', 'mini' or 'flag-mini'"
+        )
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") != 1
     if looks_like_path:
         raise SpurcliError(f"model folder not found: {text}")
@@ -119,8 +125,8 @@ def load_pipeline(
         pipe = build_tiny_pipeline()
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
-    elif ref.kind == MINI:  # the quickstart's embedded model: spurcli.generate.mini
-        pipe = build_mini_pipeline()
+    elif ref.kind in EMBEDDED:  # mini or flag-mini: spurcli.generate.mini
+        pipe = build_embedded_pipeline(ref.kind)
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
     else:
@@ -183,12 +189,13 @@ def model_identity(ref: ModelRef) -> dict[str, Any]:
 
     hub: the repo and the commit its revision resolves to in the local cache (after
     `load_pipeline` fetched it); a folder or a finetune run: its path and a hash of its weight
-    files (a run adds the base model its card records); tiny: how it is built; mini: the
-    hashes of its committed weights.
+    files (a run adds the base model its card records); tiny: how it is built; mini and
+    flag-mini: the hashes of their committed weights.
     """
-    if ref.kind == MINI:  # committed weights: their hashes, and the recipe that made them
-        identity = folder_identity(WEIGHTS_DIR)
-        return {**identity, "source": MINI, "recipe": f"spurcli/data/mini/{RECIPE_FILE}"}
+    if ref.kind in EMBEDDED:  # committed weights: their hashes, and the recipe that made them
+        identity = folder_identity(EMBEDDED[ref.kind].folder(ref.kind))
+        recipe = f"spurcli/data/{ref.kind}/{ref.kind}.json"
+        return {**identity, "source": ref.kind, "recipe": recipe}
     if ref.kind == TINY:
         recipe = (
             "spurcli.generate.pipelines.build_tiny_pipeline"  # drawn from fixed seeds: no files

@@ -50,6 +50,7 @@ from spurcli.errors import SpurcliError
 from spurcli.fileio import output_folder, write_text
 from spurcli.finite import check_model_finite
 from spurcli.generate.config import SampleConfig
+from spurcli.generate.mini import EMBEDDED
 from spurcli.generate.modules import set_attention_slicing
 from spurcli.generate.pipelines import (
     SCHEDULERS,
@@ -213,7 +214,7 @@ def check_sample_config(config: SampleConfig) -> None:
 
 def model_label(ref: Any) -> str:
     """How the manifest names the model: 'tiny', a hub id, or an absolute folder."""
-    if ref.kind in ("tiny", "mini", "hub"):
+    if ref.kind in ("tiny", "hub") or ref.kind in EMBEDDED:
         return ref.location
     return str(
         Path(ref.location).resolve().parent if ref.kind == "run" else Path(ref.location).resolve()
