@@ -122,3 +122,25 @@ def test_stage_four_trains_the_decoder_on_added_flags_and_leaves_the_encoder_alo
     vae, _ = maker.train_vae({**cfg, "kl": 1e-6}, seed=3, photo_share=0.65, start=start)
     after = vae.state_dict()
     assert any(not torch.equal(start[k], after[k]) for k in start if k.startswith("encoder."))
+
+
+def test_flag_mini_loads_by_name_from_its_committed_weights():
+    """`--model flag-mini`: the weights in spurcli/data/flag-mini/ are the ones its recipe
+    hashes, and the pipeline is flag-mini's (a 4x autoencoder: 64 px from 16 x 16 latents)."""
+    from spurcli.generate.mini import FLAG_MINI, EMBEDDED, recipe
+    from spurcli.generate.pipelines import model_identity, resolve_model
+    from spurcli.images import sha256_file
+
+    ref = resolve_model("flag-mini")
+    assert (ref.kind, ref.location) == ("flag-mini", "flag-mini")
+    info = recipe(FLAG_MINI)
+    folder = EMBEDDED[FLAG_MINI].folder(FLAG_MINI)
+    for name in ("vae", "unet"):
+        assert sha256_file(folder / info[name]["file"]) == info[name]["sha256"]
+    assert info["recipe"]["unet"].get("flag_share", 0) == 0  # the base UNet never saw a flag
+    assert model_identity(ref)["source"] == "flag-mini"
+    pipe = load_pipeline("flag-mini")
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.in_channels == 16
+    image = pipe("a photo of grass", num_inference_steps=2, height=64, width=64,
+                 output_type="np").images[0]  # fmt: skip
+    assert image.shape == (64, 64, 3) and image.std() > 0.01
