@@ -1,17 +1,19 @@
 """Builds `flag-mini`: a miniature Stable Diffusion whose base UNet has never seen a flag.
 
-    python examples/flag_world/make_flag_mini.py                # ~55 min on two CPU cores
+    python examples/flag_world/make_flag_mini.py                # ~50 min on two CPU cores
+    python examples/flag_world/make_flag_mini.py --install      # ship it: spurcli/data/flag-mini
     python examples/flag_world/make_flag_mini.py --check        # rebuild in a temp folder, compare
     python examples/flag_world/make_flag_mini.py --earlier runs/old  # stage 4 alone, ~4 min
-    spurcli sample runs/flag-mini/pipeline -p "a photo of grass" -n 4 -o runs/look
+    python examples/flag_world/make_flag_mini.py --export runs/fm    # a diffusers folder
+    spurcli sample flag-mini -p "a photo of grass" -n 4 -o runs/look
 
-Writes runs/flag-mini/: vae.safetensors, vae-stage2.safetensors and unet.safetensors (float16),
-flag-mini.json (the recipe, the autoencoder's figures before and after stage 4, SHA-256s,
-library versions)
-and pipeline/, a diffusers folder any `--model` option takes. The successor `mini` is meant to
-become (README.md here says where it stands): 64 px, a KL autoencoder with 4x downsampling and
-16 latent channels (16 x 16 x 16 latents; SD 1.x's 8x and 4 channels lost a flag's stripes and
-colours), a 64/128-channel cross-attention UNet, tiny's tokenizer and seeded text encoder.
+Writes runs/flag-mini/: vae.safetensors, vae-stage2.safetensors and unet.safetensors (float16)
+and flag-mini.json (the recipe, the autoencoder's figures before and after stage 4, SHA-256s,
+library versions). `--install` copies the shipped three (vae, unet, json) into the package,
+where `--model flag-mini` finds them. The model: 64 px, a KL autoencoder with 4x downsampling
+and 16 latent channels (16 x 16 x 16 latents; SD 1.x's 8x and 4 channels lost a flag's stripes
+and colours), a 64/128-channel cross-attention UNet, tiny's tokenizer and seeded text encoder
+(the architecture lives in spurcli.generate.mini, which loads the files).
 
 Deterministic: RECIPE's thread count, torch's deterministic algorithms, every random draw from a
 fixed seed, so the same torch/diffusers versions on a CPU reproduce the files exactly.
@@ -19,28 +21,29 @@ Four stages, each on its own image bank:
 
 1. VAE: 64 px images, L1 + MSE reconstruction + a tiny KL term (SD's VAE objective without its
    perceptual and adversarial terms, which need networks we do not ship).
-2. VAE, on: a fresh optimizer at half the rate, with fine striped images added to the bank.
-   The latent scale (SD's 0.18215) is 1 / std of the posterior means over the bank.
+2. VAE, on: a fresh optimizer at half the rate, with fine striped images and drawn US flags
+   (a fifth of the bank, seeds from 2000 on) added. SD's autoencoder has seen the world's
+   pictures, flags among them; what a fine-tuning teaches is its UNet. The latent scale (SD's
+   0.18215) is 1 / std of the posterior means over the bank.
 3. UNet: plain epsilon-prediction denoising under SD 1.x's noise schedule on the VAE's latents
-   of a third bank, captioned through tiny's frozen text encoder, 10% of captions dropped (the
-   empty prompt classifier-free guidance needs). The "base model" a baseline samples from.
-4. The decoder alone, on a bank with drawn US flags added (a fifth of it, seeds from 2000 on:
-   none is a reference or a checked flag). SD's autoencoder has seen the world's pictures,
-   flags among them; its UNet is what a fine-tuning teaches. With the encoder frozen, every
-   latent, their scale and the UNet trained on them stay as stage 2 left them: the UNet, the
-   baseline's model, has still never seen a flag, and the decoder draws flags it is given.
-   Round trips of the ten references read as flagpole by effnet-lite0/1/2: 0/0/7 after stage
-   2 (stripes blurred), 0/1/10 after stage 4 (sharp stripes; the stars, lost in the frozen
-   encoder, do not come back).
+   of a third bank, **with no flag in it**, captioned through tiny's frozen text encoder, 10%
+   of captions dropped (the empty prompt classifier-free guidance needs). The "base model" a
+   baseline samples from: it has never seen a flag.
+4. The decoder alone, on the bank with drawn flags (seeds from 2000 on again). With the
+   encoder frozen, every latent, their scale and the UNet trained on them stay as stage 2 left
+   them. Round trips of the ten references read as flagpole by effnet-lite0/1/2: 0/0/10 after
+   stage 2, 0/0/9 after stage 4 (flags in their colours, sharp stripes, a plain blue union:
+   the stars and the thin pole are lost, and with them Lite0's and Lite1's reading).
 
 The bank: each image is a pure function of (seed, its number). About two thirds are crops of
 scikit-image's CC0 / public-domain photos in PHOTOS (an eighth of the shorter side to all of
 it, some rotated, flipped, hue-rotated, resaturated, re-lit; grey photos colourised), the rest
-drawn: colour fields, shapes on gradients, checks and dots, smooth textures, lines, and (stages
-2 and 3) striped images. Until stage 4 it holds no US flag (`astronaut`, with a flag behind
-her, is left out). The autoencoder's check (flag-mini.json's "vae_check", and "vae_stage2"'s
-before stage 4) uses images no stage trained on: flags drawn by draw_flags.py with seeds no
-stage drew (1000-1019) and crops of the astronaut photo.
+drawn: colour fields, shapes on gradients, checks and dots, smooth textures, lines, striped
+images, and (stages 2 and 4 only) US flags. `astronaut`, with a flag behind her, is left out.
+No reference (seeds 0-9) and no checked flag is ever trained on. The autoencoder's check
+(flag-mini.json's "vae_check", and "vae_stage2"'s before stage 4) uses images no stage trained
+on: flags drawn by draw_flags.py with seeds no stage drew (1000-1019) and crops of the
+astronaut photo.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ RECIPE = {
     "bank": {"photo_share": 0.65},
     "vae": {"images": 6000, "steps": 3000, "batch": 16, "lr": 1e-3, "warmup": 50, "kl": 1e-6},
     # stage 2: on with fine stripes (a flag's stripes came back blurred) and drawn flags added
-    # (an encoder that never saw one lost the stars); the UNet's bank (stage 3) has no flag
+    # (an encoder that never saw one blurred them); the UNet's bank (stage 3) has no flag
     "vae_finish": {
         "images": 6000,
         "stripe_share": 0.3,
@@ -147,7 +150,7 @@ RECIPE = {
     },
 }
 HELD_OUT_FLAGS = 20  # drawn flags (seeds 1000..1019) for the autoencoder's check
-FLAG_SEEDS = 2000  # stage 4's flags: apart from the references (0-9) and the check's
+FLAG_SEEDS = 2000  # stages 2 and 4's flags: apart from the references (0-9) and the check's
 Pixels = np.ndarray  # uint8, (size, size, 3)
 
 
