@@ -127,14 +127,14 @@ def test_stage_four_trains_the_decoder_on_added_flags_and_leaves_the_encoder_alo
 def test_flag_mini_loads_by_name_from_its_committed_weights():
     """`--model flag-mini`: the weights in spurcli/data/flag-mini/ are the ones its recipe
     hashes, and the pipeline is flag-mini's (a 4x autoencoder: 64 px from 16 x 16 latents)."""
-    from spurcli.generate.mini import EMBEDDED, FLAG_MINI, recipe
+    from spurcli.generate.mini import FLAG_MINI, recipe, weights_folder
     from spurcli.generate.pipelines import model_identity, resolve_model
     from spurcli.images import sha256_file
 
     ref = resolve_model("flag-mini")
     assert (ref.kind, ref.location) == ("flag-mini", "flag-mini")
     info = recipe(FLAG_MINI)
-    folder = EMBEDDED[FLAG_MINI].folder(FLAG_MINI)
+    folder = weights_folder(FLAG_MINI)
     for name in ("vae", "unet"):
         assert sha256_file(folder / info[name]["file"]) == info[name]["sha256"]
     assert info["recipe"]["unet"].get("flag_share", 0) == 0  # the base UNet never saw a flag

@@ -68,12 +68,12 @@ from safetensors.torch import load_file, save_file
 
 from spurcli.generate.losses import add_noise
 from spurcli.generate.mini import (
-    EMBEDDED,
     FLAG_MINI,
     FLAG_RESOLUTION,
     build_embedded_pipeline,
     flag_mini_unet,
     flag_mini_vae,
+    weights_folder,
 )
 from spurcli.generate.pipelines import build_tiny_pipeline
 
@@ -549,7 +549,7 @@ SHIPPED = ("vae.safetensors", "unet.safetensors", RECIPE_FILE)  # what spurcli/d
 
 def install(out: Path) -> Path:
     """Copies a build's weights and recipe into spurcli/data/flag-mini/ (`--model flag-mini`)."""
-    folder = EMBEDDED[FLAG_MINI].folder(FLAG_MINI)
+    folder = weights_folder(FLAG_MINI)
     folder.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED:
         (folder / name).write_bytes((out / name).read_bytes())
@@ -591,9 +591,7 @@ def main() -> None:
         build(args.out, only_vae=only_vae, first_vae=args.first_vae, earlier=args.earlier)
         print(f"wrote {args.out}; `--install` makes it `--model flag-mini`")
         return
-    shipped = json.loads(
-        (EMBEDDED[FLAG_MINI].folder(FLAG_MINI) / RECIPE_FILE).read_text(encoding="utf-8")
-    )
+    shipped = json.loads((weights_folder(FLAG_MINI) / RECIPE_FILE).read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory() as tmp:
         rebuilt = build(Path(tmp))
     for name in ("vae", "unet"):

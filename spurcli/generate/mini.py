@@ -120,8 +120,10 @@ class Embedded:
     unet: Callable[[], Any]
     rebuild: str  # the command that rebuilds the weights
 
-    def folder(self, name: str) -> Path:
-        return DATA_DIR / name
+
+def weights_folder(name: str) -> Path:
+    """Where an embedded model's committed weights lie: spurcli/data/<name>/."""
+    return DATA_DIR / name
 
 
 EMBEDDED = {
@@ -138,7 +140,7 @@ EMBEDDED = {
 def recipe(name: str = MINI, folder: Path | None = None) -> dict[str, Any]:
     """spurcli/data/<name>/<name>.json (or ``folder``'s): how the weights were made, their
     hashes, the VAE's scale."""
-    path = (folder or EMBEDDED[name].folder(name)) / f"{name}.json"
+    path = (folder or weights_folder(name)) / f"{name}.json"
     if not path.is_file():
         raise SpurcliError(
             f"the {name} model's weights are missing ({path}); rebuild them with "
@@ -155,7 +157,7 @@ def build_embedded_pipeline(name: str = MINI, folder: Path | None = None) -> Any
     from safetensors.torch import load_file
 
     model = EMBEDDED[name]
-    folder = folder or model.folder(name)
+    folder = folder or weights_folder(name)
     info = recipe(name, folder)
     tiny = build_tiny_pipeline()  # tokenizer, seeded text encoder, SD 1.x scheduler
     vae = model.vae(info["vae"]["scaling_factor"])

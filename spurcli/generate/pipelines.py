@@ -33,7 +33,7 @@ from typing import Any
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.generate.config import SCHEDULERS, TINY
 from spurcli.generate.lora import fuse_lora, lora_base
-from spurcli.generate.mini import EMBEDDED, build_embedded_pipeline
+from spurcli.generate.mini import EMBEDDED, build_embedded_pipeline, weights_folder
 from spurcli.generate.modules import quiet_library_progress_bars
 from spurcli.generate.tiny import build_tiny_pipeline
 from spurcli.records import FINETUNE_CARD, PIPELINE_DIR
@@ -193,7 +193,7 @@ def model_identity(ref: ModelRef) -> dict[str, Any]:
     flag-mini: the hashes of their committed weights.
     """
     if ref.kind in EMBEDDED:  # committed weights: their hashes, and the recipe that made them
-        identity = folder_identity(EMBEDDED[ref.kind].folder(ref.kind))
+        identity = folder_identity(weights_folder(ref.kind))
         recipe = f"spurcli/data/{ref.kind}/{ref.kind}.json"
         return {**identity, "source": ref.kind, "recipe": recipe}
     if ref.kind == TINY:
