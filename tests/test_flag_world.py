@@ -124,6 +124,31 @@ def test_stage_four_trains_the_decoder_on_added_flags_and_leaves_the_encoder_alo
     assert any(not torch.equal(start[k], after[k]) for k in start if k.startswith("encoder."))
 
 
+def test_stage_four_edge_term_is_the_l1_of_neighbouring_pixel_differences():
+    """The edge term, against numpy's differences; zero for an image and itself shifted in
+    brightness (it sees edges, not levels), and it trains stage 4 with the edge in its cfg."""
+    import torch
+
+    maker = script("make_flag_mini")
+    g = torch.Generator().manual_seed(0)
+    recon, x = torch.rand(2, 3, 5, 7, generator=g), torch.rand(2, 3, 5, 7, generator=g)
+    r, t = recon.numpy(), x.numpy()
+    expected = (
+        np.abs(np.diff(r, axis=-1) - np.diff(t, axis=-1)).mean()
+        + np.abs(np.diff(r, axis=-2) - np.diff(t, axis=-2)).mean()
+    )
+    assert float(maker.edge_loss(recon, x)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(maker.edge_loss(x + 0.3, x)) == pytest.approx(0.0, abs=1e-6)
+    assert maker.RECIPE["decoder"]["edge"] > 0
+
+    torch.manual_seed(0)
+    start = {k: v.clone() for k, v in flag_mini_vae().state_dict().items()}
+    cfg = {"images": 4, "steps": 1, "batch": 2, "lr": 1e-3, "warmup": 1, "decoder_only": True}
+    plain = maker.train_vae(cfg, seed=3, photo_share=0.65, start=start)[0].state_dict()
+    edged = maker.train_vae({**cfg, "edge": 2.0}, seed=3, photo_share=0.65, start=start)[0]
+    assert any(not torch.equal(plain[k], v) for k, v in edged.state_dict().items())
+
+
 def test_flag_mini_loads_by_name_from_its_committed_weights():
     """`--model flag-mini`: the weights in spurcli/data/flag-mini/ are the ones its recipe
     hashes, and the pipeline is flag-mini's (a 4x autoencoder: 64 px from 16 x 16 latents)."""
