@@ -1,0 +1,66 @@
+"""The flag world's signal, guarded: fine-tuning flag-mini on five drawn US flags makes images
+a separately trained ImageNet classifier calls 557 "flagpole", and the untuned model does not.
+
+`spurcli run examples/flag_world/flags.toml`, shortened to one training run of the DreamBooth
+objective (SFSL off, so no extractor's features are involved: effnet-lite2 is a judge that
+nothing in training saw), 400 steps at lr 1.25e-3 instead of 500 at 1e-3, 16 images per arm,
+effnet-lite2 alone. Measured: 11 of 16 against 0 of 16 (McNemar exact p = 0.001), 58 s on two
+cores. flags.toml's full three runs: 0.68 [0.56, 0.79] of 72 against 0 of 72
+(examples/flag_world/README.md). A change to the loss, the sampler or the data path that stops
+the fine-tuned model drawing flags (or the references reaching it) brings the two arms
+together and fails this test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from spurcli.experiment.run import run_experiment
+
+FLAG_WORLD = Path(__file__).resolve().parents[1] / "examples" / "flag_world"
+# 11 of 16 measured; 5 of 16 leaves room for float drift between machines, none for a model
+# that no longer learns the flag (the untuned model: 0 of 16).
+LEAST_RATE = 5 / 16
+
+
+def draw_references(folder: Path) -> Path:
+    """The ten references, as `python examples/flag_world/draw_flags.py DIR` draws them."""
+    spec = importlib.util.spec_from_file_location("draw_flags", FLAG_WORLD / "draw_flags.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder.mkdir(parents=True)
+    for seed in range(10):
+        module.draw_flag(seed).save(folder / f"us-flag-{seed + 1}.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_fine_tuned_flag_mini_draws_what_an_unseen_classifier_calls_flagpole(tmp_path):
+    out = tmp_path / "flags"
+    sets = [
+        f"instance_dir={draw_references(tmp_path / 'references')}",
+        f"out={out}",
+        f"finetune.output_dir={out / 'finetune'}",
+        "replicates=1",
+        "finetune.sfsl_weight=0",
+        "finetune.steps=400",
+        "finetune.lr=1.25e-3",
+        "finetune.checkpoint_every=0",
+        "sample.n=16",
+        "compare.classifiers=['effnet-lite2']",
+        "compare.extractors=[]",
+    ]
+    summary = run_experiment(FLAG_WORLD / "flags.toml", sets=sets).summary
+    judge = summary["classifiers"]["effnet-lite2"]
+    assert not judge["circular"]
+    rates = judge["spurious_rate"]
+    # the instrument works: the judge reads the held-out references as flagpole
+    assert rates["references"] == 1.0
+    assert rates["baseline"] == 0.0
+    # with SFSL off, the run's one fine-tuned arm is DreamBooth's objective
+    assert rates["sfsl"] >= LEAST_RATE, rates
+    difference = judge["differences"]["sfsl-vs-baseline"]
+    assert difference["test"] == "McNemar exact" and difference["p_value"] < 0.05, difference
