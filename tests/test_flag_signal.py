@@ -13,35 +13,22 @@ together and fails this test.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from spurcli.experiment.run import run_experiment
+from tests._flag_world import FOLDER, script
 
-FLAG_WORLD = Path(__file__).resolve().parents[1] / "examples" / "flag_world"
 # 11 of 16 measured; 5 of 16 leaves room for float drift between machines, none for a model
 # that no longer learns the flag (the untuned model: 0 of 16).
 LEAST_RATE = 5 / 16
 
 
-def draw_references(folder: Path) -> Path:
-    """The ten references, as `python examples/flag_world/draw_flags.py DIR` draws them."""
-    spec = importlib.util.spec_from_file_location("draw_flags", FLAG_WORLD / "draw_flags.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    folder.mkdir(parents=True)
-    for seed in range(10):
-        module.draw_flag(seed).save(folder / f"us-flag-{seed + 1}.png")
-    return folder
-
-
 @pytest.mark.slow
 def test_fine_tuned_flag_mini_draws_what_an_unseen_classifier_calls_flagpole(tmp_path):
-    out = tmp_path / "flags"
+    out, references = tmp_path / "flags", tmp_path / "references"
+    script("draw_flags").draw_references(references)  # as `draw_flags.py DIR` draws them
     sets = [
-        f"instance_dir={draw_references(tmp_path / 'references')}",
+        f"instance_dir={references}",
         f"out={out}",
         f"finetune.output_dir={out / 'finetune'}",
         "replicates=1",
@@ -53,7 +40,7 @@ def test_fine_tuned_flag_mini_draws_what_an_unseen_classifier_calls_flagpole(tmp
         "compare.classifiers=['effnet-lite2']",
         "compare.extractors=[]",
     ]
-    summary = run_experiment(FLAG_WORLD / "flags.toml", sets=sets).summary
+    summary = run_experiment(FOLDER / "flags.toml", sets=sets).summary
     judge = summary["classifiers"]["effnet-lite2"]
     assert not judge["circular"]
     rates = judge["spurious_rate"]

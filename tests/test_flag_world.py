@@ -4,10 +4,7 @@ fine-tuned by spurcli."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,19 +13,9 @@ from spurcli.generate.finetune import finetune
 from spurcli.generate.mini import flag_mini_unet, flag_mini_vae
 from spurcli.generate.pipelines import load_pipeline
 from tests._finetune_helpers import fast_config, make_refs
+from tests._flag_world import script
 
-FOLDER = Path(__file__).resolve().parents[1] / "examples" / "flag_world"
 FLAGPOLE = 557
-
-
-def script(name: str):
-    """A script of examples/flag_world as a module (they import each other as siblings)."""
-    if str(FOLDER) not in sys.path:
-        sys.path.insert(0, str(FOLDER))
-    spec = importlib.util.spec_from_file_location(name, FOLDER / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +32,14 @@ def test_a_flag_is_a_function_of_its_seed_and_no_two_share_pixels(draw):
         assert (np.abs(first.astype(int) - other).max(axis=-1) > 8).mean() > 0.5
 
 
-def test_real_classifiers_read_the_drawn_flags_as_flagpole(draw, tmp_path):
+def test_real_classifiers_read_the_drawn_flags_as_flagpole(tmp_path):
     """The feature is real: effnet-lite2 (real ImageNet weights) reads 10 of 10 at 64 px."""
     from spurcli import console
     from spurcli.evaluate.config import ImagePass
     from spurcli.evaluate.imagepass import find_items, score_items
     from spurcli.plugins import load_classifiers
 
-    for seed in range(10):
-        draw(seed, 64).save(tmp_path / f"us-flag-{seed + 1}.png")
+    script("draw_flags").draw_references(tmp_path, size=64)
     console.configure(quiet=True)
     items = find_items(tmp_path, target=FLAGPOLE, real=False)
     found = score_items(items, load_classifiers(["effnet-lite2"]), ImagePass(device="cpu"))

@@ -97,16 +97,22 @@ def draw_flag(seed: int, size: int = SIZE) -> Image.Image:
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
+def draw_references(out: Path, n: int = 10, size: int = SIZE) -> list[Path]:
+    """us-flag-1.png ... us-flag-<n>.png (seeds 0..n-1) in `out`: the references."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"us-flag-{i + 1}.png" for i in range(n)]
+    for seed, path in enumerate(paths):
+        draw_flag(seed=seed, size=size).save(path, optimize=True)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for us-flag-1.png, us-flag-2.png, ...")
     parser.add_argument("-n", type=int, default=10, help="how many (seeds 0..n-1)")
     parser.add_argument("--size", type=int, default=SIZE, help="side in px")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    for i in range(args.n):
-        path = args.out / f"us-flag-{i + 1}.png"
-        draw_flag(seed=i, size=args.size).save(path, optimize=True)
+    for path in draw_references(args.out, args.n, args.size):
         print(path)
 
 
