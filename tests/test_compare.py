@@ -66,6 +66,18 @@ def test_frechet_with_fewer_samples_than_dimensions():
         frechet_distance(a[:1], b)
 
 
+def test_frechet_both_routes_agree_across_the_switch():
+    """Up to as many rows as dimensions the trace comes from the n_a x n_b product of the centred
+    rows, past it from the covariances: the same number either side of the switch."""
+    rng = np.random.default_rng(4)
+    mix = rng.normal(size=(30, 30))
+    for n_a, n_b in [(24, 5), (30, 30), (31, 12), (12, 31)]:
+        a = rng.normal(size=(n_a, 30)) @ mix
+        b = rng.normal(loc=0.2, size=(n_b, 30)) @ mix
+        expected = direct_frechet(a, b, eps=1e-9)
+        assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-4), (n_a, n_b)
+
+
 def test_cosines_match_brute_force():
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(7, 5)), rng.normal(size=(11, 5))

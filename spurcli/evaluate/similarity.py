@@ -7,7 +7,11 @@ features), and the features themselves.
   to the two feature sets, ``|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))``: FID's formula
   in another feature space, so not called FID. The trace of the matrix square root is computed as
   ``sum sqrt(eig(C_a^(1/2) C_b C_a^(1/2)))`` (symmetric PSD, `eigh`, negative rounding clipped),
-  which needs no eps and is exact also for singular covariances. But with fewer images than
+  which needs no eps and is exact also for singular covariances. With fewer images than
+  dimensions the same trace is the sum of the singular values of ``A_c B_c^T`` (the centred
+  feature rows, n_a x n_b) over ``sqrt((n_a - 1)(n_b - 1))``: C_a C_b and that matrix times its
+  transpose share their nonzero eigenvalues, so no dim x dim matrix is formed (a 24-image set in
+  1,280 dimensions: milliseconds instead of ~0.4 s per pair). But with fewer images than
   dimensions (n <= dim, the usual case for a few dozen images) the covariances are rank-deficient
   sample estimates: the number is biased upwards and comparable only between set pairs of the
   same sizes; the JSON's ``frechet_note`` says so whenever it applies.
@@ -104,13 +108,21 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2 or len(b) < 2:
         raise ValueError("the Fréchet distance needs at least 2 samples per set")
     mu = a.mean(axis=0) - b.mean(axis=0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    ca, cb = np.atleast_2d(ca), np.atleast_2d(cb)
-    root_a = _psd_sqrt(ca)
-    middle = root_a @ cb @ root_a
-    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)  # symmetric up to rounding
-    trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
-    distance = mu @ mu + np.trace(ca) + np.trace(cb) - 2.0 * trace_sqrt
+    if max(len(a), len(b)) <= a.shape[1]:
+        centred_a, centred_b = a - a.mean(axis=0), b - b.mean(axis=0)
+        trace_a = float((centred_a**2).sum()) / (len(a) - 1)
+        trace_b = float((centred_b**2).sum()) / (len(b) - 1)
+        singular = np.linalg.svd(centred_a @ centred_b.T, compute_uv=False)
+        trace_sqrt = singular.sum() / np.sqrt((len(a) - 1) * (len(b) - 1))
+    else:
+        ca = np.atleast_2d(np.cov(a, rowvar=False))
+        cb = np.atleast_2d(np.cov(b, rowvar=False))
+        root_a = _psd_sqrt(ca)
+        middle = root_a @ cb @ root_a
+        eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)  # symmetric up to rounding
+        trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+        trace_a, trace_b = float(np.trace(ca)), float(np.trace(cb))
+    distance = mu @ mu + trace_a + trace_b - 2.0 * trace_sqrt
     return float(max(distance, 0.0))  # >= 0 in exact arithmetic
 
 
