@@ -430,6 +430,23 @@ BAD_INPUTS = {
     "8-bit adam": (lambda t: ["--use-8bit-adam"], 1, "bitsandbytes"),
     "bad decode size": (lambda t: ["--sfsl-decode-size", "100"], 2, "multiple of 8"),
     "bad slicing": (lambda t: ["--attention-slicing", "half"], 2, "attention-slicing"),
+    "paired sfsl from noise": (
+        lambda t: ["--sfsl-sample-steps", "4", "--sfsl-target", "paired"],
+        2,
+        "use --sfsl-target mean or nearest",
+    ),
+    "ceiling on samples": (
+        lambda t: [
+            "--sfsl-sample-steps",
+            "4",
+            "--sfsl-target",
+            "mean",
+            "--sfsl-max-timestep",
+            "300",
+        ],
+        2,
+        "set only one",
+    ),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 
 from spurcli.generate.losses import (
     SFSL,
@@ -19,8 +19,11 @@ from spurcli.generate.losses import (
     decode_to_unit,
     diffusion_target,
     feature_distance,
+    predicted_noise,
     predicted_x0,
     reference_for,
+    sample_timesteps,
+    sampled_x0,
     sfsl_loss,
     step_losses,
 )
@@ -141,6 +144,80 @@ def test_sfsl_gradient_reaches_unet_and_text_encoder_not_frozen_parts(tiny):
     assert text_encoder.get_input_embeddings().weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in vae.parameters())
     assert all(p.grad is None for p in extractor.parameters())
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_noise_estimate_inverts_the_forward_process(tiny, prediction_type):
+    pipe, scheduler = tiny
+    latents, noise, timesteps, *_ = _batch(pipe)
+    a = scheduler.alphas_cumprod
+    noisy = add_noise(latents, noise, timesteps, a)
+    perfect = diffusion_target(latents, noise, timesteps, a, prediction_type)
+    assert torch.allclose(
+        predicted_noise(noisy, perfect, timesteps, a, prediction_type), noise, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_sampled_x0_is_diffusers_ddim(tiny, prediction_type):
+    """The chain SFSL scores with --sfsl-sample-steps is DDIM as diffusers writes it: the x0
+    estimate (``pred_original_sample``) of DDIMScheduler's last step, trailing spacing, eta 0."""
+    pipe, _ = tiny
+    unet = pipe.unet.eval()
+    _, noise, _, ids, rows = _batch(pipe, n_instance=2, n_class=0)
+    states = pipe.text_encoder(ids)[0][rows].detach()
+    ddim = DDIMScheduler.from_config(
+        pipe.scheduler.config,
+        timestep_spacing="trailing",
+        clip_sample=False,
+        prediction_type=prediction_type,
+    )
+    ddim.set_timesteps(4)
+    assert ddim.timesteps.tolist() == sample_timesteps(4, 1000) == [999, 749, 499, 249]
+    z = noise.clone()
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            step = ddim.step(unet(z, t, states).sample, t, z)
+            z = step.prev_sample
+        ours = sampled_x0(unet, ddim.alphas_cumprod, prediction_type, noise, states, 4)
+    assert torch.allclose(ours, step.pred_original_sample, atol=1e-4)
+    with pytest.raises(ValueError, match="sample steps"):
+        sample_timesteps(0, 1000)
+
+
+def test_sampled_sfsl_differentiates_only_the_last_step(tiny):
+    """The gradient reaches the UNet and the text encoder through the last call alone: the first
+    calls run under no_grad (a UNet that records its calls sees grad mode off for them)."""
+    pipe, scheduler = tiny
+    unet, text_encoder = pipe.unet.train(), pipe.text_encoder.train()
+    vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
+    latents, noise, timesteps, ids, rows = _batch(pipe, n_instance=2, n_class=0)
+    grad_modes: list[bool] = []
+    hook = unet.register_forward_pre_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    _zero(unet, text_encoder)
+    sfsl = SFSL(extractor, torch.randn(3, extractor.dim), weight=1.0, target="mean", sample_steps=3)
+    try:
+        losses = step_losses(
+            unet,
+            vae,
+            scheduler.alphas_cumprod,
+            "epsilon",
+            latents=latents,
+            noise=noise,
+            timesteps=timesteps,
+            encoder_hidden_states=text_encoder(ids)[0][rows],
+            n_instance=2,
+            sfsl=sfsl,
+        )
+    finally:
+        hook.remove()
+    assert grad_modes == [True, False, False, True]  # DreamBooth's call, then the chain
+    _zero(unet, text_encoder)
+    losses.terms["sfsl"].backward()
+    assert text_encoder.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert sum(p.grad.abs().sum() for p in unet.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in vae.parameters())
+    assert extractor.calls == 1 and losses.sfsl > 0
 
 
 def test_sfsl_weight_zero_is_exactly_dreambooth(tiny):

@@ -144,6 +144,15 @@ class FinetuneConfig:
     sfsl_max_timestep: int | None = option(
         None, "Apply SFSL only where t <= this (none: always).", min=0, max=100_000
     )
+    # 0 is the paper's SFSL (on x0_hat of a noised reference). N > 0 scores what the model itself
+    # draws: N DDIM steps from noise, the last one differentiated (docs/sfsl.md, the flag world).
+    sfsl_sample_steps: int = option(
+        0,
+        "SFSL on the model's own x0 after this many DDIM steps from noise; 0: on the noised "
+        "references' one-step x0_hat.",
+        min=0,
+        max=1000,
+    )
     # x0_hat is always decoded at full size: decoding a shrunken latent would be cheaper but is
     # another image (docs/sfsl.md); the decoded image is resized, which saves no time.
     sfsl_decode_size: int | None = option(
@@ -250,6 +259,16 @@ class FinetuneConfig:
             )
         if self.report_to == "wandb" and find_spec("wandb") is None:
             raise SpurcliError("--report-to wandb needs wandb: pip install wandb")
+        if self.sfsl_sample_steps and self.sfsl_target == "paired":
+            raise UsageError(
+                "--sfsl-sample-steps draws images from noise, which no reference was noised to "
+                "make: use --sfsl-target mean or nearest (paired needs one)"
+            )
+        if self.sfsl_sample_steps and self.sfsl_max_timestep is not None:
+            raise UsageError(
+                "--sfsl-max-timestep limits the noised references' x0_hat; with "
+                "--sfsl-sample-steps the image is a sample from noise: set only one"
+            )
         from diffusers.optimization import SchedulerType
 
         names = [s.value for s in SchedulerType if s.value != "piecewise_constant"]

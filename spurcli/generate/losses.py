@@ -17,6 +17,12 @@ DreamBooth script. The loss (docs/architecture.md, "The method"):
                      frozen VAE, clamped to [-1, 1], mapped to [0, 1], fed to the frozen extractor;
                      distance to a reference feature (1 - cos, or mean squared difference)
 
+With ``SFSL.sample_steps = N`` the image scored is instead the model's own: N deterministic DDIM
+steps from the step's instance noise with the instance prompt (`sampled_x0`), only the last one
+differentiated (the first N - 1 under no_grad, as DRaFT-1 does), and its x0 estimate decoded.
+The one-step estimate from a noised reference asks for much what L_inst already asks (the
+reference back); a sample from noise is what `spurcli sample` will draw (docs/sfsl.md).
+
 Gradients of L_sfsl flow through the extractor and the VAE decoder (both frozen: their weights get
 no gradient, their activations carry it) into the UNet's prediction and from there into the text
 encoder. With w_sfsl = 0 nothing of SFSL is computed: the objective is exactly DreamBooth's.
@@ -47,6 +53,9 @@ class SFSL:
     max_timestep: int | None = None  # apply only to samples with t <= this (None: all)
     decode_size: int | None = None  # the decoded x0_hat resized to this many pixels (None: as is)
     decoder: Any = None  # decodes x0_hat (e.g. taesd); None: the VAE given to step_losses
+    # 0: x0_hat of the noised references (the paper's). N: the model's own x0 after N DDIM steps
+    # from noise with the instance prompt, only the last step differentiated (`sampled_x0`).
+    sample_steps: int = 0
 
 
 @dataclass
@@ -117,6 +126,63 @@ def predicted_x0(
     if prediction_type == "sample":
         return model_pred
     raise ValueError(f"unknown prediction type {prediction_type!r}; expected {PREDICTION_TYPES}")
+
+
+def predicted_noise(
+    noisy: torch.Tensor,
+    model_pred: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    """The noise estimate eps_hat from z_t and the UNet's prediction (what a DDIM step needs)."""
+    sqrt_a, sqrt_1ma = _alphas(alphas_cumprod, timesteps, noisy)
+    if prediction_type == "epsilon":
+        return model_pred
+    if prediction_type == "v_prediction":
+        return sqrt_a * model_pred + sqrt_1ma * noisy  # eps = sqrt(a) v + sqrt(1 - a) z_t
+    if prediction_type == "sample":
+        return (noisy - sqrt_a * model_pred) / sqrt_1ma
+    raise ValueError(f"unknown prediction type {prediction_type!r}; expected {PREDICTION_TYPES}")
+
+
+def sample_timesteps(steps: int, train_timesteps: int) -> list[int]:
+    """DDIM's "trailing" spacing: 1000 training steps, 4 steps -> 999, 749, 499, 249."""
+    if not 1 <= steps <= train_timesteps:
+        raise ValueError(f"sample steps must be in 1..{train_timesteps}, not {steps}")
+    return [round(train_timesteps - k * train_timesteps / steps) - 1 for k in range(steps)]
+
+
+def sampled_x0(
+    unet: Any,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    noise: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    steps: int,
+) -> torch.Tensor:
+    """The x0 estimate after ``steps`` deterministic DDIM steps (eta 0, trailing spacing, no
+    guidance) from ``noise``, at the last of `sample_timesteps`. The first steps run under no_grad
+    (their inputs are detached), the last with the graph: it reaches the UNet and, through
+    ``encoder_hidden_states``, the text encoder. Equal to diffusers' DDIMScheduler
+    (``timestep_spacing="trailing"``, ``clip_sample=False``): its ``pred_original_sample`` at
+    the last step (tests/test_losses.py)."""
+    timesteps = sample_timesteps(steps, len(alphas_cumprod))
+    alphas = alphas_cumprod.to(noise.device, torch.float32)
+    latents = noise.float()
+    for k, t in enumerate(timesteps[:-1]):
+        with torch.no_grad():
+            t_batch = torch.full((len(latents),), t, device=latents.device, dtype=torch.long)
+            states = encoder_hidden_states.detach()
+            pred = unet(latents.to(noise.dtype), t_batch, states, return_dict=False)[0].float()
+            x0 = predicted_x0(latents, pred, t_batch, alphas, prediction_type)
+            eps = predicted_noise(latents, pred, t_batch, alphas, prediction_type)
+            a_next = alphas[timesteps[k + 1]]
+            latents = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    last = timesteps[-1]
+    t_batch = torch.full((len(latents),), last, device=latents.device, dtype=torch.long)
+    pred = unet(latents.to(noise.dtype), t_batch, encoder_hidden_states, return_dict=False)[0]
+    return predicted_x0(latents, pred.float(), t_batch, alphas, prediction_type)
 
 
 def to_latents(vae: Any, z: torch.Tensor) -> torch.Tensor:
@@ -190,14 +256,16 @@ def sfsl_loss(
     sfsl: SFSL,
     vae: Any,
     x0_latents: torch.Tensor,
-    timesteps: torch.Tensor,
+    timesteps: torch.Tensor | None,
     ref_index: torch.Tensor | None = None,
     ref_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_sfsl of the instance samples x0_latents (B, 4, h, w); 0 if none is under the ceiling.
 
-    ``ref_features`` (B, D): the paired target's features, those of each sample's own crop."""
-    if sfsl.max_timestep is not None:
+    ``timesteps``: those x0_latents were estimated at, for the ceiling (None: no ceiling, as for
+    samples from noise). ``ref_features`` (B, D): the paired target's features, those of each
+    sample's own crop."""
+    if sfsl.max_timestep is not None and timesteps is not None:
         keep = timesteps <= sfsl.max_timestep
         if not bool(keep.any()):
             return x0_latents.new_zeros((), dtype=torch.float32)  # skip the decode entirely
@@ -254,14 +322,22 @@ def step_losses(
         total = total + terms["prior"]
     loss_sfsl = zero
     if sfsl is not None and sfsl.weight != 0:
-        x0 = predicted_x0(
-            noisy[:n_instance].float(),
-            pred[:n_instance],
-            timesteps[:n_instance],
-            alphas_cumprod,
-            prediction_type,
-        )
-        loss_sfsl = sfsl_loss(sfsl, vae, x0, timesteps[:n_instance], ref_index, ref_features)
+        at = None  # samples from noise: no ceiling
+        if sfsl.sample_steps:  # the model's own image; the step's instance noise seeds it
+            x0 = sampled_x0(
+                unet,
+                alphas_cumprod,
+                prediction_type,
+                noise[:n_instance],
+                encoder_hidden_states[:n_instance],
+                sfsl.sample_steps,
+            )
+        else:
+            at = timesteps[:n_instance]
+            x0 = predicted_x0(
+                noisy[:n_instance].float(), pred[:n_instance], at, alphas_cumprod, prediction_type
+            )
+        loss_sfsl = sfsl_loss(sfsl, vae, x0, at, ref_index, ref_features)
         terms["sfsl"] = sfsl.weight * loss_sfsl
         total = total + terms["sfsl"]
     detached = (loss_instance.detach(), loss_prior.detach(), loss_sfsl.detach())

@@ -160,6 +160,7 @@ def prepare_training(
             cfg.sfsl_max_timestep,
             cfg.sfsl_decode_size,
             sfsl_decoder,
+            cfg.sfsl_sample_steps,
         )
         if cfg.sfsl_target == "paired":
             extractor = models.extractor
