@@ -278,7 +278,12 @@ def _field_name(key: str, fields: dict[str, Any], where: Any) -> str:
 
 
 def _parse_set(text: str, hint: Any, fld: Any, where: str) -> Any:
-    """A ``--set`` value: TOML syntax (1e-5, true, ["a", "b"]) or, for text fields, bare text."""
+    """A ``--set`` value: TOML syntax (1e-5, true, ["a", "b"]) or, for text fields, bare text;
+    ``none`` unsets an option whose default may be none (TOML has no null, and a config file's
+    value could not be taken back otherwise)."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    if text.lower() == "none" and optional and type(None) in typing.get_args(hint):
+        return None
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

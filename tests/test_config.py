@@ -406,3 +406,14 @@ def test_image_pass_settings_are_one_block_shared_by_every_scoring_command():
     # the image pass takes any of them as it is
     compare = CompareConfig(target=94, classifiers=["a"], batch_size=4, device="cpu", strict=True)
     assert (compare.batch_size, compare.image_size) == (4, ImagePass().image_size)
+
+
+def test_set_none_unsets_an_option_a_config_file_gave(tmp_path):
+    from spurcli.settings import load_config
+
+    (tmp_path / "f.toml").write_text("sfsl_max_timestep = 300\nsteps = 5\n")
+    given = load_config(FinetuneConfig, tmp_path / "f.toml")
+    unset = load_config(FinetuneConfig, tmp_path / "f.toml", sets=["sfsl_max_timestep=none"])
+    assert (given.sfsl_max_timestep, unset.sfsl_max_timestep, unset.steps) == (300, None, 5)
+    with pytest.raises(UsageError, match="expected an integer"):  # steps cannot be none
+        load_config(FinetuneConfig, tmp_path / "f.toml", sets=["steps=none"])
