@@ -3,9 +3,9 @@ a separately trained ImageNet classifier calls 557 "flagpole", and the untuned m
 
 `spurcli run examples/flag_world/flags.toml`, shortened to one training run of the DreamBooth
 objective (SFSL off, so no extractor's features are involved: effnet-lite2 is a judge that
-nothing in training saw), 400 steps at lr 1.25e-3 instead of 500 at 1e-3, 16 images per arm,
-effnet-lite2 alone. Measured: 11 of 16 against 0 of 16 (McNemar exact p = 0.001), 58 s on two
-cores. flags.toml's full three runs: 0.68 [0.56, 0.79] of 72 against 0 of 72
+nothing in training saw), 360 steps at lr 1.25e-3 instead of 500 at 1e-3, 16 images per arm,
+effnet-lite2 alone. Measured: 10 of 16 against 0 of 16 (McNemar exact p = 0.002), 50 s on two
+cores (400 steps: 11 of 16). flags.toml's full three runs: 0.68 [0.56, 0.79] of 72 against 0 of 72
 (examples/flag_world/README.md). A change to the loss, the sampler or the data path that stops
 the fine-tuned model drawing flags (or the references reaching it) brings the two arms
 together and fails this test.
@@ -18,7 +18,7 @@ import pytest
 from spurcli.experiment.run import run_experiment
 from tests._flag_world import FOLDER, script
 
-# 11 of 16 measured; 5 of 16 leaves room for float drift between machines, none for a model
+# 10 of 16 measured; 5 of 16 leaves room for float drift between machines, none for a model
 # that no longer learns the flag (the untuned model: 0 of 16).
 LEAST_RATE = 5 / 16
 
@@ -33,7 +33,7 @@ def test_fine_tuned_flag_mini_draws_what_an_unseen_classifier_calls_flagpole(tmp
         f"finetune.output_dir={out / 'finetune'}",
         "replicates=1",
         "finetune.sfsl_weight=0",
-        "finetune.steps=400",
+        "finetune.steps=360",
         "finetune.lr=1.25e-3",
         "finetune.checkpoint_every=0",
         "sample.n=16",
