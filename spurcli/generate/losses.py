@@ -135,15 +135,13 @@ def predicted_noise(
     alphas_cumprod: torch.Tensor,
     prediction_type: str,
 ) -> torch.Tensor:
-    """The noise estimate eps_hat from z_t and the UNet's prediction (what a DDIM step needs)."""
-    sqrt_a, sqrt_1ma = _alphas(alphas_cumprod, timesteps, noisy)
+    """The noise estimate eps_hat (what a DDIM step needs): the noise that makes z_t from
+    `predicted_x0`'s estimate, z_t = sqrt(a) z0_hat + sqrt(1 - a) eps_hat."""
     if prediction_type == "epsilon":
-        return model_pred
-    if prediction_type == "v_prediction":
-        return sqrt_a * model_pred + sqrt_1ma * noisy  # eps = sqrt(a) v + sqrt(1 - a) z_t
-    if prediction_type == "sample":
-        return (noisy - sqrt_a * model_pred) / sqrt_1ma
-    raise ValueError(f"unknown prediction type {prediction_type!r}; expected {PREDICTION_TYPES}")
+        return model_pred  # as predicted, not through a round trip
+    x0 = predicted_x0(noisy, model_pred, timesteps, alphas_cumprod, prediction_type)
+    sqrt_a, sqrt_1ma = _alphas(alphas_cumprod, timesteps, noisy)
+    return (noisy - sqrt_a * x0) / sqrt_1ma
 
 
 def sample_timesteps(steps: int, train_timesteps: int) -> list[int]:
