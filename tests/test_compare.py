@@ -12,7 +12,12 @@ from _compare_helpers import make_sets
 from spurcli.errors import SpurcliError, UsageError
 from spurcli.evaluate.compare import CompareConfig, CompareResult, Features, compare, similarity
 from spurcli.evaluate.metrics import rate_difference
-from spurcli.evaluate.similarity import frechet_distance, mean_cosine, nearest_neighbours
+from spurcli.evaluate.similarity import (
+    frechet_distance,
+    mean_cosine,
+    nearest_neighbours,
+    within_cosine,
+)
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
@@ -92,10 +97,14 @@ def test_cosines_match_brute_force():
     )
     assert result["nn_cosine_max"] == pytest.approx(sims.max())
     assert result["nn_cosine_mean"] == pytest.approx(sims.max(1).mean())
+    own = ua @ ua.T
+    assert result["within_cosine_a"] == pytest.approx(own[~np.eye(7, dtype=bool)].mean())
     assert "fewer images than dimensions" not in (result["frechet_note"] or "")
     assert [n["neighbour"] for n in result["nearest"]] == [f"b{j}" for j in sims.argmax(1)]
     few = similarity(Features(["x"], a[:1]), Features(["y", "z"], b[:2]))
     assert few["frechet"] is None and "at least 2" in few["frechet_note"]
+    assert few["within_cosine_a"] is None  # one image: no pair
+    assert within_cosine(np.tile(a[:1], (4, 1))) == pytest.approx(1.0)
 
 
 def test_similarity_intervals_are_a_seeded_bootstrap_over_images():

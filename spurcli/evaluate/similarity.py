@@ -18,6 +18,9 @@ features), and the features themselves.
 - ``nn_cosine_mean`` / ``nn_cosine_max``: for each image of A, the cosine to its nearest
   neighbour in B; with B = the training references, values near 1 flag memorised copies (the
   report shows the closest pairs).
+- ``within_cosine_a``: the mean cosine between two different images of A, how alike the set's
+  images are (1: one image over and over); a fine-tuning that narrows what a model draws raises
+  it, which memorisation figures alone do not show.
 - ``mean_cosine_ci``, ``nn_cosine_mean_ci`` (with ``resamples`` > 0): 95% seeded percentile
   bootstrap intervals over images: for ``mean_cosine`` the images of A and of B are resampled
   independently (each set keeps its size); for ``nn_cosine_mean`` the images of A (each keeps its
@@ -83,6 +86,15 @@ def unit(x: np.ndarray) -> np.ndarray:
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Mean of cos(a_i, b_j) over all pairs = <mean of unit a, mean of unit b>."""
     return float(unit(a).mean(axis=0) @ unit(b).mean(axis=0))
+
+
+def within_cosine(a: np.ndarray) -> float | None:
+    """Mean cos(a_i, a_j) over the pairs i != j of rows of ``a`` (None below two rows): the sum of
+    all pairs' products is |sum of unit rows|^2, the n self-pairs add n of it."""
+    if len(a) < 2:
+        return None
+    total = unit(a).sum(axis=0)
+    return float((total @ total - len(a)) / (len(a) * (len(a) - 1)))
 
 
 def nearest_neighbours(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +176,7 @@ def similarity(a: Features, b: Features, *, resamples: int = 0, seed: int = 0) -
         "frechet": frechet,
         "nn_cosine_mean": float(cosine.mean()),
         "nn_cosine_max": float(cosine.max()),
+        "within_cosine_a": within_cosine(a.values),
         "n_a": n_a,
         "n_b": n_b,
         "dim": int(dim),

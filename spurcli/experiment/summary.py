@@ -574,6 +574,7 @@ SIMILARITY_FIGURES = (
     "nn_cosine_mean",
     "nn_cosine_mean_ci",
     "nn_cosine_max",
+    "within_cosine_a",
 )
 
 
@@ -796,6 +797,9 @@ def memorisation_table(summary: dict[str, Any]) -> dict[str, Any] | None:
                 spread = f" (runs {min(means):.3f}-{max(means):.3f})"
             largest = max(f["nn_cosine_max"] for f in figures if f["nn_cosine_max"] is not None)
             text = f"{np.mean(means):.3f}{spread}, max {largest:.3f}"
+            alike = [f["within_cosine_a"] for f in figures if f.get("within_cosine_a") is not None]
+            if alike:  # absent from comparisons made before it was measured
+                text += f", alike {np.mean(alike):.2f}"
             cells.append({"text": text, "css": ""})
         rows.append([f"{_short(name)} ({summary['n_images'].get(name, '?')})", *cells])
     circular = summary["similarity"].get("circular_spaces", [])
@@ -809,7 +813,9 @@ def memorisation_table(summary: dict[str, Any]) -> dict[str, Any] | None:
         f"feature space (near 1: a copy): the mean over the set, with {spread}, and the "
         "largest. The held-out references are the yardstick: new images of the feature, none "
         "a copy; a set well above them is nearer its training images than a new image of the "
-        "feature is. (circ.): the SFSL extractor's space, which SFSL optimised towards the "
+        "feature is. Alike: the mean cosine between two different images of the set (1: one "
+        "image over and over; the mean over runs), which rises when fine-tuning narrows what "
+        "the model draws. (circ.): the SFSL extractor's space, which SFSL optimised towards the "
         "references.",
     }
 
