@@ -325,6 +325,29 @@ def test_options_change_what_they_should(refs, class_dir, tmp_path):
     assert not (out / "checkpoints" / "step-2" / "text_encoder.safetensors").exists()
 
 
+def test_sfsl_on_samples_reaches_the_loss(refs, class_dir, tmp_path, monkeypatch):
+    """--sfsl-sample-steps goes from the config to the loss: the chain runs once per step with
+    the step's instance noise, and SFSL's logged value is that of the sampled image."""
+    from spurcli.generate import losses
+
+    calls = []
+    original = losses.sampled_x0
+
+    def counted(*args, **kwargs):
+        calls.append(args[-1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "sampled_x0", counted)
+    common = dict(class_dir=class_dir, steps=1, sfsl_target="mean", checkpoint_every=0)
+    sampled = _log(finetune(fast_config(refs, tmp_path / "s", sfsl_sample_steps=3, **common)))
+    assert calls == [3]  # once per step, with the configured number of steps
+    noised = _log(finetune(fast_config(refs, tmp_path / "n", **common)))
+    assert calls == [3]  # the paper's SFSL never samples
+    assert all(line["loss_sfsl"] > 0 for line in sampled)
+    assert sampled[0]["loss_instance"] == noised[0]["loss_instance"]  # same data, same noise
+    assert sampled[0]["loss_sfsl"] != noised[0]["loss_sfsl"]  # another image was scored
+
+
 def test_memory_savers_do_not_change_the_result(full_run, refs, class_dir, tmp_path):
     """Gradient checkpointing recomputes exactly; sliced attention differs only by rounding."""
     cfg = fast_config(
