@@ -797,8 +797,8 @@ def memorisation_table(summary: dict[str, Any]) -> dict[str, Any] | None:
                 spread = f" (runs {min(means):.3f}-{max(means):.3f})"
             largest = max(f["nn_cosine_max"] for f in figures if f["nn_cosine_max"] is not None)
             text = f"{np.mean(means):.3f}{spread}, max {largest:.3f}"
-            alike = [f["within_cosine_a"] for f in figures if f.get("within_cosine_a") is not None]
-            if alike:  # absent from comparisons made before it was measured
+            alike = [f["within_cosine_a"] for f in figures if f["within_cosine_a"] is not None]
+            if alike:  # None in comparisons made before it was measured
                 text += f", alike {np.mean(alike):.2f}"
             cells.append({"text": text, "css": ""})
         rows.append([f"{_short(name)} ({summary['n_images'].get(name, '?')})", *cells])

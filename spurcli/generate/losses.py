@@ -31,6 +31,7 @@ Everything here is a pure function of tensors and modules, so each piece can be 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,19 +169,21 @@ def sampled_x0(
     timesteps = sample_timesteps(steps, len(alphas_cumprod))
     alphas = alphas_cumprod.to(noise.device, torch.float32)
     latents = noise.float()
-    for k, t in enumerate(timesteps[:-1]):
-        with torch.no_grad():
-            t_batch = torch.full((len(latents),), t, device=latents.device, dtype=torch.long)
-            states = encoder_hidden_states.detach()
-            pred = unet(latents.to(noise.dtype), t_batch, states, return_dict=False)[0].float()
-            x0 = predicted_x0(latents, pred, t_batch, alphas, prediction_type)
-            eps = predicted_noise(latents, pred, t_batch, alphas, prediction_type)
-            a_next = alphas[timesteps[k + 1]]
-            latents = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-    last = timesteps[-1]
-    t_batch = torch.full((len(latents),), last, device=latents.device, dtype=torch.long)
-    pred = unet(latents.to(noise.dtype), t_batch, encoder_hidden_states, return_dict=False)[0]
-    return predicted_x0(latents, pred.float(), t_batch, alphas, prediction_type)
+
+    def at(t: int) -> torch.Tensor:
+        return torch.full((len(latents),), t, device=latents.device, dtype=torch.long)
+
+    with torch.no_grad():
+        states = encoder_hidden_states.detach()
+        for t, t_next in itertools.pairwise(timesteps):
+            now = at(t)
+            pred = unet(latents.to(noise.dtype), now, states, return_dict=False)[0].float()
+            x0 = predicted_x0(latents, pred, now, alphas, prediction_type)
+            eps = predicted_noise(latents, pred, now, alphas, prediction_type)
+            latents = alphas[t_next].sqrt() * x0 + (1 - alphas[t_next]).sqrt() * eps
+    last = at(timesteps[-1])
+    pred = unet(latents.to(noise.dtype), last, encoder_hidden_states, return_dict=False)[0]
+    return predicted_x0(latents, pred.float(), last, alphas, prediction_type)
 
 
 def to_latents(vae: Any, z: torch.Tensor) -> torch.Tensor:
