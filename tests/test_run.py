@@ -747,10 +747,10 @@ def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path, fake
     figures = [r["similarity"]["dreambooth-vs-references-train"]["timm:test_resnet"] for r in runs]
     means = [f["nn_cosine_mean"] for f in figures]
     largest = max(f["nn_cosine_max"] for f in figures)
-    alike = np.mean([f["within_cosine_a"] for f in figures])
+    alike = [f["within_cosine_a"] for f in figures]
     assert memorised["rows"][1][column]["text"] == (
         f"{np.mean(means):.3f} (runs {min(means):.3f}-{max(means):.3f}), max {largest:.3f}, "
-        f"alike {alike:.2f}"
+        f"alike {np.mean(alike):.2f} (runs {min(alike):.2f}-{max(alike):.2f})"
     )
     assert "template-linear (circ.)" in memorised["columns"]
     assert memorised["title"] in report

@@ -800,6 +800,8 @@ def memorisation_table(summary: dict[str, Any]) -> dict[str, Any] | None:
             alike = [f["within_cosine_a"] for f in figures if f["within_cosine_a"] is not None]
             if alike:  # None in comparisons made before it was measured
                 text += f", alike {np.mean(alike):.2f}"
+                if len(runs) > 1:
+                    text += f" (runs {min(alike):.2f}-{max(alike):.2f})"
             cells.append({"text": text, "css": ""})
         rows.append([f"{_short(name)} ({summary['n_images'].get(name, '?')})", *cells])
     circular = summary["similarity"].get("circular_spaces", [])
@@ -814,9 +816,9 @@ def memorisation_table(summary: dict[str, Any]) -> dict[str, Any] | None:
         "largest. The held-out references are the yardstick: new images of the feature, none "
         "a copy; a set well above them is nearer its training images than a new image of the "
         "feature is. Alike: the mean cosine between two different images of the set (1: one "
-        "image over and over; the mean over runs), which rises when fine-tuning narrows what "
-        "the model draws. (circ.): the SFSL extractor's space, which SFSL optimised towards the "
-        "references.",
+        "image over and over; the mean over runs, with their range when replicated), which "
+        "rises when fine-tuning narrows what the model draws. (circ.): the SFSL extractor's "
+        "space, which SFSL optimised towards the references.",
     }
 
 
