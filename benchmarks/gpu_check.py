@@ -117,10 +117,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
 def build_sd15(folder: Path, device: str) -> Path:
     """SD 1.5's architecture with random weights (seeded), saved as a diffusers folder (fp16)."""
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from spurcli.generate.pipelines import build_tiny_pipeline
+    from spurcli.generate.tiny import assemble_pipeline
 
     tiny = build_tiny_pipeline()  # its tokenizer and SD 1.x's scheduler
     vocab = tiny.tokenizer.get_vocab()
@@ -130,16 +131,7 @@ def build_sd15(folder: Path, device: str) -> Path:
         unet = UNet2DConditionModel(**SD15_UNET)
         vae = AutoencoderKL(**SD15_VAE)
         text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, **ids, pad_token_id=ids["eos_token_id"]))
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tiny.tokenizer,
-        unet=unet,
-        scheduler=tiny.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_pipeline(vae, text, tiny.tokenizer, unet, tiny.scheduler)
     pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     del pipe, unet, vae, text
     return folder

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from spurcli.errors import SpurcliError
-from spurcli.generate.tiny import build_tiny_pipeline, small_unet
+from spurcli.generate.tiny import assemble_pipeline, build_tiny_pipeline, small_unet, small_vae
 
 MINI = "mini"
 FLAG_MINI = "flag-mini"
@@ -68,20 +68,7 @@ UNET_HELD_OUT = ("brick",)  # the quickstart's spurious feature: the base model 
 
 def mini_vae(scaling_factor: float = 1.0) -> Any:
     """The mini VAE's architecture (untrained): SD's 8x downsampling, 4 latent channels."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=RESOLUTION,
-        scaling_factor=scaling_factor,
-    )
+    return small_vae((16, 32, 64, 64), 4, RESOLUTION, scaling_factor)
 
 
 def mini_unet() -> Any:
@@ -91,20 +78,7 @@ def mini_unet() -> Any:
 
 def flag_mini_vae(scaling_factor: float = 1.0) -> Any:
     """flag-mini's autoencoder (untrained): 4x downsampling (three levels), 16 latent channels."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=FLAG_LATENT_CHANNELS,
-        block_out_channels=(16, 32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=FLAG_RESOLUTION,
-        scaling_factor=scaling_factor,
-    )
+    return small_vae((16, 32, 64), FLAG_LATENT_CHANNELS, FLAG_RESOLUTION, scaling_factor)
 
 
 def flag_mini_unet() -> Any:
@@ -153,7 +127,6 @@ def build_embedded_pipeline(name: str = MINI, folder: Path | None = None) -> Any
     """An embedded model's StableDiffusionPipeline (float32, CPU) from its committed weights, or
     from ``folder`` (a fresh build's, before it is installed)."""
     import torch
-    from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
     model = EMBEDDED[name]
@@ -168,13 +141,4 @@ def build_embedded_pipeline(name: str = MINI, folder: Path | None = None) -> Any
         module.eval()
     # built anew, not tiny's with new modules: the pipeline's VAE scale factor (4x or 8x) and
     # image processor follow from the autoencoder it is given
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=tiny.text_encoder,
-        tokenizer=tiny.tokenizer,
-        unet=unet,
-        scheduler=tiny.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return assemble_pipeline(vae, tiny.text_encoder, tiny.tokenizer, unet, tiny.scheduler)

@@ -22,11 +22,7 @@ from typing import Any
 def build_tiny_pipeline(seed: int = 0) -> Any:
     """The `tiny` Stable Diffusion: SD 1.x structure, a few hundred thousand parameters."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-    )
+    from diffusers import PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = _tiny_tokenizer()
@@ -35,17 +31,8 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
         torch.manual_seed(seed)
         unet = small_unet(sample_size=8)  # 64 px images / the VAE's 8x downsampling
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(8, 16, 32, 32),  # 4 blocks: 8x downsampling, as in SD
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            norm_num_groups=8,
-            sample_size=64,
-        )
+        # 4 levels: 8x downsampling and SD 1.x's latent scale, as in SD
+        vae = small_vae((8, 16, 32, 32), 4, 64, scaling_factor=0.18215)
         torch.manual_seed(seed + 2)
         vocab = tokenizer.get_vocab()
         end = vocab["<|endoftext|>"]
@@ -73,11 +60,21 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
         steps_offset=1,
         set_alpha_to_one=False,
     )
+    return assemble_pipeline(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), scheduler)
+
+
+def assemble_pipeline(
+    vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, scheduler: Any
+) -> Any:
+    """A StableDiffusionPipeline of these parts, without a safety checker (nothing to download;
+    its VAE scale factor and image processor follow from ``vae``)."""
+    from diffusers import StableDiffusionPipeline
+
     return StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=unet.eval(),
+        unet=unet,
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
@@ -133,4 +130,25 @@ def small_unet(
         cross_attention_dim=32,  # = the tiny text encoder's hidden size
         attention_head_dim=8,
         norm_num_groups=32,
+    )
+
+
+def small_vae(
+    widths: tuple[int, ...], latent_channels: int, sample_size: int, scaling_factor: float
+) -> Any:
+    """A KL autoencoder of SD's shape (untrained), one block per level: each level after the
+    first halves the side; one layer per block, 8 norm groups. tiny's, mini's and flag-mini's."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=widths,
+        down_block_types=("DownEncoderBlock2D",) * len(widths),
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
     )

@@ -45,11 +45,10 @@ from spurcli.generate.config import FinetuneConfig
 from spurcli.generate.inputs import Inputs, Models, compute_dtype
 from spurcli.generate.losses import SFSL, decode_to_unit, step_losses, term_grad_norms
 from spurcli.generate.modules import cast_frozen
-from spurcli.generate.pipelines import (
-    load_taesd,
-)
+from spurcli.generate.pipelines import load_taesd
 from spurcli.generate.prior import generate_seeded
 from spurcli.generate.prompts import fill_prompt
+from spurcli.generate.tiny import assemble_pipeline
 from spurcli.generate.training_data import Batch, CropFeatures, LatentCache, TrainingData
 from spurcli.images import read_image, to_pil, write_png
 
@@ -529,23 +528,12 @@ def validate(training: Training, step: int) -> None:
     cfg, accelerator = training.cfg, training.accelerator
     pipe, vae = training.pipe, training.train_vae
     if accelerator.is_main_process:
-        from diffusers import StableDiffusionPipeline
-
         unet = accelerator.unwrap_model(training.unet)
         text_encoder = accelerator.unwrap_model(training.text_encoder)
         was_training = unet.training, text_encoder.training
         unet.eval()
         text_encoder.eval()
-        parts = {"tokenizer": pipe.tokenizer, "scheduler": pipe.scheduler}
-        val = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            unet=unet,
-            **parts,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        val = assemble_pipeline(vae, text_encoder, pipe.tokenizer, unet, pipe.scheduler)
         val.set_progress_bar_config(disable=True)
         prompts = [fill_prompt(p, cfg.identifier, cfg.class_noun) for p in cfg.validation_prompt]
         seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
