@@ -27,6 +27,7 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,10 +42,12 @@ from safetensors.torch import save_file
 
 from spurcli.generate.losses import add_noise
 from spurcli.generate.mini import (
+    MINI,
     PHOTOS,
     RECIPE_FILE,
     UNET_HELD_OUT,
     WEIGHTS_DIR,
+    compare_rebuild,
     mini_unet,
     mini_vae,
 )
@@ -198,12 +201,9 @@ def main() -> None:
         build(WEIGHTS_DIR)
         print(f"wrote {WEIGHTS_DIR}")
         return
-    committed = json.loads((WEIGHTS_DIR / RECIPE_FILE).read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory() as tmp:
-        rebuilt = build(Path(tmp))
-    for name in ("vae", "unet"):
-        same = rebuilt[name]["sha256"] == committed[name]["sha256"]
-        print(f"{name}: {'identical' if same else 'DIFFERENT'} ({rebuilt[name]['sha256'][:16]})")
+        identical = compare_rebuild(MINI, build(Path(tmp)))
+    sys.exit(0 if identical else 1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spurcli.generate.finetune import finetune
-from spurcli.generate.mini import WEIGHTS_DIR, recipe
+from spurcli.generate.mini import FLAG_MINI, MINI, WEIGHTS_DIR, compare_rebuild, recipe
 from spurcli.generate.pipelines import load_pipeline, resolve_model
 from tests._finetune_helpers import fast_config, make_refs
 
@@ -43,6 +43,19 @@ def test_mini_resolves_by_name_and_records_its_recipe():
 
         assert sha256_file(WEIGHTS_DIR / info[name]["file"]) == info[name]["sha256"]
     assert json.loads((WEIGHTS_DIR / "mini.json").read_text())["versions"]["torch"]
+
+
+@pytest.mark.parametrize("name", [MINI, FLAG_MINI])
+def test_compare_rebuild_says_which_part_differs(name, capsys):
+    committed = recipe(name)
+    assert compare_rebuild(name, committed)
+    changed = {**committed, "unet": {**committed["unet"], "sha256": "0" * 64}}
+    assert not compare_rebuild(name, changed)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"vae: identical ({committed['vae']['sha256'][:16]})",
+                         f"unet: identical ({committed['unet']['sha256'][:16]})"]  # fmt: skip
+    assert lines[2:] == [f"vae: identical ({committed['vae']['sha256'][:16]})",
+                         f"unet: DIFFERENT ({'0' * 16})"]  # fmt: skip
 
 
 def test_mini_autoencoder_reconstructs_photos_and_tiny_does_not(mini):

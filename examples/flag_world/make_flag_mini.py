@@ -73,6 +73,7 @@ from spurcli.generate.mini import (
     FLAG_MINI,
     FLAG_RESOLUTION,
     build_embedded_pipeline,
+    compare_rebuild,
     flag_mini_unet,
     flag_mini_vae,
     weights_folder,
@@ -604,12 +605,9 @@ def main() -> None:
         build(args.out, only_vae=only_vae, first_vae=args.first_vae, earlier=args.earlier)
         print(f"wrote {args.out}; `--install` makes it `--model flag-mini`")
         return
-    shipped = json.loads((weights_folder(FLAG_MINI) / RECIPE_FILE).read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory() as tmp:
-        rebuilt = build(Path(tmp))
-    for name in ("vae", "unet"):
-        same = rebuilt[name]["sha256"] == shipped[name]["sha256"]
-        print(f"{name}: {'identical' if same else 'DIFFERENT'} ({rebuilt[name]['sha256'][:16]})")
+        identical = compare_rebuild(FLAG_MINI, build(Path(tmp)))
+    sys.exit(0 if identical else 1)
 
 
 if __name__ == "__main__":

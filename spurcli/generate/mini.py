@@ -123,6 +123,17 @@ def recipe(name: str = MINI, folder: Path | None = None) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def compare_rebuild(name: str, rebuilt: dict[str, Any]) -> bool:
+    """Print whether a fresh build's ``rebuilt`` recipe (its vae and unet SHA-256s) matches
+    the committed weights of ``name``, a line each (the build scripts' ``--check``); True if
+    both do."""
+    committed = recipe(name)
+    same = {part: rebuilt[part]["sha256"] == committed[part]["sha256"] for part in ("vae", "unet")}
+    for part, ok in same.items():
+        print(f"{part}: {'identical' if ok else 'DIFFERENT'} ({rebuilt[part]['sha256'][:16]})")
+    return all(same.values())
+
+
 def build_embedded_pipeline(name: str = MINI, folder: Path | None = None) -> Any:
     """An embedded model's StableDiffusionPipeline (float32, CPU) from its committed weights, or
     from ``folder`` (a fresh build's, before it is installed)."""
