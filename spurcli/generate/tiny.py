@@ -31,7 +31,7 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
         torch.manual_seed(seed)
         unet = small_unet(sample_size=8)  # 64 px images / the VAE's 8x downsampling
         torch.manual_seed(seed + 1)
-        # 4 levels: 8x downsampling and SD 1.x's latent scale, as in SD
+        # SD 1.x's shape: 4 levels (8x downsampling) and its latent scale
         vae = small_vae((8, 16, 32, 32), 4, 64, scaling_factor=0.18215)
         torch.manual_seed(seed + 2)
         vocab = tokenizer.get_vocab()
