@@ -456,7 +456,7 @@ BAD_INPUTS = {
     "paired sfsl from noise": (
         lambda t: ["--sfsl-sample-steps", "4", "--sfsl-target", "paired"],
         2,
-        "use --sfsl-target mean or nearest",
+        "use --sfsl-target mean, nearest or energy",
     ),
     "ceiling on samples": (
         lambda t: [

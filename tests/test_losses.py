@@ -3,7 +3,8 @@
 What must hold: the SFSL gradient reaches the UNet and the text encoder (through the frozen VAE
 decoder and extractor, which themselves get none); with weight 0 the objective is DreamBooth's to
 the bit (same loss, same gradients as a computation written from diffusers' own scheduler);
-epsilon and v-prediction are both right; paired/mean/nearest pick the right reference features.
+epsilon and v-prediction are both right; paired/mean/nearest pick the right reference features;
+the energy target is dcor's energy distance and prefers a batch spread like the references.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from spurcli.generate.losses import (
     add_noise,
     decode_to_unit,
     diffusion_target,
+    energy_distance,
     feature_distance,
     predicted_noise,
     predicted_x0,
@@ -356,6 +358,65 @@ def test_reference_targets_paired_mean_nearest():
         reference_for(f, reference, None, "paired", "cosine")
     with pytest.raises(ValueError, match="unknown SFSL target"):
         reference_for(f, reference, None, "closest", "cosine")
+
+
+@pytest.mark.parametrize("distance", ["cosine", "l2"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_energy_distance_is_dcors(distance, batch):
+    """The hand-written estimator against dcor's unbiased one (cosine: L2-normalised first)."""
+    import dcor
+
+    g = torch.Generator().manual_seed(batch)
+    f, reference = torch.randn(batch, 7, generator=g), torch.randn(4, 7, generator=g) + 0.5
+    got = energy_distance(f, reference, distance)
+    x, y = f, reference
+    if distance == "cosine":
+        x, y = F.normalize(f, dim=1), F.normalize(reference, dim=1)
+    x, y = x.double().numpy(), y.double().numpy()
+    if batch == 1:  # one sample has no pair: the within-batch term is 0 (dcor needs two)
+        from scipy.spatial.distance import cdist
+
+        want = 2 * cdist(x, y).mean() - cdist(y, y).sum() / (4 * 3)
+    else:
+        want = dcor.energy_distance(x, y, estimation_stat="U_STATISTIC")
+    assert got.item() == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="distance"):
+        energy_distance(f, reference, "l1")
+
+
+def test_energy_target_prefers_a_spread_batch_to_a_collapsed_one():
+    """Why the target exists: ``mean`` scores a batch sitting at the references' centre best; the
+    energy distance scores a batch spread like the references lower, and its gradient on two
+    identical samples pushes them apart (finite, although their distance is 0)."""
+    reference = torch.eye(4)
+    spread, centre = torch.eye(4), reference.mean(0, keepdim=True).expand(4, -1)
+
+    def mean_loss(f):
+        return feature_distance(f, reference_for(f, reference, None, "mean", "cosine"), "cosine")
+
+    assert mean_loss(centre).mean() < mean_loss(spread).mean()
+    assert energy_distance(spread, reference, "cosine") < energy_distance(
+        centre, reference, "cosine"
+    )
+    twins = torch.tensor([[1.0, 1.0, 0.1, 0.0], [1.0, 1.0, 0.1, 0.0]], requires_grad=True)
+    energy_distance(twins, reference, "l2").backward()
+    assert torch.isfinite(twins.grad).all()
+    near = twins.detach() + torch.tensor([[0.0, 0.0, 0.0, 0.01], [0.0, 0.0, 0.0, -0.01]])
+    near.requires_grad_(True)
+    energy_distance(near, reference, "l2").backward()
+    step = near.detach() - 0.1 * near.grad  # one descent step
+    assert torch.dist(step[0], step[1]) > torch.dist(near[0], near[1])  # pushed apart
+
+
+def test_sfsl_loss_with_the_energy_target(tiny):
+    """The energy target scores the decoded batch's features as one set against the references."""
+    pipe, _ = tiny
+    vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
+    x0, reference = torch.randn(3, 4, 4, 4), torch.randn(5, extractor.dim)
+    got = sfsl_loss(SFSL(extractor, reference, 1.0, target="energy"), vae, x0, None)
+    with torch.no_grad():
+        want = energy_distance(extractor(decode_to_unit(vae, x0)), reference, "cosine")
+    assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_feature_distances():

@@ -135,8 +135,10 @@ class FinetuneConfig:
         "The extractor's weights: a file, or 'random' (none: the plugin's default).",
         maybe_path=True,
     )
-    sfsl_target: Literal["paired", "mean", "nearest"] = option(
-        "paired", "Reference feature per sample: paired, mean or nearest."
+    # energy: the batch's features against the references' as sets (energy distance), which
+    # rewards samples unlike each other; the others pull each sample to one reference feature.
+    sfsl_target: Literal["paired", "mean", "nearest", "energy"] = option(
+        "paired", "Reference feature per sample: paired, mean or nearest; or energy (as a set)."
     )
     sfsl_distance: Literal["cosine", "l2"] = option(
         "cosine", "1 - cos (cosine) or the mean squared difference (l2)."
@@ -262,7 +264,7 @@ class FinetuneConfig:
         if self.sfsl_sample_steps and self.sfsl_target == "paired":
             raise UsageError(
                 "--sfsl-sample-steps draws images from noise, which no reference was noised to "
-                "make: use --sfsl-target mean or nearest (paired needs one)"
+                "make: use --sfsl-target mean, nearest or energy (paired needs one)"
             )
         if self.sfsl_sample_steps and self.sfsl_max_timestep is not None:
             raise UsageError(

@@ -15,7 +15,9 @@ DreamBooth script. The loss (docs/architecture.md, "The method"):
     L_inst, L_prior  MSE of the UNet's prediction against its target (epsilon, or v) per half
     L_sfsl           on the instance half only: x0_hat from the one-step estimate, decoded by the
                      frozen VAE, clamped to [-1, 1], mapped to [0, 1], fed to the frozen extractor;
-                     distance to a reference feature (1 - cos, or mean squared difference)
+                     distance to a reference feature (1 - cos, or mean squared difference);
+                     with target "energy", the energy distance between the batch's features and
+                     the references' as two sets (`energy_distance`)
 
 With ``SFSL.sample_steps = N`` the image scored is instead the model's own: N deterministic DDIM
 steps from the step's instance noise with the instance prompt (`sampled_x0`), only the last one
@@ -49,7 +51,9 @@ class SFSL:
     extractor: torch.nn.Module  # images in [0, 1] -> (B, D) features; frozen, in eval mode
     reference: torch.Tensor  # (N, D) float32 features of the N reference images, computed once
     weight: float = 0.1  # w_sfsl
-    target: str = "paired"  # paired | mean | nearest: which reference feature each sample meets
+    # paired | mean | nearest: which reference feature each sample meets; energy: the batch's
+    # features against the references' as two sets (`energy_distance`), no feature per sample
+    target: str = "paired"
     distance: str = "cosine"  # cosine (1 - cos) | l2 (mean squared difference over D)
     max_timestep: int | None = None  # apply only to samples with t <= this (None: all)
     decode_size: int | None = None  # the decoded x0_hat resized to this many pixels (None: as is)
@@ -253,6 +257,37 @@ def reference_for(
     raise ValueError(f"unknown SFSL target {target!r}; expected paired, mean or nearest")
 
 
+def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (A, B) between the rows of a and b, with a gradient everywhere (the
+    clamp keeps sqrt's infinite slope at 0 off the diagonal of a set against itself)."""
+    return (a[:, None, :] - b[None, :, :]).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+
+
+def _mean_within(d: torch.Tensor) -> torch.Tensor:
+    """The mean of a set's distances to itself over pairs of two different members (0 for one)."""
+    n = d.shape[0]
+    if n < 2:
+        return d.new_zeros(())
+    return (d.sum() - d.diagonal().sum()) / (n * (n - 1))
+
+
+def energy_distance(f: torch.Tensor, reference: torch.Tensor, distance: str) -> torch.Tensor:
+    """The energy distance between the features f (B, D) of a batch and the references' (N, D):
+    2 E|X - Y| - E|X - X'| - E|Y - Y'|, unbiased (pairs of two different members within a set;
+    dcor's U statistic). With ``cosine`` both are L2-normalised first, so |a - b| = sqrt(2 - 2
+    cos); with ``l2`` the raw features.
+
+    Zero in expectation only when the two sets come from one distribution. Against ``mean`` and
+    ``nearest``, which pull every sample to a point, its -E|X - X'| rewards samples that differ
+    from each other: a batch that covers the references beats one that sits at their centre."""
+    if distance == "cosine":
+        f, reference = F.normalize(f, dim=1), F.normalize(reference, dim=1)
+    elif distance != "l2":
+        raise ValueError(f"unknown SFSL distance {distance!r}; expected cosine or l2")
+    cross = _pairwise(f, reference).mean()
+    return 2 * cross - _mean_within(_pairwise(f, f)) - _mean_within(_pairwise(reference, reference))
+
+
 def sfsl_loss(
     sfsl: SFSL,
     vae: Any,
@@ -284,6 +319,8 @@ def sfsl_loss(
     dtype = next((p.dtype for p in sfsl.extractor.parameters()), images.dtype)
     f = sfsl.extractor(images.to(dtype)).float()
     reference = sfsl.reference.to(f.device)
+    if sfsl.target == "energy":
+        return energy_distance(f, reference, sfsl.distance)
     ref = reference_for(f, reference, ref_index, sfsl.target, sfsl.distance, ref_features)
     return feature_distance(f, ref, sfsl.distance).mean()
 
