@@ -110,6 +110,21 @@ def test_every_finetune_option_wins_over_a_run_config(tmp_path):
     assert (by_set.seed, by_set.identifier) == (8, "qqq")
 
 
+def test_sfsl_settings_retrain_the_sfsl_arm_only(tmp_path):
+    """Another SFSL target or extractor is another SFSL run, but the DreamBooth arm (weight 0)
+    is the run it was: `run` keeps it rather than refusing or retraining it."""
+    from spurcli.experiment.stages import _changed_settings
+
+    exp = load_experiment(write_config(tmp_path))
+    for arm, cfg in exp.arms().items():
+        old = json.loads(json.dumps(to_dict(cfg), default=str))
+        old.update(sfsl_target="nearest", extractor="another", sfsl_sample_steps=7)
+        want = ["extractor", "sfsl_sample_steps", "sfsl_target"] if arm == "sfsl" else []
+        assert _changed_settings(old, cfg) == want
+        old["lr"] = 123.0  # a setting DreamBooth reads still counts
+        assert "lr" in _changed_settings(old, cfg)
+
+
 def test_an_sfsl_arm_trained_before_separate_clipping_counts_as_changed(tmp_path):
     from spurcli.experiment.stages import _changed_settings
 

@@ -48,7 +48,7 @@ from spurcli.experiment.results import read_json, read_rows, saved_scores, weigh
 from spurcli.experiment.summary import summarize, summary_tables
 from spurcli.fileio import atomic_dir, write_json
 from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES, list_checkpoints
-from spurcli.generate.config import FinetuneConfig, SampleConfig
+from spurcli.generate.config import SFSL_ONLY, FinetuneConfig, SampleConfig
 from spurcli.generate.finetune import finetune
 from spurcli.generate.pipelines import load_pipeline, resolve_model
 from spurcli.generate.sample import SEED_SCHEME, count_missing, sample
@@ -106,6 +106,8 @@ def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str
     # Paths inside the experiment folder: a copied or moved folder is the same run (the
     # references themselves are compared by content, below).
     free = RESUME_FREE | {"class_dir", "instance_dir"}
+    if cfg.sfsl_weight == 0 and not recorded.get("sfsl_weight"):
+        free |= SFSL_ONLY  # the DreamBooth arm of a run that tries another SFSL setting
     return sorted(k for k in now if k not in free and recorded.get(k, now[k]) != now[k])
 
 

@@ -12,7 +12,7 @@ check them without loading anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
@@ -292,6 +292,13 @@ class FinetuneConfig:
                 f"--resume: no checkpoint folder {self.resume} (or use --resume latest)"
             )
 
+
+# The settings that only SFSL reads: with sfsl_weight 0 they change nothing, so a DreamBooth-only
+# run made under one SFSL setting is the run another one would make (every sfsl_* option is one).
+SFSL_ONLY = frozenset(
+    {"extractor", "extractor_weights"}
+    | ({f.name for f in fields(FinetuneConfig) if f.name.startswith("sfsl_")} - {"sfsl_weight"})
+)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
