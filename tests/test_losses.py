@@ -23,6 +23,7 @@ from spurcli.generate.losses import (
     feature_distance,
     predicted_noise,
     predicted_x0,
+    random_crops,
     reference_for,
     sample_timesteps,
     sampled_x0,
@@ -417,6 +418,42 @@ def test_sfsl_loss_with_the_energy_target(tiny):
     with torch.no_grad():
         want = energy_distance(extractor(decode_to_unit(vae, x0)), reference, "cosine")
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_random_crops_are_the_crop_resized():
+    """A view picks a crop that F.interpolate of that crop reproduces (but on the crop's edge
+    rows, where the view blends in the pixels beyond it and interpolate repeats the edge's own);
+    shrink 0 is the image."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 16, 16, generator=g)
+    views = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.5, 0.5]])
+    got = random_crops(images, views, 0.5)
+    corners = torch.stack([images[0, :, :8, :8], images[1, :, 8:, 8:]])  # side 1/2 of the image
+    want = F.interpolate(corners, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(got[:2, :, 1:-1, 1:-1], want[..., 1:-1, 1:-1])
+    centre = images[2:, :, 2:14, 2:14]  # side 1 - 0.5 * 0.5 = 3/4, centred
+    want = F.interpolate(centre, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(got[2:, :, 1:-1, 1:-1], want[..., 1:-1, 1:-1])
+    torch.testing.assert_close(random_crops(images, torch.rand(3, 3, generator=g), 0.0), images)
+
+
+def test_random_crop_reaches_the_loss(tiny):
+    """With sfsl.random_crop the extractor scores each sample's view, and needs the views."""
+    pipe, _ = tiny
+    vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
+    x0, reference = torch.randn(2, 4, 4, 4), torch.randn(3, extractor.dim)
+    views = torch.tensor([[1.0, 0.0, 1.0], [0.3, 0.9, 0.2]])
+    sfsl = SFSL(extractor, reference, 1.0, target="mean", random_crop=0.4)
+    got = sfsl_loss(sfsl, vae, x0, None, views=views)
+    with torch.no_grad():
+        f = extractor(random_crops(decode_to_unit(vae, x0), views, 0.4))
+        want = feature_distance(f, reference_for(f, reference, None, "mean", "cosine"), "cosine")
+    assert torch.allclose(got, want.mean(), atol=1e-6)
+    assert not torch.allclose(
+        got, sfsl_loss(SFSL(extractor, reference, 1.0, "mean"), vae, x0, None)
+    )
+    with pytest.raises(ValueError, match="view"):
+        sfsl_loss(sfsl, vae, x0, None)
 
 
 def test_feature_distances():

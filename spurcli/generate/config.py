@@ -155,6 +155,15 @@ class FinetuneConfig:
         min=0,
         max=1000,
     )
+    # Input diversity (Xie et al. 2019): adversarial images made on randomly resized views of
+    # themselves transfer better to other networks; SFSL's images are meant to fool judges other
+    # than its extractor. 0: the whole image, as the paper.
+    sfsl_random_crop: float = option(
+        0.0,
+        "Score a random square crop of each decoded image, up to this fraction smaller; 0: off.",
+        min=0,
+        max=0.9,
+    )
     # x0_hat is always decoded at full size: decoding a shrunken latent would be cheaper but is
     # another image (docs/sfsl.md); the decoded image is resized, which saves no time.
     sfsl_decode_size: int | None = option(

@@ -61,6 +61,10 @@ class SFSL:
     # 0: x0_hat of the noised references (the paper's). N: the model's own x0 after N DDIM steps
     # from noise with the instance prompt, only the last step differentiated (`sampled_x0`).
     sample_steps: int = 0
+    # 0: the extractor sees the whole decoded image. s > 0: a random square crop of it, its side
+    # 1 - s..1 of the image's, resized back (`random_crops`): features that hold under a change
+    # of view, as input diversity makes adversarial images transfer to other networks.
+    random_crop: float = 0.0
 
 
 @dataclass
@@ -288,6 +292,21 @@ def energy_distance(f: torch.Tensor, reference: torch.Tensor, distance: str) -> 
     return 2 * cross - _mean_within(_pairwise(f, f)) - _mean_within(_pairwise(reference, reference))
 
 
+def random_crops(images: torch.Tensor, views: torch.Tensor, shrink: float) -> torch.Tensor:
+    """Each image's square crop, resized back to the full size (bilinear, differentiable).
+
+    ``views`` (B, 3) in [0, 1): the first picks the crop's side, 1 - shrink * v of the image's;
+    the other two its place, from the top-left corner (0) to the bottom-right (1)."""
+    views = views.to(images.device, torch.float32)
+    side = 1 - shrink * views[:, 0]
+    theta = torch.zeros(images.shape[0], 2, 3, device=images.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = side  # sample [-side, side] around the crop's centre...
+    theta[:, :, 2] = (1 - side)[:, None] * (2 * views[:, 1:] - 1)  # ...moved within the image
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    grid = grid.to(images.dtype)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def sfsl_loss(
     sfsl: SFSL,
     vae: Any,
@@ -295,12 +314,16 @@ def sfsl_loss(
     timesteps: torch.Tensor | None,
     ref_index: torch.Tensor | None = None,
     ref_features: torch.Tensor | None = None,
+    views: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_sfsl of the instance samples x0_latents (B, 4, h, w); 0 if none is under the ceiling.
 
     ``timesteps``: those x0_latents were estimated at, for the ceiling (None: no ceiling, as for
     samples from noise). ``ref_features`` (B, D): the paired target's features, those of each
-    sample's own crop."""
+    sample's own crop. ``views`` (B, 3): each sample's random crop (`random_crops`), used when
+    ``sfsl.random_crop`` is set."""
+    if sfsl.random_crop and views is None:
+        raise ValueError("SFSL's random crop needs each sample's view (Batch.views)")
     if sfsl.max_timestep is not None and timesteps is not None:
         keep = timesteps <= sfsl.max_timestep
         if not bool(keep.any()):
@@ -309,6 +332,8 @@ def sfsl_loss(
         ref_index = ref_index[keep.to(ref_index.device)] if ref_index is not None else None
         if ref_features is not None:
             ref_features = ref_features[keep.to(ref_features.device)]
+        if views is not None:
+            views = views[keep.to(views.device)]
     images = decode_to_unit(sfsl.decoder or vae, x0_latents)
     if sfsl.decode_size is not None and sfsl.decode_size < images.shape[-1]:
         # The decoded image itself, resized (differentiably): decoding a shrunken latent instead
@@ -316,6 +341,8 @@ def sfsl_loss(
         # docs/sfsl.md), so the cheap decoder is --sfsl-decoder taesd.
         size = (sfsl.decode_size, sfsl.decode_size)
         images = F.interpolate(images, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+    if sfsl.random_crop:
+        images = random_crops(images, views, sfsl.random_crop)
     dtype = next((p.dtype for p in sfsl.extractor.parameters()), images.dtype)
     f = sfsl.extractor(images.to(dtype)).float()
     reference = sfsl.reference.to(f.device)
@@ -340,11 +367,13 @@ def step_losses(
     sfsl: SFSL | None = None,
     ref_index: torch.Tensor | None = None,
     ref_features: torch.Tensor | None = None,
+    views: torch.Tensor | None = None,
 ) -> Losses:
     """All loss terms of one micro-batch: instance half first, class half (if any) after it.
 
     ``ref_features`` (n_instance, D): the paired SFSL target of each instance sample, the
-    features of the crop it was noised from (None: its reference image's centre crop)."""
+    features of the crop it was noised from (None: its reference image's centre crop).
+    ``views`` (B, 3): the random crop SFSL scores of each sample (`random_crops`)."""
     noisy = add_noise(latents, noise, timesteps, alphas_cumprod)
     model_pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
     target = diffusion_target(latents, noise, timesteps, alphas_cumprod, prediction_type)
@@ -375,7 +404,8 @@ def step_losses(
             x0 = predicted_x0(
                 noisy[:n_instance].float(), pred[:n_instance], at, alphas_cumprod, prediction_type
             )
-        loss_sfsl = sfsl_loss(sfsl, vae, x0, at, ref_index, ref_features)
+        seen = views[:n_instance] if views is not None else None
+        loss_sfsl = sfsl_loss(sfsl, vae, x0, at, ref_index, ref_features, seen)
         terms["sfsl"] = sfsl.weight * loss_sfsl
         total = total + terms["sfsl"]
     detached = (loss_instance.detach(), loss_prior.detach(), loss_sfsl.detach())

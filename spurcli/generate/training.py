@@ -160,6 +160,7 @@ def prepare_training(
             cfg.sfsl_decode_size,
             sfsl_decoder,
             cfg.sfsl_sample_steps,
+            cfg.sfsl_random_crop,
         )
         if cfg.sfsl_target == "paired":
             extractor = models.extractor
@@ -342,6 +343,7 @@ def train_step(training: Training) -> StepLog:
                     sfsl=training.sfsl,
                     ref_index=batch.instance_index.to(device),
                     ref_features=ref_features,
+                    views=batch.views,
                 )
             if every and (step + 1) % every == 0 and micro == 0:
                 term_norms = term_grad_norms(losses.terms, training.params, GRAD_NORM_TERMS, scale)

@@ -50,6 +50,7 @@ class Batch:
     posterior_noise: torch.Tensor  # the VAE posterior sample's noise, same shape
     timesteps: torch.Tensor  # (B,)
     n_instance: int
+    views: torch.Tensor | None = None  # (B, 3) uniform draws: SFSL's random crop (size, place)
 
 
 class TrainingData:
@@ -111,7 +112,7 @@ class TrainingData:
         with batch B see exactly what one process with batch W * B sees."""
         cfg, b = self.cfg, self.cfg.batch_size
         kinds = ["instance"] * b + (["class"] * b if self.sets["class"] else [])
-        keys, noise, posterior, timesteps = [], [], [], []
+        keys, noise, posterior, timesteps, views = [], [], [], [], []
         for j, kind in enumerate(kinds):
             position = (micro * self.world + self.rank) * b + j % b
             n = len(self.sets[kind])
@@ -121,6 +122,7 @@ class TrainingData:
             noise.append(torch.randn(self.latent_shape, generator=g))
             posterior.append(torch.randn(self.latent_shape, generator=g))
             timesteps.append(torch.randint(0, self.num_train_timesteps, (1,), generator=g))
+            views.append(torch.rand(3, generator=g))  # drawn last: the draws above are as before
         return Batch(
             keys=keys,
             images=[self._pixels(*key) for key in keys],
@@ -130,6 +132,7 @@ class TrainingData:
             posterior_noise=torch.stack(posterior),
             timesteps=torch.cat(timesteps),
             n_instance=b,
+            views=torch.stack(views),
         )
 
 
