@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -346,6 +347,22 @@ def test_sfsl_on_samples_reaches_the_loss(refs, class_dir, tmp_path, monkeypatch
     assert all(line["loss_sfsl"] > 0 for line in sampled)
     assert sampled[0]["loss_instance"] == noised[0]["loss_instance"]  # same data, same noise
     assert sampled[0]["loss_sfsl"] != noised[0]["loss_sfsl"]  # another image was scored
+
+
+def test_energy_target_and_random_crop_reach_the_loss(refs, class_dir, tmp_path):
+    """--sfsl-target energy and --sfsl-random-crop go from the config to the loss; the crop's
+    draws come after the data's, so the same step's data and noise are unchanged."""
+    common = dict(class_dir=class_dir, steps=1, sfsl_sample_steps=2, checkpoint_every=0)
+    whole = _log(finetune(fast_config(refs, tmp_path / "w", sfsl_target="energy", **common)))
+    crop = _log(
+        finetune(
+            fast_config(refs, tmp_path / "c", sfsl_target="energy", sfsl_random_crop=0.5, **common)
+        )
+    )
+    mean = _log(finetune(fast_config(refs, tmp_path / "m", sfsl_target="mean", **common)))
+    assert whole[0]["loss_instance"] == crop[0]["loss_instance"] == mean[0]["loss_instance"]
+    assert len({whole[0]["loss_sfsl"], crop[0]["loss_sfsl"], mean[0]["loss_sfsl"]}) == 3
+    assert all(math.isfinite(line["loss_sfsl"]) for line in whole + crop)
 
 
 def test_memory_savers_do_not_change_the_result(full_run, refs, class_dir, tmp_path):
