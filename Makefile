@@ -2,7 +2,7 @@
 #   make demo   set up .venv and run the offline quickstart experiment (the embedded mini Stable Diffusion, CPU)
 #   make test   set up .venv, lint, and run the test suite (what CI runs)
 #   make test-fast  lint and the suite without the slow end-to-end runs (for development)
-#   make demo-flags the flag world on flag-mini: where fine-tuning fools a classifier (~17 min)
+#   make demo-flags the flag world on flag-mini: where fine-tuning fools a classifier (~20 min)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
