@@ -141,7 +141,7 @@ class FinetuneConfig:
         "paired", "Reference feature per sample: paired, mean or nearest; or energy (as a set)."
     )
     sfsl_distance: Literal["cosine", "l2"] = option(
-        "cosine", "1 - cos (cosine) or the mean squared difference (l2)."
+        "cosine", "1 - cos (cosine) or the mean squared difference (l2; energy: Euclidean)."
     )
     sfsl_max_timestep: int | None = option(
         None, "Apply SFSL only where t <= this (none: always).", min=0, max=100_000
