@@ -47,8 +47,8 @@ from spurcli.experiment.report import write_report
 from spurcli.experiment.results import read_json, read_rows, saved_scores, weights_entry
 from spurcli.experiment.summary import summarize, summary_tables
 from spurcli.fileio import atomic_dir, write_json
-from spurcli.generate.checkpoints import RESUME_FREE, STEP_FREE_SCHEDULES, list_checkpoints
-from spurcli.generate.config import SFSL_ONLY, FinetuneConfig, SampleConfig
+from spurcli.generate.checkpoints import STEP_FREE_SCHEDULES, changed_options, list_checkpoints
+from spurcli.generate.config import FinetuneConfig, SampleConfig
 from spurcli.generate.finetune import finetune
 from spurcli.generate.pipelines import load_pipeline, resolve_model
 from spurcli.generate.sample import SEED_SCHEME, count_missing, sample
@@ -56,7 +56,6 @@ from spurcli.images import sha256_file
 from spurcli.parallel import Processes, launched_distributed
 from spurcli.plugins import load_detectors, load_extractors, parse_weights
 from spurcli.records import FINETUNE_CARD, MANIFEST
-from spurcli.settings import to_dict
 from spurcli.weights import content_key, identity_key
 
 log = logging.getLogger(__name__)
@@ -99,16 +98,12 @@ def weights_content(pairs: list[str], option: str = "--weights") -> dict[str, st
 def _changed_settings(recorded: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
     """Options of ``cfg`` that differ from a run's recorded config (those that change weights)."""
 
-    now = to_dict(cfg)
     if recorded and "sfsl_grad_clip" not in recorded and recorded.get("sfsl_weight"):
         # Recorded before the option existed: SFSL's gradient was clipped with the rest (0).
         recorded = {**recorded, "sfsl_grad_clip": 0.0}
     # Paths inside the experiment folder: a copied or moved folder is the same run (the
     # references themselves are compared by content, below).
-    free = RESUME_FREE | {"class_dir", "instance_dir"}
-    if cfg.sfsl_weight == 0 and not recorded.get("sfsl_weight"):
-        free |= SFSL_ONLY  # the DreamBooth arm of a run that tries another SFSL setting
-    return sorted(k for k in now if k not in free and recorded.get(k, now[k]) != now[k])
+    return changed_options(recorded, cfg, frozenset({"class_dir", "instance_dir"}))
 
 
 def finetune_stage(exp: Experiment, arm: str, stages: Stages, *, retrain: bool = False) -> None:

@@ -42,7 +42,7 @@ from spurcli import console
 from spurcli.errors import Signalled, SpurcliError, UsageError
 from spurcli.fileio import atomic_dir, write_json, write_text
 from spurcli.finite import all_finite
-from spurcli.generate.config import FinetuneConfig
+from spurcli.generate.config import SFSL_ONLY, FinetuneConfig
 from spurcli.generate.lora import adapter_state, load_adapter_state
 from spurcli.records import FINETUNE_CARD
 from spurcli.settings import to_dict
@@ -68,6 +68,19 @@ RESUME_FREE = {
     "report_to",
     "log_grad_norms_every",
 }
+
+
+def changed_options(
+    recorded: dict[str, Any], cfg: FinetuneConfig, free: frozenset[str] = frozenset()
+) -> list[str]:
+    """Options of ``cfg`` that differ from a run's ``recorded`` config and change its weights:
+    all but RESUME_FREE and ``free``, and, when neither trained with SFSL, SFSL's own settings
+    (SFSL_ONLY: with weight 0 nothing reads them). An option missing from the record counts as
+    unchanged (a record written before it existed)."""
+    free = RESUME_FREE | free
+    if cfg.sfsl_weight == 0 and not recorded.get("sfsl_weight"):
+        free |= SFSL_ONLY
+    return sorted(k for k, v in to_dict(cfg).items() if k not in free and recorded.get(k, v) != v)
 
 
 class Interrupted(SpurcliError):
@@ -448,11 +461,7 @@ def load_checkpoint(training: Checkpointable, path: Path, *, skip_bad: bool = Fa
 
 def _apply_checkpoint(training: Checkpointable, loaded: dict[str, Any]) -> None:
     cfg, accelerator, state = training.cfg, training.accelerator, loaded["state"]
-    changed = sorted(
-        k
-        for k, v in to_dict(cfg).items()
-        if k not in RESUME_FREE and state["config"].get(k, v) != v
-    )
+    changed = changed_options(state["config"], cfg)
     if changed:
         log.warning(
             "resuming with changed options (%s): the result will differ from an uninterrupted run",
