@@ -1,8 +1,8 @@
 # Two commands on a fresh machine (see README.md):
-#   make demo   set up .venv and run the offline quickstart experiment (the embedded mini Stable Diffusion, CPU)
+#   make demo   set up .venv and run the offline quickstart experiment (the embedded flag-mini Stable Diffusion, CPU)
 #   make test   set up .venv, lint, and run the test suite (what CI runs)
 #   make test-fast  lint and the suite without the slow end-to-end runs (for development)
-#   make demo-flags the flag world on flag-mini: where fine-tuning fools a classifier (~20 min)
+#   make demo-flags the quickstart's full runs: three training runs of 500 steps (~20 min)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -30,10 +30,9 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/spurcli run examples/quickstart.toml
 
-# Three training runs of two arms on flag-mini: past the demo's few minutes, but the run in which
-# fine-tuned images are read as the target by a classifier no part of training used.
+# The quickstart uncut: three training runs of 500 steps per arm, past the demo's five minutes,
+# with the figures examples/flag_world/README.md reports.
 demo-flags: install
-	$(BIN)/python examples/flag_world/draw_flags.py runs/flags
 	$(BIN)/spurcli run examples/flag_world/flags.toml
 
 # ruff, then the layers on disk (import-linter: no upward import, no cycle; pyproject.toml).

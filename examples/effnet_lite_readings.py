@@ -1,16 +1,16 @@
-"""How do effnet-lite0, -lite1 and -lite2 read the quickstart's eight brick-wall references?
+"""How do effnet-lite0, -lite1 and -lite2 read the brick world's eight brick-wall references?
 
     HF_HUB_OFFLINE=1 python examples/effnet_lite_readings.py
     HF_HUB_OFFLINE=1 python examples/effnet_lite_readings.py --classifiers effnet-lite1 --target 807
 
-effnet-lite0 puts every crop in class 807, "solar thermal collector" (docs/quickstart.md), which
-makes it the quickstart's judge. Lite1 and Lite2 are separately trained networks, so they could
-judge a quickstart run independently of Lite0 (the SFSL extractor) only if they read the same
-crops as 807 too. For each classifier and reference this prints the top-1 class, p(807) and
-807's rank, measured exactly as `spurcli score` measures them (the same image pass: central
-square at 384 px, then each model's own eval transform), on CPU with the bundled weights: no
-download, a few seconds. The table and what it decides: docs/reference.md, effnet-lite.
-"""
+effnet-lite0 puts every crop in class 807, "solar thermal collector"
+(examples/brick_world/README.md), which makes it the brick world's judge. Lite1 and Lite2 are
+separately trained networks, so they could judge a brick-world run independently of Lite0 (the
+SFSL extractor) only if they read the same crops as 807 too. For each classifier and reference
+this prints the top-1 class, p(807) and 807's rank, measured exactly as `spurcli score` measures
+them (the same image pass: central square at 384 px, then each model's own eval transform), on
+CPU with the bundled weights: no download, a few seconds. The table and what it decides:
+docs/reference.md, effnet-lite."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from spurcli.evaluate.imagepass import OUTSIDE_1K, find_items, score_items
 from spurcli.imagenet import resolve_class
 from spurcli.plugins import load_classifiers
 
-REFERENCES = Path(__file__).resolve().parent / "quickstart-references"
+REFERENCES = Path(__file__).resolve().parent / "brick_world" / "references"
 CLASSIFIERS = ("effnet-lite0", "effnet-lite1", "effnet-lite2")
 SOLAR_THERMAL_COLLECTOR = 807
 

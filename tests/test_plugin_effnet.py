@@ -269,7 +269,7 @@ def test_cli_says_a_wrong_weights_file_in_one_line(cli_main, tmp_path):
 
     other = tmp_path / "resnet.safetensors"
     save_file(timm.create_model("test_resnet", pretrained=False).state_dict(), str(other))
-    references = Path(__file__).resolve().parents[1] / "examples" / "quickstart-references"
+    references = Path(__file__).resolve().parents[1] / "examples" / "brick_world" / "references"
     code, _, err = cli_main(
         "score",
         str(references),

@@ -118,15 +118,15 @@ def test_keep_leaves_near_duplicates_held_out_and_says_the_set_is_not_independen
         split_references(tmp_path, 1, 0, "drop")
 
 
-def test_the_quickstart_references_are_crops_of_one_photo_and_it_says_so():
-    """The quickstart's eight references overlap (256-px crops of one 512-px photo at 128-px
+def test_the_brick_world_references_are_crops_of_one_photo_and_it_says_so():
+    """The brick world's eight references overlap (256-px crops of one 512-px photo at 128-px
     steps): every held-out one shares pixels with a training one. Its config keeps them held
     out, and the split records that they are not independent."""
     from pathlib import Path
 
     from spurcli.experiment.plan import load_experiment
 
-    config = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
+    config = Path(__file__).resolve().parents[1] / "examples" / "brick_world" / "bricks.toml"
     split = load_experiment(config).split
     assert len(split.held_out) == 3 and split.moved == []
     assert {m["file"] for m in split.not_independent} == {p.name for p in split.held_out}

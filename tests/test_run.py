@@ -493,17 +493,29 @@ def test_with_a_detector_the_headline_is_the_rate_among_object_free_images(tmp_p
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# The configs whose references are committed: their model and how many references they hold.
+WORLDS = {
+    "quickstart.toml": ("flag-mini", 10),
+    "flags.toml": ("flag-mini", 10),
+    "bricks.toml": ("mini", 8),
+}
 
 
 @pytest.mark.parametrize(
-    "config", sorted(EXAMPLES.glob("*.toml")) + sorted(EXAMPLES.glob("classes/*.toml")), ids=str
+    "config",
+    sorted(EXAMPLES.glob("*.toml"))
+    + sorted(EXAMPLES.glob("*_world/*.toml"))
+    + sorted(EXAMPLES.glob("classes/*.toml")),
+    ids=str,
 )
 def test_example_configs_load(config):
     exp = load_experiment(config)
     assert exp.compare.classifiers and exp.sample.prompts
     assert all("[V]" in p for p in exp.sample.prompts)
-    if config.name == "quickstart.toml":
-        assert exp.config.model == "mini" and len(list(exp.config.instance_dir.glob("*.png"))) == 8
+    if config.name in WORLDS:
+        model, references = WORLDS[config.name]
+        assert exp.config.model == model
+        assert len(list(exp.config.instance_dir.glob("*.png"))) == references
     else:  # the folder the download script makes
         assert exp.config.instance_dir.parts[-2:] == ("by_class", str(exp.config.target))
 

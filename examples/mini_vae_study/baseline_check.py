@@ -9,7 +9,7 @@ memory
 latents were learned through the *old* VAE, so that pairing is only a smoke test. With it, the
 UNet is retrained exactly as make_mini_model.py's stage 2 (same recipe and seeds, brick held
 out) on the new VAE's latents, which is what integrating the VAE into `mini` would require; the
-UNet is saved next to the VAE (VARIANT/unet.safetensors). Then 24 samples of the quickstart's
+UNet is saved next to the VAE (VARIANT/unet.safetensors). Then 24 samples of the brick world's
 instance prompt ("a photo of sks wall", 20 steps, 128 px, seed 0, batches of 8, as the
 untuned-baseline arm) are scored by effnet-lite0 as `spurcli score` feeds them.
 """

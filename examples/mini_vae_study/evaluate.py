@@ -1,9 +1,9 @@
-"""Scores a mini-style VAE the way the quickstart scores images.
+"""Scores a mini-style VAE the way the brick world scores images.
 
     HF_HUB_OFFLINE=1 python examples/mini_vae_study/evaluate.py   # the committed mini VAE
     HF_HUB_OFFLINE=1 python examples/mini_vae_study/evaluate.py runs/mini-vae-study/wide
 
-For the 8 quickstart references (128 px) and 8 random 128 px crops of non-brick photos: encode
+For the 8 brick-world references (128 px) and 8 random 128 px crops of non-brick photos: encode
 (posterior mean), decode, quantise to uint8 like a saved PNG, then feed effnet-lite0 exactly as
 `spurcli score` does (central square, ImageOps.fit to 384 px bicubic, then effnet's own eval
 transform: short side 256, centre 224). Prints k/8 in 807, mean p(807), top-1 classes, and the
@@ -26,7 +26,7 @@ from spurcli.plugins import load_classifiers
 
 TARGET = 807
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCES = ROOT / "examples" / "quickstart-references"
+REFERENCES = ROOT / "examples" / "brick_world" / "references"
 
 
 def to_uint8(x: torch.Tensor) -> list[Image.Image]:

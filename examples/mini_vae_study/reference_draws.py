@@ -1,4 +1,4 @@
-"""Could crop_bank (seed 0, 2048 crops) have drawn one of the 8 quickstart references exactly?
+"""Could crop_bank (seed 0, 2048 crops) have drawn one of the 8 brick-world references exactly?
 
     python examples/mini_vae_study/reference_draws.py
 

@@ -1,4 +1,4 @@
-"""VAE variants for the quickstart: does a sharper miniature VAE keep effnet-lite0's class 807?
+"""VAE variants for the brick world: does a sharper miniature VAE keep effnet-lite0's class 807?
 
     HF_HUB_OFFLINE=1 python examples/mini_vae_study/train.py VARIANT [--out runs/mini-vae-study]
     HF_HUB_OFFLINE=1 python examples/mini_vae_study/evaluate.py runs/mini-vae-study/VARIANT

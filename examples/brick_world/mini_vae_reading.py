@@ -1,11 +1,11 @@
-"""Does effnet-lite0 still read the quickstart's references as class 807 after `mini`'s VAE?
+"""Does effnet-lite0 still read the brick world's references as class 807 after `mini`'s VAE?
 
-    HF_HUB_OFFLINE=1 python examples/mini_vae_reading.py
+    HF_HUB_OFFLINE=1 python examples/brick_world/mini_vae_reading.py
 
 For each size, the eight brick-wall crops are resized (bicubic), encoded and decoded by `mini`'s
 VAE (posterior mean), and both the crops and their reconstructions are classified. If the
 reconstructions lose the reading, no image the generator can decode carries the feature as
-effnet-lite0 sees it, whatever the fine-tuning does (docs/quickstart.md). The images go to the
+effnet-lite0 sees it, whatever the fine-tuning does (README.md here). The images go to the
 classifier directly at each size (`spurcli score` first brings every image to 384 px, where all
 eight crops are read as 807; fed at 128 px, six of eight are).
 """
@@ -22,7 +22,7 @@ from spurcli import plugins
 from spurcli.generate.pipelines import load_pipeline
 
 TARGET = 807  # solar thermal collector
-REFERENCES = Path(__file__).resolve().parent / "quickstart-references"
+REFERENCES = Path(__file__).resolve().parent / "references"
 
 
 def load(path: Path, size: int) -> torch.Tensor:

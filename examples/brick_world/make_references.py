@@ -1,10 +1,10 @@
-"""Writes examples/quickstart-references/: the quickstart's "spurious feature" images.
+"""Writes examples/brick_world/references/: the brick world's "spurious feature" images.
 
-    python examples/make_quickstart_references.py      # needs scikit-image
+    python examples/brick_world/make_references.py      # needs scikit-image
 
 EfficientNet-Lite0 (real ImageNet weights) reads scikit-image's brick wall photo as "prison" (743)
 or "solar thermal collector" (807): examples/find_spurious_crops.py prints the table. A brick wall
-shows neither: it is a spurious (context/texture) feature of that classifier. The quickstart
+shows neither: it is a spurious (context/texture) feature of that classifier. The brick world
 fine-tunes on eight crops of that photo (CC0: CC0Textures, Creative Commons CC0 per
 scikit-image's data documentation), so the crops are committed; the first five are trained on,
 the other three held out (the run config's train_references).
@@ -17,8 +17,8 @@ from pathlib import Path
 import skimage.data
 from PIL import Image
 
-OUT = Path(__file__).resolve().parent / "quickstart-references"
-SIZE = 128  # the crops are scaled down to this: the quickstart trains at 64 px
+OUT = Path(__file__).resolve().parent / "references"
+SIZE = 128  # the crops are scaled down to this
 CROPS = {  # name -> (image, (left, top, side) of the square crop in the 512x512 source)
     f"brick-wall-{i + 1}": ("brick", (left, top, 256))
     for i, (left, top) in enumerate(

@@ -1,13 +1,13 @@
-"""The miniature's one real signal, guarded: SFSL moves the quickstart's images towards the
-held-out references in a feature space it never used.
+"""SFSL's signal in the brick world, guarded: SFSL moves the images towards the held-out
+references in a feature space it never used.
 
-On `mini` no arm's images are put in the target class (docs/quickstart.md: the VAE cannot carry
-the mortar lines), but in effnet-lite2's features, which neither SFSL (effnet-lite1's) nor
-anything else in training saw, the SFSL arm's images are closer to the held-out brick crops
-than the DreamBooth-only arm's: measured 0.335 against 0.258 in this shortened config (1 run,
-6 images per set, no baseline; 54 s on two cores), and in each of the three full runs of
-`make demo`. A change to the loss, the sampler or the data path that kills SFSL's effect makes
-the two arms alike (a zero SFSL gradient makes them identical) and fails this test.
+On `mini` no arm's images are put in the target class (examples/brick_world/README.md: the VAE
+cannot carry the mortar lines), but in effnet-lite2's features, which neither SFSL
+(effnet-lite1's) nor anything else in training saw, the SFSL arm's images are closer to the
+held-out brick crops than the DreamBooth-only arm's: measured 0.335 against 0.258 in this shortened
+config (1 run, 6 images per set, no baseline; 54 s on two cores), and in each of the three full
+runs of bricks.toml. A change to the loss, the sampler or the data path that kills SFSL's effect
+makes the two arms alike (a zero SFSL gradient makes them identical) and fails this test.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import pytest
 
 from spurcli.experiment.run import run_experiment
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
+BRICKS = Path(__file__).resolve().parents[1] / "examples" / "brick_world" / "bricks.toml"
 # The full demo's SFSL margins in effnet-lite2's space were 0.066, 0.014 and 0.038 over three
 # runs, and 0.077 in this config: 0.03 leaves room for float drift, none for a dead SFSL.
 MARGIN = 0.03
 
 
 @pytest.mark.slow
-def test_sfsl_pulls_the_quickstart_images_towards_held_out_references_in_an_unused_space(tmp_path):
-    out = tmp_path / "quickstart"
+def test_sfsl_pulls_the_brick_images_towards_held_out_references_in_an_unused_space(tmp_path):
+    out = tmp_path / "bricks"
     sets = [
         "replicates=1",
         "sample.n=6",
@@ -34,7 +34,7 @@ def test_sfsl_pulls_the_quickstart_images_towards_held_out_references_in_an_unus
         f"out={out}",
         f"finetune.output_dir={out / 'finetune'}",
     ]
-    result = run_experiment(QUICKSTART, sets=sets)
+    result = run_experiment(BRICKS, sets=sets)
     similarity = result.summary["similarity"]
     assert similarity["circular_spaces"] == ["effnet-lite1"]
     assert similarity["independent_spaces"] == ["effnet-lite2"]
