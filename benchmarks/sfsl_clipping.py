@@ -1,10 +1,10 @@
 """What gradient clipping does to each arm: DreamBooth alone, SFSL clipped with it, SFSL clipped
-on its own (--sfsl-grad-clip), each a short finetune of `mini` on the quickstart's references.
+on its own (--sfsl-grad-clip), each a short finetune of `mini` on the brick world's references.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sfsl_clipping.py             # ~10 min
     HF_HUB_OFFLINE=1 python benchmarks/sfsl_clipping.py --steps 60 --out /tmp/clip
 
-The quickstart's settings (examples/quickstart.toml: 128 px, lr 5e-4, SFSL weight 0.5 on
+The brick world's settings (examples/brick_world/bricks.toml: 128 px, lr 5e-4, SFSL weight 0.5 on
 effnet-lite0, --max-grad-norm 1, brick-wall-1..5 trained on), one seed, the same prior images
 for every arm. From each run's log.jsonl it prints the scale clipping put on the update
 (clip_scale = min(1, max / norm), its mean and minimum, the steps clipped), the norm before
@@ -25,7 +25,7 @@ from pathlib import Path
 from spurcli.generate.config import FinetuneConfig
 from spurcli.generate.finetune import finetune
 
-REFERENCES = Path(__file__).resolve().parents[1] / "examples" / "quickstart-references"
+REFERENCES = Path(__file__).resolve().parents[1] / "examples" / "brick_world" / "references"
 
 
 def summary(log: Path) -> dict[str, float]:

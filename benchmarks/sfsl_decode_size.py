@@ -4,7 +4,7 @@
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/sfsl_decode_size.py     # ~1 min, CPU
     HF_HUB_OFFLINE=1 python benchmarks/sfsl_decode_size.py --size 64 --repeats 5
 
-On `mini` (a VAE that works) with the quickstart's references encoded to latents and
+On `mini` (a VAE that works) with the brick world's references encoded to latents and
 effnet-lite0 as the extractor, for a decode size N below the native 128 px:
 
     full     E(decode(z)): the image as the method describes it
@@ -29,7 +29,7 @@ from spurcli.generate.losses import SFSL, decode_to_unit, sfsl_loss, to_latents
 from spurcli.generate.pipelines import load_pipeline
 from spurcli.images import read_folder, to_tensor
 
-REFERENCES = Path(__file__).resolve().parents[1] / "examples" / "quickstart-references"
+REFERENCES = Path(__file__).resolve().parents[1] / "examples" / "brick_world" / "references"
 
 
 def latent_resized_loss(sfsl: SFSL, vae: object, z: torch.Tensor, size: int) -> torch.Tensor:

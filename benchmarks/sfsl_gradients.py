@@ -4,7 +4,7 @@
     HF_HUB_OFFLINE=1 python benchmarks/sfsl_gradients.py --per-bin 8 --bins 10 --model mini
 
 On the `mini` model (its VAE works, so SFSL's gradient is real, unlike through `tiny`'s random
-decoder), with the quickstart's references and effnet-lite0 as the extractor, for timesteps drawn
+decoder), with the brick world's references and effnet-lite0 as the extractor, for timesteps drawn
 in equal bins of [0, 1000): the L2 norm of the gradient that each term puts on the UNet's weights,
 each term alone (spurcli.generate.losses' functions, the same ones `finetune` calls):
 
@@ -39,7 +39,7 @@ from spurcli.generate.losses import (
 from spurcli.generate.pipelines import load_pipeline
 from spurcli.images import read_folder
 
-REFERENCES = Path(__file__).resolve().parents[1] / "examples" / "quickstart-references"
+REFERENCES = Path(__file__).resolve().parents[1] / "examples" / "brick_world" / "references"
 
 
 def grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
