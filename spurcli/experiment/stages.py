@@ -546,7 +546,7 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
                 "`mini` is spurcli's embedded miniature Stable Diffusion (128 px; VAE and base "
                 "UNet trained on scikit-image's CC0 photos, the UNet without the brick photo): "
                 "a demonstration at toy scale, not a measurement of Stable Diffusion "
-                "(docs/quickstart.md)."
+                "(examples/brick_world/README.md)."
             )
         elif exp.config.model == "flag-mini":
             notes.append(

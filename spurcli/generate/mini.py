@@ -1,5 +1,6 @@
 """The embedded miniature Stable Diffusions, small enough to learn on a CPU in minutes:
-`mini` (the quickstart's) and `flag-mini` (the flag world's, examples/flag_world/).
+`mini` (the brick world's, examples/brick_world/) and `flag-mini` (the quickstart's and the flag
+world's, examples/flag_world/).
 
     from spurcli.generate.pipelines import load_pipeline
     pipe = load_pipeline("mini")                      # offline, ~0.2 s, committed weights
@@ -63,7 +64,7 @@ PHOTOS = {
     "cell": "a cell",
     "text": "printed text",
 }
-UNET_HELD_OUT = ("brick",)  # the quickstart's spurious feature: the base model never sees it
+UNET_HELD_OUT = ("brick",)  # the brick world's spurious feature: the base model never sees it
 
 
 def mini_vae(scaling_factor: float = 1.0) -> Any:
