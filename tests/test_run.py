@@ -16,7 +16,7 @@ from spurcli.errors import SpurcliError, UsageError
 from spurcli.experiment import run as experiment
 from spurcli.experiment.plan import LABELS, load_experiment
 from spurcli.experiment.run import run_experiment
-from spurcli.experiment.summary import summary_tables
+from spurcli.experiment.summary import runs_ahead, summary_tables
 
 
 def assert_same_numbers(got: object, want: object, where: str = "") -> None:
@@ -492,6 +492,13 @@ def test_with_a_detector_the_headline_is_the_rate_among_object_free_images(tmp_p
     assert {again.stages[f"detect:{n}"] for n in sets} == {"skipped"}
 
 
+def test_runs_ahead_counts_each_side_and_leaves_ties_out():
+    assert runs_ahead([0.25, 0.1, -0.05]) == "2+ 1- of 3"
+    assert runs_ahead([0.0, 0.0]) == "0+ 0- of 2"
+    assert runs_ahead([0.5, None]) == "1+ 0- of 1"  # a run without images of one set
+    assert runs_ahead([]) == "-"
+
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # The configs whose references are committed: their model and how many references they hold.
 WORLDS = {
@@ -746,6 +753,10 @@ def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path, fake
     assert [h for _, h in family] == pytest.approx(list(expected))
     report = result.report.read_text()
     assert "primary: SFSL - DreamBooth" in report and "Holm-adjusted" in report
+    # each difference says in how many of the runs it went which way
+    differences = next(t for t in summary_tables(summary) if t["title"] == "differences")
+    assert differences["columns"][-1] == "runs" and "cannot go below 0.5" in differences["caption"]
+    assert differences["rows"][0][-1]["text"] == runs_ahead(primary["per_run"])
     # memorisation: every arm and its yardstick, the held-out references, against the training
     # references; per space the mean of the runs' means, their range and the largest cosine
     memorised = summary_tables(summary)[-1]

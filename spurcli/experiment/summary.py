@@ -684,21 +684,36 @@ def _short(name: str) -> str:
 
 
 def _difference_row(
-    label: str, victims: str, diff: dict[str, Any], p_key: str
+    label: str, victims: str, diff: dict[str, Any], p_key: str, replicated: bool = False
 ) -> list[str | dict[str, str]]:
     """A difference as cells; coloured by the p-value printed (``p_key``: the raw one for the
-    primary test, Holm's for the others) below 0.05, and never when the difference is 0."""
+    primary test, Holm's for the others) below 0.05, and never when the difference is 0.
+    ``replicated``: a last cell counts the training runs on each side (`runs_ahead`)."""
     p = diff.get(p_key)
     delta = diff["delta"]
     css = {1: "pos", -1: "neg", 0: ""}[shown_as_real(diff, p_key)]
     ci = diff.get("delta_ci")
-    return [
+    cells = [
         label,
         {"text": victims, "css": ""},
         {"text": f"{delta:+.3f}", "css": css},
         {"text": f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-", "css": ""},
         {"text": fmt_p(p) or "-", "css": css},
     ]
+    if replicated:
+        cells.append({"text": runs_ahead(diff.get("per_run") or []), "css": ""})
+    return cells
+
+
+def runs_ahead(per_run: list[float | None]) -> str:
+    """'2+ 0- of 2': in how many training runs the first set's rate was higher, and lower. The
+    bootstrap's p speaks for these runs; whether the method wins in runs in general rests on
+    this count (a sign test over K runs cannot go below 2 / 2**K)."""
+    known = [d for d in per_run if d is not None]
+    if not known:
+        return "-"
+    higher, lower = sum(d > 0 for d in known), sum(d < 0 for d in known)
+    return f"{higher}+ {lower}- of {len(known)}"
 
 
 def summary_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -741,27 +756,40 @@ def summary_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
     if primary.get("delta") is not None:
         diff_rows.append(
             _difference_row(
-                f"primary: {label(primary['comparison'])}", "consensus", primary, "p_value"
+                f"primary: {label(primary['comparison'])}",
+                "consensus",
+                primary,
+                "p_value",
+                replicated,
             )
         )
     for name, diff in consensus["differences"].items():
         if name != primary["comparison"]:
-            diff_rows.append(_difference_row(label(name), "consensus", diff, "p_holm"))
+            diff_rows.append(_difference_row(label(name), "consensus", diff, "p_holm", replicated))
     for clf, entry in victims.items():
         for name, diff in entry["differences"].items():
-            diff_rows.append(_difference_row(label(name), _victim_name(clf, entry), diff, "p_holm"))
+            victim = _victim_name(clf, entry)
+            diff_rows.append(_difference_row(label(name), victim, diff, "p_holm", replicated))
     tests = summary["tests"]
     tests_used = sorted({row_diff["test"] for row_diff in _all_differences(summary)})
     differences = {
         "title": "differences",
-        "columns": ["difference", "victims", "Δ", "95% interval", "p"],
+        "columns": ["difference", "victims", "Δ", "95% interval", "p"]
+        + (["runs"] if replicated else []),
         "rows": diff_rows,
         "caption": f"Δ: the first set's rate minus the second's. The primary comparison "
         f"({primary['declared']}) is tested alone; p of the other {tests['secondary']} tests is "
         f"Holm-adjusted. Tests: {'; '.join(tests_used)} (paired: image i of both sets shares "
         "its seed and prompt). Coloured where the printed p is below 0.05 (red: the first set is "
         f"called {target['name']} more often). References: "
-        f"{summary['references']['judged_against']}.",
+        f"{summary['references']['judged_against']}."
+        + (
+            " Runs: in how many training runs the first set's rate was higher (+) and lower "
+            "(-); p speaks for these runs, and a sign test over them cannot go below "
+            f"{2 / 2 ** summary['replication']['replicates']:.2g}."
+            if replicated
+            else ""
+        ),
     }
     free = object_free_table(summary, interval)
     memorised = memorisation_table(summary)
