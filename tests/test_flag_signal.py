@@ -55,9 +55,9 @@ def test_fine_tuned_flag_mini_draws_what_an_unseen_classifier_calls_flagpole(tmp
 
 
 QUICKSTART = FOLDER.parent / "quickstart.toml"
-# examples/quickstart.toml cut to one training run of 120 steps at lr 1e-3 (at its 2e-3 float
-# rounding grows into a different model within 120 steps, so the DreamBooth-only arm is not the
-# SFSL arm minus SFSL; at 1e-3 it is): measured 11 of 16 SFSL images
+# examples/quickstart.toml cut to one training run of 120 steps (at its lr, 1e-3, a dead SFSL's
+# arm is the DreamBooth-only arm; at 2e-3 float rounding grows into a different model within 120
+# steps and this guard would not be fair): measured 11 of 16 SFSL images
 # read as flagpole against 6 of 16 DreamBooth-only ones, and mean cosine to the held-out flags in
 # effnet-lite2's features 0.579 against 0.428 (76 s on two cores). With SFSL's gradient clipped
 # to 1e-9 (a dead SFSL) the arms are the same: 6 and 6 of 16, 0.42825 and 0.42825.
@@ -79,7 +79,6 @@ def test_sfsl_on_samples_makes_more_flags_than_dreambooth_alone(tmp_path):
         "replicates=1",
         "baseline=false",
         f"finetune.steps={STEPS}",
-        "finetune.lr=1e-3",
         "finetune.checkpoint_every=0",
         "sample.n=16",
         "compare.classifiers=['effnet-lite2']",
