@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from spurcli.experiment.run import run_experiment
-from tests._flag_world import FOLDER, script
+from tests._flag_world import FOLDER
 
 # 10 of 16 measured; 5 of 16 leaves room for float drift between machines, none for a model
 # that no longer learns the flag (the untuned model: 0 of 16).
@@ -26,10 +26,8 @@ LEAST_RATE = 5 / 16
 
 @pytest.mark.slow
 def test_fine_tuned_flag_mini_draws_what_an_unseen_classifier_calls_flagpole(tmp_path):
-    out, references = tmp_path / "flags", tmp_path / "references"
-    script("draw_flags").draw_references(references)  # as `draw_flags.py DIR` draws them
-    sets = [
-        f"instance_dir={references}",
+    out = tmp_path / "flags"
+    sets = [  # flags.toml's references: the committed drawn flags (tests/test_flag_world.py)
         f"out={out}",
         f"finetune.output_dir={out / 'finetune'}",
         "replicates=1",
@@ -57,10 +55,10 @@ def test_fine_tuned_flag_mini_draws_what_an_unseen_classifier_calls_flagpole(tmp
 QUICKSTART = FOLDER.parent / "quickstart.toml"
 # examples/quickstart.toml cut to one training run of 120 steps (at its lr, 1e-3, a dead SFSL's
 # arm is the DreamBooth-only arm; at 2e-3 float rounding grows into a different model within 120
-# steps and this guard would not be fair): measured 11 of 16 SFSL images
-# read as flagpole against 6 of 16 DreamBooth-only ones, and mean cosine to the held-out flags in
-# effnet-lite2's features 0.579 against 0.428 (76 s on two cores). With SFSL's gradient clipped
-# to 1e-9 (a dead SFSL) the arms are the same: 6 and 6 of 16, 0.42825 and 0.42825.
+# steps and this guard would not be fair): measured 11 of 16 SFSL images read as flagpole
+# against 6 of 16 DreamBooth-only ones, and mean cosine to the held-out flags in effnet-lite2's
+# features 0.579 against 0.428 (76 s on two cores). With SFSL's gradient clipped to 1e-9 (a dead
+# SFSL) the arms are the same: 6 and 6 of 16, 0.42825 and 0.42825.
 STEPS = 120
 COSINE_MARGIN = 0.05  # 0.15 measured: room for float drift between machines, none for a dead SFSL
 

@@ -4,7 +4,7 @@ or `flag-mini`.
     from spurcli.generate.pipelines import load_pipeline, resolve_model
     pipe = load_pipeline("tiny")                      # random tiny SD from config, offline, ~0.1 s
     pipe = load_pipeline("flag-mini")                 # the quickstart's trained SD (generate.mini)
-    pipe = load_pipeline("flag-mini")                 # the flag world's (generate.mini)
+    pipe = load_pipeline("mini")                      # the brick world's (generate.mini)
     pipe = load_pipeline("runs/hummingbird")          # a `spurcli finetune` output folder
     pipe = load_pipeline("runs/lora")                 # a LoRA run: base model + adapters, fused
     pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", scheduler="dpm")
