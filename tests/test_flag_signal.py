@@ -1,6 +1,7 @@
 """The flag world's signal, guarded: fine-tuning flag-mini on five drawn US flags makes images
 a separately trained ImageNet classifier calls 557 "flagpole", and the untuned model does not;
-with SFSL, more of them than without (the second test, on the quickstart's config).
+with SFSL, the samples move closer to the held-out flags in that classifier's features (the
+second test, on the quickstart's config).
 
 `spurcli run examples/flag_world/flags.toml`, shortened to one training run of the DreamBooth
 objective (SFSL off, so no extractor's features are involved: effnet-lite2 is a judge that
@@ -53,23 +54,26 @@ def test_fine_tuned_flag_mini_draws_what_an_unseen_classifier_calls_flagpole(tmp
 
 
 QUICKSTART = FOLDER.parent / "quickstart.toml"
-# examples/quickstart.toml cut to one training run of 120 steps (at its lr, 1e-3, a dead SFSL's
-# arm is the DreamBooth-only arm; at 2e-3 float rounding grows into a different model within 120
-# steps and this guard would not be fair): measured 11 of 16 SFSL images read as flagpole
-# against 6 of 16 DreamBooth-only ones, and mean cosine to the held-out flags in effnet-lite2's
-# features 0.579 against 0.428 (76 s on two cores). With SFSL's gradient clipped to 1e-9 (a dead
-# SFSL) the arms are the same: 6 and 6 of 16, 0.42825 and 0.42825.
+# examples/quickstart.toml cut to one training run of 120 steps. What SFSL does there is move the
+# samples towards the held-out flags in effnet-lite2's features, a space it never used: mean
+# cosine, SFSL - DreamBooth, +0.151 (one CPU), and on another +0.066, +0.155, +0.055, +0.056
+# over seeds 0-3. Whether more of them are *read* as flagpole after 120 steps is a coin toss:
+# SFSL / DreamBooth 11 / 6 of 16 on the first CPU, 4 / 6, 8 / 3, 0 / 3, 4 / 7 over seeds 0-3 on
+# the second (float rounding in SFSL's gradient grows into another model within 120 steps, so
+# another CPU is another draw); the count-based lead takes the demo's 200 steps and two runs
+# (docs/quickstart.md), so it is not asserted here. A dead SFSL (its gradient clipped to 1e-9)
+# leaves the arms one model: 0.42825 and 0.42825 on the first CPU, 0.4285 and 0.4284 on the
+# second (6 and 6 of 16 read on both): at lr 1e-3 rounding does not part them in 120 steps.
 STEPS = 120
-COSINE_MARGIN = 0.05  # 0.15 measured: room for float drift between machines, none for a dead SFSL
+COSINE_MARGIN = 0.025  # half the smallest margin measured; a dead SFSL gives 0
 
 
 @pytest.mark.slow
-def test_sfsl_on_samples_makes_more_flags_than_dreambooth_alone(tmp_path):
-    """The quickstart's SFSL signal: effnet-lite2, a judge SFSL never used (SFSL's extractor is
-    effnet-lite0), reads more of the SFSL arm's images as flagpole than of the DreamBooth-only
-    arm's, and finds them closer to the held-out flags. A change to SFSL's loss, its sampling
-    or the gradient's path to the UNet that kills its effect makes the arms alike and fails this
-    test."""
+def test_sfsl_on_samples_pulls_them_towards_the_held_out_flags(tmp_path):
+    """The quickstart's SFSL signal: in the features of effnet-lite2, a network SFSL never used
+    (its extractor is effnet-lite0), the SFSL arm's samples are closer to the held-out flags
+    than the DreamBooth-only arm's. A change to SFSL's loss, its sampling or the gradient's path
+    to the UNet that kills its effect makes the two arms one model and fails this test."""
     out = tmp_path / "quickstart"
     sets = [
         f"out={out}",
@@ -85,9 +89,7 @@ def test_sfsl_on_samples_makes_more_flags_than_dreambooth_alone(tmp_path):
     summary = run_experiment(QUICKSTART, sets=sets).summary
     judge = summary["classifiers"]["effnet-lite2"]
     assert not judge["circular"]
-    rates = judge["spurious_rate"]
-    assert rates["references"] == 1.0  # the instrument works
-    assert rates["sfsl"] > rates["dreambooth"], rates
+    assert judge["spurious_rate"]["references"] == 1.0  # the instrument works
     pairs = summary["similarity"]["comparisons"]
     sfsl = pairs["sfsl-vs-references"]["effnet-lite2"]["mean_cosine"]
     dreambooth = pairs["dreambooth-vs-references"]["effnet-lite2"]["mean_cosine"]
