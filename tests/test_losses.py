@@ -223,6 +223,47 @@ def test_sampled_sfsl_differentiates_only_the_last_step(tiny):
     assert extractor.calls == 1 and losses.sfsl > 0
 
 
+@pytest.mark.parametrize("sample_steps", [0, 2])
+def test_sfsl_batch_size_scores_the_first_instance_samples(tiny, sample_steps):
+    """sfsl.batch_size = k: SFSL is the loss of the first k instance samples alone (their x0,
+    reference and view), the extractor sees k images, and the DreamBooth terms are unchanged."""
+    pipe, scheduler = tiny
+    unet, text_encoder = pipe.unet.eval(), pipe.text_encoder.eval()
+    vae, extractor = _frozen(pipe.vae), _frozen(Extractor())
+    latents, noise, timesteps, ids, rows = _batch(pipe, n_instance=2, n_class=1)
+    a, states = scheduler.alphas_cumprod, text_encoder(ids)[0][rows].detach()
+    reference, views = torch.randn(3, extractor.dim), torch.rand(3, 3)
+    target = "mean" if sample_steps else "paired"
+    seen: list[int] = []
+    hook = extractor.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+
+    def losses(batch_size):
+        sfsl = SFSL(extractor, reference, 1.0, target, sample_steps=sample_steps,
+                    random_crop=0.3, batch_size=batch_size)  # fmt: skip
+        with torch.no_grad():
+            return step_losses(unet, vae, a, "epsilon", latents=latents, noise=noise,
+                               timesteps=timesteps, encoder_hidden_states=states, n_instance=2,
+                               sfsl=sfsl, ref_index=torch.tensor([2, 0]), views=views)  # fmt: skip
+
+    try:
+        one, both, more = losses(1), losses(None), losses(5)
+    finally:
+        hook.remove()
+    assert seen == [1, 2, 2]  # batch_size above the instance half: all of it
+    with torch.no_grad():
+        if sample_steps:
+            x0 = sampled_x0(unet, a, "epsilon", noise[:1], states[:1], sample_steps)
+        else:
+            noisy = add_noise(latents[:1], noise[:1], timesteps[:1], a)
+            pred = unet(noisy, timesteps[:1], states[:1]).sample
+            x0 = predicted_x0(noisy, pred, timesteps[:1], a, "epsilon")
+        sfsl = SFSL(extractor, reference, 1.0, target, random_crop=0.3)
+        want = sfsl_loss(sfsl, vae, x0, None, torch.tensor([2]), views=views[:1])
+    assert torch.allclose(one.sfsl, want, atol=1e-5)
+    assert not torch.allclose(one.sfsl, both.sfsl)
+    assert torch.equal(one.instance, both.instance) and torch.equal(both.sfsl, more.sfsl)
+
+
 def test_sfsl_weight_zero_is_exactly_dreambooth(tiny):
     """Loss and gradients equal a DreamBooth computation written with diffusers' scheduler."""
     pipe, scheduler = tiny

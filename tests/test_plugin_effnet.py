@@ -154,15 +154,47 @@ def test_any_size_and_batch(loaded, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_extractor_gives_the_classifier_pre_logits(loaded, name):
+    """The extractor's network has its batch norms folded into its convolutions (SFSL's speed)
+    and still gives the unfolded classifier's pre-logits."""
     effnet = loaded(name)
     extractor = extractors().load(name).module
     assert extractor.dim == 1280
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in extractor.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in effnet.module.modules()) >= 49
     x = photo("coffee")
     with torch.no_grad():
         features = extractor(x)
         assert features.shape == (1, 1280)
         logits = effnet.module.net.classifier(features)
         torch.testing.assert_close(logits, effnet.module(x), rtol=1e-4, atol=1e-4)
+
+
+def test_folding_refuses_a_norm_that_does_not_follow_its_convolution():
+    """The fold trusts the order modules are registered in; a block that applies its norm
+    before the convolution registered ahead of it is caught by the output check."""
+    from spurcli_effnet_lite import fold_batchnorm
+
+    class NormFirst(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(3)
+            self.bn.running_mean.fill_(0.5)  # not the identity, so the order matters
+            self.bn.running_var.fill_(4.0)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    with pytest.raises(SpurcliError, match="folding NormFirst's batch norms changed its output"):
+        fold_batchnorm(NormFirst().eval())
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    plain[1].running_mean.fill_(0.5)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        want = plain(x)
+        folded = fold_batchnorm(plain)
+        torch.testing.assert_close(folded(x), want)
+    assert isinstance(folded[1], torch.nn.Sequential) and len(folded[1]) == 0
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -164,6 +164,15 @@ class FinetuneConfig:
         min=0,
         max=0.9,
     )
+    # SFSL costs a decoder and an extractor pass (with sfsl_sample_steps a UNet pass too) per
+    # image it scores: scoring fewer of the step's samples buys time, with a noisier gradient.
+    sfsl_batch_size: int | None = option(
+        None,
+        "Score only this many of each step's instance samples with SFSL, the first ones "
+        "(none: all of them).",
+        min=1,
+        max=100_000,
+    )
     # x0_hat is always decoded at full size: decoding a shrunken latent would be cheaper but is
     # another image (docs/sfsl.md); the decoded image is resized, which saves no time.
     sfsl_decode_size: int | None = option(

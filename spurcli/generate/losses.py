@@ -65,6 +65,9 @@ class SFSL:
     # 1 - s..1 of the image's, resized back (`random_crops`): features that hold under a change
     # of view, as input diversity makes adversarial images transfer to other networks.
     random_crop: float = 0.0
+    # How many of the step's instance samples SFSL scores, the first ones (None: all). Its cost
+    # (decoder, extractor, and with sample_steps the UNet) grows with it; DreamBooth's does not.
+    batch_size: int | None = None
 
 
 @dataclass
@@ -389,23 +392,24 @@ def step_losses(
         total = total + terms["prior"]
     loss_sfsl = zero
     if sfsl is not None and sfsl.weight != 0:
+        k = min(n_instance, sfsl.batch_size or n_instance)  # the instance samples SFSL scores
         at = None  # samples from noise: no ceiling
         if sfsl.sample_steps:  # the model's own image; the step's instance noise seeds it
             x0 = sampled_x0(
                 unet,
                 alphas_cumprod,
                 prediction_type,
-                noise[:n_instance],
-                encoder_hidden_states[:n_instance],
+                noise[:k],
+                encoder_hidden_states[:k],
                 sfsl.sample_steps,
             )
         else:
-            at = timesteps[:n_instance]
-            x0 = predicted_x0(
-                noisy[:n_instance].float(), pred[:n_instance], at, alphas_cumprod, prediction_type
-            )
-        seen = views[:n_instance] if views is not None else None
-        loss_sfsl = sfsl_loss(sfsl, vae, x0, at, ref_index, ref_features, seen)
+            at = timesteps[:k]
+            x0 = predicted_x0(noisy[:k].float(), pred[:k], at, alphas_cumprod, prediction_type)
+        index = ref_index[:k] if ref_index is not None else None
+        paired = ref_features[:k] if ref_features is not None else None
+        seen = views[:k] if views is not None else None
+        loss_sfsl = sfsl_loss(sfsl, vae, x0, at, index, paired, seen)
         terms["sfsl"] = sfsl.weight * loss_sfsl
         total = total + terms["sfsl"]
     detached = (loss_instance.detach(), loss_prior.detach(), loss_sfsl.detach())

@@ -161,6 +161,7 @@ def prepare_training(
             sfsl_decoder,
             cfg.sfsl_sample_steps,
             cfg.sfsl_random_crop,
+            cfg.sfsl_batch_size,
         )
         if cfg.sfsl_target == "paired":
             extractor = models.extractor
