@@ -13,10 +13,12 @@ import pytest
 
 from spurcli import cli
 from spurcli.errors import SpurcliError, UsageError
+from spurcli.evaluate.clustered import cluster_rate
 from spurcli.experiment import run as experiment
 from spurcli.experiment.plan import LABELS, load_experiment
 from spurcli.experiment.run import run_experiment
-from spurcli.experiment.summary import runs_ahead, summary_tables
+from spurcli.experiment.summary import pooled_similarity, runs_ahead, summary_tables
+from spurcli.seeds import derive_seed
 
 
 def assert_same_numbers(got: object, want: object, where: str = "") -> None:
@@ -499,6 +501,30 @@ def test_runs_ahead_counts_each_side_and_leaves_ties_out():
     assert runs_ahead([]) == "-"
 
 
+def test_pooled_similarity_means_the_runs_and_skips_missing_figures():
+    def run(mean, nn, largest, alike):
+        figures = {"mean_cosine": mean, "mean_cosine_ci": [0.0, 1.0], "nn_cosine_mean": nn}
+        figures |= {"nn_cosine_mean_ci": [0.0, 1.0], "nn_cosine_max": largest}
+        return {"a-vs-b": {"x": {**figures, "within_cosine_a": alike, "circular": False}}}
+
+    runs = [run(0.2, 0.5, 0.7, 0.9), run(0.4, 0.6, 0.8, None)]
+    pooled = pooled_similarity(runs, [{}, {}], 200, 0)["a-vs-b"]["x"]
+    assert pooled["mean_cosine"] == pytest.approx(0.3)
+    assert pooled["nn_cosine_mean"] == pytest.approx(0.55)  # no per-image cosines: the runs'
+    assert pooled["nn_cosine_mean_ci"] is None
+    assert pooled["nn_cosine_max"] == 0.8  # the largest, not a mean
+    assert pooled["within_cosine_a"] == 0.9  # a run made before it was measured: left out
+    assert pooled["per_run"]["within_cosine_a"] == [0.9, None]
+    assert pooled["mean_cosine_ci"] is None and pooled["circular"] is False
+    # with each run's per-image cosines: their pooled mean and the cluster bootstrap interval
+    nearest = [{"a-vs-b": {"x": np.array([0.4, 0.6])}}, {"a-vs-b": {"x": np.array([0.5, 0.9])}}]
+    pooled = pooled_similarity(runs, nearest, 200, 0)["a-vs-b"]["x"]
+    want = cluster_rate([n["a-vs-b"]["x"] for n in nearest], 200, derive_seed(0, "a-vs-b", "x"))
+    assert pooled["nn_cosine_mean"] == pytest.approx(0.6)
+    assert pooled["nn_cosine_mean_ci"] == want["ci"]
+    assert 0.4 <= want["ci"][0] < 0.6 < want["ci"][1] <= 0.9
+
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # The configs whose references are committed: their model and how many references they hold.
 WORLDS = {
@@ -771,11 +797,21 @@ def test_replicated_run_pools_training_runs_with_one_primary_test(tmp_path, fake
     means = [f["nn_cosine_mean"] for f in figures]
     largest = max(f["nn_cosine_max"] for f in figures)
     alike = [f["within_cosine_a"] for f in figures]
+    pooled = summary["similarity"]["comparisons"]["dreambooth-vs-references-train"]
+    lo, hi = pooled["timm:test_resnet"]["nn_cosine_mean_ci"]  # runs, then images
     assert memorised["rows"][1][column]["text"] == (
-        f"{np.mean(means):.3f} (runs {min(means):.3f}-{max(means):.3f}), max {largest:.3f}, "
-        f"alike {np.mean(alike):.2f} (runs {min(alike):.2f}-{max(alike):.2f})"
+        f"{np.mean(means):.3f} [{lo:.3f},{hi:.3f}] (runs {min(means):.3f}-{max(means):.3f}), "
+        f"max {largest:.3f}, alike {np.mean(alike):.2f} (runs {min(alike):.2f}-{max(alike):.2f})"
     )
     assert "template-linear (circ.)" in memorised["columns"]
+    # summary.json's similarity pooled over the runs, in one run's shape, each run's value kept
+    assert pooled["timm:test_resnet"]["nn_cosine_mean"] == pytest.approx(np.mean(means))
+    assert lo <= pooled["timm:test_resnet"]["nn_cosine_mean"] <= hi
+    assert pooled["timm:test_resnet"]["nn_cosine_max"] == largest
+    assert pooled["timm:test_resnet"]["per_run"]["within_cosine_a"] == alike
+    assert pooled["timm:test_resnet"]["mean_cosine_ci"] is None
+    assert pooled["template-linear"]["circular"] is True
+    assert "pooled over the training runs" in summary["similarity"]["interval"]
     assert memorised["title"] in report
     assert "Weights: template-linear = random; timm:test_resnet = random." in report
     # object-free rates: each replicate's presence records, pooled like every other rate

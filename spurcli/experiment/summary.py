@@ -439,8 +439,15 @@ def _summarize_pooled(
         "classifiers": per_classifier,
         "consensus": consensus,
         "excluded_from_consensus": excluded,
-        "similarity": {  # the figures of each training run are in per_replicate
-            k: value for k, value in similarities[0].items() if k != "comparisons"
+        "similarity": {  # pooled over the runs; each run's own figures are in per_replicate
+            **{k: value for k, value in similarities[0].items() if k != "comparisons"},
+            "interval": POOLED_SIMILARITY_INTERVAL,
+            "comparisons": pooled_similarity(
+                [s["comparisons"] for s in similarities],
+                [nearest_cosines(run) for run in runs],
+                resamples,
+                seed,
+            ),
         },
         **_headline(object_free),
         "interval": INTERVAL,
@@ -457,6 +464,13 @@ SIMILARITY_INTERVAL = (
 
 
 NO_DETECTOR_NOTE = "no detector: rates may include images of the object itself"
+
+POOLED_SIMILARITY_INTERVAL = (
+    "pooled over the training runs: nn_cosine_mean over every run's images, with the 95% "
+    "percentile interval of a two-stage cluster bootstrap (training runs, then images); the "
+    "other figures the mean of the runs' (nn_cosine_max their largest), without an interval; "
+    "every run's value in per_run, and its own intervals under per_replicate"
+)
 
 
 WILSON = "95% Wilson score interval"
@@ -585,13 +599,13 @@ def similarity_summary(exp: Experiment) -> dict[str, Any]:
     spaces, circular = list(weights), exp.circular_spaces()
     independent = [e for e in spaces if e not in circular]
     untrained = [e for e in independent if weights[e] == "random"]
-    per_pair: dict[str, Any] = {}
-    for a, b in exp.comparisons():
-        data = json.loads(exp.layout.comparison(a, b).read_text(encoding="utf-8"))
-        per_pair[f"{a}-vs-{b}"] = {
+    per_pair = {
+        pair: {
             e: {**{k: sim.get(k) for k in SIMILARITY_FIGURES}, "circular": e in circular}
-            for e, sim in data.get("similarity", {}).items()
+            for e, sim in similarity.items()
         }
+        for pair, similarity in _compared_similarity(exp)
+    }
     notes = []
     if circular:
         notes.append(
@@ -620,6 +634,64 @@ def similarity_summary(exp: Experiment) -> dict[str, Any]:
         "comparisons": per_pair,
         "notes": notes,
     }
+
+
+def _compared_similarity(exp: Experiment) -> list[tuple[str, dict[str, Any]]]:
+    """("a-vs-b", its compare JSON's similarity per feature space) for each comparison."""
+    pairs = []
+    for a, b in exp.comparisons():
+        data = json.loads(exp.layout.comparison(a, b).read_text(encoding="utf-8"))
+        pairs.append((f"{a}-vs-{b}", data.get("similarity", {})))
+    return pairs
+
+
+def nearest_cosines(exp: Experiment) -> dict[str, dict[str, np.ndarray]]:
+    """Per comparison and feature space, each first-set image's cosine to its nearest neighbour
+    in the second set, as the run's compare JSON lists them (``nearest``)."""
+    return {
+        pair: {
+            e: np.array([n["cosine"] for n in sim.get("nearest", [])], dtype=float)
+            for e, sim in similarity.items()
+        }
+        for pair, similarity in _compared_similarity(exp)
+    }
+
+
+def pooled_similarity(
+    runs: list[dict[str, Any]],
+    nearest: list[dict[str, dict[str, np.ndarray]]],
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Each comparison's similarity figures over the training runs, in a run's shape.
+
+    ``nn_cosine_mean`` is the mean over every run's images (``nearest``: each run's per-image
+    cosines), its interval the two-stage cluster bootstrap the rates get; the other figures are
+    the mean of the runs' (the largest for ``nn_cosine_max``), without an interval (``mean_cosine``
+    averages every pair of images, which the image-level bootstrap does not resample). A figure a
+    run lacks (None) is left out; ``per_run`` keeps every run's."""
+    pooled: dict[str, Any] = {}
+    for pair, spaces in runs[0].items():
+        pooled[pair] = {}
+        for space, first in spaces.items():
+            figures = [run.get(pair, {}).get(space, {}) for run in runs]
+            entry: dict[str, Any] = {"circular": first["circular"], "per_run": {}}
+            for key in SIMILARITY_FIGURES:
+                if key.endswith("_ci"):
+                    entry[key] = None
+                    continue
+                values = [f.get(key) for f in figures]
+                entry["per_run"][key] = values
+                known = [v for v in values if v is not None]
+                pool = max if key == "nn_cosine_max" else np.mean
+                entry[key] = float(pool(known)) if known else None
+            cosines = [run.get(pair, {}).get(space, np.array([])) for run in nearest]
+            if all(len(c) for c in cosines):
+                bootstrap = cluster_rate(cosines, resamples, derive_seed(seed, pair, space))
+                entry["nn_cosine_mean"] = bootstrap["rate"]
+                entry["nn_cosine_mean_ci"] = bootstrap["ci"]
+            pooled[pair][space] = entry
+    return pooled
 
 
 def _with_tests(exp: Experiment, summary: dict[str, Any]) -> dict[str, Any]:
@@ -803,6 +875,7 @@ def memorisation_table(summary: dict[str, Any]) -> dict[str, Any] | None:
     runs = [r["similarity"] for r in summary.get("per_replicate", [])] or [
         summary["similarity"]["comparisons"]
     ]
+    pooled = summary["similarity"].get("comparisons", {})  # replicated: over the runs
     suffix = f"-vs-{TRAIN_REFERENCES}"
     pairs = [p for p in runs[0] if p.endswith(suffix)]
     if not pairs:
@@ -818,13 +891,15 @@ def memorisation_table(summary: dict[str, Any]) -> dict[str, Any] | None:
             if not means:
                 cells.append({"text": "-", "css": ""})
                 continue
-            if len(runs) == 1:
-                ci = figures[0].get("nn_cosine_mean_ci")
-                spread = f" [{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
-            else:
+            mean, ci = np.mean(means), figures[0].get("nn_cosine_mean_ci")
+            spread = ""
+            if len(runs) > 1:  # the pooled figure and its cluster interval, and the runs' range
+                entry = pooled.get(pair, {}).get(space, {})
+                mean, ci = entry.get("nn_cosine_mean", mean), entry.get("nn_cosine_mean_ci")
                 spread = f" (runs {min(means):.3f}-{max(means):.3f})"
+            interval = f" [{ci[0]:.3f},{ci[1]:.3f}]" if ci else ""
             largest = max(f["nn_cosine_max"] for f in figures if f["nn_cosine_max"] is not None)
-            text = f"{np.mean(means):.3f}{spread}, max {largest:.3f}"
+            text = f"{mean:.3f}{interval}{spread}, max {largest:.3f}"
             alike = [f["within_cosine_a"] for f in figures if f["within_cosine_a"] is not None]
             if alike:  # None in comparisons made before it was measured
                 text += f", alike {np.mean(alike):.2f}"
@@ -834,7 +909,11 @@ def memorisation_table(summary: dict[str, Any]) -> dict[str, Any] | None:
         rows.append([f"{_short(name)} ({summary['n_images'].get(name, '?')})", *cells])
     circular = summary["similarity"].get("circular_spaces", [])
     columns = [f"{s} (circ.)" if s in circular else s for s in spaces]
-    spread = "its 95% bootstrap interval over images" if len(runs) == 1 else "the runs' range"
+    spread = (
+        "its 95% bootstrap interval over images"
+        if len(runs) == 1
+        else "its 95% two-stage cluster bootstrap interval (runs, then images) and the runs' range"
+    )
     return {
         "title": "memorisation: cosine to the nearest training reference",
         "columns": ["set (images)", *columns],
