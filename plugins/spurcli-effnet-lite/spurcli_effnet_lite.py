@@ -132,8 +132,9 @@ def fold_batchnorm(net: Any) -> Any:
 
     In eval mode a batch norm is a per-channel scale and shift, so the convolution can apply it
     (torch's ``fuse_conv_bn_eval``) and the norm's own pass, and its backward, go: SFSL runs
-    the extractor forward and backward on every step, and with effnet-lite0 its 49 norms cost
-    about a quarter of that (165 -> 122 ms at batch 5 on two cores). The outputs are those of
+    the extractor forward and backward on every step, and folding effnet-lite0's 49 norms takes
+    that pass from 177 to 149 ms at batch 5 on two cores (Lite1 270 -> 201, Lite2 241 -> 166;
+    docs/reference.md). The outputs are those of
     the unfolded network up to float rounding, which is checked here on a probe image: a timm
     release that orders a block's modules differently fails on load, not in a result."""
     import torch

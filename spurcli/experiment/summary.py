@@ -286,7 +286,7 @@ def _summarize_run(exp: Experiment, victims: _Victims, v: _Verdicts) -> dict[str
     }
     if unpaired:
         notes.append("Not paired one to one, tested as independent sets: " + ", ".join(unpaired))
-    similarity = similarity_summary(exp)
+    similarity = similarity_summary(exp, compared_similarity(exp))
     notes += similarity.pop("notes")
     object_free = object_free_summary(exp, victims, [v], _wilson_rates, WILSON)
     if object_free is None:
@@ -393,7 +393,8 @@ def _summarize_pooled(
         consensus["differences"] = pooled_differences(hits_of, "consensus")
     else:
         consensus.update({"all": {}, "all_ci": {}, "differences": {}})
-    similarities = [similarity_summary(run) for run in runs]
+    compared = [compared_similarity(run) for run in runs]  # each compare JSON read once
+    similarities = [similarity_summary(run, c) for run, c in zip(runs, compared, strict=True)]
     notes += similarities[0].pop("notes")
     object_free = object_free_summary(exp, victims, verdicts, rates, INTERVAL)
     if object_free is None:
@@ -444,7 +445,7 @@ def _summarize_pooled(
             "interval": POOLED_SIMILARITY_INTERVAL,
             "comparisons": pooled_similarity(
                 [s["comparisons"] for s in similarities],
-                [nearest_cosines(run) for run in runs],
+                [nearest_cosines(c) for c in compared],
                 resamples,
                 seed,
             ),
@@ -592,9 +593,12 @@ SIMILARITY_FIGURES = (
 )
 
 
-def similarity_summary(exp: Experiment) -> dict[str, Any]:
+def similarity_summary(
+    exp: Experiment, compared: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any]:
     """Feature-space similarity of each comparison, every space marked circular (the SFSL
-    extractor's, which SFSL optimised towards the references) or not, with its interval."""
+    extractor's, which SFSL optimised towards the references) or not, with its interval.
+    ``compared``: `compared_similarity` of ``exp``, each compare JSON read once."""
     weights = exp.feature_spaces()
     spaces, circular = list(weights), exp.circular_spaces()
     independent = [e for e in spaces if e not in circular]
@@ -604,7 +608,7 @@ def similarity_summary(exp: Experiment) -> dict[str, Any]:
             e: {**{k: sim.get(k) for k in SIMILARITY_FIGURES}, "circular": e in circular}
             for e, sim in similarity.items()
         }
-        for pair, similarity in _compared_similarity(exp)
+        for pair, similarity in compared
     }
     notes = []
     if circular:
@@ -636,7 +640,7 @@ def similarity_summary(exp: Experiment) -> dict[str, Any]:
     }
 
 
-def _compared_similarity(exp: Experiment) -> list[tuple[str, dict[str, Any]]]:
+def compared_similarity(exp: Experiment) -> list[tuple[str, dict[str, Any]]]:
     """("a-vs-b", its compare JSON's similarity per feature space) for each comparison."""
     pairs = []
     for a, b in exp.comparisons():
@@ -645,15 +649,15 @@ def _compared_similarity(exp: Experiment) -> list[tuple[str, dict[str, Any]]]:
     return pairs
 
 
-def nearest_cosines(exp: Experiment) -> dict[str, dict[str, np.ndarray]]:
+def nearest_cosines(compared: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Per comparison and feature space, each first-set image's cosine to its nearest neighbour
-    in the second set, as the run's compare JSON lists them (``nearest``)."""
+    in the second set, as a run's compare JSON lists them (``nearest``; `compared_similarity`)."""
     return {
         pair: {
             e: np.array([n["cosine"] for n in sim.get("nearest", [])], dtype=float)
             for e, sim in similarity.items()
         }
-        for pair, similarity in _compared_similarity(exp)
+        for pair, similarity in compared
     }
 
 
