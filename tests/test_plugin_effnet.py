@@ -169,6 +169,31 @@ def test_extractor_gives_the_classifier_pre_logits(loaded, name):
         torch.testing.assert_close(logits, effnet.module(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_networks_run_channels_last_with_timms_outputs(loaded, name):
+    """Classifier and extractor hand their networks channels-last batches (speed,
+    docs/benchmarks.md): timm's logits in the default order, timm's weights untouched."""
+    from spurcli_effnet_lite import VARIANTS, build
+
+    from spurcli.imagenet import IMAGENET_EVAL
+    from spurcli.preprocess import preprocessed
+
+    effnet, extractor = loaded(name).module, extractors().load(name).module
+    assert effnet.channels_last and extractor.channels_last
+    seen = []
+    hook = effnet.net.conv_stem.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    x = photo("chelsea")
+    with torch.no_grad():
+        got = effnet(x)
+    hook.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[0].is_contiguous()
+    assert all(w.is_contiguous() for w in effnet.net.state_dict().values())  # savable as is
+    with torch.no_grad():
+        want = preprocessed(build(VARIANTS[name], None), **IMAGENET_EVAL)(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_folding_refuses_a_norm_that_does_not_follow_its_convolution():
     """The fold trusts the order modules are registered in; a block that applies its norm
     before the convolution registered ahead of it is caught by the output check."""

