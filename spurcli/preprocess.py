@@ -140,11 +140,15 @@ class Preprocessed(nn.Module):
     ``test_size``: the side a protocol that brings its own resize feeds the network at (timm's
     ``test_input_size``, which the released Spurious ImageNet code uses); None: the height of
     ``preprocess.size``.
-    ``channels_last``: hand the network its batch in channels-last memory order, which makes
-    torch run its convolutions channels-last (the same values up to float rounding; the
-    weights and state dict stay as they are). Much faster for depthwise and 1x1 convolutions
-    on a CPU: effnet-lite's passes take 0.44-0.62 of their time (docs/benchmarks.md).
+    ``channels_last``: on a CPU, hand the network its batch in channels-last memory order,
+    which makes torch run its convolutions channels-last (the same values up to float
+    rounding; the weights and state dict stay as they are). Much faster for depthwise and 1x1
+    convolutions: an effnet-lite classifier's pass takes 0.52-0.78 of its time
+    (docs/benchmarks.md). Other devices keep torch's default order: this was measured on CPUs
+    only, and cuDNN's float32 depthwise kernels need not gain from it.
     """
+
+    channels_last: bool = False  # a class default too, for an instance made without __init__
 
     def __init__(
         self,
@@ -167,9 +171,12 @@ class Preprocessed(nn.Module):
 
     def run_net(self, batch: torch.Tensor) -> torch.Tensor:
         """The network on a batch already pre-processed."""
-        if self.channels_last:
+        if self.channels_last and batch.device.type == "cpu":
             batch = batch.contiguous(memory_format=torch.channels_last)
         return self.net(batch)
+
+    def extra_repr(self) -> str:
+        return "channels_last=True" if self.channels_last else ""
 
 
 class NormalisedOnly(nn.Module):

@@ -56,14 +56,14 @@ def test_fine_tuned_flag_mini_draws_what_an_unseen_classifier_calls_flagpole(tmp
 QUICKSTART = FOLDER.parent / "quickstart.toml"
 # examples/quickstart.toml cut to one training run of 120 steps. What SFSL does there is move the
 # samples towards the held-out flags in effnet-lite2's features, a space it never used: mean
-# cosine, SFSL - DreamBooth, +0.151 (one CPU), and on another +0.066, +0.155, +0.055, +0.056
-# over seeds 0-3 (seed 0 +0.091 once the networks took channels-last batches). Whether more of
-# them are *read* as flagpole after 120 steps is a coin toss:
-# SFSL / DreamBooth 11 / 6 of 16 on the first CPU, 4 / 6, 8 / 3, 0 / 3, 4 / 7 over seeds 0-3 on
-# the second (float rounding in SFSL's gradient grows into another model within 120 steps, so
-# another CPU is another draw); the count-based lead takes the demo's 200 steps and two runs
-# (docs/quickstart.md), so it is not asserted here. A dead SFSL (its gradient clipped to 1e-9)
-# leaves the arms one model: 0.42825 and 0.42825 on the first CPU, 0.4285 and 0.4284 on the
+# cosine, SFSL - DreamBooth, +0.151 (one CPU), and on another +0.066, +0.155, +0.055, +0.056 over
+# seeds 0-3 (seed 0 +0.091 once the networks took channels-last batches). Whether more of them are
+# *read* as flagpole after 120 steps is a coin toss: SFSL / DreamBooth 11 / 6 of 16 on the first
+# CPU, 4 / 6, 8 / 3, 0 / 3, 4 / 7 over seeds 0-3 on the second (9 / 6 for seed 0 with
+# channels-last batches; float rounding in SFSL's gradient grows into another model within 120
+# steps, so another CPU is another draw); the count-based lead takes the demo's 200 steps and two
+# runs (docs/quickstart.md), so it is not asserted here. A dead SFSL (its gradient clipped to
+# 1e-9) leaves the arms one model: 0.42825 and 0.42825 on the first CPU, 0.4285 and 0.4284 on the
 # second (6 and 6 of 16 read on both): at lr 1e-3 rounding does not part them in 120 steps.
 STEPS = 120
 COSINE_MARGIN = 0.025  # half the smallest margin measured; a dead SFSL gives 0

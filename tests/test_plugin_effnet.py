@@ -171,27 +171,38 @@ def test_extractor_gives_the_classifier_pre_logits(loaded, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_networks_run_channels_last_with_timms_outputs(loaded, name):
-    """Classifier and extractor hand their networks channels-last batches (speed,
-    docs/benchmarks.md): timm's logits in the default order, timm's weights untouched."""
+    """Classifier and extractor hand their networks channels-last batches on a CPU (speed,
+    docs/benchmarks.md), on every path in (a protocol's resize too): timm's logits in the
+    default order, timm's weights untouched."""
     from spurcli_effnet_lite import VARIANTS, build
 
     from spurcli.imagenet import IMAGENET_EVAL
-    from spurcli.preprocess import preprocessed
+    from spurcli.preprocess import NormalisedOnly, preprocessed
 
-    effnet, extractor = loaded(name).module, extractors().load(name).module
-    assert effnet.channels_last and extractor.channels_last
-    seen = []
-    hook = effnet.net.conv_stem.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    classifier, extractor = loaded(name).module, extractors().load(name).module
     x = photo("chelsea")
-    with torch.no_grad():
-        got = effnet(x)
-    hook.remove()
-    assert seen[0].is_contiguous(memory_format=torch.channels_last)
-    assert not seen[0].is_contiguous()
-    assert all(w.is_contiguous() for w in effnet.net.state_dict().values())  # savable as is
+    calls = {
+        "classifier": (classifier, x),
+        "protocol": (NormalisedOnly(classifier), torch.rand(2, 3, 224, 224)),
+        "extractor": (extractor, x),
+    }
+    outputs = {}
+    for path, (model, images) in calls.items():
+        seen: list[torch.Tensor] = []
+        stem = model.model.net if path == "protocol" else model.net
+        stem = stem.net if path == "extractor" else stem  # PreLogits holds timm's network
+        hook = stem.conv_stem.register_forward_pre_hook(lambda _, args, s=seen: s.append(args[0]))
+        try:
+            with torch.no_grad():
+                outputs[path] = model(images)
+        finally:
+            hook.remove()
+        assert seen[0].is_contiguous(memory_format=torch.channels_last), path
+        assert not seen[0].is_contiguous(), path
+    assert all(w.is_contiguous() for w in classifier.net.state_dict().values())  # savable
     with torch.no_grad():
         want = preprocessed(build(VARIANTS[name], None), **IMAGENET_EVAL)(x)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs["classifier"], want, rtol=1e-4, atol=1e-4)
 
 
 def test_folding_refuses_a_norm_that_does_not_follow_its_convolution():

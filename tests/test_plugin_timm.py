@@ -285,3 +285,26 @@ def test_the_old_import_path_still_gives_the_core_wrapper():
     assert spurcli_timm.preprocessed is preprocess.preprocessed
     assert spurcli_timm.Preprocessed is preprocess.Preprocessed
     assert spurcli_timm.IMAGENET_EVAL["crop_pct"] == 0.875
+
+
+def test_channels_last_is_a_cpu_memory_order_and_nothing_else():
+    """`Preprocessed(channels_last=True)` hands the network a channels-last batch on a CPU, the
+    default order on any other device (measured on CPUs only), and is off by default."""
+    seen: list[torch.Tensor] = []
+
+    class Record(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x)
+            return x
+
+    pre = preprocess.Preprocess((8, 8), mean=(0.5,) * 3, std=(0.5,) * 3)
+    fast = preprocess.Preprocessed(pre, Record(), channels_last=True)
+    plain = preprocess.Preprocessed(pre, Record())
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(fast(x), plain(x))
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert seen[1].is_contiguous()
+    meta = torch.empty(2, 3, 8, 8, device="meta")
+    assert fast.run_net(meta) is meta  # another device: handed over untouched
+    assert "channels_last=True" in repr(fast) and "channels_last" not in repr(plain)
+    assert preprocess.preprocessed(Record(), **spurcli_timm.IMAGENET_EVAL).channels_last is False
