@@ -223,13 +223,23 @@ def _spurcli_version() -> str | None:
 
 
 def make_scheduler(name: str, config: Any) -> Any:
-    """A diffusers scheduler by short name, configured like the pipeline's own."""
+    """A diffusers scheduler by short name, configured like the pipeline's own.
+
+    Never clips its x0 estimate: DDIM's and DDPM's `clip_sample` defaults to True, which is
+    right for pixels in [-1, 1] and wrong for latents (it greys every image). A config that does
+    not say (the embedded models', which copy SD 1.x's PNDM config) would get the default, and
+    diffusers' Stable Diffusion pipelines switch it off only when they are built, not when
+    ``pipe.scheduler`` is replaced, as `load_pipeline` does."""
     import diffusers
 
     key = name.lower()
     if key not in SCHEDULERS:
         raise UsageError(f"unknown scheduler '{name}'; choose from {', '.join(SCHEDULERS)}")
-    return getattr(diffusers, SCHEDULERS[key]).from_config(config)
+    scheduler_class = getattr(diffusers, SCHEDULERS[key])
+    scheduler = scheduler_class.from_config(config)
+    if getattr(scheduler.config, "clip_sample", False) is True:
+        scheduler = scheduler_class.from_config(config, clip_sample=False)
+    return scheduler
 
 
 TAESD_RANDOM = "random"
