@@ -170,3 +170,78 @@ def test_flag_mini_loads_by_name_from_its_committed_weights():
     image = pipe("a photo of grass", num_inference_steps=2, height=64, width=64,
                  output_type="np").images[0]  # fmt: skip
     assert image.shape == (64, 64, 3) and image.std() > 0.01
+
+
+SAMPLERS_RUN = """
+out = "out"
+replicates = 2
+model = "tiny"
+target = "flagpole"
+class_noun = "flag"
+instance_dir = "refs"
+seed = 3
+train_references = 2
+
+[finetune]
+extractor = "template-linear"
+extractor_weights = "random"
+sfsl_weight = 0.5
+
+[sample]
+n = 2
+steps = 3
+
+[compare]
+classifiers = ["template-linear"]
+weights = ["template-linear=random"]
+"""
+
+
+def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkeypatch, capsys):
+    """examples/flag_world/samplers.py: every training run's arms and the untuned model (its
+    prompts without [V]) under each scheduler, with the run's n, steps and seeds, where `spurcli
+    run` put them; the summary counts, per judge, the runs where SFSL reads above DreamBooth."""
+    import sys
+    from types import SimpleNamespace
+
+    samplers = script("samplers")
+    make_refs(tmp_path / "refs", 4)
+    (tmp_path / "run.toml").write_text(SAMPLERS_RUN)
+    made = []
+    reads = {"sfsl": [5], "dreambooth": [3], "untuned": [0]}  # per judge, as counted
+    monkeypatch.setattr(samplers, "sample", lambda cfg, pipe, model_ref: made.append(cfg))
+    monkeypatch.setattr(samplers, "resolve_model", str)
+    monkeypatch.setattr(samplers, "load_pipeline", lambda ref: f"pipeline of {ref}")
+    monkeypatch.setattr(
+        samplers, "counts", lambda folder, target, judges: reads[folder.parent.name]
+    )
+    monkeypatch.setattr(
+        samplers,
+        "load_classifiers",
+        lambda names, weights: [SimpleNamespace(name=n) for n in names],
+    )
+    argv = ["samplers.py", str(tmp_path / "run.toml"), "--schedulers", "ddim,euler"]
+    monkeypatch.setattr(sys, "argv", argv)
+    samplers.main()
+
+    out = tmp_path / "out"
+    models = {
+        out / "samplers" / "untuned" / "untuned": "tiny",
+        **{
+            out / "samplers" / f"replicate-{k}" / arm: str(out / f"replicate-{k}" / folder)
+            for k in (1, 2)
+            for arm, folder in (("sfsl", "finetune"), ("dreambooth", "finetune-dreambooth"))
+        },
+    }
+    assert sorted((c.out.parent, c.out.name) for c in made) == sorted(
+        (where, s) for where in models for s in ("ddim", "euler")
+    )
+    for cfg in made:
+        assert cfg.model == models[cfg.out.parent] and cfg.scheduler == cfg.out.name
+        assert (cfg.n, cfg.steps, cfg.seed) == (2, 3, 3)
+        untuned = cfg.model == "tiny"
+        assert cfg.prompts == ["a photo of flag" if untuned else "a photo of [V] flag"]
+    printed = capsys.readouterr().out
+    assert "euler    untuned 0  sfsl 5, 5  dreambooth 3, 3" in printed
+    assert "ddim     template-linear 2/0/0" in printed
+    assert samplers.sign_counts([2, 0, -1, 0]) == "1/2/1"
