@@ -200,25 +200,26 @@ weights = ["template-linear=random"]
 def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkeypatch, capsys):
     """examples/flag_world/samplers.py: every training run's arms and the untuned model (its
     prompts without [V]) under each scheduler, with the run's n, steps and seeds, where `spurcli
-    run` put them; the summary counts, per judge, the runs where SFSL reads above DreamBooth."""
+    run` put them; every verdict in hits.json; rates, the paired difference and the runs' signs
+    from spurcli's cluster bootstrap; `--pool` puts several files' runs together."""
     import sys
     from types import SimpleNamespace
+
+    from spurcli.evaluate.clustered import cluster_difference
 
     samplers = script("samplers")
     make_refs(tmp_path / "refs", 4)
     (tmp_path / "run.toml").write_text(SAMPLERS_RUN)
     made = []
-    reads = {"sfsl": [5], "dreambooth": [3], "untuned": [0]}  # per judge, as counted
+    verdicts = {"sfsl": [1, 1, 0], "dreambooth": [1, 0, 0], "untuned": [0, 0, 0]}
     monkeypatch.setattr(samplers, "sample", lambda cfg, pipe, model_ref: made.append(cfg))
     monkeypatch.setattr(samplers, "resolve_model", str)
     monkeypatch.setattr(samplers, "load_pipeline", lambda ref: f"pipeline of {ref}")
     monkeypatch.setattr(
-        samplers, "counts", lambda folder, target, judges: reads[folder.parent.name]
+        samplers, "hits", lambda out, target, judges: {"judge": verdicts[out.parent.name]}
     )
     monkeypatch.setattr(
-        samplers,
-        "load_classifiers",
-        lambda names, weights: [SimpleNamespace(name=n) for n in names],
+        samplers, "load_classifiers", lambda names, weights: [SimpleNamespace(name="judge")]
     )
     argv = ["samplers.py", str(tmp_path / "run.toml"), "--schedulers", "ddim,euler"]
     monkeypatch.setattr(sys, "argv", argv)
@@ -241,7 +242,37 @@ def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkey
         assert (cfg.n, cfg.steps, cfg.seed) == (2, 3, 3)
         untuned = cfg.model == "tiny"
         assert cfg.prompts == ["a photo of flag" if untuned else "a photo of [V] flag"]
+    saved = json.loads((out / "samplers" / "hits.json").read_text())
+    assert saved["target"] == 557 and saved["arms"] == ["sfsl", "dreambooth"]
+    assert saved["hits"]["euler"]["sfsl"] == {
+        f"replicate-{k}": {"judge": [1, 1, 0]} for k in (1, 2)
+    }
     printed = capsys.readouterr().out
-    assert "euler    untuned 0  sfsl 5, 5  dreambooth 3, 3" in printed
-    assert "ddim     template-linear 2/0/0" in printed
+    line = next(x for x in printed.splitlines() if x.startswith("euler    judge "))
+    assert "untuned 0.00 [0.00, 0.00] (0)  sfsl 0.67 [" in line
+    assert "(2, 2)  dreambooth 0.33 [" in printed
+    diff = cluster_difference(
+        *[[np.array(verdicts[a])] * 2 for a in ("sfsl", "dreambooth")],
+        paired=True,
+        resamples=1000,
+        seed=0,
+    )
+    assert f"sfsl-dreambooth +0.333 [{diff['delta_ci'][0]:+.2f}, " in printed
+    assert f"p={diff['p_value']:.3f}  runs above/level/below 2/0/0" in printed
+
+    other = json.loads(json.dumps(saved))  # a second seed set, DreamBooth ahead in its runs
+    other["hits"]["euler"]["dreambooth"] = {"replicate-1": {"judge": [1, 1, 1]}}
+    other["hits"]["euler"]["sfsl"] = {"replicate-1": {"judge": [0, 0, 0]}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    argv = [
+        "samplers.py",
+        "--pool",
+        str(out / "samplers" / "hits.json"),
+        str(tmp_path / "other.json"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    samplers.main()
+    printed = capsys.readouterr().out
+    assert "untuned 0.00 [0.00, 0.00] (0, 0)  sfsl 0.44 [" in printed  # 4 of 9
+    assert "runs above/level/below 2/0/1" in printed
     assert samplers.sign_counts([2, 0, -1, 0]) == "1/2/1"
