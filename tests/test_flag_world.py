@@ -199,9 +199,10 @@ weights = ["template-linear=random"]
 
 def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkeypatch, capsys):
     """examples/flag_world/samplers.py: every training run's arms and the untuned model (its
-    prompts without [V]) under each scheduler, with the run's n, steps and seeds, where `spurcli
-    run` put them; every verdict in hits.json; rates, the paired difference and the runs' signs
-    from spurcli's cluster bootstrap; `--pool` puts several files' runs together."""
+    prompts without [V]) under each scheduler, sampled as `spurcli run` sampled them (its model,
+    n, steps and seeds); every verdict in hits.json, run k of one arm beside run k of the other;
+    rates, the paired difference and the runs' count from spurcli's statistics; `--pool` puts
+    several files' runs together."""
     import sys
     from types import SimpleNamespace
 
@@ -211,13 +212,27 @@ def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkey
     make_refs(tmp_path / "refs", 4)
     (tmp_path / "run.toml").write_text(SAMPLERS_RUN)
     made = []
-    verdicts = {"sfsl": [1, 1, 0], "dreambooth": [1, 0, 0], "untuned": [0, 0, 0]}
-    monkeypatch.setattr(samplers, "sample", lambda cfg, pipe, model_ref: made.append(cfg))
-    monkeypatch.setattr(samplers, "resolve_model", str)
+    verdicts = {  # (folder of the run, set) -> judge's verdict per image: each run its own
+        ("replicate-1", "sfsl"): [1, 1],
+        ("replicate-1", "dreambooth"): [1, 0],
+        ("replicate-2", "sfsl"): [1, 0],
+        ("replicate-2", "dreambooth"): [0, 0],
+        ("untuned", "baseline"): [0, 0],
+    }
+
+    def fake_sample(cfg, pipe, model_ref):
+        made.append((cfg, pipe, model_ref))
+        return SimpleNamespace(files=["x/000000.png", "x/000001.png"])
+
+    def fake_hits(out, files, target, judges, options):
+        assert files == ["x/000000.png", "x/000001.png"] and target == 557
+        assert options.classifiers == ["template-linear"]  # scored as the run scores
+        return {"judge": verdicts[out.parent.parent.name, out.parent.name]}
+
+    monkeypatch.setattr(samplers, "sample", fake_sample)
+    monkeypatch.setattr(samplers, "hits", fake_hits)
+    monkeypatch.setattr(samplers, "resolve_model", lambda model, revision: f"ref {model}")
     monkeypatch.setattr(samplers, "load_pipeline", lambda ref: f"pipeline of {ref}")
-    monkeypatch.setattr(
-        samplers, "hits", lambda out, target, judges: {"judge": verdicts[out.parent.name]}
-    )
     monkeypatch.setattr(
         samplers, "load_classifiers", lambda names, weights: [SimpleNamespace(name="judge")]
     )
@@ -227,52 +242,78 @@ def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkey
 
     out = tmp_path / "out"
     models = {
-        out / "samplers" / "untuned" / "untuned": "tiny",
+        out / "samplers" / "untuned" / "baseline": "tiny",
         **{
             out / "samplers" / f"replicate-{k}" / arm: str(out / f"replicate-{k}" / folder)
             for k in (1, 2)
             for arm, folder in (("sfsl", "finetune"), ("dreambooth", "finetune-dreambooth"))
         },
     }
-    assert sorted((c.out.parent, c.out.name) for c in made) == sorted(
+    assert sorted((c.out.parent, c.out.name) for c, _, _ in made) == sorted(
         (where, s) for where in models for s in ("ddim", "euler")
     )
-    for cfg in made:
+    for cfg, pipe, ref in made:
         assert cfg.model == models[cfg.out.parent] and cfg.scheduler == cfg.out.name
+        assert ref == f"ref {cfg.model}" and pipe == f"pipeline of {ref}"
         assert (cfg.n, cfg.steps, cfg.seed) == (2, 3, 3)
         untuned = cfg.model == "tiny"
         assert cfg.prompts == ["a photo of flag" if untuned else "a photo of [V] flag"]
     saved = json.loads((out / "samplers" / "hits.json").read_text())
     assert saved["target"] == 557 and saved["arms"] == ["sfsl", "dreambooth"]
-    assert saved["hits"]["euler"]["sfsl"] == {
-        f"replicate-{k}": {"judge": [1, 1, 0]} for k in (1, 2)
+    assert saved["hits"]["euler"]["dreambooth"] == {
+        "replicate-1": {"judge": [1, 0]},
+        "replicate-2": {"judge": [0, 0]},
     }
-    printed = capsys.readouterr().out
-    line = next(x for x in printed.splitlines() if x.startswith("euler    judge "))
-    assert "untuned 0.00 [0.00, 0.00] (0)  sfsl 0.67 [" in line
-    assert "(2, 2)  dreambooth 0.33 [" in printed
-    diff = cluster_difference(
-        *[[np.array(verdicts[a])] * 2 for a in ("sfsl", "dreambooth")],
-        paired=True,
-        resamples=1000,
-        seed=0,
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("euler    judge"))
+    assert (
+        "baseline 0.00 [0.00, 0.00] (0)  sfsl 0.75 [" in line and "(2, 1)  dreambooth 0.25" in line
     )
-    assert f"sfsl-dreambooth +0.333 [{diff['delta_ci'][0]:+.2f}, " in printed
-    assert f"p={diff['p_value']:.3f}  runs above/level/below 2/0/0" in printed
+    runs = [[np.array(verdicts[f"replicate-{k}", arm]) for k in (1, 2)] for arm in saved["arms"]]
+    diff = cluster_difference(*runs, paired=True, resamples=saved["resamples"], seed=0)
+    low, high = diff["delta_ci"]
+    assert f"sfsl-dreambooth +0.500 [{low:+.2f}, {high:+.2f}] p={diff['p_value']:.3f}" in line
+    assert line.endswith("runs 2+ 0- of 2")
 
-    other = json.loads(json.dumps(saved))  # a second seed set, DreamBooth ahead in its runs
-    other["hits"]["euler"]["dreambooth"] = {"replicate-1": {"judge": [1, 1, 1]}}
-    other["hits"]["euler"]["sfsl"] = {"replicate-1": {"judge": [0, 0, 0]}}
+    other = json.loads(json.dumps(saved))  # another seed set, DreamBooth ahead in its one run
+    other["hits"]["euler"]["dreambooth"] = {"replicate-1": {"judge": [1, 1]}}
+    other["hits"]["euler"]["sfsl"] = {"replicate-1": {"judge": [0, 0]}}
     (tmp_path / "other.json").write_text(json.dumps(other))
-    argv = [
-        "samplers.py",
-        "--pool",
-        str(out / "samplers" / "hits.json"),
-        str(tmp_path / "other.json"),
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
+    pooled = ["--pool", str(out / "samplers" / "hits.json"), str(tmp_path / "other.json")]
+    monkeypatch.setattr(sys, "argv", ["samplers.py", *pooled])
     samplers.main()
-    printed = capsys.readouterr().out
-    assert "untuned 0.00 [0.00, 0.00] (0, 0)  sfsl 0.44 [" in printed  # 4 of 9
-    assert "runs above/level/below 2/0/1" in printed
-    assert samplers.sign_counts([2, 0, -1, 0]) == "1/2/1"
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("euler    judge"))
+    assert "baseline 0.00 [0.00, 0.00] (0, 0)  sfsl 0.50 [" in line  # 3 of 6
+    assert line.endswith("runs 2+ 1- of 3")
+    other["hits"]["euler"]["sfsl"] = {"replicate-9": {"judge": [0, 0]}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="dreambooth's runs"):
+        samplers.main()  # a run of one arm without its partner in the other
+
+
+def test_samplers_judges_only_the_sets_images_in_file_order(tmp_path, monkeypatch):
+    """`hits` scores the images this sample request made (not a stale one beside them), in
+    file-name order (the pairing of two arms' images), and stops on an unreadable one."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    samplers = script("samplers")
+    for name in ("000001", "000000", "000002"):  # 000002: left by an earlier, larger n
+        (tmp_path / "p").mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "p" / f"{name}.png")
+    scored = []
+
+    def fake_score(items, judges, options, readable=None):
+        scored.append([item.name for item in items])
+        n = len(items) if readable is None else readable
+        top1 = np.array([[557, 3][:n]])  # image 0 read as the target, image 1 not
+        return SimpleNamespace(index=np.arange(n), per_image=SimpleNamespace(top1=top1))
+
+    monkeypatch.setattr(samplers, "score_items", fake_score)
+    files = ["p/000001.png", "p/000000.png"]
+    judges = [SimpleNamespace(name="judge")]
+    assert samplers.hits(tmp_path, files, 557, judges, None) == {"judge": [1, 0]}
+    assert scored == [["p/000000.png", "p/000001.png"]]
+    monkeypatch.setattr(samplers, "score_items", lambda *a: fake_score(*a, readable=1))
+    with pytest.raises(SystemExit, match="1 of the images unreadable"):
+        samplers.hits(tmp_path, files, 557, judges, None)

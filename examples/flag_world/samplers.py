@@ -17,12 +17,14 @@ ddim, pndm, dpm, euler, euler-a and ddpm, into OUT/samplers/<run>/<arm>/<schedul
 model's own scheduler (pndm for the embedded models) gives back the run's own counts: the
 check that these are the run's images. Every image's verdict goes to OUT/samplers/hits.json.
 
-Prints, per scheduler and judge, each arm's rate pooled over the training runs with its 95%
+Prints, per scheduler and judge, each set's rate pooled over the training runs with its 95%
 two-stage cluster bootstrap interval and its count per run, SFSL - DreamBooth with its paired
-interval and bootstrap p (the run's statistics, 1,000 resamples, not Holm-adjusted: one look per
-sampler), and in how many runs the SFSL arm reads above, level with and below DreamBooth.
-`--pool` does the same over the runs of several such files (independent training runs: other
-seeds and splits), each file's untuned set one more cluster of the baseline.
+interval and bootstrap p (the run's statistics and resample count, bootstrap seed 0, so the
+model's own scheduler's interval can differ a little from the report's; descriptive figures, not
+adjusted for the 6 x judges looks), and in how many runs the SFSL arm reads higher and lower
+(the report's runs column). `--pool` does the same over the runs of several such files
+(independent training runs: other seeds and splits), each file's untuned set one more cluster.
+Recontextualised sets are left out.
 """
 
 from __future__ import annotations
@@ -37,28 +39,30 @@ import numpy as np
 
 from spurcli import console
 from spurcli.evaluate.clustered import cluster_difference, cluster_rate
-from spurcli.evaluate.config import ImagePass
 from spurcli.evaluate.imagepass import find_items, score_items
-from spurcli.experiment.plan import load_experiment
+from spurcli.experiment.plan import BASELINE, load_experiment
+from spurcli.experiment.stages import sample_config
+from spurcli.experiment.summary import runs_ahead
 from spurcli.fileio import write_json
 from spurcli.generate.config import SCHEDULERS
 from spurcli.generate.pipelines import load_pipeline, resolve_model
-from spurcli.generate.prompts import without_identifier
 from spurcli.generate.sample import sample
 from spurcli.imagenet import resolve_class
 from spurcli.plugins import load_classifiers, parse_weights
 
-BASE = "untuned"
-RESAMPLES, SEED = 1000, 0  # as `spurcli run` bootstraps
+UNTUNED = "untuned"  # the baseline's run label: one set serves every training run
+SEED = 0  # the bootstrap's
 
 
-def hits(folder: Path, target: int, judges: list) -> dict[str, list[int]]:
-    """Judge -> 1 where its top-1 calls ``target``, per image below ``folder`` in file-name
-    order (image i of two arms of one run shares its seed: the pairing)."""
-    items = sorted(find_items(folder, target, real=False), key=lambda item: item.name)
-    found = score_items(items, judges, ImagePass(device="cpu"))
-    if found.skipped:  # a missing image would shift the pairing
-        raise SystemExit(f"unreadable: {found.skipped[0][1]}")
+def hits(folder: Path, files: list[str], target: int, judges: list, options: Any) -> dict:
+    """Judge -> 1 where its top-1 calls ``target``, for each of ``files`` (the set's images,
+    relative to ``folder``) in file-name order: image i of two arms of one run shares its seed,
+    the pairing. Scored as the run scores (``options``: its [compare] settings)."""
+    wanted = set(files)
+    items = [item for item in find_items(folder, target, real=False) if item.name in wanted]
+    found = score_items(items, judges, options)
+    if len(found.index) != len(wanted):  # a missing image would shift the pairing
+        raise SystemExit(f"{folder}: {len(wanted) - len(found.index)} of the images unreadable")
     rows = zip(judges, found.per_image.top1, strict=True)
     return {judge.name: [int(x) for x in row == target] for judge, row in rows}
 
@@ -68,31 +72,32 @@ def resample(config: Path, sets: list[str], schedulers: list[str]) -> dict[str, 
     exp = load_experiment(config, sets)
     target = resolve_class(exp.config.target).index
     judges = load_classifiers(exp.compare.classifiers, parse_weights(exp.compare.weights))
-    models = {(BASE, BASE): exp.finetune.model}  # (run, arm) -> model; the base model once
-    for run in exp.replicates():
-        label = f"replicate-{run.replicate}" if run.replicate else "run"
-        for arm, cfg in run.arms().items():
-            models[label, arm] = str(cfg.output_dir)
+    runs = exp.replicates()
+    arms = list(runs[0].arms())
     verdicts: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in schedulers}
-    for (label, arm), model in models.items():
-        prompts = list(exp.sample.prompts)
-        if arm == BASE:
-            prompts = [without_identifier(p) for p in prompts]
-        ref = resolve_model(model)
-        pipe = load_pipeline(ref)  # once per model: each scheduler gets its own pipeline object
-        for scheduler in schedulers:
-            out = exp.out / "samplers" / label / arm / scheduler
-            cfg = replace(exp.sample, model=model, prompts=prompts, out=out, scheduler=scheduler)
-            sample(cfg, pipe=pipe, model_ref=ref)
-            found = hits(out, target, judges)
-            verdicts[scheduler].setdefault(arm, {})[label] = found
-            print(f"{label:12s} {arm:11s} {scheduler:8s}", *map(sum, found.values()), flush=True)
+    for run in runs:
+        label = f"replicate-{run.replicate}" if run.replicate else "run"
+        for name in [*arms, BASELINE]:
+            if name not in run.sample_sets() or (name == BASELINE and run is not runs[0]):
+                continue  # the untuned model's images are the same for every run
+            where = UNTUNED if name == BASELINE else label
+            wanted = sample_config(run, name)  # the run's model, prompts, seeds, revision
+            ref = resolve_model(wanted.model, wanted.revision)
+            pipe = load_pipeline(ref)  # once per model: each scheduler gets its own pipeline
+            for scheduler in schedulers:
+                out = exp.out / "samplers" / where / name / scheduler
+                cfg = replace(wanted, out=out, scheduler=scheduler)
+                made = sample(cfg, pipe=pipe, model_ref=ref)
+                found = hits(out, made.files, target, judges, exp.compare)
+                verdicts[scheduler].setdefault(name, {})[where] = found
+                print(f"{where:12s} {name:11s} {scheduler:8s}", *map(sum, found.values()))
     result = {
         "config": str(config),
         "sets": sets,
         "target": target,
         "judges": [judge.name for judge in judges],
-        "arms": list(exp.replicates()[0].arms()),
+        "arms": arms,
+        "resamples": exp.compare.bootstrap,
         "hits": verdicts,
     }
     write_json(exp.out / "samplers" / "hits.json", result)
@@ -100,14 +105,19 @@ def resample(config: Path, sets: list[str], schedulers: list[str]) -> dict[str, 
 
 
 def pool(files: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several hits.json files as one: their runs side by side (numbered by file), each file's
-    untuned set one run of the baseline."""
+    """Several hits.json files as one: their runs side by side (labelled by file number), each
+    file's untuned set one run of the baseline."""
     first = files[0]
     for other in files[1:]:
-        for key in ("target", "judges", "arms"):
+        for key in ("target", "judges", "arms", "resamples"):
             if other[key] != first[key]:
                 raise SystemExit(f"the files differ in {key}: {first[key]} against {other[key]}")
-    schedulers = [s for s in first["hits"] if all(s in f["hits"] for f in files)]
+    schedulers = list(first["hits"])
+    for f in files[1:]:
+        if list(f["hits"]) != schedulers:
+            raise SystemExit(
+                f"the files' schedulers differ: {schedulers} against {list(f['hits'])}"
+            )
     verdicts: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in schedulers}
     for k, f in enumerate(files, start=1):
         for scheduler in schedulers:
@@ -119,36 +129,32 @@ def pool(files: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarise(result: dict[str, Any]) -> list[str]:
     """The table described in the module docstring, one line per scheduler and judge."""
-    sfsl, dreambooth = result["arms"]
+    arms, resamples = result["arms"], result["resamples"]
     lines = [f"images read as {result['target']}: rate [95% interval] (count per run)"]
-    for scheduler, arms in result["hits"].items():
+    for scheduler, found in result["hits"].items():
+        labels = list(found[arms[0]])
+        for arm in arms[1:]:
+            if list(found[arm]) != labels:  # run k of one arm pairs with run k of the other
+                raise SystemExit(f"{scheduler}: {arm}'s runs {list(found[arm])}, not {labels}")
         for judge in result["judges"]:
-            runs = {arm: [np.array(found[judge]) for found in arms[arm].values()] for arm in arms}
+            runs = {name: [np.array(v[judge]) for v in found[name].values()] for name in found}
             cells = [f"{scheduler:8s} {judge:14s}"]
-            for arm in (BASE, sfsl, dreambooth):
-                rate = cluster_rate(runs[arm], RESAMPLES, SEED)
-                low, high = rate["ci"]
-                counts = ", ".join(str(int(r.sum())) for r in runs[arm])
-                cells.append(f"{arm} {rate['rate']:.2f} [{low:.2f}, {high:.2f}] ({counts})")
-            diff = cluster_difference(
-                runs[sfsl], runs[dreambooth], paired=True, resamples=RESAMPLES, seed=SEED
-            )
-            low, high = diff["delta_ci"]
-            cells.append(
-                f"{sfsl}-{dreambooth} {diff['delta']:+.3f} [{low:+.2f}, {high:+.2f}] "
-                f"p={diff['p_value']:.3f}"
-            )
-            pairs = zip(runs[sfsl], runs[dreambooth], strict=True)
-            each = [int(a.sum()) - int(b.sum()) for a, b in pairs]
-            cells.append(f"runs above/level/below {sign_counts(each)}")
+            for name in [BASELINE, *arms]:
+                if name in runs:
+                    rate = cluster_rate(runs[name], resamples, SEED)
+                    low, high = rate["ci"]
+                    counts = ", ".join(str(int(r.sum())) for r in runs[name])
+                    cells.append(f"{name} {rate['rate']:.2f} [{low:.2f}, {high:.2f}] ({counts})")
+            if len(arms) == 2:
+                a, b = (runs[arm] for arm in arms)
+                diff = cluster_difference(a, b, paired=True, resamples=resamples, seed=SEED)
+                low, high = diff["delta_ci"]
+                cells.append(
+                    f"{arms[0]}-{arms[1]} {diff['delta']:+.3f} [{low:+.2f}, {high:+.2f}] "
+                    f"p={diff['p_value']:.3f}  runs {runs_ahead(diff['per_run'])}"
+                )
             lines.append("  ".join(cells))
     return lines
-
-
-def sign_counts(differences: list[int]) -> str:
-    """above/level/below: how many differences are positive, zero and negative."""
-    signs = [sum(d > 0 for d in differences), differences.count(0), sum(d < 0 for d in differences)]
-    return "/".join(map(str, signs))
 
 
 def main() -> None:

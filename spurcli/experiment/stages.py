@@ -158,8 +158,9 @@ def finetune_stage(exp: Experiment, arm: str, stages: Stages, *, retrain: bool =
     stages.ran(name, why or "not made yet")
 
 
-def _sample_config(exp: Experiment, name: str) -> Any:
-
+def sample_config(exp: Experiment, name: str) -> Any:
+    """How set ``name`` is sampled: its model (an arm's run, or the base model at the run's
+    revision), prompts, seeds and folder (examples/flag_world/samplers.py samples it again)."""
     arm, prompts = exp.sample_sets()[name]
     model = exp.arms()[arm].output_dir if arm else exp.config.model
     revision = None if arm else base_revision(exp)  # an arm's run is identified by its hashes
@@ -207,7 +208,7 @@ def sample_stage(exp: Experiment, stages: Stages) -> None:
 
     pipes: dict[str | None, Any] = {}
     for name, (arm, prompts) in exp.sample_sets().items():
-        config = _sample_config(exp, name)
+        config = sample_config(exp, name)
         ref = resolve_model(config.model, config.revision)
         manifest = Path(config.out) / MANIFEST
         stamp = {
