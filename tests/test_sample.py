@@ -182,6 +182,22 @@ def test_a_chosen_scheduler_never_clips_the_latents(tiny_pipe):
     assert load_pipeline("tiny", scheduler="ddim").scheduler.config.clip_sample is False
 
 
+def test_a_folder_sampled_with_clipped_latents_is_not_continued(tmp_path, tiny_pipe):
+    """Images made by DDIM before `make_scheduler` switched clip_sample off were greyed: a
+    folder of them (its records without clip_sample) is not continued with unclipped ones."""
+    out = tmp_path / "s"
+    sample(config(out, n=1, scheduler="ddim"), pipe=tiny_pipe)
+    lines = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    assert {r["clip_sample"] for r in lines} == {False}
+    for record in lines:  # as a version before the fix wrote them
+        record.pop("clip_sample")
+    (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(SpurcliError, match="made with clip_sample=None, not False"):
+        sample(config(out, n=2, scheduler="ddim"), pipe=tiny_pipe)
+    sample(config(tmp_path / "p", n=1), pipe=tiny_pipe)  # PNDM has no such setting
+    assert not any("clip_sample" in r for r in read_manifest(tmp_path / "p").values())
+
+
 def test_finetune_run_supplies_the_identifier(tmp_path, tiny_pipe, caplog):
     from spurcli.generate.pipelines import resolve_model
 

@@ -82,6 +82,7 @@ IDENTITY = (
     "steps",
     "guidance",
     "scheduler",
+    "clip_sample",  # DDIM's and DDPM's: clipped latents, another (greyed) image
     "model",
     "height",
     "width",
@@ -297,6 +298,9 @@ def _sample(
         # Recorded, not compared: a finished image made from other weights is not detected.
         "model_id": model_identity(ref) if ref is not None else None,
     }
+    clipping = getattr(pipe.scheduler.config, "clip_sample", None)
+    if clipping is not None:  # recorded where the scheduler has it: images made before
+        settings["clip_sample"] = bool(clipping)  # `make_scheduler` unclipped them differ
 
     # Rank 0 repairs the manifest; then every process reads the same state from disk.
     if procs.is_main:
