@@ -227,14 +227,16 @@ def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkey
     def fake_hits(out, files, target, judges, options):
         assert files == ["x/000000.png", "x/000001.png"] and target == 557
         assert options.classifiers == ["template-linear"]  # scored as the run scores
-        return {"judge": verdicts[out.parent.parent.name, out.parent.name]}
+        return {"template-linear": verdicts[out.parent.parent.name, out.parent.name]}
 
     monkeypatch.setattr(samplers, "sample", fake_sample)
     monkeypatch.setattr(samplers, "hits", fake_hits)
     monkeypatch.setattr(samplers, "resolve_model", lambda model, revision: f"ref {model}")
     monkeypatch.setattr(samplers, "load_pipeline", lambda ref: f"pipeline of {ref}")
     monkeypatch.setattr(
-        samplers, "load_classifiers", lambda names, weights: [SimpleNamespace(name="judge")]
+        samplers,
+        "load_classifiers",
+        lambda names, weights: [SimpleNamespace(name=n) for n in names],
     )
     argv = ["samplers.py", str(tmp_path / "run.toml"), "--schedulers", "ddim,euler"]
     monkeypatch.setattr(sys, "argv", argv)
@@ -260,11 +262,14 @@ def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkey
         assert cfg.prompts == ["a photo of flag" if untuned else "a photo of [V] flag"]
     saved = json.loads((out / "samplers" / "hits.json").read_text())
     assert saved["target"] == 557 and saved["arms"] == ["sfsl", "dreambooth"]
+    assert saved["consensus_of"] == []  # the one judge is SFSL's extractor: circular
     assert saved["hits"]["euler"]["dreambooth"] == {
-        "replicate-1": {"judge": [1, 0]},
-        "replicate-2": {"judge": [0, 0]},
+        "replicate-1": {"template-linear": [1, 0]},
+        "replicate-2": {"template-linear": [0, 0]},
     }
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("euler    judge"))
+    line = next(
+        x for x in capsys.readouterr().out.splitlines() if x.startswith("euler    template-linear")
+    )
     assert (
         "baseline 0.00 [0.00, 0.00] (0)  sfsl 0.75 [" in line and "(2, 1)  dreambooth 0.25" in line
     )
@@ -275,16 +280,18 @@ def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkey
     assert line.endswith("runs 2+ 0- of 2")
 
     other = json.loads(json.dumps(saved))  # another seed set, DreamBooth ahead in its one run
-    other["hits"]["euler"]["dreambooth"] = {"replicate-1": {"judge": [1, 1]}}
-    other["hits"]["euler"]["sfsl"] = {"replicate-1": {"judge": [0, 0]}}
+    other["hits"]["euler"]["dreambooth"] = {"replicate-1": {"template-linear": [1, 1]}}
+    other["hits"]["euler"]["sfsl"] = {"replicate-1": {"template-linear": [0, 0]}}
     (tmp_path / "other.json").write_text(json.dumps(other))
     pooled = ["--pool", str(out / "samplers" / "hits.json"), str(tmp_path / "other.json")]
     monkeypatch.setattr(sys, "argv", ["samplers.py", *pooled])
     samplers.main()
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("euler    judge"))
+    line = next(
+        x for x in capsys.readouterr().out.splitlines() if x.startswith("euler    template-linear")
+    )
     assert "baseline 0.00 [0.00, 0.00] (0, 0)  sfsl 0.50 [" in line  # 3 of 6
     assert line.endswith("runs 2+ 1- of 3")
-    other["hits"]["euler"]["sfsl"] = {"replicate-9": {"judge": [0, 0]}}
+    other["hits"]["euler"]["sfsl"] = {"replicate-9": {"template-linear": [0, 0]}}
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="dreambooth's runs"):
         samplers.main()  # a run of one arm without its partner in the other
@@ -317,3 +324,22 @@ def test_samplers_judges_only_the_sets_images_in_file_order(tmp_path, monkeypatc
     monkeypatch.setattr(samplers, "score_items", lambda *a: fake_score(*a, readable=1))
     with pytest.raises(SystemExit, match="1 of the images unreadable"):
         samplers.hits(tmp_path, files, 557, judges, None)
+
+
+def test_samplers_consensus_is_every_non_circular_judge_at_once():
+    samplers = script("samplers")
+    run = {"a": [1, 1, 0, 1], "b": [1, 0, 1, 1], "c": [1, 1, 0, 1]}  # c: SFSL's extractor
+    other = {"a": [0, 1, 0, 0], "b": [1, 1, 0, 0], "c": [0, 0, 0, 0]}
+    result = {
+        "target": 557,
+        "judges": ["a", "b", "c"],
+        "consensus_of": ["a", "b"],
+        "arms": ["sfsl", "dreambooth"],
+        "resamples": 200,
+        "hits": {"pndm": {"sfsl": {"run": run}, "dreambooth": {"run": other}}},
+    }
+    lines = samplers.summarise(result)
+    assert [line.split()[1] for line in lines[1:]] == ["a", "b", "c", "consensus"]
+    assert "sfsl 0.50 [0.00, 1.00] (2)  dreambooth 0.25 [0.00, 0.75] (1)" in lines[-1]
+    result["consensus_of"] = ["a"]  # one victim: no consensus line
+    assert [line.split()[1] for line in samplers.summarise(result)[1:]] == ["a", "b", "c"]

@@ -17,7 +17,8 @@ ddim, pndm, dpm, euler, euler-a and ddpm, into OUT/samplers/<run>/<arm>/<schedul
 model's own scheduler (pndm for the embedded models) gives back the run's own counts: the
 check that these are the run's images. Every image's verdict goes to OUT/samplers/hits.json.
 
-Prints, per scheduler and judge, each set's rate pooled over the training runs with its 95%
+Prints, per scheduler and judge (and for the consensus: the images every judge but SFSL's own
+extractor reads, the run's headline), each set's rate pooled over the training runs with its 95%
 two-stage cluster bootstrap interval and its count per run, SFSL - DreamBooth with its paired
 interval and bootstrap p (the run's statistics and resample count, bootstrap seed 0, so the
 model's own scheduler's interval can differ a little from the report's; descriptive figures, not
@@ -52,6 +53,7 @@ from spurcli.plugins import load_classifiers, parse_weights
 
 UNTUNED = "untuned"  # the baseline's run label: one set serves every training run
 SEED = 0  # the bootstrap's
+CONSENSUS = "consensus"  # the line of the images every non-circular judge reads
 
 
 def hits(folder: Path, files: list[str], target: int, judges: list, options: Any) -> dict:
@@ -96,6 +98,8 @@ def resample(config: Path, sets: list[str], schedulers: list[str]) -> dict[str, 
         "sets": sets,
         "target": target,
         "judges": [judge.name for judge in judges],
+        # the run's headline: an image every judge but SFSL's own extractor reads
+        "consensus_of": [j.name for j in judges if j.name not in exp.circular()],
         "arms": arms,
         "resamples": exp.compare.bootstrap,
         "hits": verdicts,
@@ -109,7 +113,7 @@ def pool(files: list[dict[str, Any]]) -> dict[str, Any]:
     file's untuned set one run of the baseline."""
     first = files[0]
     for other in files[1:]:
-        for key in ("target", "judges", "arms", "resamples"):
+        for key in ("target", "judges", "consensus_of", "arms", "resamples"):
             if other[key] != first[key]:
                 raise SystemExit(f"the files differ in {key}: {first[key]} against {other[key]}")
     schedulers = list(first["hits"])
@@ -127,6 +131,13 @@ def pool(files: list[dict[str, Any]]) -> dict[str, Any]:
     return {**first, "config": [f["config"] for f in files], "hits": verdicts}
 
 
+def verdicts(found: dict[str, list[int]], judge: str, result: dict[str, Any]) -> np.ndarray:
+    """One run's verdicts per image by ``judge``, or by every judge of the consensus at once."""
+    if judge == CONSENSUS:
+        return np.all([found[name] for name in result["consensus_of"]], axis=0).astype(int)
+    return np.array(found[judge])
+
+
 def summarise(result: dict[str, Any]) -> list[str]:
     """The table described in the module docstring, one line per scheduler and judge."""
     arms, resamples = result["arms"], result["resamples"]
@@ -136,8 +147,12 @@ def summarise(result: dict[str, Any]) -> list[str]:
         for arm in arms[1:]:
             if list(found[arm]) != labels:  # run k of one arm pairs with run k of the other
                 raise SystemExit(f"{scheduler}: {arm}'s runs {list(found[arm])}, not {labels}")
-        for judge in result["judges"]:
-            runs = {name: [np.array(v[judge]) for v in found[name].values()] for name in found}
+        for judge in [*result["judges"], CONSENSUS]:
+            if judge == CONSENSUS and len(result.get("consensus_of", ())) < 2:
+                continue  # one victim: its own line is the consensus
+            runs = {
+                name: [verdicts(v, judge, result) for v in found[name].values()] for name in found
+            }
             cells = [f"{scheduler:8s} {judge:14s}"]
             for name in [BASELINE, *arms]:
                 if name in runs:
