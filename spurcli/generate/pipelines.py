@@ -228,8 +228,9 @@ def make_scheduler(name: str, config: Any) -> Any:
     Never clips its x0 estimate: DDIM's and DDPM's `clip_sample` defaults to True, which is
     right for pixels in [-1, 1] and wrong for latents (it greys every image). A config that does
     not say (the embedded models', which copy SD 1.x's PNDM config) would get the default, and
-    diffusers' Stable Diffusion pipelines switch it off only when they are built, not when
-    ``pipe.scheduler`` is replaced, as `load_pipeline` does."""
+    diffusers' Stable Diffusion pipelines switch it off (even where a config says True) only when
+    they are built, not when ``pipe.scheduler`` is replaced, as `load_pipeline` does; this does
+    the same here."""
     import diffusers
 
     key = name.lower()
