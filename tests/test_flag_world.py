@@ -236,13 +236,22 @@ def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkey
     monkeypatch.setattr(
         samplers,
         "load_classifiers",
-        lambda names, weights: [SimpleNamespace(name=n) for n in names],
+        lambda names, weights: [
+            SimpleNamespace(name=n, weights_id={"sha256": "ab"}) for n in names
+        ],
     )
     argv = ["samplers.py", str(tmp_path / "run.toml"), "--schedulers", "ddim,euler"]
     monkeypatch.setattr(sys, "argv", argv)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"summary\.json is missing: run `spurcli run"):
+        samplers.main()  # the consensus is the run's own decision: it must have ended
+    out.mkdir()  # the run decided its consensus (here, oddly, the circular judge alone)
+    (out / "summary.json").write_text(
+        json.dumps({"consensus": {"classifiers": ["template-linear"]}})
+    )
+    assert made == []  # refused before any sampling
     samplers.main()
 
-    out = tmp_path / "out"
     models = {
         out / "samplers" / "untuned" / "baseline": "tiny",
         **{
@@ -262,17 +271,18 @@ def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkey
         assert cfg.prompts == ["a photo of flag" if untuned else "a photo of [V] flag"]
     saved = json.loads((out / "samplers" / "hits.json").read_text())
     assert saved["target"] == 557 and saved["arms"] == ["sfsl", "dreambooth"]
-    assert saved["consensus_of"] == []  # the one judge is SFSL's extractor: circular
+    assert saved["consensus_of"] == ["template-linear"]  # as the run's summary has it
+    assert saved["weights"] == {"template-linear": {"sha256": "ab"}}
     assert saved["hits"]["euler"]["dreambooth"] == {
         "replicate-1": {"template-linear": [1, 0]},
         "replicate-2": {"template-linear": [0, 0]},
     }
-    line = next(
-        x for x in capsys.readouterr().out.splitlines() if x.startswith("euler    template-linear")
-    )
-    assert (
-        "baseline 0.00 [0.00, 0.00] (0)  sfsl 0.75 [" in line and "(2, 1)  dreambooth 0.25" in line
-    )
+    printed = capsys.readouterr().out.splitlines()
+    assert 'template-linear: {"sha256": "ab"}' in printed  # the weights behind every figure
+    line = next(x for x in printed if x.startswith("euler    template-linear"))
+    assert "baseline 0.00 [0.00, 0.00] (0/2)  sfsl 0.75 [" in line
+    assert "(2/2, 1/2)  dreambooth 0.25" in line
+    assert not any(x.startswith("euler    consensus") for x in printed)  # one member
     runs = [[np.array(verdicts[f"replicate-{k}", arm]) for k in (1, 2)] for arm in saved["arms"]]
     diff = cluster_difference(*runs, paired=True, resamples=saved["resamples"], seed=0)
     low, high = diff["delta_ci"]
@@ -289,7 +299,7 @@ def test_samplers_resamples_each_run_and_arm_as_the_run_sampled(tmp_path, monkey
     line = next(
         x for x in capsys.readouterr().out.splitlines() if x.startswith("euler    template-linear")
     )
-    assert "baseline 0.00 [0.00, 0.00] (0, 0)  sfsl 0.50 [" in line  # 3 of 6
+    assert "baseline 0.00 [0.00, 0.00] (0/2, 0/2)  sfsl 0.50 [" in line  # 3 of 6
     assert line.endswith("runs 2+ 1- of 3")
     other["hits"]["euler"]["sfsl"] = {"replicate-9": {"template-linear": [0, 0]}}
     (tmp_path / "other.json").write_text(json.dumps(other))
@@ -333,13 +343,15 @@ def test_samplers_consensus_is_every_non_circular_judge_at_once():
     result = {
         "target": 557,
         "judges": ["a", "b", "c"],
+        "weights": {"a": "random", "b": "random", "c": "random"},
         "consensus_of": ["a", "b"],
         "arms": ["sfsl", "dreambooth"],
         "resamples": 200,
         "hits": {"pndm": {"sfsl": {"run": run}, "dreambooth": {"run": other}}},
     }
     lines = samplers.summarise(result)
-    assert [line.split()[1] for line in lines[1:]] == ["a", "b", "c", "consensus"]
-    assert "sfsl 0.50 [0.00, 1.00] (2)  dreambooth 0.25 [0.00, 0.75] (1)" in lines[-1]
+    assert lines[1:4] == ['a: "random"', 'b: "random"', 'c: "random"']
+    assert [line.split()[1] for line in lines[4:]] == ["a", "b", "c", "consensus"]
+    assert "sfsl 0.50 [0.00, 1.00] (2/4)  dreambooth 0.25 [0.00, 0.75] (1/4)" in lines[-1]
     result["consensus_of"] = ["a"]  # one victim: no consensus line
-    assert [line.split()[1] for line in samplers.summarise(result)[1:]] == ["a", "b", "c"]
+    assert [line.split()[1] for line in samplers.summarise(result)[4:]] == ["a", "b", "c"]

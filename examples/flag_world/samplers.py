@@ -17,14 +17,15 @@ ddim, pndm, dpm, euler, euler-a and ddpm, into OUT/samplers/<run>/<arm>/<schedul
 model's own scheduler (pndm for the embedded models) gives back the run's own counts: the
 check that these are the run's images. Every image's verdict goes to OUT/samplers/hits.json.
 
-Prints, per scheduler and judge (and for the consensus: the images every judge but SFSL's own
-extractor reads, the run's headline), each set's rate pooled over the training runs with its 95%
-two-stage cluster bootstrap interval and its count per run, SFSL - DreamBooth with its paired
-interval and bootstrap p (the run's statistics and resample count, bootstrap seed 0, so the
-model's own scheduler's interval can differ a little from the report's; descriptive figures, not
-adjusted for the 6 x judges looks), and in how many runs the SFSL arm reads higher and lower
-(the report's runs column). `--pool` does the same over the runs of several such files
-(independent training runs: other seeds and splits), each file's untuned set one more cluster.
+Prints each judge's weights (the exact file, as loaded), then, per scheduler and judge (and for
+the consensus: the images every judge of the run's headline reads, as its summary.json names
+them), each set's rate pooled over the training runs with its 95% two-stage cluster bootstrap
+interval and its count and size per run, SFSL - DreamBooth with its paired interval and
+bootstrap p (the run's statistics and resample count, bootstrap seed 0, so the model's own
+scheduler's interval can differ a little from the report's; descriptive figures, not adjusted
+for the 6 x judges looks), and in how many runs the SFSL arm reads higher and lower (the
+report's runs column). `--pool` does the same over the runs of several such files (independent
+training runs: other seeds and splits), each file's untuned set one more cluster.
 Recontextualised sets are left out.
 """
 
@@ -73,6 +74,7 @@ def resample(config: Path, sets: list[str], schedulers: list[str]) -> dict[str, 
     """Samples and judges every set of the run under every scheduler; what hits.json holds."""
     exp = load_experiment(config, sets)
     target = resolve_class(exp.config.target).index
+    members = consensus_members(exp)  # before any sampling: the run must have ended
     judges = load_classifiers(exp.compare.classifiers, parse_weights(exp.compare.weights))
     runs = exp.replicates()
     arms = list(runs[0].arms())
@@ -98,8 +100,8 @@ def resample(config: Path, sets: list[str], schedulers: list[str]) -> dict[str, 
         "sets": sets,
         "target": target,
         "judges": [judge.name for judge in judges],
-        # the run's headline: an image every judge but SFSL's own extractor reads
-        "consensus_of": [j.name for j in judges if j.name not in exp.circular()],
+        "weights": {judge.name: judge.weights_id or judge.weights for judge in judges},
+        "consensus_of": members,
         "arms": arms,
         "resamples": exp.compare.bootstrap,
         "hits": verdicts,
@@ -108,12 +110,21 @@ def resample(config: Path, sets: list[str], schedulers: list[str]) -> dict[str, 
     return result
 
 
+def consensus_members(exp: Any) -> list[str]:
+    """The judges of the run's headline, as the run decided them (its summary.json): every
+    victim but SFSL's own extractor and any it left out of the consensus."""
+    path = exp.layout.summary
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run `spurcli run {exp.path}` to the end first")
+    return json.loads(path.read_text(encoding="utf-8"))["consensus"]["classifiers"]
+
+
 def pool(files: list[dict[str, Any]]) -> dict[str, Any]:
     """Several hits.json files as one: their runs side by side (labelled by file number), each
     file's untuned set one run of the baseline."""
     first = files[0]
     for other in files[1:]:
-        for key in ("target", "judges", "consensus_of", "arms", "resamples"):
+        for key in ("target", "judges", "weights", "consensus_of", "arms", "resamples"):
             if other[key] != first[key]:
                 raise SystemExit(f"the files differ in {key}: {first[key]} against {other[key]}")
     schedulers = list(first["hits"])
@@ -131,7 +142,7 @@ def pool(files: list[dict[str, Any]]) -> dict[str, Any]:
     return {**first, "config": [f["config"] for f in files], "hits": verdicts}
 
 
-def verdicts(found: dict[str, list[int]], judge: str, result: dict[str, Any]) -> np.ndarray:
+def judged(found: dict[str, list[int]], judge: str, result: dict[str, Any]) -> np.ndarray:
     """One run's verdicts per image by ``judge``, or by every judge of the consensus at once."""
     if judge == CONSENSUS:
         return np.all([found[name] for name in result["consensus_of"]], axis=0).astype(int)
@@ -141,7 +152,9 @@ def verdicts(found: dict[str, list[int]], judge: str, result: dict[str, Any]) ->
 def summarise(result: dict[str, Any]) -> list[str]:
     """The table described in the module docstring, one line per scheduler and judge."""
     arms, resamples = result["arms"], result["resamples"]
-    lines = [f"images read as {result['target']}: rate [95% interval] (count per run)"]
+    lines = [f"images read as {result['target']}: rate [95% interval] (count / images per run)"]
+    for judge, weights in result["weights"].items():  # which weights made every figure
+        lines.append(f"{judge}: {json.dumps(weights, sort_keys=True)}")
     for scheduler, found in result["hits"].items():
         labels = list(found[arms[0]])
         for arm in arms[1:]:
@@ -151,14 +164,14 @@ def summarise(result: dict[str, Any]) -> list[str]:
             if judge == CONSENSUS and len(result.get("consensus_of", ())) < 2:
                 continue  # one victim: its own line is the consensus
             runs = {
-                name: [verdicts(v, judge, result) for v in found[name].values()] for name in found
+                name: [judged(v, judge, result) for v in found[name].values()] for name in found
             }
             cells = [f"{scheduler:8s} {judge:14s}"]
             for name in [BASELINE, *arms]:
                 if name in runs:
                     rate = cluster_rate(runs[name], resamples, SEED)
                     low, high = rate["ci"]
-                    counts = ", ".join(str(int(r.sum())) for r in runs[name])
+                    counts = ", ".join(f"{int(r.sum())}/{r.size}" for r in runs[name])
                     cells.append(f"{name} {rate['rate']:.2f} [{low:.2f}, {high:.2f}] ({counts})")
             if len(arms) == 2:
                 a, b = (runs[arm] for arm in arms)
