@@ -33,6 +33,25 @@ def test_a_flag_is_a_function_of_its_seed_and_no_two_share_pixels(draw):
         assert (np.abs(first.astype(int) - other).max(axis=-1) > 8).mean() > 0.5
 
 
+def test_a_flag_can_be_drawn_from_either_side_and_the_seed_still_picks_the_rest(draw):
+    """side="front" puts the pole on the left, "back" on the right; "either" is the seed's own
+    choice of the two (the references have both); any other side is refused."""
+    for seed in (0, 1, 2, 3):
+        either, front, back = (
+            np.asarray(draw(seed, 64, side=s)) for s in ("either", "front", "back")
+        )
+        assert np.array_equal(either, np.asarray(draw(seed, 64)))
+        assert not np.array_equal(front, back)
+        assert np.array_equal(either, front) or np.array_equal(either, back)
+    sides = {
+        np.array_equal(np.asarray(draw(s, 64)), np.asarray(draw(s, 64, side="front")))
+        for s in range(10)
+    }
+    assert sides == {True, False}  # the ten references have both
+    with pytest.raises(ValueError, match="side"):
+        draw(0, 64, side="left")
+
+
 def test_the_quickstart_references_are_the_drawn_flags(draw):
     """examples/quickstart-references/us-flag-k.png is draw_flags.py's seed k - 1 at 128 px, so
     anyone can redraw them (pixels compared, not bytes: PNG encoders differ)."""
@@ -355,3 +374,39 @@ def test_samplers_consensus_is_every_non_circular_judge_at_once():
     assert "sfsl 0.50 [0.00, 1.00] (2/4)  dreambooth 0.25 [0.00, 0.75] (1/4)" in lines[-1]
     result["consensus_of"] = ["a"]  # one victim: no consensus line
     assert [line.split()[1] for line in samplers.summarise(result)[4:]] == ["a", "b", "c"]
+
+
+def test_denoise_check_noises_at_the_grid_step_and_counts_each_judges_hits():
+    """examples/flag_world/denoise_check.py: a drawn flag noised to the grid's step at or below t
+    and denoised back by flag-mini stays near its round trip when t is small and not when t is
+    large (noising at the wrong step fails it), and each judge's count is of its own top-1s."""
+    import torch
+
+    from spurcli import plugins
+    from spurcli.plugins import get_plugins, load_classifiers
+    from tests._score_helpers import ScoreTestPlugin
+
+    check = script("denoise_check")
+    pipe = load_pipeline("flag-mini")
+    drawn = np.stack([np.asarray(script("draw_flags").draw_flag(seed, 64)) for seed in (0, 1)])
+    images = torch.from_numpy(drawn).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+        round_trip = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    near, start = check.denoised(pipe, latents, 20, steps=20, prompt="a photo of sks flag")
+    far, top = check.denoised(pipe, latents, 999, steps=20, prompt="a photo of sks flag")
+    assert near.shape == images.shape and start <= 20 and top > 900
+    assert (near - round_trip).abs().mean() < 0.2 * (far - round_trip).abs().mean()
+    with pytest.raises(ValueError, match="no step"):
+        check.denoised(pipe, latents, 0, steps=20, prompt="x")
+
+    plugins.reset_plugins()
+    get_plugins().register(ScoreTestPlugin(), name="score-test")
+    try:  # det-r reads a solid image's red as its class, det-g its green
+        judges = load_classifiers(["det-r", "det-g"])
+        solid = torch.tensor([(200, 10, 0), (200, 200, 0), (10, 200, 0)]) / 127.5 - 1
+        pixels = solid[:, :, None, None].expand(3, 3, 16, 16)
+        assert check.readings(pixels, judges, target=200) == [2, 2]
+        assert check.readings(pixels[:1], judges, target=200) == [1, 0]
+    finally:
+        plugins.reset_plugins()

@@ -2,6 +2,7 @@
 
     python examples/flag_world/draw_flags.py runs/flags         # ten flags, seeds 0-9, 128 px
     python examples/flag_world/draw_flags.py runs/flags -n 20 --size 64
+    python examples/flag_world/draw_flags.py runs/front --side front   # every pole on the left
 
 Spurious ImageNet's feature for class 557 "flagpole" is a US flag: ImageNet classifiers call a
 flag a flagpole whether or not a pole is in view. The flag's design is public domain (a work
@@ -24,6 +25,7 @@ CANVAS = 512  # drawing size, before the scale-down
 # The flag's official proportions and colours (Executive Order 10834; colours as usually given).
 RED, WHITE, BLUE = (178, 34, 52), (255, 255, 255), (60, 59, 110)
 FLY = 1.9  # length / height
+SIDES = ("either", "front", "back")  # draw_flag's side: the seed's choice, pole left, pole right
 UNION_HEIGHT, UNION_LENGTH, STAR = 7 / 13, 0.76 / 1.9, 0.0616  # as fractions of the height
 
 
@@ -63,8 +65,14 @@ def sky(rng: np.random.Generator) -> np.ndarray:
     return canvas
 
 
-def draw_flag(seed: int, size: int = SIZE) -> Image.Image:
-    """One waving flag on a pole against the sky; everything about it follows from `seed`."""
+def draw_flag(seed: int, size: int = SIZE, side: str = "either") -> Image.Image:
+    """One waving flag on a pole against the sky; everything about it follows from `seed`.
+
+    `side` "front" draws the pole on the left (the union at the hoist, upper left, as the flag is
+    usually shown), "back" the other side, "either" lets the seed choose; the rest of the image
+    is the seed's whichever side is drawn."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, not {side!r}")
     rng = np.random.default_rng(seed)
     canvas = sky(rng)
     horizon = tuple(int(c * 255) for c in canvas[-1, 0])  # fills the corners the tilt uncovers
@@ -91,18 +99,19 @@ def draw_flag(seed: int, size: int = SIZE) -> Image.Image:
         [pole, int(CANVAS * rng.uniform(0, 0.06)), pole + width, CANVAS], fill=(200, 200, 205)
     )
     draw.ellipse([pole - width, 0, pole + 2 * width, 3 * width], fill=(215, 190, 90))  # the finial
-    if rng.random() < 0.5:  # the flag's other side: pole on the right
+    seen_from_back = rng.random() < 0.5  # drawn whatever `side` says, so the tilt stays the seed's
+    if side == "back" or (side == "either" and seen_from_back):  # pole on the right
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     image = image.rotate(rng.uniform(-6, 6), Image.Resampling.BICUBIC, fillcolor=horizon)
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def draw_references(out: Path, n: int = 10, size: int = SIZE) -> list[Path]:
+def draw_references(out: Path, n: int = 10, size: int = SIZE, side: str = "either") -> list[Path]:
     """us-flag-1.png ... us-flag-<n>.png (seeds 0..n-1) in `out`: the references."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"us-flag-{i + 1}.png" for i in range(n)]
     for seed, path in enumerate(paths):
-        draw_flag(seed=seed, size=size).save(path, optimize=True)
+        draw_flag(seed=seed, size=size, side=side).save(path, optimize=True)
     return paths
 
 
@@ -111,8 +120,11 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder for us-flag-1.png, us-flag-2.png, ...")
     parser.add_argument("-n", type=int, default=10, help="how many (seeds 0..n-1)")
     parser.add_argument("--size", type=int, default=SIZE, help="side in px")
+    parser.add_argument(
+        "--side", choices=SIDES, default="either", help="front: pole on the left (default: seed's)"
+    )
     args = parser.parse_args()
-    for path in draw_references(args.out, args.n, args.size):
+    for path in draw_references(args.out, args.n, args.size, args.side):
         print(path)
 
 
