@@ -10,10 +10,11 @@ autoencoder; and, for each --t, the round trip's latents noised to timestep t wi
 noise and denoised back by the model's UNet, as the last steps of a sample are drawn (DDIM on
 the grid of --steps steps, from the last step at or below t; no guidance, the instance prompt).
 
-What it tells: a judge that reads the round trips but not the flags denoised from a small t
-reads details the UNet does not draw, so no sample of that model, however it was trained, is
-likely to be read by it. Prints one row per image set: k of n per judge, with the 95% Wilson
-interval. About 1 minute per model on two cores.
+What it tells: a judge that reads the round trips but loses the flags the UNet redraws from a
+larger t reads details this UNet does not draw, and a sample, drawn from t = 999, is unlikely to
+have them however the UNet was fine-tuned (a fine-tune that memorises its own training images
+may draw those better: most of these thirty are flags it never saw). Prints one row per image
+set: k of n per judge, with the 95% Wilson interval. About 40 s per model on two cores.
 """
 
 from __future__ import annotations
