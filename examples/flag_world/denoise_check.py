@@ -2,10 +2,11 @@
 
     python examples/flag_world/denoise_check.py                           # flag-mini, untuned
     python examples/flag_world/denoise_check.py runs/quickstart/replicate-1/finetune  # an arm
+    python examples/flag_world/denoise_check.py --size 128       # flags twice the trained size
 
-Draws thirty flags at 64 px (the references' seeds 0-9 and the autoencoder check's 1000-1019,
-each side as its seed chose), and counts the images each judge (effnet-lite0/1/2 unless
---judges) reads as 557 "flagpole": the drawn flags; their round trip through the model's
+Draws thirty flags at 64 px (--size; the references' seeds 0-9 and the autoencoder check's
+1000-1019, each side as its seed chose), and counts the images each judge (effnet-lite0/1/2
+unless --judges) reads as 557 "flagpole": the drawn flags; their round trip through the model's
 autoencoder; and, for each --t, the round trip's latents noised to timestep t with a seeded
 noise and denoised back by the model's UNet, as the last steps of a sample are drawn (DDIM on
 the grid of --steps steps, from the last step at or below t; no guidance, the instance prompt).
@@ -86,7 +87,7 @@ def denoised(
 
 
 def check(
-    model: str, judges: list, timesteps: tuple[int, ...], steps: int, prompt: str
+    model: str, judges: list, timesteps: tuple[int, ...], steps: int, prompt: str, size: int = SIZE
 ) -> list[tuple[str, list[int], int]]:
     """(row, counts per judge, n) for the drawn flags, their round trips and each timestep."""
     import torch
@@ -94,7 +95,7 @@ def check(
     from spurcli.generate.pipelines import load_pipeline
 
     pipe = load_pipeline(model)
-    drawn = np.stack([np.asarray(draw_flag(seed, SIZE)) for seed in SEEDS])
+    drawn = np.stack([np.asarray(draw_flag(seed, size)) for seed in SEEDS])
     images = torch.from_numpy(drawn).permute(0, 3, 1, 2).float() / 127.5 - 1
     n = len(images)
     with torch.no_grad():
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--t", default=",".join(map(str, TIMESTEPS)), help="timesteps, 0-999")
     parser.add_argument("--steps", type=int, default=20, help="DDIM grid (a sample's: 20)")
     parser.add_argument("--prompt", default="a photo of sks flag", help="the instance prompt")
+    # The autoencoder and UNet are convolutional: other sizes run, outside what they trained on.
+    parser.add_argument("--size", type=int, default=SIZE, help="the flags' side in px")
     args = parser.parse_args()
 
     from spurcli import console
@@ -127,10 +130,10 @@ def main() -> None:
     names = args.judges.split(",")
     judges = load_classifiers(names)
     timesteps = tuple(int(t) for t in args.t.split(","))
-    print(f"{args.model}: images read as {FLAGPOLE} flagpole, k/n [95% Wilson interval]")
+    print(f"{args.model}, {args.size} px: read as {FLAGPOLE} flagpole, k/n [95% Wilson interval]")
     print("| images | " + " | ".join(names) + " |")
     print("| --- |" + " --- |" * len(names))
-    for row, counts, n in check(args.model, judges, timesteps, args.steps, args.prompt):
+    for row, counts, n in check(args.model, judges, timesteps, args.steps, args.prompt, args.size):
         cells = []
         for k in counts:
             low, high = wilson_interval(k, n)
