@@ -72,14 +72,8 @@ def denoised(
         raise ValueError(f"no step of a {steps}-step grid at or below t = {t}")
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     z = scheduler.add_noise(latents, noise, torch.tensor([grid[0]] * len(latents)))
-    tokens = pipe.tokenizer(
-        [prompt],
-        padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
-        return_tensors="pt",
-    ).input_ids
-    with torch.no_grad():
-        states = pipe.text_encoder(tokens)[0].expand(len(latents), -1, -1)
+    with torch.no_grad():  # as the pipeline encodes a prompt to sample, without guidance
+        states = pipe.encode_prompt(prompt, latents.device, len(latents), False)[0]
         for step in grid:
             eps = pipe.unet(z, step, encoder_hidden_states=states).sample
             z = scheduler.step(eps, step, z).prev_sample
