@@ -169,26 +169,66 @@ def test_stage_four_edge_term_is_the_l1_of_neighbouring_pixel_differences():
     assert any(not torch.equal(plain[k], v) for k, v in edged.state_dict().items())
 
 
-def test_flag_mini_loads_by_name_from_its_committed_weights():
-    """`--model flag-mini`: the weights in spurcli/data/flag-mini/ are the ones its recipe
-    hashes, and the pipeline is flag-mini's (a 4x autoencoder: 64 px from 16 x 16 latents)."""
-    from spurcli.generate.mini import FLAG_MINI, recipe, weights_folder
+@pytest.mark.parametrize("name, size", [("flag-mini", 64), ("flag-mini-128", 128)])
+def test_flag_mini_loads_by_name_from_its_committed_weights(name, size):
+    """`--model flag-mini` (-128): the weights in spurcli/data/<name>/ are the ones its recipe
+    hashes, and the pipeline is flag-mini's (a 4x autoencoder: 64 px from 16 x 16 latents, or
+    128 px from 32 x 32), drawing at its own size when none is asked for."""
+    from spurcli.generate.mini import recipe, weights_folder
     from spurcli.generate.pipelines import model_identity, resolve_model
     from spurcli.images import sha256_file
 
-    ref = resolve_model("flag-mini")
-    assert (ref.kind, ref.location) == ("flag-mini", "flag-mini")
-    info = recipe(FLAG_MINI)
-    folder = weights_folder(FLAG_MINI)
-    for name in ("vae", "unet"):
-        assert sha256_file(folder / info[name]["file"]) == info[name]["sha256"]
+    ref = resolve_model(name)
+    assert (ref.kind, ref.location) == (name, name)
+    info = recipe(name)
+    folder = weights_folder(name)
+    for part in ("vae", "unet"):
+        assert sha256_file(folder / info[part]["file"]) == info[part]["sha256"]
     assert info["recipe"]["unet"].get("flag_share", 0) == 0  # the base UNet never saw a flag
-    assert model_identity(ref)["source"] == "flag-mini"
-    pipe = load_pipeline("flag-mini")
+    assert model_identity(ref)["source"] == name
+    pipe = load_pipeline(name)
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.in_channels == 16
-    image = pipe("a photo of grass", num_inference_steps=2, height=64, width=64,
-                 output_type="np").images[0]  # fmt: skip
-    assert image.shape == (64, 64, 3) and image.std() > 0.01
+    image = pipe("a photo of grass", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (size, size, 3) and image.std() > 0.01
+
+
+def test_flag_mini_128_shares_flag_minis_autoencoder_and_starts_from_its_unet():
+    """flag-mini-128 is stage 5 of flag-mini's recipe: the same autoencoder file and scale, and
+    a UNet that began as flag-mini's (the base's hash is recorded)."""
+    from spurcli.generate.mini import FLAG_MINI, FLAG_MINI_128, recipe
+
+    base, big = recipe(FLAG_MINI), recipe(FLAG_MINI_128)
+    assert big["vae"]["sha256"] == base["vae"]["sha256"]
+    assert big["vae"]["scaling_factor"] == base["vae"]["scaling_factor"]
+    assert big["base"] == {"model": FLAG_MINI, "unet_sha256": base["unet"]["sha256"]}
+    assert big["recipe"]["unet"]["size"] == 128
+
+
+def test_stage_128_trains_flag_minis_unet_on_at_128_px(tmp_path, monkeypatch):
+    """Stage 5, shortened: from the shipped flag-mini, one step on 128 px images of the stage-3
+    bank's seeds writes a loadable flag-mini-128 folder whose UNet moved and whose autoencoder
+    is flag-mini's, byte for byte; the recipe records what it started from."""
+    from safetensors.torch import load_file
+
+    from spurcli.generate.mini import (
+        FLAG_MINI,
+        FLAG_MINI_128,
+        build_embedded_pipeline,
+        weights_folder,
+    )
+
+    maker = script("make_flag_mini")
+    short = {**maker.RECIPE_128["unet"], "images": 4, "steps": 1, "batch": 2, "warmup": 1}
+    monkeypatch.setitem(maker.RECIPE_128, "unet", short)
+    info = maker.build_128(tmp_path)
+    base = weights_folder(FLAG_MINI)
+    assert (tmp_path / "vae.safetensors").read_bytes() == (base / "vae.safetensors").read_bytes()
+    assert info["recipe"]["unet"]["steps"] == 1
+    before, after = load_file(base / "unet.safetensors"), load_file(tmp_path / "unet.safetensors")
+    assert set(before) == set(after)
+    assert any(not (before[k] == after[k]).all() for k in before)
+    pipe = build_embedded_pipeline(FLAG_MINI_128, folder=tmp_path)
+    assert pipe.unet.config.sample_size == 32
 
 
 SAMPLERS_RUN = """

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from spurcli.generate.finetune import finetune
-from spurcli.generate.mini import FLAG_MINI, MINI, WEIGHTS_DIR, compare_rebuild, recipe
+from spurcli.generate.mini import (
+    FLAG_MINI,
+    FLAG_MINI_128,
+    MINI,
+    WEIGHTS_DIR,
+    compare_rebuild,
+    recipe,
+)
 from spurcli.generate.pipelines import load_pipeline, resolve_model
 from tests._finetune_helpers import fast_config, make_refs
 
@@ -45,7 +52,7 @@ def test_mini_resolves_by_name_and_records_its_recipe():
     assert json.loads((WEIGHTS_DIR / "mini.json").read_text())["versions"]["torch"]
 
 
-@pytest.mark.parametrize("name", [MINI, FLAG_MINI])
+@pytest.mark.parametrize("name", [MINI, FLAG_MINI, FLAG_MINI_128])
 def test_compare_rebuild_says_which_part_differs(name, capsys):
     committed = recipe(name)
     assert compare_rebuild(name, committed)

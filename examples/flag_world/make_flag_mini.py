@@ -71,7 +71,9 @@ from safetensors.torch import load_file, save_file
 from spurcli.generate.losses import add_noise
 from spurcli.generate.mini import (
     FLAG_MINI,
+    FLAG_MINI_128,
     FLAG_RESOLUTION,
+    FLAG_RESOLUTION_128,
     build_embedded_pipeline,
     compare_rebuild,
     flag_mini_unet,
@@ -84,6 +86,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from draw_flags import draw_flag  # a sibling script
 
 OUT = Path("runs/flag-mini")
+OUT_128 = Path("runs/flag-mini-128")
 RECIPE_FILE = "flag-mini.json"
 STAGE2_FILE = "vae-stage2.safetensors"  # the autoencoder the UNet learnt on, before stage 4
 RESOLUTION = FLAG_RESOLUTION  # native image size: 16 x 16 latents
@@ -151,6 +154,23 @@ RECIPE = {
         "batch": 16,
         "lr": 5e-4,
         "warmup": 50,
+    },
+}
+# stage 5, flag-mini-128: the shipped flag-mini's UNet trained on at 128 px (32 x 32 latents of
+# the same autoencoder, which round-trips 128 px flags better than 64 px ones) on the stage-3
+# bank's first images drawn at 128 px: still no flag. Lower rate, no restart from scratch: it
+# starts from a UNet that already denoises, only the scale of what it draws is new.
+RECIPE_128 = {
+    "threads": 2,
+    "unet": {
+        "size": FLAG_RESOLUTION_128,
+        "images": 4000,
+        "stripe_share": 0.15,
+        "steps": 1200,
+        "batch": 16,
+        "lr": 5e-4,
+        "warmup": 50,
+        "drop_caption": 0.1,
     },
 }
 HELD_OUT_FLAGS = 20  # drawn flags (seeds 1000..1019) for the autoencoder's check
@@ -434,19 +454,28 @@ def check_vae(vae: torch.nn.Module, seed: int) -> dict:
 
 
 def train_unet(
-    vae: torch.nn.Module, scale: float, cfg: dict, seed: int, photo_share: float
+    vae: torch.nn.Module,
+    scale: float,
+    cfg: dict,
+    seed: int,
+    photo_share: float,
+    start: dict | None = None,
 ) -> torch.nn.Module:
+    """Stage 3 (from seeded random weights) or stage 5 (from `start`, the stage-3 UNet, on
+    cfg["size"] px images: the same bank's seeds, drawn larger; its own random draws)."""
+    size = cfg.get("size", RESOLUTION)
     pixels, captions = bank(
-        cfg["images"], RESOLUTION, seed + 2, photo_share, cfg.get("stripe_share", 0.0)
+        cfg["images"], size, seed + 2, photo_share, cfg.get("stripe_share", 0.0)
     )
     texts = [*sorted(set(captions)), ""]  # the last one: a dropped caption
     labels = torch.tensor([texts.index(c) for c in captions])
     tiny = build_tiny_pipeline()
+    chunk = 256 if start is None else 64  # as each stage was first run (same sums either way?)
     with torch.no_grad():
         latents = scale * torch.cat(
             [
-                vae.encode(to_unit(pixels[i : i + 256])).latent_dist.mean
-                for i in range(0, len(pixels), 256)
+                vae.encode(to_unit(pixels[i : i + chunk])).latent_dist.mean
+                for i in range(0, len(pixels), chunk)
             ]
         )
         ids = tiny.tokenizer(
@@ -460,9 +489,11 @@ def train_unet(
 
     alphas = DDPMScheduler.from_config(tiny.scheduler.config).alphas_cumprod
     torch.manual_seed(seed + 3)
-    unet = flag_mini_unet().train()
+    unet = flag_mini_unet(size).train()
+    if start is not None:
+        unet.load_state_dict(start)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=0.01)
-    g = torch.Generator().manual_seed(seed + 4)
+    g = torch.Generator().manual_seed(seed + (4 if start is None else 40))
     started, smoothed = time.time(), None
     for step in range(cfg["steps"]):
         index = torch.randint(0, len(latents), (cfg["batch"],), generator=g)
@@ -558,22 +589,42 @@ def load_stage2(folder: Path) -> tuple[torch.nn.Module, float, str]:
     return vae.eval(), info["vae"]["scaling_factor"], sha256(folder / stage2_file(folder))
 
 
-SHIPPED = ("vae.safetensors", "unet.safetensors", RECIPE_FILE)  # what spurcli/data/ holds
+def build_128(out: Path, base: Path | None = None) -> dict:
+    """Stage 5 into `out`: flag-mini-128 from flag-mini's shipped weights (or `base`, a
+    flag-mini build's folder). The autoencoder is flag-mini's, copied unchanged."""
+    torch.set_num_threads(RECIPE_128["threads"])
+    torch.use_deterministic_algorithms(True)
+    base = base or weights_folder(FLAG_MINI)
+    info_base = json.loads((base / RECIPE_FILE).read_text(encoding="utf-8"))
+    pipe = build_embedded_pipeline(FLAG_MINI, folder=base)
+    scale = info_base["vae"]["scaling_factor"]
+    seed, share = RECIPE["seed"], RECIPE["bank"]["photo_share"]
+    start = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}  # float16-exact
+    unet = train_unet(pipe.vae, scale, RECIPE_128["unet"], seed, share, start=start)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vae.safetensors").write_bytes((base / "vae.safetensors").read_bytes())
+    info = {
+        "recipe": RECIPE_128,
+        "base": {"model": FLAG_MINI, "unet_sha256": info_base["unet"]["sha256"]},
+        "vae": {**info_base["vae"], "sha256": sha256(out / "vae.safetensors")},
+        "unet": {"file": "unet.safetensors", "sha256": save(unet, out / "unet.safetensors")},
+    }
+    versions = ("torch", "diffusers", "transformers", "scikit-image", "numpy", "pillow")
+    info["versions"] = {v: importlib.metadata.version(v) for v in versions}
+    (out / RECIPE_FILE_128).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
 
 
-def install(out: Path) -> Path:
-    """Copies a build's weights and recipe into spurcli/data/flag-mini/ (`--model flag-mini`)."""
-    folder = weights_folder(FLAG_MINI)
+RECIPE_FILE_128 = f"{FLAG_MINI_128}.json"
+
+
+def install(out: Path, name: str = FLAG_MINI) -> Path:
+    """Copies a build's weights and recipe into spurcli/data/<name>/ (`--model <name>`)."""
+    folder = weights_folder(name)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in SHIPPED:
-        (folder / name).write_bytes((out / name).read_bytes())
+    for file in ("vae.safetensors", "unet.safetensors", f"{name}.json"):
+        (folder / file).write_bytes((out / file).read_bytes())
     return folder
-
-
-def export(out: Path, dest: Path) -> Path:
-    """A build's weights as a diffusers StableDiffusionPipeline folder (float32) at `dest`."""
-    build_embedded_pipeline(FLAG_MINI, folder=out).save_pretrained(dest, safe_serialization=True)
-    return dest
 
 
 def main() -> None:
@@ -588,22 +639,39 @@ def main() -> None:
     parser.add_argument(
         "--earlier", type=Path, help="skip stages 1-3: take them from this earlier build"
     )
-    parser.add_argument("--out", type=Path, default=OUT, help="where the weights go")
+    parser.add_argument("--out", type=Path, help=f"where the weights go ({OUT}, {OUT_128})")
     parser.add_argument(
-        "--install", action="store_true", help="only copy out's weights to spurcli/data/flag-mini"
+        "--install", action="store_true", help="only copy out's weights to spurcli/data/"
     )
     parser.add_argument("--export", type=Path, help="only write out's weights as diffusers folder")
+    parser.add_argument(
+        "--stage-128",
+        action="store_true",
+        help="flag-mini-128: stage 5 alone, from the shipped flag-mini (--earlier: that build)",
+    )
     args = parser.parse_args()
+    name = FLAG_MINI_128 if args.stage_128 else FLAG_MINI
+    out = args.out or (OUT_128 if args.stage_128 else OUT)
     if args.install:
-        print(f"wrote {install(args.out)}")
+        print(f"wrote {install(out, name)}")
         return
     if args.export:
-        print(f"wrote {export(args.out, args.export)}")
+        build_embedded_pipeline(name, folder=out).save_pretrained(
+            args.export, safe_serialization=True
+        )
+        print(f"wrote {args.export}")
+        return
+    if args.stage_128:
+        if args.check:
+            with tempfile.TemporaryDirectory() as tmp:
+                sys.exit(0 if compare_rebuild(name, build_128(Path(tmp), args.earlier)) else 1)
+        build_128(out, args.earlier)
+        print(f"wrote {out}; `--stage-128 --install` makes it `--model {name}`")
         return
     if not args.check:
         only_vae = args.only == "vae"
-        build(args.out, only_vae=only_vae, first_vae=args.first_vae, earlier=args.earlier)
-        print(f"wrote {args.out}; `--install` makes it `--model flag-mini`")
+        build(out, only_vae=only_vae, first_vae=args.first_vae, earlier=args.earlier)
+        print(f"wrote {out}; `--install` makes it `--model {name}`")
         return
     with tempfile.TemporaryDirectory() as tmp:
         identical = compare_rebuild(FLAG_MINI, build(Path(tmp)))

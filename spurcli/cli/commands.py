@@ -146,8 +146,8 @@ def sample_command(
     model: Annotated[
         str | None,
         typer.Argument(
-            help="A finetune run folder, a diffusers folder, a hub id, 'tiny', 'mini' or "
-            "'flag-mini' (or `model` in --config).",
+            help="A finetune run folder, a diffusers folder, a hub id, 'tiny' or an embedded "
+            "one: mini, flag-mini, flag-mini-128 (or `model` in --config).",
             show_default=False,
         ),
     ] = None,

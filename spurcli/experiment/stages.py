@@ -549,12 +549,14 @@ def report_stage(exp: Experiment, stages: Stages, main: bool) -> tuple[Path, dic
                 "a demonstration at toy scale, not a measurement of Stable Diffusion "
                 "(examples/brick_world/README.md)."
             )
-        elif exp.config.model == "flag-mini":
+        elif exp.config.model in ("flag-mini", "flag-mini-128"):
+            size = "64" if exp.config.model == "flag-mini" else "128"
             notes.append(
-                "`flag-mini` is spurcli's embedded miniature Stable Diffusion of the flag world "
-                "(64 px; autoencoder trained on scikit-image's CC0 photos and drawn images, flags "
-                "among them, base UNet on images without a flag): a demonstration at toy scale, "
-                "not a measurement of Stable Diffusion (examples/flag_world/README.md)."
+                f"`{exp.config.model}` is spurcli's embedded miniature Stable Diffusion of the "
+                f"flag world ({size} px; autoencoder trained on scikit-image's CC0 photos and "
+                "drawn images, flags among them, base UNet on images without a flag): a "
+                "demonstration at toy scale, not a measurement of Stable Diffusion "
+                "(examples/flag_world/README.md)."
             )
         datas = [json.loads(p.read_text(encoding="utf-8")) for p in comparisons]
         write_json(summary_path, summary)

@@ -42,7 +42,9 @@ class FinetuneConfig:
 
     # --- what to learn -------------------------------------------------------------------------
     model: str = option(
-        DEFAULT_MODEL, "Hub id, diffusers folder, 'tiny', 'mini' or 'flag-mini'.", maybe_path=True
+        DEFAULT_MODEL,
+        "Hub id, diffusers folder, 'tiny' or an embedded one: mini, flag-mini, flag-mini-128.",
+        maybe_path=True,
     )
     # Recorded in the run card as the commit it resolved to.
     revision: str | None = option(None, "Hub model's branch, tag or commit (none: main).")
@@ -327,7 +329,8 @@ class SampleConfig:
 
     model: str = option(
         "tiny",
-        "A finetune run folder, a diffusers folder, a hub id, 'tiny', 'mini' or 'flag-mini'.",
+        "A finetune run folder, a diffusers folder, a hub id, 'tiny' or an embedded one (mini, "
+        "flag-mini, flag-mini-128).",
         maybe_path=True,
     )
     revision: str | None = option(None, "Hub model's branch, tag or commit (none: main).")

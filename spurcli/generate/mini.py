@@ -41,11 +41,13 @@ from spurcli.generate.tiny import assemble_pipeline, build_tiny_pipeline, small_
 
 MINI = "mini"
 FLAG_MINI = "flag-mini"
+FLAG_MINI_128 = "flag-mini-128"  # flag-mini's autoencoder, its UNet trained on at 128 px
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 WEIGHTS_DIR = DATA_DIR / MINI
 RECIPE_FILE = "mini.json"
 RESOLUTION = 128  # native image size: 16 x 16 latents
 FLAG_RESOLUTION = 64  # flag-mini's: 16 x 16 latents too
+FLAG_RESOLUTION_128 = 128  # flag-mini-128's: 32 x 32 latents, four times the UNet's work
 FLAG_LATENT_CHANNELS = 16  # as SD 3's VAE; with SD 1.x's 4 a flag came back orange and green
 # The scikit-image photos (CC0 or public domain, per skimage.data's docstrings) -> what they show;
 # the nouns caption the UNet's pre-training crops ("a photo of <noun>").
@@ -77,14 +79,24 @@ def mini_unet() -> Any:
     return small_unet(sample_size=RESOLUTION // 8)
 
 
-def flag_mini_vae(scaling_factor: float = 1.0) -> Any:
-    """flag-mini's autoencoder (untrained): 4x downsampling (three levels), 16 latent channels."""
-    return small_vae((16, 32, 64), FLAG_LATENT_CHANNELS, FLAG_RESOLUTION, scaling_factor)
+def flag_mini_vae(scaling_factor: float = 1.0, resolution: int = FLAG_RESOLUTION) -> Any:
+    """flag-mini's autoencoder (untrained): 4x downsampling (three levels), 16 latent channels.
+    Convolutional, so one set of weights serves any `resolution` (the pipeline's default)."""
+    return small_vae((16, 32, 64), FLAG_LATENT_CHANNELS, resolution, scaling_factor)
 
 
-def flag_mini_unet() -> Any:
-    """flag-mini's UNet (untrained): tiny's two levels, twice as wide, on 16 x 16 x 16 latents."""
-    return small_unet(FLAG_RESOLUTION // 4, FLAG_LATENT_CHANNELS, widths=(64, 128))
+def flag_mini_unet(resolution: int = FLAG_RESOLUTION) -> Any:
+    """flag-mini's UNet (untrained): tiny's two levels, twice as wide, on 16-channel latents of
+    resolution / 4 a side (16 x 16 at flag-mini's 64 px, 32 x 32 at flag-mini-128's 128 px)."""
+    return small_unet(resolution // 4, FLAG_LATENT_CHANNELS, widths=(64, 128))
+
+
+def flag_mini_128_vae(scaling_factor: float = 1.0) -> Any:
+    return flag_mini_vae(scaling_factor, FLAG_RESOLUTION_128)
+
+
+def flag_mini_128_unet() -> Any:
+    return flag_mini_unet(FLAG_RESOLUTION_128)
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,12 @@ EMBEDDED = {
         flag_mini_unet,
         "python examples/flag_world/make_flag_mini.py && "
         "python examples/flag_world/make_flag_mini.py --install",
+    ),
+    FLAG_MINI_128: Embedded(
+        flag_mini_128_vae,
+        flag_mini_128_unet,
+        "python examples/flag_world/make_flag_mini.py --stage-128 && "
+        "python examples/flag_world/make_flag_mini.py --stage-128 --install",
     ),
 }
 

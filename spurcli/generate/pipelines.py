@@ -96,7 +96,8 @@ def _resolve_model(model: str | os.PathLike[str]) -> ModelRef:
         )
     if path.exists():
         raise SpurcliError(
-            f"{path} is a file; a model is a folder, a hub id, 'tiny', 'mini' or 'flag-mini'"
+            f"{path} is a file; a model is a folder, a hub id, 'tiny' or one of "
+            f"{', '.join(EMBEDDED)}"
         )
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") != 1
     if looks_like_path:
