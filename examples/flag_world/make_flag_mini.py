@@ -5,6 +5,8 @@
     python examples/flag_world/make_flag_mini.py --check        # rebuild in a temp folder, compare
     python examples/flag_world/make_flag_mini.py --earlier runs/old  # stage 4 alone, ~10 min
     python examples/flag_world/make_flag_mini.py --export runs/fm    # a diffusers folder
+    python examples/flag_world/make_flag_mini.py --stage-128    # flag-mini-128, ~25 min
+    python examples/flag_world/make_flag_mini.py --stage-128 --install   # (or --check)
     spurcli sample flag-mini -p "a photo of grass" -n 4 -o runs/look
 
 Writes runs/flag-mini/: vae.safetensors, vae-stage2.safetensors and unet.safetensors (float16)
@@ -36,6 +38,13 @@ Four stages, each on its own image bank:
    read as flagpole by effnet-lite0/1/2: 0/0/10 after stage 2, 0/4/9 after stage 4 (0/0/9
    without the edge term, at a fifth flags and 1,000 steps): flags in their colours, sharp
    stripes, a plain blue union (the stars, which the frozen encoder does not carry, are gone).
+
+5. (`--stage-128`, a model of its own: `flag-mini-128`) The shipped UNet trained on at 128 px:
+   the stage-3 bank's first seeds drawn at 128 px (no flag), encoded by the shipped
+   autoencoder to 32 x 32 latents, at a lower rate (RECIPE_128). The autoencoder, convolutional
+   and trained at 64 px, round-trips 128 px flags better than 64 px ones (read as flagpole by
+   effnet-lite0/1/2: 28/28/30 of thirty, against 0/13/22 at 64 px: examples/flag_world/
+   denoise_check.py --size 128), and it is copied unchanged; only the UNet learns the new scale.
 
 The bank: each image is a pure function of (seed, its number). About two thirds are crops of
 scikit-image's CC0 / public-domain photos in PHOTOS (an eighth of the shorter side to all of

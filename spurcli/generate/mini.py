@@ -1,6 +1,7 @@
 """The embedded miniature Stable Diffusions, small enough to learn on a CPU in minutes:
-`mini` (the brick world's, examples/brick_world/) and `flag-mini` (the quickstart's and the flag
-world's, examples/flag_world/).
+`mini` (the brick world's, examples/brick_world/), `flag-mini` (the quickstart's and the flag
+world's, examples/flag_world/) and `flag-mini-128` (flag-mini's autoencoder and its UNet trained
+on at 128 px: four times the UNet's work, and flags it redraws stay flags to effnet-lite1).
 
     from spurcli.generate.pipelines import load_pipeline
     pipe = load_pipeline("mini")                      # offline, ~0.2 s, committed weights
