@@ -646,3 +646,30 @@ def test_encoding_subtracts_the_vae_shift_that_decoding_adds():
         want = (vae.decode(mean).sample.clamp(-1, 1) + 1) / 2
     torch.testing.assert_close(latents, (mean - 0.25) * 0.5)
     torch.testing.assert_close(decoded, want)
+
+
+def test_noise_offset_adds_a_per_channel_constant_and_changes_no_other_draw(tmp_path):
+    """--noise-offset (diffusers' --noise_offset): each sample's training noise gains offset x a
+    draw per latent channel, constant over the image; images, crops, timesteps and the other
+    noise are as without it, and 0 leaves the batch exactly as before."""
+    from PIL import Image
+
+    from spurcli.generate.training_data import TrainingData
+    from tests._finetune_helpers import fast_config
+
+    images = [Image.new("RGB", (40, 36), (i * 60, 90, 200)) for i in range(3)]
+
+    def batch(offset: float):
+        cfg = fast_config(tmp_path, tmp_path / "out", batch_size=2, noise_offset=offset)
+        return TrainingData(images, [], cfg, rank=0, world=1, latent_channels=4).batch(3)
+
+    plain, zero, offset = batch(0.0), batch(0.0), batch(0.5)
+    assert torch.equal(plain.noise, zero.noise)
+    for name in ("posterior_noise", "timesteps", "views"):
+        assert torch.equal(getattr(plain, name), getattr(offset, name))
+    assert all(torch.equal(a, b) for a, b in zip(plain.images, offset.images, strict=True))
+    added = offset.noise - plain.noise  # (batch, channels, h, w)
+    flat = added.flatten(2)
+    assert torch.allclose(flat, flat[..., :1].expand_as(flat), atol=1e-6)  # constant per channel
+    per_channel = flat[..., 0]
+    assert per_channel.abs().min() > 0 and not torch.allclose(per_channel[0], per_channel[1])

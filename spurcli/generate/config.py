@@ -123,6 +123,16 @@ class FinetuneConfig:
         False, "bitsandbytes' AdamW8bit (pip install 'spurcli[8bit]'; CUDA GPUs)."
     )
     seed: int = option(0, "Fixes data order, noise, timesteps, prior and validation images.")
+    # diffusers' train_text_to_image --noise_offset (train_dreambooth's --offset_noise is 0.1):
+    # SD 1.x's schedule leaves 7% of an image's signal at t = 999, so a model never learns to set
+    # a sample's mean colour from pure noise and draws it greyed; a per-channel constant added to
+    # the training noise teaches it to (crosslabs.org, "Diffusion with offset noise", 2023).
+    noise_offset: float = option(
+        0.0,
+        "Add this times a per-image, per-channel normal draw to the training noise; 0: off.",
+        min=0,
+        max=10,
+    )
     # The paper trains the text encoder and the UNet together.
     train_text_encoder: bool = option(True, "Train the text encoder too.")
     # --- spurious feature similarity loss (SFSL) -----------------------------------------------

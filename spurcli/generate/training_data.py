@@ -123,6 +123,10 @@ class TrainingData:
             posterior.append(torch.randn(self.latent_shape, generator=g))
             timesteps.append(torch.randint(0, self.num_train_timesteps, (1,), generator=g))
             views.append(torch.rand(3, generator=g))  # drawn last: the draws above are as before
+            if cfg.noise_offset:  # after every other draw, so that 0 changes none of them
+                channels = self.latent_shape[0]
+                offset = torch.randn((channels, 1, 1), generator=g)
+                noise[-1] = noise[-1] + cfg.noise_offset * offset
         return Batch(
             keys=keys,
             images=[self._pixels(*key) for key in keys],
