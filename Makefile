@@ -3,6 +3,7 @@
 #   make test   set up .venv, lint, and run the test suite (what CI runs)
 #   make test-fast  lint and the suite without the slow end-to-end runs (for development)
 #   make demo-flags the quickstart's full runs: three training runs of 500 steps (~20 min)
+#   make demo-flags-128 the flag world at 128 px (flag-mini-128; ~13 min)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ PLUGINS := plugins/spurcli-timm plugins/spurcli-openclip plugins/spurcli-robust 
 # Nothing here may reach the model hub: everything runs on tiny/mini/random/bundled weights.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo demo-flags test test-fast lint format clean
+.PHONY: install demo demo-flags demo-flags-128 test test-fast lint format clean
 
 # pip's and setuptools' build chatter goes to $(VENV)/install.log, shown only if the install fails.
 # spurcli-effnet-lite0 became spurcli-effnet-lite: a .venv made before keeps its stale entry point
@@ -34,6 +35,10 @@ demo: install
 # with the figures examples/flag_world/README.md reports.
 demo-flags: install
 	$(BIN)/spurcli run examples/flag_world/flags.toml
+
+# The flag world at 128 px (flag-mini-128): two training runs of 200 steps, about 13 minutes.
+demo-flags-128: install
+	$(BIN)/spurcli run examples/flag_world/flags128.toml
 
 # ruff, then the layers on disk (import-linter: no upward import, no cycle; pyproject.toml).
 lint: install

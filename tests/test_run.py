@@ -530,6 +530,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WORLDS = {
     "quickstart.toml": ("flag-mini", 10),
     "flags.toml": ("flag-mini", 10),
+    "flags128.toml": ("flag-mini-128", 10),
     "bricks.toml": ("mini", 8),
 }
 
