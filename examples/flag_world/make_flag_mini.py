@@ -97,6 +97,7 @@ from draw_flags import draw_flag  # a sibling script
 OUT = Path("runs/flag-mini")
 OUT_128 = Path("runs/flag-mini-128")
 RECIPE_FILE = "flag-mini.json"
+RECIPE_FILE_128 = f"{FLAG_MINI_128}.json"
 STAGE2_FILE = "vae-stage2.safetensors"  # the autoencoder the UNet learnt on, before stage 4
 RESOLUTION = FLAG_RESOLUTION  # native image size: 16 x 16 latents
 # scikit-image photos (CC0 or public domain, per skimage.data's docstrings) -> what they show;
@@ -479,7 +480,8 @@ def train_unet(
     texts = [*sorted(set(captions)), ""]  # the last one: a dropped caption
     labels = torch.tensor([texts.index(c) for c in captions])
     tiny = build_tiny_pipeline()
-    chunk = 256 if start is None else 64  # as each stage was first run (same sums either way?)
+    # encoded in the chunks each stage first ran with: a batch's size can change float rounding
+    chunk = 256 if start is None else 64
     with torch.no_grad():
         latents = scale * torch.cat(
             [
@@ -622,9 +624,6 @@ def build_128(out: Path, base: Path | None = None) -> dict:
     info["versions"] = {v: importlib.metadata.version(v) for v in versions}
     (out / RECIPE_FILE_128).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
-
-
-RECIPE_FILE_128 = f"{FLAG_MINI_128}.json"
 
 
 def install(out: Path, name: str = FLAG_MINI) -> Path:
