@@ -525,6 +525,12 @@ def train_unet(
     return unet.eval()
 
 
+def library_versions() -> dict[str, str]:
+    """The libraries whose versions decide the bytes a build writes."""
+    names = ("torch", "diffusers", "transformers", "scikit-image", "numpy", "pillow")
+    return {name: importlib.metadata.version(name) for name in names}
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -579,8 +585,7 @@ def build(
     print(json.dumps(info["vae_check"], indent=1))
     info["vae"] = {"file": "vae.safetensors", "sha256": save(vae, out / "vae.safetensors")}
     info["vae"]["scaling_factor"] = round(scale, 6)
-    versions = ("torch", "diffusers", "transformers", "scikit-image", "numpy", "pillow")
-    info["versions"] = {v: importlib.metadata.version(v) for v in versions}
+    info["versions"] = library_versions()
     (out / RECIPE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 
@@ -620,8 +625,7 @@ def build_128(out: Path, base: Path | None = None) -> dict:
         "vae": {**info_base["vae"], "sha256": sha256(out / "vae.safetensors")},
         "unet": {"file": "unet.safetensors", "sha256": save(unet, out / "unet.safetensors")},
     }
-    versions = ("torch", "diffusers", "transformers", "scikit-image", "numpy", "pillow")
-    info["versions"] = {v: importlib.metadata.version(v) for v in versions}
+    info["versions"] = library_versions()
     (out / RECIPE_FILE_128).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 
